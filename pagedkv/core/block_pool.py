@@ -1,0 +1,236 @@
+"""The pool of physical blocks: ref counts, a free stack, the prefix-cache map and the evictor.
+
+Every usable block (1 .. num_blocks-1; block 0 is the reserved null block used for padding and
+for positions a sliding window released) is in exactly one of three states:
+
+* **free** - ``ref_cnt == 0``, no hash; on the free stack. Allocation pops from it first (LIFO,
+  so a freshly freed block is reused while it is warm; a fresh pool hands out 1, 2, 3, ...).
+* **cached** - ``ref_cnt == 0`` with a registered block hash; owned by the eviction policy.
+  Allocation evicts one only when the free stack is empty, so cached KV lives as long as possible.
+* **used** - ``ref_cnt > 0``; referenced by block tables and/or prefix pins (it may also be cached).
+
+Cached blocks form a forest: a block's ``parent`` is the block cached under its parent hash.
+Eviction removes leaves first (the policy picks a victim; if it still has evictable cached
+children we evict down to one of those instead), and dropping a block from the cache also drops
+its cached descendants, so a cached suffix never outlives its prefix (it could never be hit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+from pagedkv.core.eviction import EvictionPolicy
+from pagedkv.errors import PagedKVError
+
+NULL_BLOCK_ID = 0
+
+
+class BlockPool:
+    """Metadata of ``num_blocks`` physical blocks. Callers check ``num_available`` before
+    ``allocate`` so a failing request never changes anything."""
+
+    def __init__(self, num_blocks: int, policy: EvictionPolicy,
+                 max_cached_blocks: int | None = None) -> None:
+        self.num_blocks = num_blocks
+        self.ref_cnt: list[int] = [0] * num_blocks
+        self.block_hash: list[Hashable | None] = [None] * num_blocks
+        self.parent: list[int] = [-1] * num_blocks
+        self.children: list[set[int] | None] = [None] * num_blocks
+        self.cached: dict[Hashable, int] = {}
+        self.free: list[int] = list(range(num_blocks - 1, NULL_BLOCK_ID, -1))
+        self.evictor = policy
+        self.max_cached_blocks = max_cached_blocks
+        self.num_evictions = 0
+
+    # ----------------------------------------------------------------- counts
+    @property
+    def num_available(self) -> int:
+        """Blocks an allocation can get: free plus evictable cached."""
+        return len(self.free) + len(self.evictor)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - 1 - len(self.free) - len(self.evictor)
+
+    # ------------------------------------------------------------ alloc/free
+    def allocate(self, n: int) -> list[int]:
+        """Take ``n`` blocks (ref_cnt 1, no hash), evicting cached blocks if the stack is empty."""
+        free = self.free
+        if n <= len(free):
+            ids = free[-n:] if n else []
+            del free[len(free) - n:]
+            ids.reverse()
+        else:
+            ids = []
+            while len(ids) < n:
+                ids.append(free.pop() if free else self._evict_one())
+        ref_cnt = self.ref_cnt
+        for b in ids:
+            ref_cnt[b] = 1
+        return ids
+
+    def allocate_one(self) -> int:
+        """``allocate(1)[0]`` without the list (the decode hot path)."""
+        b = self.free.pop() if self.free else self._evict_one()
+        self.ref_cnt[b] = 1
+        return b
+
+    def release(self, block_ids: Iterable[int]) -> None:
+        """Drop one reference from each block, in the given order (pass tails first)."""
+        ref_cnt, block_hash, free, evictor = self.ref_cnt, self.block_hash, self.free, self.evictor
+        for b in block_ids:
+            if b == NULL_BLOCK_ID:
+                continue
+            ref_cnt[b] -= 1
+            if ref_cnt[b] == 0:
+                h = block_hash[b]
+                if h is None:
+                    free.append(b)
+                else:
+                    evictor.insert(b, h)
+
+    def hit(self, block_id: int) -> None:
+        """Take a reference to a cached block found by a prefix lookup."""
+        if self.ref_cnt[block_id] == 0:
+            self.evictor.remove(block_id)
+        self.ref_cnt[block_id] += 1
+        if self.evictor.tracks_hits:
+            self.evictor.touch(block_id)
+
+    # --------------------------------------------------------- prefix cache
+    def register(self, block_id: int, block_hash: Hashable, parent_hash: Hashable | None) -> bool:
+        """Make a full block findable under ``block_hash``; ``parent_hash`` is the previous
+        block's hash (None for a first block).
+
+        Returns False when the chain is broken (the parent is not cached, or the cache is at its
+        cap with nothing evictable): the caller stops registering that sequence's later blocks.
+        An equal hash already cached keeps the existing block (this one stays private) and the
+        chain continues through the cached one.
+        """
+        cached = self.cached
+        if block_hash in cached:
+            return True
+        cap = self.max_cached_blocks
+        if cap is not None and len(cached) >= cap:
+            if not self.evictor or cap == 0:
+                return False
+            self.free.append(self._evict_one())
+        if parent_hash is None:
+            parent = -1
+        else:
+            found = cached.get(parent_hash)
+            if found is None:
+                return False
+            parent = found
+            kids = self.children[parent]
+            if kids is None:
+                self.children[parent] = {block_id}
+            else:
+                kids.add(block_id)
+        cached[block_hash] = block_id
+        self.block_hash[block_id] = block_hash
+        self.parent[block_id] = parent
+        return True
+
+    def evict(self, n: int) -> int:
+        """Evict up to ``n`` cached unreferenced blocks to the free stack; returns how many."""
+        done = 0
+        while done < n and self.evictor:
+            self.free.append(self._evict_one())
+            done += 1
+        return done
+
+    def _evict_one(self) -> int:
+        """Evict one cached block, leaf first; return a freed block id (off the free stack)."""
+        victim = self.evictor.select()
+        ref_cnt, children = self.ref_cnt, self.children
+        kids = children[victim]
+        if not kids:  # the common case: a leaf; inline uncache()
+            h = self.block_hash[victim]
+            del self.cached[h]
+            self.block_hash[victim] = None
+            parent = self.parent[victim]
+            if parent >= 0:
+                self.children[parent].discard(victim)  # type: ignore[union-attr]
+                self.parent[victim] = -1
+            self.evictor.forget(victim, h)
+            self.children[victim] = None
+            self.num_evictions += 1
+            return victim
+        while kids:
+            child = next((c for c in kids if ref_cnt[c] == 0), None)
+            if child is None:
+                break
+            victim = child
+            kids = children[victim]
+        self.uncache(victim)  # pushes the victim (and any unreferenced descendants) to free
+        return self.free.pop()
+
+    def uncache(self, block_id: int) -> None:
+        """Drop ``block_id`` and all its cached descendants from the prefix cache. Unreferenced
+        ones go to the free stack (each counts as an eviction); referenced ones stay with their
+        sequences as private blocks."""
+        parent = self.parent[block_id]
+        if parent >= 0:
+            kids = self.children[parent]
+            assert kids is not None
+            kids.discard(block_id)
+        stack = [block_id]
+        while stack:
+            b = stack.pop()
+            h = self.block_hash[b]
+            del self.cached[h]
+            self.block_hash[b] = None
+            self.parent[b] = -1
+            self.evictor.forget(b, h)
+            if self.ref_cnt[b] == 0:
+                self.free.append(b)
+                self.num_evictions += 1
+            kids = self.children[b]
+            if kids:
+                stack.extend(kids)
+            self.children[b] = None
+
+    def reset_cache(self) -> None:
+        """Forget every cached hash; unreferenced cached blocks become free."""
+        for b in [b for b in self.cached.values() if self.parent[b] == -1]:
+            self.uncache(b)
+
+    # ------------------------------------------------------------ integrity
+    def check_integrity(self) -> None:
+        """Raise ``PagedKVError`` if any pool invariant is broken (see the module docstring)."""
+
+        def fail(msg: str) -> None:
+            raise PagedKVError(f"block pool integrity: {msg}")
+
+        n = self.num_blocks
+        ref_cnt, evictor = self.ref_cnt, self.evictor
+        if ref_cnt[NULL_BLOCK_ID] != 0 or self.block_hash[NULL_BLOCK_ID] is not None:
+            fail("null block is referenced or cached")
+        free = set(self.free)
+        if len(free) != len(self.free):
+            fail("free stack holds duplicates")
+        if NULL_BLOCK_ID in free:
+            fail("null block on the free stack")
+        for b in range(1, n):
+            rc, h = ref_cnt[b], self.block_hash[b]
+            if rc < 0:
+                fail(f"block {b} ref_cnt {rc} < 0")
+            if b in free and (rc != 0 or h is not None):
+                fail(f"free block {b} has ref_cnt {rc} / hash {h!r}")
+            if (rc == 0 and h is not None) != (b in evictor):
+                fail(f"block {b} (ref_cnt {rc}, cached {h is not None}) evictor membership wrong")
+            if rc == 0 and h is None and b not in free:
+                fail(f"block {b} is unreferenced, uncached and not free (leaked)")
+            if h is not None and self.cached.get(h) != b:
+                fail(f"block {b} hash not mapped back to it")
+            p = self.parent[b]
+            if p >= 0 and (self.block_hash[p] is None or b not in (self.children[p] or ())):
+                fail(f"block {b} parent {p} is not cached or does not list it")
+            for c in self.children[b] or ():
+                if self.parent[c] != b:
+                    fail(f"block {b} lists child {c} whose parent is {self.parent[c]}")
+        if len(free) + len(evictor) + sum(1 for rc in ref_cnt if rc > 0) != n - 1:
+            fail("free + cached + used != usable blocks")
+        if len(self.cached) != sum(1 for h in self.block_hash if h is not None):
+            fail("hash map size differs from the number of hashed blocks")

@@ -1,0 +1,137 @@
+"""Cache configuration: block geometry, pool size, prefix-cache and eviction options.
+
+``num_blocks`` counts every physical block *including* the reserved null block 0, so a storage
+layer allocates exactly ``num_blocks`` rows and the manager can hand out ``num_blocks - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagedkv.errors import ConfigError
+
+_DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2,
+                "bfloat16": 2, "bf16": 2, "float8": 1, "fp8": 1, "int8": 1}
+
+
+def dtype_nbytes(dtype: object) -> int:
+    """Bytes per element for a dtype given as a name (``"float16"``), a torch dtype or an int."""
+    if isinstance(dtype, int):
+        return dtype
+    itemsize = getattr(dtype, "itemsize", None)  # torch.dtype and numpy dtypes carry it
+    if isinstance(itemsize, int):
+        return itemsize
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPE_BYTES:
+        raise ConfigError(f"unknown dtype {dtype!r}; known: {sorted(_DTYPE_BYTES)}")
+    return _DTYPE_BYTES[name]
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Everything the block manager needs to know; validated on construction.
+
+    Attributes:
+        block_size: tokens per block.
+        num_blocks: physical device blocks, the null block 0 included.
+        enable_prefix_caching: share full blocks between sequences by chained block hash.
+        hash_algo: block-hash function from ``pagedkv.core.hashing.HASH_FUNCTIONS``; ``sha256``
+            (default, collision-resistant) or ``xxh128`` (fast, not adversarially safe).
+        eviction_policy: name in ``pagedkv.core.eviction.EVICTION_POLICIES``.
+        num_host_blocks: size of the host (CPU) pool used by swap-out; 0 disables swapping.
+        watermark: fraction of usable blocks that admission keeps free for decode growth.
+        min_cache_tokens: prompts shorter than this are not inserted into the prefix cache.
+        max_cached_blocks: cap on blocks registered in the prefix cache (None = no cap).
+        cache_visibility: ``"allocate"`` makes a full block visible to other sequences as soon as
+            it is allocated (its KV must be written in the same step, before attention reads it);
+            ``"commit"`` only once the caller reports it computed via ``register_prefix``.
+        pressure_thresholds: usage fractions where pressure becomes medium, high, critical.
+        bytes_per_token: KV bytes per token over all layers (set by ``from_memory_budget``).
+    """
+
+    block_size: int
+    num_blocks: int
+    enable_prefix_caching: bool = True
+    hash_algo: str = "sha256"
+    eviction_policy: str = "lru"
+    num_host_blocks: int = 0
+    watermark: float = 0.0
+    min_cache_tokens: int = 0
+    max_cached_blocks: int | None = None
+    cache_visibility: str = "allocate"
+    pressure_thresholds: tuple[float, float, float] = field(default=(0.70, 0.85, 0.95))
+    bytes_per_token: int | None = None
+
+    def __post_init__(self) -> None:
+        from pagedkv.core.eviction import EVICTION_POLICIES
+        from pagedkv.core.hashing import HASH_FUNCTIONS
+
+        checks: list[tuple[bool, str]] = [
+            (self.block_size > 0, f"block_size must be > 0, got {self.block_size}"),
+            (self.num_blocks > 1,
+             f"num_blocks must be > 1 (block 0 is the reserved null block), got {self.num_blocks}"),
+            (self.num_host_blocks >= 0,
+             f"num_host_blocks must be >= 0, got {self.num_host_blocks}"),
+            (0.0 <= self.watermark < 1.0, f"watermark must be in [0, 1), got {self.watermark}"),
+            (self.min_cache_tokens >= 0,
+             f"min_cache_tokens must be >= 0, got {self.min_cache_tokens}"),
+            (self.max_cached_blocks is None or self.max_cached_blocks >= 0,
+             f"max_cached_blocks must be >= 0 or None, got {self.max_cached_blocks}"),
+            (self.hash_algo in HASH_FUNCTIONS,
+             f"unknown hash_algo {self.hash_algo!r}; known: {sorted(HASH_FUNCTIONS)}"),
+            (self.eviction_policy in EVICTION_POLICIES,
+             f"unknown eviction_policy {self.eviction_policy!r}; "
+             f"known: {sorted(EVICTION_POLICIES)}"),
+            (self.cache_visibility in ("allocate", "commit"),
+             f"cache_visibility must be 'allocate' or 'commit', got {self.cache_visibility!r}"),
+            (len(self.pressure_thresholds) == 3
+             and 0.0 < self.pressure_thresholds[0] <= self.pressure_thresholds[1]
+             <= self.pressure_thresholds[2] <= 1.0,
+             f"pressure_thresholds must be 3 increasing fractions in (0, 1], "
+             f"got {self.pressure_thresholds}"),
+            (self.bytes_per_token is None or self.bytes_per_token > 0,
+             f"bytes_per_token must be > 0, got {self.bytes_per_token}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @staticmethod
+    def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int,
+                           dtype: object = "float16") -> int:
+        """``2 (K and V) x num_layers x num_kv_heads x head_dim x dtype bytes``."""
+        for name, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads),
+                            ("head_dim", head_dim)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        return 2 * num_layers * num_kv_heads * head_dim * dtype_nbytes(dtype)
+
+    @classmethod
+    def from_memory_budget(cls, budget_bytes: int, *, block_size: int, num_layers: int,
+                           num_kv_heads: int, head_dim: int, dtype: object = "float16",
+                           **kwargs: object) -> CacheConfig:
+        """Size the pool from a KV memory budget: ``num_blocks = budget // bytes_per_block``."""
+        if block_size <= 0:
+            raise ConfigError(f"block_size must be > 0, got {block_size}")
+        per_token = cls.kv_bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
+        num_blocks = budget_bytes // (block_size * per_token)
+        if num_blocks < 2:
+            raise ConfigError(
+                f"budget of {budget_bytes} bytes holds {num_blocks} blocks of "
+                f"{block_size * per_token} bytes; need at least 2 (null block + 1)")
+        return cls(block_size=block_size, num_blocks=int(num_blocks),
+                   bytes_per_token=per_token, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def bytes_per_block(self) -> int | None:
+        return None if self.bytes_per_token is None else self.bytes_per_token * self.block_size
+
+    @property
+    def total_bytes(self) -> int | None:
+        """Bytes of the whole device pool (null block included), when known."""
+        per_block = self.bytes_per_block
+        return None if per_block is None else per_block * self.num_blocks
+
+    @property
+    def num_usable_blocks(self) -> int:
+        return self.num_blocks - 1

@@ -1,0 +1,73 @@
+"""Chained block hashes for automatic prefix caching.
+
+A full block is named by ``H(parent_hash || token_ids as little-endian int64)``; the first block's
+parent is a *root* hash of the request's extra keys (``cache_salt``, adapter id), so two tenants
+with different salts never produce equal hashes for any block. Hashes are bytes, deterministic
+across processes and machines (never Python's salted ``hash()``).
+
+``sha256`` is the default because a prefix cache keyed by a weak hash lets a crafted prompt
+collide with another user's block and read its KV. ``xxh128`` is ~3x faster for trusted settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from array import array
+from collections.abc import Callable
+
+import xxhash
+
+HashFn = Callable[[bytes], bytes]
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _blake2b(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+HASH_FUNCTIONS: dict[str, HashFn] = {
+    "sha256": _sha256,
+    "blake2b": _blake2b,
+    "xxh128": xxhash.xxh3_128_digest,
+}
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def register_hash_function(name: str, fn: HashFn) -> None:
+    """Add a named block-hash function (bytes -> digest bytes) usable as ``hash_algo``."""
+    HASH_FUNCTIONS[name] = fn
+
+
+def token_bytes(tokens: array[int]) -> bytes:
+    """Serialize an ``array('q')`` of token ids as little-endian int64 bytes."""
+    if _BIG_ENDIAN:  # pragma: no cover - all supported hosts are little-endian
+        tokens = array("q", tokens)
+        tokens.byteswap()
+    return tokens.tobytes()
+
+
+def root_hash(hash_fn: HashFn, cache_salt: str | None, lora_id: int | str | None) -> bytes:
+    """The parent hash of a request's first block; encodes the request's extra keys."""
+    return hash_fn(f"pagedkv-root|salt={cache_salt!r}|lora={lora_id!r}".encode())
+
+
+def chain_hashes(hash_fn: HashFn, parent: bytes, data: bytes, block_bytes: int,
+                 num_blocks: int) -> list[bytes]:
+    """Hashes of ``num_blocks`` consecutive full blocks of serialized tokens ``data``.
+
+    Args:
+        parent: hash of the block before the first one (or the root hash).
+        data: token bytes starting at the first block; at least ``num_blocks * block_bytes``.
+        block_bytes: ``block_size * 8``.
+    """
+    out: list[bytes] = []
+    append = out.append
+    for start in range(0, num_blocks * block_bytes, block_bytes):
+        parent = hash_fn(parent + data[start:start + block_bytes])
+        append(parent)
+    return out

@@ -1,0 +1,475 @@
+"""The block manager: sequences, block tables, prefix caching, fork/copy-on-write, swapping.
+
+Pure metadata. Storage executes what the manager decides: after every step, call
+``take_copies()`` and run those block copies (copy-on-write) before writing the step's new KV;
+``swap_out``/``swap_in`` return the block copies between device and host pools likewise.
+
+Visibility of cached blocks (``cache_visibility="allocate"``, the default, as in vLLM): a full
+block is findable by other sequences' prefix lookups from the call that allocated it; its KV must
+be written in the same step before attention reads it (true for any write-then-attend forward).
+With ``"commit"`` a block is findable only after ``register_prefix(seq_id, n)`` reports its KV
+written.
+
+Every public method either succeeds or raises a ``PagedKVError`` leaving the manager unchanged.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Hashable, Iterable
+from collections.abc import Sequence as Seq
+
+import numpy as np
+
+from pagedkv.core import export
+from pagedkv.core.block_pool import NULL_BLOCK_ID, BlockPool
+from pagedkv.core.config import CacheConfig
+from pagedkv.core.eviction import EVICTION_POLICIES
+from pagedkv.core.hashing import HASH_FUNCTIONS, chain_hashes, root_hash, token_bytes
+from pagedkv.core.inspection import InspectionAPI
+from pagedkv.core.prefix_api import PrefixCacheAPI
+from pagedkv.core.pressure import PressureCallback, PressureLevel, PressureMonitor
+from pagedkv.core.sequence import SeqStatus, Sequence, SlidingWindow
+from pagedkv.core.stats import Counters
+from pagedkv.core.swap import SwapAPI
+from pagedkv.errors import (
+    DuplicateSequenceError,
+    InvalidArgumentError,
+    OutOfBlocksError,
+    SequenceStateError,
+    UnknownSequenceError,
+)
+
+TokenIds = int | Seq[int] | np.ndarray
+
+
+def as_token_array(token_ids: TokenIds) -> array[int]:
+    """Token ids (an int, a list or a 1-D integer array) as ``array('q')``."""
+    if isinstance(token_ids, np.ndarray):
+        if token_ids.ndim != 1 or token_ids.dtype.kind not in "iu":
+            raise InvalidArgumentError(
+                f"token ids must be a 1-D integer array, got shape {token_ids.shape} "
+                f"dtype {token_ids.dtype}")
+        out = array("q")
+        out.frombytes(token_ids.astype(np.int64, copy=False).tobytes())
+        return out
+    try:
+        return array("q", [token_ids] if isinstance(token_ids, int) else token_ids)
+    except (TypeError, OverflowError) as exc:
+        raise InvalidArgumentError(f"token ids must be int64 integers: {exc}") from None
+
+
+class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
+    """Paged KV-cache metadata for many sequences over one pool of blocks.
+
+    The lifecycle lives here; explicit prefix-cache calls in ``PrefixCacheAPI``, preemption and
+    swapping in ``SwapAPI``, statistics and ``check_integrity`` in ``InspectionAPI``.
+    """
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+        self.block_size = config.block_size
+        self.null_block_id = NULL_BLOCK_ID
+        policy = EVICTION_POLICIES[config.eviction_policy](config.num_usable_blocks)
+        self.pool = BlockPool(config.num_blocks, policy, config.max_cached_blocks)
+        self._caching = config.enable_prefix_caching
+        self._commit_on_alloc = config.cache_visibility == "allocate"
+        self._hash_fn = HASH_FUNCTIONS[config.hash_algo]
+        self._watermark_blocks = int(config.watermark * config.num_usable_blocks)
+        self._seqs: dict[Hashable, Sequence] = {}
+        self._copies: list[tuple[int, int]] = []
+        self._pins: dict[int, list[int]] = {}
+        self._next_pin = 0
+        self._clock = 0
+        self.counters = Counters()
+        self.pressure = PressureMonitor(config.pressure_thresholds, config.num_usable_blocks)
+        self._host_free = list(range(config.num_host_blocks - 1, -1, -1))
+
+    # ------------------------------------------------------------ queries
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._seqs
+
+    @property
+    def seq_ids(self) -> list[Hashable]:
+        return list(self._seqs)
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can obtain now: free plus evictable cached."""
+        return self.pool.num_available
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.pool.num_used
+
+    @property
+    def num_free_host_blocks(self) -> int:
+        return len(self._host_free)
+
+    def seq(self, seq_id: Hashable) -> Sequence:
+        """The internal state of a sequence (read-only by convention)."""
+        try:
+            return self._seqs[seq_id]
+        except KeyError:
+            raise UnknownSequenceError(seq_id) from None
+
+    def _running(self, seq_id: Hashable) -> Sequence:
+        seq = self.seq(seq_id)
+        if seq.status is not SeqStatus.RUNNING:
+            raise SequenceStateError(f"sequence {seq_id!r} is {seq.status.value}, not running")
+        return seq
+
+    def num_tokens(self, seq_id: Hashable) -> int:
+        return self.seq(seq_id).num_tokens
+
+    def block_table(self, seq_id: Hashable) -> list[int]:
+        """Physical block of each logical block (null block 0 where a window released it)."""
+        return list(self._running(seq_id).block_table)
+
+    def slot_mapping(self, seq_id: Hashable, start: int = 0, end: int | None = None) -> np.ndarray:
+        """int64 ``[end - start]`` slots (``block * block_size + offset``) of a token range."""
+        seq = self._running(seq_id)
+        end = seq.num_tokens if end is None else end
+        if not 0 <= start <= end <= seq.num_tokens:
+            raise InvalidArgumentError(
+                f"token range [{start}, {end}) outside sequence of {seq.num_tokens} tokens")
+        return export.slot_mapping(seq.block_table, self.block_size, start, end)
+
+    def block_table_array(self, seq_ids: Iterable[Hashable],
+                          max_blocks: int | None = None) -> np.ndarray:
+        """int32 ``[batch, max_blocks]`` block tables padded with the null block (vLLM/FA form)."""
+        return export.block_table_array([self._running(s).block_table for s in seq_ids],
+                                        max_blocks)
+
+    def flashinfer_page_table(self, seq_ids: Iterable[Hashable]
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FlashInfer ``(indptr int32 [B+1], indices int32 [nnz], last_page_len int32 [B])``."""
+        seqs = [self._running(s) for s in seq_ids]
+        return export.flashinfer_page_table([s.block_table for s in seqs],
+                                            [s.num_tokens for s in seqs], self.block_size)
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """Pending copy-on-write ``(src_block, dst_block)`` pairs; execute them before writing
+        this step's KV. The list is cleared."""
+        copies, self._copies = self._copies, []
+        return copies
+
+    @property
+    def pressure_level(self) -> PressureLevel:
+        return self.pressure.level
+
+    def on_pressure_change(self, callback: PressureCallback) -> None:
+        """Call ``callback(old_level, new_level)`` whenever the memory-pressure level changes."""
+        self.pressure.subscribe(callback)
+
+    def can_admit(self, num_tokens: int) -> bool:
+        """Whether a prompt of ``num_tokens`` fits above the watermark with no prefix hit."""
+        need = -(-num_tokens // self.block_size)
+        return need <= self.pool.num_available - self._watermark_blocks
+
+    # ------------------------------------------------------------ admission
+    def admit(self, seq_id: Hashable, token_ids: TokenIds | None = None, *,
+              num_tokens: int | None = None, block_hashes: Seq[Hashable] | None = None,
+              cache_salt: str | None = None, lora_id: int | str | None = None,
+              priority: int = 0, sliding_window: SlidingWindow | None = None,
+              compute_last_token: bool = True) -> int:
+        """Allocate blocks for a new sequence's prompt, reusing its longest cached prefix.
+
+        Give either ``token_ids`` (hashed with the configured chained hash, keyed by
+        ``cache_salt`` and ``lora_id``) or ``num_tokens`` plus optional ``block_hashes``: one
+        caller-made identity per full block, already unique for the whole prefix (used as cache
+        keys as they are; decode blocks of such a sequence are not cached).
+
+        Returns the number of leading prompt tokens whose KV is already cached (a multiple of
+        ``block_size``). With ``compute_last_token`` the hit stops short of the last token,
+        which an engine must compute to get logits. The caller writes KV for tokens
+        ``[hit, num_tokens)`` at ``slot_mapping(seq_id, hit)``.
+
+        Raises OutOfBlocksError if the prompt's new blocks would dip below the watermark.
+        """
+        if seq_id in self._seqs:
+            raise DuplicateSequenceError(seq_id)
+        bs = self.block_size
+        tokens: array[int] | None = None
+        if token_ids is not None:
+            if num_tokens is not None or block_hashes is not None:
+                raise InvalidArgumentError("give token_ids or num_tokens/block_hashes, not both")
+            tokens = as_token_array(token_ids)
+            n = len(tokens)
+        elif num_tokens is None or num_tokens < 0:
+            raise InvalidArgumentError(f"need token_ids or num_tokens >= 0, got {num_tokens}")
+        else:
+            n = num_tokens
+            if block_hashes is not None and len(block_hashes) != n // bs:
+                raise InvalidArgumentError(
+                    f"block_hashes has {len(block_hashes)} entries; {n} tokens make {n // bs} "
+                    f"full blocks of {bs}")
+        root: bytes | None = None
+        hashes: list[Hashable] = []
+        caching = self._caching
+        if caching:
+            if tokens is not None:
+                root = root_hash(self._hash_fn, cache_salt, lora_id)
+                hashes = list(chain_hashes(self._hash_fn, root, token_bytes(tokens), bs * 8,
+                                           n // bs))
+            elif block_hashes is not None:
+                hashes = list(block_hashes)
+        pool = self.pool
+        cached, ref_cnt = pool.cached, pool.ref_cnt
+        max_hit = max(0, (n - 1) // bs) if compute_last_token else n // bs
+        hit_blocks: list[int] = []
+        reclaimed = 0
+        for i in range(min(max_hit, len(hashes))):
+            b = cached.get(hashes[i])
+            if b is None:
+                break
+            hit_blocks.append(b)
+            if ref_cnt[b] == 0:
+                reclaimed += 1
+        need = -(-n // bs) - len(hit_blocks)
+        available = pool.num_available - reclaimed - self._watermark_blocks
+        if need > available:
+            raise OutOfBlocksError(need, max(available, 0))
+
+        for b in hit_blocks:
+            pool.hit(b)
+        self._clock += 1
+        seq = Sequence(seq_id, tokens, root, priority, self._clock, sliding_window)
+        seq.block_table = hit_blocks + pool.allocate(need)
+        seq.num_tokens = n
+        seq.block_hashes = hashes
+        seq.num_hashed = len(hit_blocks)
+        seq.caching = bool(hashes) and n >= self.config.min_cache_tokens
+        self._seqs[seq_id] = seq
+        if seq.caching and self._commit_on_alloc:
+            self._register(seq, len(hashes))
+        c = self.counters
+        c.allocations += need
+        if caching:
+            c.prefix_queries += 1
+            c.prefix_query_tokens += n
+            c.prefix_hit_tokens += len(hit_blocks) * bs
+            c.prefix_hit_requests += bool(hit_blocks)
+        if sliding_window is not None:
+            seq.window_next = sliding_window.first_droppable_block(bs)
+            self._slide(seq)
+        self._after_alloc()
+        return len(hit_blocks) * bs
+
+    def _register(self, seq: Sequence, upto: int) -> None:
+        """Offer full blocks ``num_hashed .. upto-1`` of ``seq`` to the prefix cache."""
+        hashes, table, register = seq.block_hashes, seq.block_table, self.pool.register
+        i = seq.num_hashed
+        while i < upto:
+            b = table[i]
+            if b == NULL_BLOCK_ID or not register(b, hashes[i], hashes[i - 1] if i else None):
+                seq.caching = False
+                break
+            i += 1
+        seq.num_hashed = i
+
+    def _seal(self, seq: Sequence) -> None:
+        """The sequence's last block just became full: hash it and maybe register it."""
+        if seq.tokens is None or seq.root is None:
+            seq.caching = False
+            return
+        hashes = seq.block_hashes
+        full = seq.num_tokens // self.block_size
+        while len(hashes) < full:
+            i = len(hashes)
+            parent = hashes[i - 1] if i else seq.root
+            start = i * self.block_size
+            data = token_bytes(seq.tokens[start:start + self.block_size])
+            hashes.append(self._hash_fn(parent + data))  # type: ignore[operator]
+        if self._commit_on_alloc:
+            self._register(seq, full)
+
+    def _after_alloc(self) -> None:
+        used = self.pool.num_used
+        if used > self.counters.peak_blocks_used:
+            self.counters.peak_blocks_used = used
+        self.pressure.update(used)
+
+    # -------------------------------------------------------------- decode
+    def _needs_cow(self, block_id: int) -> bool:
+        """A partial block may be written in place only if this sequence alone holds it and it
+        is not a cached (immutable) block, e.g. one made partial again by ``truncate``."""
+        pool = self.pool
+        return pool.ref_cnt[block_id] > 1 or pool.block_hash[block_id] is not None
+
+    def _cow_last(self, seq: Sequence) -> int:
+        src = seq.block_table[-1]
+        dst = self.pool.allocate_one()  # before releasing src, so src cannot be evicted into dst
+        self.pool.release((src,))
+        seq.block_table[-1] = dst
+        self._copies.append((src, dst))
+        self.counters.cow_copies += 1
+        self.counters.allocations += 1
+        return dst
+
+    def append(self, seq_id: Hashable, token_ids: TokenIds) -> np.ndarray:
+        """Append tokens to a running sequence; returns their int64 ``[n]`` slots.
+
+        Allocates blocks as boundaries are crossed and gives the sequence a private copy of a
+        shared or cached partial last block (queued in ``take_copies``)."""
+        seq = self._running(seq_id)
+        new_tokens = as_token_array(token_ids)
+        k = len(new_tokens)
+        bs, n, table = self.block_size, seq.num_tokens, seq.block_table
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
+        new_blocks = -(-(n + k) // bs) - len(table)
+        cow = n % bs != 0 and self._needs_cow(table[-1])
+        if new_blocks + cow > self.pool.num_available:
+            raise OutOfBlocksError(new_blocks + cow, self.pool.num_available)
+        if cow:
+            self._cow_last(seq)
+        if new_blocks:
+            table.extend(self.pool.allocate(new_blocks))
+            self.counters.allocations += new_blocks
+        if seq.tokens is not None:
+            seq.tokens.extend(new_tokens)
+        seq.num_tokens = n + k
+        self._clock += 1
+        seq.last_used = self._clock
+        if seq.caching and (n + k) // bs > n // bs:
+            self._seal(seq)
+        if seq.window is not None:
+            self._slide(seq)
+        self._after_alloc()
+        return export.slot_mapping(table, bs, n, n + k)
+
+    def append_batch(self, seq_ids: Seq[Hashable], token_ids: Seq[int] | np.ndarray
+                     ) -> np.ndarray:
+        """Append one token to each sequence (the decode hot path): O(1) per sequence, a block
+        allocated only at a boundary. ``token_ids``: ``[B]`` ints. Returns int64 ``[B]`` slots."""
+        try:
+            seqs = [self._seqs[s] for s in seq_ids]
+        except KeyError as exc:
+            raise UnknownSequenceError(exc.args[0]) from None
+        toks = token_ids.tolist() if isinstance(token_ids, np.ndarray) else list(token_ids)
+        if len(toks) != len(seqs):
+            raise InvalidArgumentError(f"{len(seqs)} sequences but {len(toks)} token ids")
+        if len(set(seq_ids)) != len(seqs):
+            raise InvalidArgumentError("append_batch got a sequence id twice")
+        bs, pool = self.block_size, self.pool
+        ref_cnt, block_hash = pool.ref_cnt, pool.block_hash
+        need = 0
+        running = SeqStatus.RUNNING
+        for s in seqs:
+            if s.status is not running:
+                self._running(s.seq_id)  # raises the state error
+            if s.num_tokens % bs == 0:
+                need += 1
+            else:
+                b = s.block_table[-1]
+                need += ref_cnt[b] > 1 or block_hash[b] is not None
+        if need > pool.num_available:
+            raise OutOfBlocksError(need, pool.num_available)
+        self._clock += 1
+        clock = self._clock
+        allocate_one = pool.allocate_one
+        new_blocks = 0
+        slots = []
+        for s, t in zip(seqs, toks, strict=True):
+            n = s.num_tokens
+            off = n % bs
+            table = s.block_table
+            if off == 0:
+                b = allocate_one()
+                table.append(b)
+                new_blocks += 1
+            else:
+                b = table[-1]
+                if ref_cnt[b] > 1 or block_hash[b] is not None:
+                    b = self._cow_last(s)
+            slots.append(b * bs + off)
+            s.num_tokens = n + 1
+            s.last_used = clock
+            if s.tokens is not None:
+                s.tokens.append(t)
+            if off == bs - 1 and s.caching:
+                self._seal(s)
+            if s.window is not None:
+                self._slide(s)
+        self.counters.allocations += new_blocks
+        self._after_alloc()
+        return np.array(slots, dtype=np.int64)
+
+    def _slide(self, seq: Sequence) -> None:
+        """Release blocks that fell wholly out of the sequence's sliding window."""
+        assert seq.window is not None
+        end = seq.window.droppable_end(seq.num_tokens, self.block_size)
+        table = seq.block_table
+        while seq.window_next < end:
+            b = table[seq.window_next]
+            table[seq.window_next] = NULL_BLOCK_ID
+            self._release((b,))
+            seq.window_next += 1
+
+    def _release(self, blocks: Iterable[int]) -> None:
+        before = len(self.pool.free) + len(self.pool.evictor)
+        self.pool.release(blocks)
+        self.counters.frees += len(self.pool.free) + len(self.pool.evictor) - before
+
+    # ---------------------------------------------------------- lifecycle
+    def free(self, seq_id: Hashable) -> None:
+        """Drop a sequence; its blocks go back to the pool (cached ones stay findable)."""
+        seq = self.seq(seq_id)
+        del self._seqs[seq_id]
+        if seq.status is SeqStatus.SWAPPED:
+            self._host_free.extend(b for b in reversed(seq.host_table) if b >= 0)
+        else:
+            self._release(reversed(seq.block_table))
+        self.pressure.update(self.pool.num_used)
+
+    def free_batch(self, seq_ids: Iterable[Hashable]) -> None:
+        ids = list(seq_ids)
+        for s in ids:
+            self.seq(s)
+        for s in ids:
+            self.free(s)
+
+    def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
+        """Roll a sequence back to its first ``num_tokens`` tokens (rejected speculative tokens).
+        Blocks past the new end are released; a cached block made partial is copied on write."""
+        seq = self._running(seq_id)
+        bs = self.block_size
+        if not 0 <= num_tokens <= seq.num_tokens:
+            raise InvalidArgumentError(
+                f"cannot truncate a {seq.num_tokens}-token sequence to {num_tokens} tokens")
+        keep = -(-num_tokens // bs)
+        if num_tokens and seq.block_table[keep - 1] == NULL_BLOCK_ID:
+            raise InvalidArgumentError(
+                f"token {num_tokens - 1} lies in a block the sliding window already released")
+        self._release(reversed(seq.block_table[keep:]))
+        del seq.block_table[keep:]
+        if seq.tokens is not None:
+            del seq.tokens[num_tokens:]
+        full = num_tokens // bs
+        del seq.block_hashes[full:]
+        seq.num_hashed = min(seq.num_hashed, full)
+        seq.num_tokens = num_tokens
+        seq.window_next = min(seq.window_next, keep)
+        self.pressure.update(self.pool.num_used)
+
+    def fork(self, parent_id: Hashable, child_id: Hashable, num_tokens: int | None = None) -> None:
+        """Create ``child_id`` sharing the parent's blocks for its first ``num_tokens`` tokens
+        (default: all). No data is copied; whichever sequence first writes into a shared partial
+        block gets a private copy. ``num_tokens = k * block_size`` shares a known common prefix
+        of ``k`` blocks explicitly."""
+        parent = self._running(parent_id)
+        if child_id in self._seqs:
+            raise DuplicateSequenceError(child_id)
+        n = parent.num_tokens if num_tokens is None else num_tokens
+        if not 0 <= n <= parent.num_tokens:
+            raise InvalidArgumentError(
+                f"cannot fork {n} tokens from a {parent.num_tokens}-token sequence")
+        self._clock += 1
+        child = parent.clone(child_id, n, self.block_size, self._clock)
+        ref_cnt = self.pool.ref_cnt
+        for b in child.block_table:
+            if b != NULL_BLOCK_ID:
+                ref_cnt[b] += 1
+        self._seqs[child_id] = child
+        self.counters.forks += 1

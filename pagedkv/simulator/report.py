@@ -1,0 +1,154 @@
+"""Render simulation results: a readable terminal table, JSON, and CSV.
+
+All three are produced from one plain-dict *report* (``{"workload", "config", "hitrate",
+"serving"}``) so that what a script parses from ``--json``/``--csv`` is exactly what the table
+shows, and so results can be saved and re-rendered.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Report = dict[str, Any]
+
+
+def _pct(x: object) -> str:
+    return f"{100 * float(x):6.2f}%" if isinstance(x, int | float) else "      -"
+
+
+def _num(x: object, digits: int = 1) -> str:
+    if isinstance(x, float) and math.isnan(x):
+        return "-"
+    if isinstance(x, int | float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(r) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def hitrate_table(results: list[Mapping[str, Any]]) -> str:
+    """One row per (block size, capacity), one column per policy; ceilings listed above."""
+    finite = [r for r in results if r["policy"] != "infinite"]
+    policies = list(dict.fromkeys(r["policy"] for r in finite))
+    ceil = {r["block_size"]: r for r in results if r["policy"] == "infinite"}
+    cells: dict[tuple[int, int], dict[str, Mapping[str, Any]]] = {}
+    for r in finite:
+        cells.setdefault((r["block_size"], r["capacity_blocks"]), {})[r["policy"]] = r
+    lines = []
+    for bs, r in sorted(ceil.items()):
+        lines.append(
+            f"block size {bs}: infinite-cache ceiling {_pct(r['hit_rate']).strip()} of "
+            f"{r['total_tokens']:,} measured prompt tokens ({r['block_refs']:,} block refs)"
+        )
+    rows = []
+    underfilled = False
+    for (bs, cap), by_pol in sorted(cells.items()):
+        row = [str(bs), f"{cap:,}", f"{cap * bs:,}"]
+        for p in policies:
+            r = by_pol.get(p)
+            mark = "" if r is None or r["filled_before_window"] else "*"
+            underfilled |= bool(mark)
+            row.append(_pct(r["hit_rate"]) + mark if r else "-")
+        rows.append(row)
+    if rows:
+        lines.append(_table(["block", "cap blocks", "cap tokens", *policies], rows))
+    if underfilled:
+        lines.append("* cache never filled before the measurement window (capacity exceeds "
+                     "the warm-up working set)")
+    speed = [r for r in finite if r.get("refs_per_second")]
+    if speed:
+        lines.append("replay speed: " + "; ".join(
+            f"{r['policy']}@{r['block_size']}x{r['capacity_blocks']}: "
+            f"{r['refs_per_second'] / 1e6:.2f}M refs/s" for r in speed))
+    return "\n".join(lines)
+
+
+SERVING_COLUMNS = [
+    ("backend", "backend", None),
+    ("kv util", "kv_utilization", "pct"),
+    ("tokens/alloc", "token_state_fraction", "pct"),
+    ("preempt", "preemptions", 0),
+    ("rejected", "requests_rejected", 0),
+    ("batch", "mean_batch", 1),
+    ("req/s", "throughput_req_s", 2),
+    ("out tok/s", "throughput_out_tok_s", 0),
+    ("queue ms", "queue_ms_mean", 0),
+    ("TTFT p50", "ttft_ms_p50", 0),
+    ("TTFT p99", "ttft_ms_p99", 0),
+    ("TPOT p50", "tpot_ms_p50", 1),
+    ("TPOT p99", "tpot_ms_p99", 1),
+]
+
+
+def serving_table(results: list[Mapping[str, Any]]) -> str:
+    rows = []
+    for s in results:
+        row = []
+        for _, key, fmt in SERVING_COLUMNS:
+            v = s.get(key)
+            row.append(_pct(v) if fmt == "pct" else _num(v, fmt) if isinstance(fmt, int)
+                       else str(v))
+        rows.append(row)
+    return _table([c[0] for c in SERVING_COLUMNS], rows)
+
+
+def render_text(report: Report) -> str:
+    w = report.get("workload", {})
+    parts = [
+        f"workload {w.get('name')}: {w.get('requests', 0):,} requests, mean input "
+        f"{w.get('mean_input_tokens', 0):.0f} / output {w.get('mean_output_tokens', 0):.0f} "
+        f"tokens, {w.get('duration_s', 0):.0f} s of arrivals"
+    ]
+    if report.get("hitrate"):
+        cfg = report.get("config", {})
+        parts += ["", f"== prefix hit rate (token-weighted, longest prefix, last "
+                      f"{100 * (1 - cfg.get('warmup', 0.5)):.0f}% of requests, file order) ==",
+                  hitrate_table(report["hitrate"])]
+    if report.get("serving"):
+        cfg = report.get("config", {})
+        parts += ["", f"== serving replay ({cfg.get('cost_model', '')}) ==",
+                  serving_table(report["serving"])]
+    return "\n".join(parts)
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def render_json(report: Report) -> str:
+    """Strict JSON (NaN/inf become null)."""
+    return json.dumps(_clean(report), indent=2, sort_keys=False)
+
+
+def render_csv(report: Report) -> str:
+    """One row per result; ``kind`` is ``hitrate`` or ``serving``; columns are the union."""
+    rows = [{"kind": "hitrate", **r} for r in report.get("hitrate", [])]
+    rows += [{"kind": "serving", **s} for s in report.get("serving", [])]
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(_clean(r))
+    return buf.getvalue()

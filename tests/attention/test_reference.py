@@ -1,0 +1,202 @@
+"""Paged attention vs. torch SDPA on the equivalent contiguous tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pagedkv.attention import (
+    AttentionMetadata,
+    get_attention_backend,
+    list_attention_backends,
+    paged_attention,
+    register_attention_backend,
+)
+from pagedkv.errors import InvalidArgumentError, ShapeError
+from pagedkv.storage import KVStorage
+
+TOL = {
+    torch.float32: {"atol": 1e-5, "rtol": 1e-5},
+    torch.float16: {"atol": 2e-3, "rtol": 2e-3},
+    torch.bfloat16: {"atol": 1.6e-2, "rtol": 1.6e-2},
+}
+
+
+def _setup(seq_lens, *, hq=4, hkv=2, d=8, bs=4, dtype=torch.float32, share_prefix_blocks=0, seed=0):
+    """Random contiguous K/V per sequence written into a paged storage with shuffled tables.
+
+    Sequences may share their first ``share_prefix_blocks`` blocks (a forked / prefix-hit
+    prefix): then their K/V over those positions are identical by construction."""
+    g = torch.Generator().manual_seed(seed)
+    need = [-(-s // bs) for s in seq_lens]
+    num_blocks = 1 + sum(need) + 2
+    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
+    store = KVStorage(num_layers=1, num_blocks=num_blocks, block_size=bs, num_kv_heads=hkv,
+                      head_dim=d, dtype=dtype)
+    tables, ks, vs = [], [], []
+    shared = perm[:share_prefix_blocks]
+    perm = perm[share_prefix_blocks:]
+    shared_k = torch.randn(share_prefix_blocks * bs, hkv, d, generator=g).to(dtype)
+    shared_v = torch.randn(share_prefix_blocks * bs, hkv, d, generator=g).to(dtype)
+    for s, n in zip(seq_lens, need, strict=True):
+        own = n - min(share_prefix_blocks, n)
+        table = shared[: n - own] + perm[:own]
+        perm = perm[own:]
+        k = torch.randn(s, hkv, d, generator=g).to(dtype)
+        v = torch.randn(s, hkv, d, generator=g).to(dtype)
+        m = min(len(shared_k), s)
+        k[:m], v[:m] = shared_k[:m], shared_v[:m]
+        pos = np.arange(s)
+        slots = np.asarray(table)[pos // bs] * bs + pos % bs
+        store.write(0, k, v, slots)
+        tables.append(table)
+        ks.append(k)
+        vs.append(v)
+    return store, tables, ks, vs
+
+
+def _sdpa_ref(q, k, v, *, window=None, sink=0, scale=None):
+    """q [ql, Hq, D], k/v [sl, Hkv, D] -> [ql, Hq, D] with bottom-right causal mask."""
+    ql, hq, _ = q.shape
+    sl, hkv, _ = k.shape
+    p = torch.arange(sl - ql, sl)[:, None]
+    j = torch.arange(sl)[None, :]
+    mask = j <= p
+    if window is not None:
+        mask &= (p - j < window) | (j < sink)
+    kk = k.repeat_interleave(hq // hkv, dim=1).transpose(0, 1)[None]
+    vv = v.repeat_interleave(hq // hkv, dim=1).transpose(0, 1)[None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], kk, vv, attn_mask=mask,
+                                         scale=scale)
+    return out[0].transpose(0, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("hq", "hkv"), [(4, 4), (4, 2), (6, 1)])
+def test_decode_matches_sdpa_across_block_boundaries(dtype, hq, hkv):
+    seq_lens = [1, 3, 4, 5, 8, 9, 17, 23]
+    store, tables, ks, vs = _setup(seq_lens, hq=hq, hkv=hkv, dtype=dtype)
+    q = torch.randn(len(seq_lens), hq, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens)
+    assert out.shape == q.shape
+    assert out.dtype == dtype
+    for b in range(len(seq_lens)):
+        ref = _sdpa_ref(q[b : b + 1], ks[b], vs[b])
+        torch.testing.assert_close(out[b : b + 1], ref, **TOL[dtype])
+
+
+def test_decode_uniform_lengths_no_mask_path():
+    seq_lens = [16, 16, 16]
+    store, tables, ks, vs = _setup(seq_lens)
+    q = torch.randn(3, 4, 8)
+    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens, scale=0.3)
+    for b in range(3):
+        torch.testing.assert_close(out[b : b + 1], _sdpa_ref(q[b : b + 1], ks[b], vs[b], scale=0.3),
+                                   **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_prefill_and_extend_varlen_causal(dtype):
+    # seq 0: full prefill; seq 1: extend 3 tokens after a 9-token cached prefix; seq 2: 1 token
+    seq_lens = [7, 12, 5, 16]
+    query_lens = [7, 3, 1, 16]
+    store, tables, ks, vs = _setup(seq_lens, dtype=dtype, seed=3)
+    q = torch.randn(sum(query_lens), 4, 8).to(dtype)
+    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
+                          query_lens=query_lens)
+    cu = np.concatenate([[0], np.cumsum(query_lens)])
+    for b in range(len(seq_lens)):
+        ref = _sdpa_ref(q[cu[b] : cu[b + 1]], ks[b], vs[b])
+        torch.testing.assert_close(out[cu[b] : cu[b + 1]], ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize(("window", "sink"), [(3, 0), (5, 2), (100, 0)])
+def test_sliding_window_with_sinks(window, sink):
+    seq_lens = [10, 13, 4]
+    query_lens = [1, 5, 4]
+    store, tables, ks, vs = _setup(seq_lens, seed=5)
+    q = torch.randn(sum(query_lens), 4, 8)
+    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
+                          query_lens=query_lens, sliding_window=window, sink_tokens=sink)
+    cu = np.concatenate([[0], np.cumsum(query_lens)])
+    for b in range(3):
+        ref = _sdpa_ref(q[cu[b] : cu[b + 1]], ks[b], vs[b], window=window, sink=sink)
+        torch.testing.assert_close(out[cu[b] : cu[b + 1]], ref, **TOL[torch.float32])
+
+
+def test_sliding_window_ignores_released_null_blocks():
+    """Blocks outside the window replaced by the null block (as the manager does) don't matter."""
+    seq_lens = [14]
+    store, tables, ks, vs = _setup(seq_lens, seed=7)
+    q = torch.randn(1, 4, 8)
+    full = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
+                           sliding_window=4)
+    released = [[0, 0] + tables[0][2:]]  # positions 0..7 dropped; window covers 10..13
+    out = paged_attention(q, store.layer(0), block_tables=released, seq_lens=seq_lens,
+                          sliding_window=4)
+    torch.testing.assert_close(out, full, rtol=0, atol=0)
+    torch.testing.assert_close(out, _sdpa_ref(q, ks[0], vs[0], window=4), **TOL[torch.float32])
+
+
+def test_shared_prefix_blocks():
+    seq_lens = [9, 11, 6]
+    store, tables, ks, vs = _setup(seq_lens, share_prefix_blocks=2, seed=9)
+    assert tables[0][:2] == tables[1][:2] == tables[2][:2]
+    q = torch.randn(3, 4, 8)
+    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens)
+    for b in range(3):
+        torch.testing.assert_close(out[b : b + 1], _sdpa_ref(q[b : b + 1], ks[b], vs[b]),
+                                   **TOL[torch.float32])
+
+
+def test_metadata_mask_and_padding_indices():
+    meta = AttentionMetadata.build(block_size=4, block_tables=[[1, 2], [3]], seq_lens=[6, 3],
+                                   query_lens=[2, 1])
+    assert meta.slot_mapping.tolist() == [8, 9, 14]
+    assert meta.cu_seqlens_q.tolist() == [0, 2, 3]
+    assert meta.q_pad_index is not None and meta.q_pad_index.tolist() == [0, 1, 2, 0]
+    assert meta.q_unpad_index is not None and meta.q_unpad_index.tolist() == [0, 1, 2]
+    m = meta.mask(1)
+    assert m is not None
+    assert m[0, 0].tolist() == [[True] * 5 + [False], [True] * 6]
+    assert m[1, 0, 0].tolist() == [True, True, True, False, False, False]
+    uniform = AttentionMetadata.build(block_size=4, block_tables=[[1], [2]], seq_lens=[3, 3],
+                                      query_lens=[1, 1])
+    assert uniform.mask(2) is None
+
+
+def test_bad_inputs_raise_typed_errors():
+    store, tables, _, _ = _setup([5])
+    with pytest.raises(ShapeError, match="expected 1 tokens, got 2"):
+        paged_attention(torch.randn(2, 4, 8), store.layer(0), block_tables=tables, seq_lens=[5])
+    with pytest.raises(ShapeError, match="head_dim 8, got 6"):
+        paged_attention(torch.randn(1, 4, 6), store.layer(0), block_tables=tables, seq_lens=[5])
+    with pytest.raises(ShapeError, match="divisible"):
+        paged_attention(torch.randn(1, 3, 8), store.layer(0), block_tables=tables, seq_lens=[5])
+    with pytest.raises(ShapeError, match="columns"):
+        paged_attention(torch.randn(1, 4, 8), store.layer(0), block_tables=[[1]], seq_lens=[5])
+    with pytest.raises(InvalidArgumentError, match="query_len <= seq_len"):
+        paged_attention(torch.randn(6, 4, 8), store.layer(0), block_tables=tables, seq_lens=[5],
+                        query_lens=[6])
+    with pytest.raises(ShapeError, match="num_blocks, 2"):
+        paged_attention(torch.randn(1, 4, 8), store.kv_cache, block_tables=tables, seq_lens=[5])
+
+
+def test_registry():
+    assert {"torch", "reference"} <= set(list_attention_backends())
+    assert get_attention_backend("reference") is not None
+    with pytest.raises(InvalidArgumentError, match="expected one of"):
+        get_attention_backend("nope")
+
+    @register_attention_backend("test-dummy")
+    class Dummy:
+        name = "test-dummy"
+
+        def forward(self, query, kv_cache, metadata, **kw):
+            return torch.zeros_like(query)
+
+    assert isinstance(get_attention_backend("test-dummy"), Dummy)
+    with pytest.raises(InvalidArgumentError, match="already registered"):
+        register_attention_backend("torch")(Dummy)
