@@ -148,6 +148,23 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         return export.flashinfer_page_table([s.block_table for s in seqs],
                                             [s.num_tokens for s in seqs], self.block_size)
 
+    def seq_lens(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
+        """int32 ``[batch]`` token counts (the ``seq_lens``/``cache_seqlens`` kernels take)."""
+        return np.array([self.seq(s).num_tokens for s in seq_ids], dtype=np.int32)
+
+    def packed_slot_mapping(self, seq_ids: Seq[Hashable], starts: Seq[int] | np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of tokens ``[starts[i], num_tokens_i)`` of each sequence, packed for a varlen
+        (prefill/extend) step: ``(slot_mapping int64 [total], cu_seqlens int32 [batch + 1])``."""
+        seqs = [self._running(s) for s in seq_ids]
+        if len(starts) != len(seqs):
+            raise InvalidArgumentError(f"{len(seqs)} sequences but {len(starts)} starts")
+        parts = [self.slot_mapping(s.seq_id, int(st)) for s, st in zip(seqs, starts, strict=True)]
+        cu = np.zeros(len(parts) + 1, dtype=np.int32)
+        np.cumsum([len(p) for p in parts], out=cu[1:])
+        flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return flat, cu
+
     def take_copies(self) -> list[tuple[int, int]]:
         """Pending copy-on-write ``(src_block, dst_block)`` pairs; execute them before writing
         this step's KV. The list is cleared."""
@@ -255,6 +272,43 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
             self._slide(seq)
         self._after_alloc()
         return len(hit_blocks) * bs
+
+    def admit_batch(self, seq_ids: Seq[Hashable], prompts: Seq[TokenIds],
+                    **kwargs: object) -> np.ndarray:
+        """Admit many prompts at once, all or nothing; returns int64 ``[batch]`` hit lengths.
+
+        The batch is checked up front against the worst case (every unreferenced cached block a
+        prompt would hit evicted by an earlier prompt of the batch), so it may refuse a batch
+        that would just fit; then nothing changes. Keyword arguments go to every ``admit``."""
+        if len(seq_ids) != len(prompts):
+            raise InvalidArgumentError(f"{len(seq_ids)} ids but {len(prompts)} prompts")
+        if len(set(seq_ids)) != len(seq_ids):
+            raise InvalidArgumentError("admit_batch got a sequence id twice")
+        for sid in seq_ids:
+            if sid in self._seqs:
+                raise DuplicateSequenceError(sid)
+        bs, pool = self.block_size, self.pool
+        salt, lora = kwargs.get("cache_salt"), kwargs.get("lora_id")
+        worst = 0
+        for prompt in prompts:
+            tokens = as_token_array(prompt)
+            safe_hits = 0  # leading hits already referenced: no earlier admission can take them
+            if self._caching:
+                fn = self._hash_fn
+                hashes = chain_hashes(fn, root_hash(fn, salt, lora),  # type: ignore[arg-type]
+                                      token_bytes(tokens), bs * 8, max(0, len(tokens) - 1) // bs)
+                for h in hashes:
+                    b = pool.cached.get(h)
+                    if b is None or pool.ref_cnt[b] == 0:
+                        break
+                    safe_hits += 1
+            worst += -(-len(tokens) // bs) - safe_hits
+        available = pool.num_available - self._watermark_blocks
+        if worst > available:
+            raise OutOfBlocksError(worst, max(available, 0))
+        hits = [self.admit(sid, p, **kwargs) for sid, p in  # type: ignore[arg-type]
+                zip(seq_ids, prompts, strict=True)]
+        return np.array(hits, dtype=np.int64)
 
     def _register(self, seq: Sequence, upto: int) -> None:
         """Offer full blocks ``num_hashed .. upto-1`` of ``seq`` to the prefix cache."""
@@ -371,24 +425,25 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         allocate_one = pool.allocate_one
         new_blocks = 0
         slots = []
-        for s, t in zip(seqs, toks, strict=True):
+        last = bs - 1
+        for s, t in zip(seqs, toks):  # noqa: B905 - lengths checked above
             n = s.num_tokens
             off = n % bs
-            table = s.block_table
-            if off == 0:
-                b = allocate_one()
-                table.append(b)
-                new_blocks += 1
-            else:
-                b = table[-1]
+            if off:
+                b = s.block_table[-1]
                 if ref_cnt[b] > 1 or block_hash[b] is not None:
                     b = self._cow_last(s)
+            else:
+                b = allocate_one()
+                s.block_table.append(b)
+                new_blocks += 1
             slots.append(b * bs + off)
             s.num_tokens = n + 1
             s.last_used = clock
-            if s.tokens is not None:
-                s.tokens.append(t)
-            if off == bs - 1 and s.caching:
+            tokens = s.tokens
+            if tokens is not None:
+                tokens.append(t)
+            if off == last and s.caching:
                 self._seal(s)
             if s.window is not None:
                 self._slide(s)
