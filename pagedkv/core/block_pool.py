@@ -61,9 +61,9 @@ class BlockPool:
             del free[len(free) - n:]
             ids.reverse()
         else:
-            ids = []
-            while len(ids) < n:
-                ids.append(free.pop() if free else self._evict_one())
+            ids = free[::-1]
+            free.clear()
+            ids += self._evict(n - len(ids))
         ref_cnt = self.ref_cnt
         for b in ids:
             ref_cnt[b] = 1
@@ -71,13 +71,14 @@ class BlockPool:
 
     def allocate_one(self) -> int:
         """``allocate(1)[0]`` without the list (the decode hot path)."""
-        b = self.free.pop() if self.free else self._evict_one()
+        b = self.free.pop() if self.free else self._evict(1)[0]
         self.ref_cnt[b] = 1
         return b
 
     def release(self, block_ids: Iterable[int]) -> None:
         """Drop one reference from each block, in the given order (pass tails first)."""
-        ref_cnt, block_hash, free, evictor = self.ref_cnt, self.block_hash, self.free, self.evictor
+        ref_cnt, block_hash, free = self.ref_cnt, self.block_hash, self.free
+        newly_cached = []
         for b in block_ids:
             if b == NULL_BLOCK_ID:
                 continue
@@ -87,7 +88,9 @@ class BlockPool:
                 if h is None:
                     free.append(b)
                 else:
-                    evictor.insert(b, h)
+                    newly_cached.append((b, h))
+        if newly_cached:
+            self.evictor.insert_many(newly_cached)
 
     def hit(self, block_id: int) -> None:
         """Take a reference to a cached block found by a prefix lookup."""
@@ -98,73 +101,114 @@ class BlockPool:
             self.evictor.touch(block_id)
 
     # --------------------------------------------------------- prefix cache
-    def register(self, block_id: int, block_hash: Hashable, parent_hash: Hashable | None) -> bool:
-        """Make a full block findable under ``block_hash``; ``parent_hash`` is the previous
-        block's hash (None for a first block).
+    def register_chain(self, block_ids: list[int], hashes: list[Hashable], start: int,
+                       end: int) -> int:
+        """Make full blocks ``block_ids[start:end]`` findable under ``hashes[start:end]``; block
+        ``i``'s parent is whatever is cached under ``hashes[i - 1]`` (none for block 0).
 
-        Returns False when the chain is broken (the parent is not cached, or the cache is at its
-        cap with nothing evictable): the caller stops registering that sequence's later blocks.
-        An equal hash already cached keeps the existing block (this one stays private) and the
-        chain continues through the cached one.
+        Returns the index where registration stopped: ``end``, or earlier when the chain broke
+        (the parent hash is not cached, the block is the null block, or the cache is at its cap
+        with nothing evictable); the caller then stops registering that sequence. A hash already
+        cached keeps its existing block (this one stays private, a duplicate) and the chain
+        continues through the cached one.
         """
-        cached = self.cached
-        if block_hash in cached:
-            return True
-        cap = self.max_cached_blocks
-        if cap is not None and len(cached) >= cap:
-            if not self.evictor or cap == 0:
-                return False
-            self.free.append(self._evict_one())
-        if parent_hash is None:
-            parent = -1
+        if start >= end:
+            return start
+        cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
+                                                self.children)
+        if start == 0:
+            prev = -1
         else:
-            found = cached.get(parent_hash)
+            found = cached.get(hashes[start - 1])
             if found is None:
-                return False
-            parent = found
-            kids = self.children[parent]
-            if kids is None:
-                self.children[parent] = {block_id}
-            else:
-                kids.add(block_id)
-        cached[block_hash] = block_id
-        self.block_hash[block_id] = block_hash
-        self.parent[block_id] = parent
-        return True
+                return start
+            prev = found
+        cap = self.max_cached_blocks
+        for i in range(start, end):
+            h = hashes[i]
+            existing = cached.get(h)
+            if existing is not None:
+                prev = existing
+                continue
+            b = block_ids[i]
+            if b == NULL_BLOCK_ID:
+                return i
+            if cap is not None and len(cached) >= cap:
+                if not self.evictor or cap == 0:
+                    return i
+                self.free.append(self._evict(1)[0])
+                if prev >= 0 and block_hash[prev] is None:  # the eviction took our parent
+                    return i
+            cached[h] = b
+            block_hash[b] = h
+            parent[b] = prev
+            if prev >= 0:
+                kids = children[prev]
+                if kids is None:
+                    children[prev] = {b}
+                else:
+                    kids.add(b)
+            prev = b
+        return end
 
     def evict(self, n: int) -> int:
         """Evict up to ``n`` cached unreferenced blocks to the free stack; returns how many."""
         done = 0
-        while done < n and self.evictor:
-            self.free.append(self._evict_one())
-            done += 1
+        done = min(n, len(self.evictor))
+        self.free += self._evict(done)
         return done
 
-    def _evict_one(self) -> int:
-        """Evict one cached block, leaf first; return a freed block id (off the free stack)."""
-        victim = self.evictor.select()
-        ref_cnt, children = self.ref_cnt, self.children
-        kids = children[victim]
-        if not kids:  # the common case: a leaf; inline uncache()
-            h = self.block_hash[victim]
-            del self.cached[h]
-            self.block_hash[victim] = None
-            parent = self.parent[victim]
-            if parent >= 0:
-                self.children[parent].discard(victim)  # type: ignore[union-attr]
-                self.parent[victim] = -1
-            self.evictor.forget(victim, h)
-            self.children[victim] = None
+    def _evict(self, n: int) -> list[int]:
+        """Evict at least ``n`` cached blocks, leaves first; return ``n`` freed block ids (off
+        the free stack). The caller guarantees ``n <= len(self.evictor)``."""
+        select, forget = self.evictor.select, self.evictor.forget
+        cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
+                                                self.children)
+        free = self.free
+        out: list[int] = []
+        spilled = 0  # blocks a subtree eviction freed beyond what we took: on the free stack
+        while len(out) < n:
+            if spilled:
+                out.append(free.pop())
+                spilled -= 1
+                continue
+            victim = select()
+            if children[victim]:
+                before = len(free)
+                self._evict_subtree(victim, n - len(out))
+                spilled = len(free) - before
+                continue
+            h = block_hash[victim]  # a leaf, the common case: uncache() inlined
+            del cached[h]
+            block_hash[victim] = None
+            p = parent[victim]
+            if p >= 0:
+                children[p].discard(victim)  # type: ignore[union-attr]
+                parent[victim] = -1
+            forget(victim, h)
+            out.append(victim)
             self.num_evictions += 1
-            return victim
-        while kids:
-            child = next((c for c in kids if ref_cnt[c] == 0), None)
-            if child is None:
-                break
-            victim = child
-            kids = children[victim]
-        self.uncache(victim)  # pushes the victim (and any unreferenced descendants) to free
-        return self.free.pop()
+        return out
+
+    def _evict_subtree(self, root: int, want: int) -> None:
+        """Evict up to ``want`` unreferenced blocks below and including ``root`` in post-order
+        (children before parents), pushing them to the free stack. One pass costs O(subtree),
+        so evicting a deep chain bottom-up stays O(1) per block. If nothing below ``root`` can
+        go (its cached descendants are all in use), drop ``root`` from the cache with them."""
+        ref_cnt, children = self.ref_cnt, self.children
+        done = 0
+        stack: list[tuple[int, bool]] = [(root, False)]
+        while stack and done < want:
+            node, expanded = stack.pop()
+            kids = children[node]
+            if not expanded and kids:
+                stack.append((node, True))
+                stack.extend((c, False) for c in kids if ref_cnt[c] == 0)
+            elif not kids:  # a leaf now (its children, if any, went first)
+                self.uncache(node)
+                done += 1
+        if done == 0:
+            self.uncache(root)
 
     def uncache(self, block_id: int) -> None:
         """Drop ``block_id`` and all its cached descendants from the prefix cache. Unreferenced

@@ -55,6 +55,11 @@ class EvictionPolicy(ABC):
     @abstractmethod
     def insert(self, block_id: int, key: Hashable) -> None: ...
 
+    def insert_many(self, items: list[tuple[int, Hashable]]) -> None:
+        """``insert`` each ``(block_id, key)`` in order."""
+        for block_id, key in items:
+            self.insert(block_id, key)
+
     @abstractmethod
     def remove(self, block_id: int) -> None: ...
 
@@ -92,6 +97,9 @@ class LRUPolicy(EvictionPolicy):
 
     def insert(self, block_id: int, key: Hashable) -> None:
         self._queue[block_id] = None
+
+    def insert_many(self, items: list[tuple[int, Hashable]]) -> None:
+        self._queue.update(dict.fromkeys(b for b, _ in items))
 
     def remove(self, block_id: int) -> None:
         del self._queue[block_id]

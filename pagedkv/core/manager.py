@@ -256,7 +256,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         seq.num_tokens = n
         seq.block_hashes = hashes
         seq.num_hashed = len(hit_blocks)
-        seq.caching = bool(hashes) and n >= self.config.min_cache_tokens
+        seq.caching = (root is not None or bool(hashes)) and n >= self.config.min_cache_tokens
         self._seqs[seq_id] = seq
         if seq.caching and self._commit_on_alloc:
             self._register(seq, len(hashes))
@@ -268,8 +268,9 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
             c.prefix_hit_tokens += len(hit_blocks) * bs
             c.prefix_hit_requests += bool(hit_blocks)
         if sliding_window is not None:
+            # Nothing is released yet: the prompt's own prefill still reads every block in its
+            # tokens' windows. Blocks behind the window go from the next append on.
             seq.window_next = sliding_window.first_droppable_block(bs)
-            self._slide(seq)
         self._after_alloc()
         return len(hit_blocks) * bs
 
@@ -312,15 +313,10 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
 
     def _register(self, seq: Sequence, upto: int) -> None:
         """Offer full blocks ``num_hashed .. upto-1`` of ``seq`` to the prefix cache."""
-        hashes, table, register = seq.block_hashes, seq.block_table, self.pool.register
-        i = seq.num_hashed
-        while i < upto:
-            b = table[i]
-            if b == NULL_BLOCK_ID or not register(b, hashes[i], hashes[i - 1] if i else None):
-                seq.caching = False
-                break
-            i += 1
-        seq.num_hashed = i
+        done = self.pool.register_chain(seq.block_table, seq.block_hashes, seq.num_hashed, upto)
+        if done < upto:
+            seq.caching = False
+        seq.num_hashed = done
 
     def _seal(self, seq: Sequence) -> None:
         """The sequence's last block just became full: hash it and maybe register it."""

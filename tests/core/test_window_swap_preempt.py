@@ -24,6 +24,16 @@ def test_sliding_window_releases_blocks_behind_window(make_mgr):
     mgr.check_integrity()
 
 
+def test_window_keeps_prompt_blocks_until_prefill_is_done(make_mgr):
+    mgr = make_mgr(block_size=2, num_blocks=10)
+    mgr.admit("w", list(range(10)), sliding_window=SlidingWindow(window_tokens=4))
+    assert mgr.block_table("w") == [1, 2, 3, 4, 5]  # the prefill attends through all of them
+    assert mgr.slot_mapping("w").min() >= 0
+    mgr.append("w", 10)  # the step after prefill: blocks wholly behind the window go
+    assert mgr.block_table("w") == [0, 0, 0, 4, 5, 6]
+    mgr.check_integrity()
+
+
 def test_window_without_sinks_keeps_a_constant_footprint(make_mgr):
     mgr = make_mgr(block_size=4, num_blocks=6, enable_prefix_caching=False)
     mgr.admit("w", [0] * 4, sliding_window=SlidingWindow(window_tokens=8))
