@@ -10,12 +10,12 @@ Setup per (batch B, context L): a Llama-3-8B-like layer (32 query heads, 8 KV he
 128, fp32), block size 16, every sequence holding L tokens in *randomly permuted* physical blocks
 (a fragmented cache). Timed: one decode attention call (one query token per sequence).
 
-* ``sdpa``: ``F.scaled_dot_product_attention(q[B,32,1,128], k[B,8,L,128], v, enable_gqa=True)``
+* ``sdpa``: ``nnf.scaled_dot_product_attention(q[B,32,1,128], k[B,8,L,128], v, enable_gqa=True)``
   on contiguous K/V (what HF's ``sdpa`` attention does with a contiguous cache).
 * ``paged``: ``get_attention_backend("torch").forward(q[B,32,128], kv_layer, metadata)`` with the
   step's metadata built once beforehand (an engine builds it once per step for all layers).
 
-Median of ``--repeats`` timed calls after two warm-ups. ``ratio = paged / sdpa``.
+Median of ``--repeats`` timed calls (interleaved) after two warm-ups. ``ratio = paged / sdpa``.
 """
 
 from __future__ import annotations
@@ -29,25 +29,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from pagedkv.attention import AttentionMetadata, get_attention_backend  # noqa: E402
-from pagedkv.storage import KVStorage  # noqa: E402
+from pagedkv.attention import AttentionMetadata, get_attention_backend
+from pagedkv.storage import KVStorage
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _median_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall time (ms) of each function; calls are interleaved so that background load on a
+    shared machine hits every contender alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 def bench_one(batch: int, context: int, repeats: int, seed: int = 0) -> dict[str, float]:
@@ -75,13 +79,12 @@ def bench_one(batch: int, context: int, repeats: int, seed: int = 0) -> dict[str
         return backend.forward(q, layer, meta)
 
     def sdpa() -> torch.Tensor:
-        return F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)
+        return nnf.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)
 
     ref = sdpa()[:, :, 0]
     err = float((paged() - ref).abs().max())
     assert err < 1e-4, f"paged attention disagrees with SDPA: max abs err {err}"
-    t_sdpa = _median_ms(sdpa, repeats)
-    t_paged = _median_ms(paged, repeats)
+    t_sdpa, t_paged = _median_ms([sdpa, paged], repeats)
     return {"batch": batch, "context": context, "sdpa_ms": round(t_sdpa, 3),
             "paged_ms": round(t_paged, 3), "ratio": round(t_paged / t_sdpa, 3),
             "max_abs_err": err}

@@ -23,7 +23,8 @@ import numpy as np
 from pagedkv import BlockManager, CacheConfig
 
 
-def make_prompts(num_requests: int, prompt_len: int, shared_len: int, seed: int) -> list[np.ndarray]:
+def make_prompts(num_requests: int, prompt_len: int, shared_len: int,
+                 seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     shared = rng.integers(0, 32000, shared_len, dtype=np.int64)
     prompts = []

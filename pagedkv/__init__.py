@@ -8,8 +8,8 @@ from pagedkv.core import (
     BlockManager,
     CacheConfig,
     ManagerStats,
-    PressureLevel,
     PrefixPin,
+    PressureLevel,
     SlidingWindow,
 )
 from pagedkv.errors import (
@@ -26,8 +26,19 @@ from pagedkv.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockManager", "CacheConfig", "ConfigError", "DuplicateSequenceError",
-    "InvalidArgumentError", "ManagerStats", "OutOfBlocksError", "PagedKVError", "PressureLevel",
-    "PrefixPin", "SequenceStateError", "ShapeError", "SlidingWindow", "UnknownSequenceError",
+    "BlockManager",
+    "CacheConfig",
+    "ConfigError",
+    "DuplicateSequenceError",
+    "InvalidArgumentError",
+    "ManagerStats",
+    "OutOfBlocksError",
+    "PagedKVError",
+    "PrefixPin",
+    "PressureLevel",
+    "SequenceStateError",
+    "ShapeError",
+    "SlidingWindow",
+    "UnknownSequenceError",
     "__version__",
 ]

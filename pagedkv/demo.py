@@ -16,7 +16,8 @@ from pagedkv.core import BlockManager, CacheConfig
 
 
 def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 160,
-             policy: str = "lru", seed: int = 0, verbose: bool = True) -> dict[str, object]:
+             policy: str = "lru", seed: int = 0,
+             verbose: bool = True) -> dict[str, float | int | None]:
     """Run the built-in workload; returns the final statistics as a dict."""
     rng = np.random.default_rng(seed)
     cfg = CacheConfig.from_memory_budget(
@@ -25,10 +26,10 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
     mgr = BlockManager(cfg)
     say = print if verbose else (lambda *a, **k: None)
     say(f"pool: {cfg.num_blocks} blocks x {block_size} tokens "
-        f"({cfg.total_bytes / 2**20:.1f} MiB of fp16 KV for a 4-layer, 8-head, 64-dim model), "
+        f"({(cfg.total_bytes or 0) / 2**20:.1f} MiB of fp16 KV for a 4-layer, 8-head, 64-dim model), "
         f"eviction={policy}")
     system_prompt = rng.integers(0, 32000, 64).tolist()
-    running: list[object] = []
+    running: list[str] = []
     for r in range(num_requests):
         user = rng.integers(0, 32000, int(rng.integers(8, 80))).tolist()
         sid = f"req{r}"
@@ -60,7 +61,7 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
     mgr.check_integrity()
     st = mgr.stats()
     say("\nstatistics")
-    rows = [("prefix hit rate (tokens)", f"{st.hit_rate:.1%}"),
+    rows: list[tuple[str, object]] = [("prefix hit rate (tokens)", f"{st.hit_rate:.1%}"),
             ("prefix hit rate (requests)", f"{st.request_hit_rate:.1%}"),
             ("blocks allocated / freed", f"{st.allocations} / {st.frees}"),
             ("evictions", st.evictions), ("copy-on-write copies", st.cow_copies),
@@ -71,18 +72,26 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
     return st.as_dict()
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pagedkv demo", description=__doc__)
-    ap.add_argument("--requests", type=int, default=48)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The demo's options, shared by ``python -m pagedkv.demo`` and ``pagedkv demo``."""
+    ap.add_argument("--requests", type=int, default=48, help="requests to run (default 48)")
     ap.add_argument("--policy", default="lru", help="eviction policy (lru, fifo, lfu, s3fifo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the statistics as JSON only")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     stats = run_demo(num_requests=args.requests, policy=args.policy, seed=args.seed,
                      verbose=not args.json)
     if args.json:
         print(json.dumps(stats))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pagedkv demo", description=__doc__)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

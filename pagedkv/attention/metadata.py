@@ -119,10 +119,10 @@ class AttentionMetadata:
                 f"block_tables: expected >= {int(need.max())} columns, got {bt.shape[1]}"
             )
         gather = bt[:, :nblk]
-        B, T = len(sl), int(ql.sum())
+        nseq, ntok = len(sl), int(ql.sum())
         if slot_mapping is None:
             pos = np.concatenate([np.arange(s - q, s) for s, q in zip(sl, ql, strict=True)])
-            seq_of = np.repeat(np.arange(B), ql)
+            seq_of = np.repeat(np.arange(nseq), ql)
             slots = bt[seq_of, pos // block_size] * block_size + pos % block_size
         else:
             slots = (
@@ -130,8 +130,10 @@ class AttentionMetadata:
                 if isinstance(slot_mapping, torch.Tensor)
                 else np.asarray(slot_mapping)
             ).astype(np.int64)
-            if slots.shape != (T,):
-                raise ShapeError(f"slot_mapping: expected shape [{T}], got {list(slots.shape)}")
+            if slots.shape != (ntok,):
+                raise ShapeError(
+                    f"slot_mapping: expected shape [{ntok}], got {list(slots.shape)}"
+                )
         keep = slots >= 0
         kept = slots[keep]
         rows = (kept // block_size) * (2 * block_size) + kept % block_size
@@ -144,7 +146,7 @@ class AttentionMetadata:
             i = np.arange(max_q)[None, :]
             valid = i < ql[:, None]
             q_pad = np.where(valid, cu[:-1, None] + i, 0).reshape(-1)
-            q_unpad = (np.arange(B)[:, None] * max_q + i)[valid]
+            q_unpad = (np.arange(nseq)[:, None] * max_q + i)[valid]
 
         def t(a: np.ndarray | None, dtype: torch.dtype = torch.int64) -> torch.Tensor | None:
             return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype)
@@ -198,8 +200,9 @@ class AttentionMetadata:
             allowed &= (qpos[:, :, None] - j < window) | (j < sink)
         m = torch.from_numpy(allowed).to(self.device)[:, None]  # [B, 1, max_q, max_s]
         if max_q > 1 and group > 1:
-            B = len(sl)
-            m = m[:, :, None].expand(B, 1, group, max_q, max_s).reshape(B, 1, group * max_q, max_s)
+            nseq = len(sl)
+            m = m[:, :, None].expand(nseq, 1, group, max_q, max_s)
+            m = m.reshape(nseq, 1, group * max_q, max_s)
         return m
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 
 from pagedkv.attention.metadata import AttentionMetadata
 from pagedkv.attention.registry import register_attention_backend
@@ -70,33 +70,33 @@ class TorchReferenceBackend:
         """
         meta = metadata
         check_attention_inputs(query, kv_cache, meta)
-        T, Hq, D = query.shape
-        _, _, bs, Hkv, _ = kv_cache.shape
-        g = Hq // Hkv
-        B, nblk, max_q, max_s = meta.batch_size, meta.blocks_per_seq, meta.max_query_len, (
-            meta.max_seq_len
-        )
-        L = nblk * bs
-        # Gather: [B * nblk, bs, Hkv, D] per K/V, viewed as [B, Hkv, max_s, D] (no copy).
-        kbuf = self.workspace.get(B * L * Hkv * D, kv_cache.dtype, kv_cache.device, 0)
-        vbuf = self.workspace.get(B * L * Hkv * D, kv_cache.dtype, kv_cache.device, 1)
-        kbuf = kbuf.view(B * nblk, bs, Hkv, D)
-        vbuf = vbuf.view(B * nblk, bs, Hkv, D)
+        # Notation: b sequences, hq/hkv heads, d head_dim, g = hq // hkv query heads per KV head.
+        _, hq, d = query.shape
+        _, _, bs, hkv, _ = kv_cache.shape
+        g = hq // hkv
+        b, nblk, max_q = meta.batch_size, meta.blocks_per_seq, meta.max_query_len
+        max_s = meta.max_seq_len
+        span = nblk * bs
+        # Gather: [b * nblk, bs, hkv, d] per K/V, viewed as [b, hkv, max_s, d] (no copy).
+        kbuf = self.workspace.get(b * span * hkv * d, kv_cache.dtype, kv_cache.device, 0)
+        vbuf = self.workspace.get(b * span * hkv * d, kv_cache.dtype, kv_cache.device, 1)
+        kbuf = kbuf.view(b * nblk, bs, hkv, d)
+        vbuf = vbuf.view(b * nblk, bs, hkv, d)
         torch.index_select(kv_cache[:, 0], 0, meta.gather_blocks, out=kbuf)
         torch.index_select(kv_cache[:, 1], 0, meta.gather_blocks, out=vbuf)
-        k = kbuf.view(B, L, Hkv, D)[:, :max_s].transpose(1, 2)
-        v = vbuf.view(B, L, Hkv, D)[:, :max_s].transpose(1, 2)
-        # Queries: packed [T, Hq, D] -> padded [B, max_q, Hq, D] -> folded [B, Hkv, g*max_q, D].
+        k = kbuf.view(b, span, hkv, d)[:, :max_s].transpose(1, 2)
+        v = vbuf.view(b, span, hkv, d)[:, :max_s].transpose(1, 2)
+        # Queries: packed [T, hq, d] -> padded [b, max_q, hq, d] -> folded [b, hkv, g*max_q, d].
         qp = query if meta.q_pad_index is None else query.index_select(0, meta.q_pad_index)
         qf = (
-            qp.view(B, max_q, Hkv, g, D)
+            qp.reshape(b, max_q, hkv, g, d)
             .permute(0, 2, 3, 1, 4)
-            .reshape(B, Hkv, g * max_q, D)
+            .reshape(b, hkv, g * max_q, d)
             .to(kv_cache.dtype)
         )
         mask = meta.mask(g, sliding_window, sink_tokens)
-        out = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
-        out = out.view(B, Hkv, g, max_q, D).permute(0, 3, 1, 2, 4).reshape(B * max_q, Hq, D)
+        out = nnf.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
+        out = out.view(b, hkv, g, max_q, d).permute(0, 3, 1, 2, 4).reshape(b * max_q, hq, d)
         if meta.q_unpad_index is not None:
             out = out.index_select(0, meta.q_unpad_index)
         return out.to(query.dtype)

@@ -80,15 +80,17 @@ class BlockPool:
         ref_cnt, block_hash, free = self.ref_cnt, self.block_hash, self.free
         newly_cached = []
         for b in block_ids:
-            if b == NULL_BLOCK_ID:
+            r = ref_cnt[b] - 1
+            if r:
+                if b != NULL_BLOCK_ID:
+                    ref_cnt[b] = r
                 continue
-            ref_cnt[b] -= 1
-            if ref_cnt[b] == 0:
-                h = block_hash[b]
-                if h is None:
-                    free.append(b)
-                else:
-                    newly_cached.append((b, h))
+            ref_cnt[b] = 0
+            h = block_hash[b]
+            if h is None:
+                free.append(b)
+            else:
+                newly_cached.append((b, h))
         if newly_cached:
             self.evictor.insert_many(newly_cached)
 
@@ -161,33 +163,23 @@ class BlockPool:
     def _evict(self, n: int) -> list[int]:
         """Evict at least ``n`` cached blocks, leaves first; return ``n`` freed block ids (off
         the free stack). The caller guarantees ``n <= len(self.evictor)``."""
-        select, forget = self.evictor.select, self.evictor.forget
+        evictor = self.evictor
         cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
                                                 self.children)
         free = self.free
         out: list[int] = []
-        spilled = 0  # blocks a subtree eviction freed beyond what we took: on the free stack
         while len(out) < n:
-            if spilled:
-                out.append(free.pop())
-                spilled -= 1
-                continue
-            victim = select()
-            if children[victim]:
+            leaves = evictor.pop_leaves(n - len(out), children, parent, block_hash)
+            for v in leaves:  # the rest of uncache() for detached leaves, the common case
+                del cached[block_hash[v]]
+                block_hash[v] = None
+            out += leaves
+            self.num_evictions += len(leaves)
+            if len(out) < n:  # the next victim has cached children
                 before = len(free)
-                self._evict_subtree(victim, n - len(out))
-                spilled = len(free) - before
-                continue
-            h = block_hash[victim]  # a leaf, the common case: uncache() inlined
-            del cached[h]
-            block_hash[victim] = None
-            p = parent[victim]
-            if p >= 0:
-                children[p].discard(victim)  # type: ignore[union-attr]
-                parent[victim] = -1
-            forget(victim, h)
-            out.append(victim)
-            self.num_evictions += 1
+                self._evict_subtree(evictor.select(), n - len(out))
+                for _ in range(min(len(free) - before, n - len(out))):
+                    out.append(free.pop())
         return out
 
     def _evict_subtree(self, root: int, want: int) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import ClassVar
 
 EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {}
@@ -82,6 +82,26 @@ class EvictionPolicy(ABC):
         if block_id in self:
             self.remove(block_id)
 
+    def pop_leaves(self, n: int, children: Sequence[set[int] | None], parent: list[int],
+                   block_hash: Sequence[Hashable | None]) -> list[int]:
+        """Remove, forget and return up to ``n`` victims in order, stopping before the first
+        that still has cached children. Each returned block is detached from its parent
+        (``children[parent[b]]`` loses it, ``parent[b] = -1``) so the next one's leafness is
+        current. The pool's fast path: a policy may override it to avoid the per-victim
+        ``select``/``forget`` calls (LRU does)."""
+        out: list[int] = []
+        while len(out) < n and len(self):
+            block_id = self.select()
+            if children[block_id]:
+                break
+            self.forget(block_id, block_hash[block_id])
+            p = parent[block_id]
+            if p >= 0:
+                children[p].discard(block_id)  # type: ignore[union-attr]
+                parent[block_id] = -1
+            out.append(block_id)
+        return out
+
     @abstractmethod
     def order(self) -> list[int]:
         """Evictable blocks in eviction order, ignoring future promotions (tests, debugging)."""
@@ -99,7 +119,26 @@ class LRUPolicy(EvictionPolicy):
         self._queue[block_id] = None
 
     def insert_many(self, items: list[tuple[int, Hashable]]) -> None:
-        self._queue.update(dict.fromkeys(b for b, _ in items))
+        queue = self._queue
+        for block_id, _ in items:
+            queue[block_id] = None
+
+    def pop_leaves(self, n: int, children: Sequence[set[int] | None], parent: list[int],
+                   block_hash: Sequence[Hashable | None]) -> list[int]:
+        queue = self._queue
+        out: list[int] = []
+        while len(out) < n and queue:
+            block_id, _ = queue.popitem(last=False)
+            if children[block_id]:  # not a leaf: put it back where it was and stop
+                queue[block_id] = None
+                queue.move_to_end(block_id, last=False)
+                break
+            p = parent[block_id]
+            if p >= 0:
+                children[p].discard(block_id)  # type: ignore[union-attr]
+                parent[block_id] = -1
+            out.append(block_id)
+        return out
 
     def remove(self, block_id: int) -> None:
         del self._queue[block_id]

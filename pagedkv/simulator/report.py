@@ -58,10 +58,13 @@ def hitrate_table(results: list[Mapping[str, Any]]) -> str:
     for (bs, cap), by_pol in sorted(cells.items()):
         row = [str(bs), f"{cap:,}", f"{cap * bs:,}"]
         for p in policies:
-            r = by_pol.get(p)
-            mark = "" if r is None or r["filled_before_window"] else "*"
+            cell = by_pol.get(p)
+            if cell is None:
+                row.append("-")
+                continue
+            mark = "" if cell["filled_before_window"] else "*"
             underfilled |= bool(mark)
-            row.append(_pct(r["hit_rate"]) + mark if r else "-")
+            row.append(_pct(cell["hit_rate"]) + mark)
         rows.append(row)
     if rows:
         lines.append(_table(["block", "cap blocks", "cap tokens", *policies], rows))

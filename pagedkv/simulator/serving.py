@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class SchedulerLimits:
 @dataclass
 class ServingResult:
     backend: str
-    summary: dict[str, float | int | str]
+    summary: dict[str, Any]
     timeline: dict[str, np.ndarray] = field(repr=False)
     ttft_ms: np.ndarray = field(repr=False)
     tpot_ms: np.ndarray = field(repr=False)

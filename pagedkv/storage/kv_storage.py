@@ -11,7 +11,7 @@ Layout (FlashInfer "NHD", K and V combined per block)::
     kv_cache: [num_layers, num_blocks, 2, block_size, num_kv_heads, head_dim]
     layer(l): [num_blocks, 2, block_size, num_kv_heads, head_dim]       (contiguous view)
     key_cache(l) / value_cache(l): [num_blocks, block_size, num_kv_heads, head_dim]
-                                                                        (strided views, vLLM/FA form)
+                                   (strided views, the vLLM / FlashAttention form)
 
 A *slot* is ``block_id * block_size + offset``; block 0 is the core manager's null block (kept
 zero so masked-out padding reads stay finite).
@@ -206,8 +206,8 @@ class KVStorage:
         table = as_index_tensor(block_table, "block_table", self.device)
         if not 0 <= start <= end <= int(table.shape[0]) * self.block_size:
             raise InvalidArgumentError(
-                f"token range: expected 0 <= start <= end <= {int(table.shape[0]) * self.block_size}"
-                f", got [{start}, {end})"
+                f"token range: expected 0 <= start <= end <= "
+                f"{int(table.shape[0]) * self.block_size}, got [{start}, {end})"
             )
         pos = torch.arange(start, end, device=self.device)
         slots = table[pos // self.block_size] * self.block_size + pos % self.block_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 
 from pagedkv.attention import (
     AttentionMetadata,
@@ -13,6 +13,7 @@ from pagedkv.attention import (
     list_attention_backends,
     paged_attention,
     register_attention_backend,
+    registry,
 )
 from pagedkv.errors import InvalidArgumentError, ShapeError
 from pagedkv.storage import KVStorage
@@ -68,7 +69,7 @@ def _sdpa_ref(q, k, v, *, window=None, sink=0, scale=None):
         mask &= (p - j < window) | (j < sink)
     kk = k.repeat_interleave(hq // hkv, dim=1).transpose(0, 1)[None]
     vv = v.repeat_interleave(hq // hkv, dim=1).transpose(0, 1)[None]
-    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], kk, vv, attn_mask=mask,
+    out = nnf.scaled_dot_product_attention(q.transpose(0, 1)[None], kk, vv, attn_mask=mask,
                                          scale=scale)
     return out[0].transpose(0, 1)
 
@@ -133,7 +134,7 @@ def test_sliding_window_ignores_released_null_blocks():
     q = torch.randn(1, 4, 8)
     full = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
                            sliding_window=4)
-    released = [[0, 0] + tables[0][2:]]  # positions 0..7 dropped; window covers 10..13
+    released = [[0, 0, *tables[0][2:]]]  # positions 0..7 dropped; window covers 10..13
     out = paged_attention(q, store.layer(0), block_tables=released, seq_lens=seq_lens,
                           sliding_window=4)
     torch.testing.assert_close(out, full, rtol=0, atol=0)
@@ -156,8 +157,10 @@ def test_metadata_mask_and_padding_indices():
                                    query_lens=[2, 1])
     assert meta.slot_mapping.tolist() == [8, 9, 14]
     assert meta.cu_seqlens_q.tolist() == [0, 2, 3]
-    assert meta.q_pad_index is not None and meta.q_pad_index.tolist() == [0, 1, 2, 0]
-    assert meta.q_unpad_index is not None and meta.q_unpad_index.tolist() == [0, 1, 2]
+    assert meta.q_pad_index is not None
+    assert meta.q_pad_index.tolist() == [0, 1, 2, 0]
+    assert meta.q_unpad_index is not None
+    assert meta.q_unpad_index.tolist() == [0, 1, 2]
     m = meta.mask(1)
     assert m is not None
     assert m[0, 0].tolist() == [[True] * 5 + [False], [True] * 6]
@@ -190,13 +193,20 @@ def test_registry():
     with pytest.raises(InvalidArgumentError, match="expected one of"):
         get_attention_backend("nope")
 
-    @register_attention_backend("test-dummy")
-    class Dummy:
-        name = "test-dummy"
+    try:
 
-        def forward(self, query, kv_cache, metadata, **kw):
-            return torch.zeros_like(query)
+        @register_attention_backend("test-dummy")
+        class Dummy:
+            name = "test-dummy"
 
-    assert isinstance(get_attention_backend("test-dummy"), Dummy)
-    with pytest.raises(InvalidArgumentError, match="already registered"):
-        register_attention_backend("torch")(Dummy)
+            def forward(self, query, kv_cache, metadata, **kw):
+                return torch.zeros_like(query)
+
+        assert isinstance(get_attention_backend("test-dummy"), Dummy)
+        assert "test-dummy" in list_attention_backends()
+        with pytest.raises(InvalidArgumentError, match="already registered"):
+            register_attention_backend("torch")(Dummy)
+        assert get_attention_backend("torch").name == "torch"
+    finally:
+        registry._BACKENDS.pop("test-dummy", None)
+        registry._INSTANCES.pop("test-dummy", None)

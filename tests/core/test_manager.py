@@ -194,3 +194,10 @@ def test_packed_slot_mapping_and_seq_lens(make_mgr):
     lens = mgr.seq_lens(["a", "b"])
     assert lens.dtype == np.int32
     assert lens.tolist() == [6, 3]
+
+
+def test_decode_blocks_of_a_short_prompt_are_cached(make_mgr):
+    mgr = make_mgr()
+    mgr.admit("a", [1, 2])  # shorter than a block: nothing to look up or register yet
+    mgr.append("a", [3, 4, 5])
+    assert mgr.lookup_prefix([1, 2, 3, 4, 5]) == 4

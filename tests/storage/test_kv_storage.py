@@ -57,7 +57,7 @@ def test_write_errors_name_expected_and_got_and_change_nothing():
     good = torch.randn(2, 2, 3)
     with pytest.raises(ShapeError, match=r"expected shape \[2, 2, 3\], got \[2, 2, 4\]"):
         s.write(0, torch.randn(2, 2, 4), good, [1, 2])
-    with pytest.raises(ShapeError, match="expected dtype torch.float32, got torch.float16"):
+    with pytest.raises(ShapeError, match=r"expected dtype torch\.float32, got torch\.float16"):
         s.write(0, good.half(), good, [1, 2])
     with pytest.raises(ShapeError, match="expected device"):
         s.write(0, good.to("meta"), good, [1, 2])

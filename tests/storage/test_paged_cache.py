@@ -7,7 +7,7 @@ import torch
 
 from pagedkv.core import CacheConfig
 from pagedkv.errors import InvalidArgumentError, OutOfBlocksError, ShapeError
-from pagedkv.storage.paged_cache import PagedKVCache
+from pagedkv.storage import PagedKVCache
 
 L, H, D = 2, 2, 4
 

@@ -1,0 +1,223 @@
+"""Run a transformers causal LM with its KV cache in pagedkv (prefill, decode, prefix hits, forks).
+
+Why a runner rather than a ``Cache`` subclass: a paged batch is ragged (each sequence has its own
+length, block table and prefix hit), which HF's ``[batch, heads, seq, dim]`` cache interface
+cannot express without padding. The runner packs the step's new tokens of all sequences into one
+row (``input_ids [1, T]`` with per-token ``position_ids``), builds the step's
+:class:`AttentionMetadata` once, and calls the unmodified model with the registered ``"pagedkv"``
+attention; every layer writes its K/V into :class:`KVStorage` and attends through the block
+tables. No padding, so outputs equal per-prompt unpadded ``model.generate``.
+
+Lifecycle of a sequence: ``admit`` (prompt) -> ``forward`` (computes the uncached prompt suffix,
+returns next-token logits) -> ``append``/``append_batch`` (the sampled token) -> ``forward`` ...
+-> ``free``. ``fork`` shares a computed sequence's blocks with a new one (copy-on-write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pagedkv.attention import AttentionMetadata, get_attention_backend
+from pagedkv.core import BlockManager, CacheConfig
+from pagedkv.errors import InvalidArgumentError
+from pagedkv.integrations.hf_attention import (
+    ATTN_IMPLEMENTATION,
+    STEP_KWARG,
+    PagedStep,
+    register_pagedkv_attention,
+)
+from pagedkv.storage import KVStorage
+
+
+def model_kv_dims(model_config: Any) -> tuple[int, int, int]:
+    """``(num_layers, num_kv_heads, head_dim)`` of a transformers decoder config."""
+    layers = int(model_config.num_hidden_layers)
+    heads = int(model_config.num_attention_heads)
+    kv_heads = int(getattr(model_config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+    return layers, kv_heads, int(head_dim)
+
+
+class PagedModelRunner:
+    """Owns a :class:`BlockManager` and a :class:`KVStorage` sized for ``model``."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        config: CacheConfig | None = None,
+        block_size: int = 16,
+        num_blocks: int = 256,
+        enable_prefix_caching: bool = True,
+        backend: str = "torch",
+    ) -> None:
+        self.model = model
+        self.model_config: Any = model.config
+        num_layers, kv_heads, head_dim = model_kv_dims(model.config)
+        if config is None:
+            config = CacheConfig(block_size=block_size, num_blocks=num_blocks,
+                                 enable_prefix_caching=enable_prefix_caching)
+        self.manager = BlockManager(config)
+        param = next(model.parameters())
+        self.storage = KVStorage.from_config(config, num_layers=num_layers, num_kv_heads=kv_heads,
+                                             head_dim=head_dim, dtype=param.dtype,
+                                             device=param.device)
+        self.backend = get_attention_backend(backend)
+        self.device = param.device
+        register_pagedkv_attention()
+        # seq_id -> (first uncomputed position, token ids not yet run through the model)
+        self._pending: dict[Hashable, tuple[int, list[int]]] = {}
+
+    # ---------------------------------------------------------- bookkeeping
+    def admit(self, seq_id: Hashable, prompt: Sequence[int], *, cache_salt: str | None = None
+              ) -> int:
+        """Allocate blocks for a prompt; returns how many leading tokens were prefix-cache hits
+        (their KV is reused, the rest is computed by the next :meth:`forward`)."""
+        ids = [int(t) for t in prompt]
+        hit = self.manager.admit(seq_id, np.asarray(ids, dtype=np.int64), cache_salt=cache_salt)
+        self._pending[seq_id] = (hit, ids[hit:])
+        return hit
+
+    def append(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
+        """Append tokens (e.g. the sampled one) to a sequence; computed by the next forward."""
+        ids = [int(t) for t in token_ids]
+        self._check_not_pending([seq_id])
+        start = self.manager.num_tokens(seq_id)
+        self.manager.append(seq_id, np.asarray(ids, dtype=np.int64))
+        self._pending[seq_id] = (start, ids)
+
+    def append_batch(self, seq_ids: Sequence[Hashable], token_ids: Sequence[int]) -> None:
+        """Append one token to each sequence (the decode hot path)."""
+        self._check_not_pending(seq_ids)
+        starts = [self.manager.num_tokens(s) for s in seq_ids]
+        self.manager.append_batch(seq_ids, np.asarray(token_ids, dtype=np.int64))
+        for s, start, t in zip(seq_ids, starts, token_ids, strict=True):
+            self._pending[s] = (start, [int(t)])
+
+    def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
+        """New sequence sharing all of the parent's (computed) tokens' blocks."""
+        self._check_not_pending([parent_id])
+        self.manager.fork(parent_id, child_id)
+
+    def free(self, seq_id: Hashable) -> None:
+        """Release a sequence's blocks (cached full blocks stay reusable)."""
+        self.manager.free(seq_id)
+        self._pending.pop(seq_id, None)
+
+    def _check_not_pending(self, seq_ids: Sequence[Hashable]) -> None:
+        for s in seq_ids:
+            if s in self._pending:
+                raise InvalidArgumentError(
+                    f"sequence {s!r}: expected its pending tokens to be computed by forward() "
+                    "first, got uncomputed tokens")
+
+    # -------------------------------------------------------------- compute
+    def build_step(self, seq_ids: Sequence[Hashable]) -> tuple[PagedStep, torch.Tensor,
+                                                                 torch.Tensor]:
+        """Step metadata for the pending tokens of ``seq_ids``.
+
+        Returns:
+            (step, input_ids int64 ``[1, T]``, position_ids int64 ``[1, T]``).
+        """
+        if not seq_ids:
+            raise InvalidArgumentError("seq_ids: expected at least one sequence, got none")
+        if len(set(seq_ids)) != len(seq_ids):
+            raise InvalidArgumentError(f"seq_ids: expected distinct ids, got {list(seq_ids)}")
+        mgr = self.manager
+        missing = [s for s in seq_ids if s not in self._pending]
+        if missing:
+            raise InvalidArgumentError(
+                f"forward: expected pending tokens for every sequence, got none for {missing}")
+        ids: list[int] = []
+        pos: list[np.ndarray] = []
+        slots: list[np.ndarray] = []
+        qlens, slens = [], []
+        for s in seq_ids:
+            start, toks = self._pending[s]
+            end = start + len(toks)
+            ids.extend(toks)
+            pos.append(np.arange(start, end))
+            slots.append(mgr.slot_mapping(s, start, end))
+            qlens.append(len(toks))
+            slens.append(end)
+        meta = AttentionMetadata.build(
+            block_size=mgr.block_size,
+            block_tables=mgr.block_table_array(seq_ids),
+            seq_lens=slens,
+            query_lens=qlens,
+            slot_mapping=np.concatenate(slots),
+            device=self.device,
+        )
+        step = PagedStep(storage=self.storage, metadata=meta, backend=self.backend)
+        input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
+        position_ids = torch.from_numpy(np.concatenate(pos)[None]).to(self.device)
+        return step, input_ids, position_ids
+
+    @torch.inference_mode()
+    def forward(self, seq_ids: Sequence[Hashable]) -> torch.Tensor:
+        """Run the model on every listed sequence's pending tokens in one packed batch.
+
+        Returns:
+            float logits ``[B, vocab]`` for the last pending token of each sequence (B =
+            ``len(seq_ids)``), in the model's dtype.
+        """
+        step, input_ids, position_ids = self.build_step(seq_ids)
+        # Copy-on-write copies must land before this step's writes.
+        self.storage.copy_blocks(self.manager.take_copies())
+        last = step.metadata.cu_seqlens_q[1:].to(torch.int64) - 1
+        cfg = self.model_config
+        previous = cfg._attn_implementation
+        cfg._attn_implementation = ATTN_IMPLEMENTATION
+        try:
+            out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                             logits_to_keep=last, **{STEP_KWARG: step})
+        finally:
+            cfg._attn_implementation = previous
+        for s in seq_ids:
+            del self._pending[s]
+        logits: torch.Tensor = out.logits[0]
+        return logits
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        *,
+        seq_ids: Sequence[Hashable] | None = None,
+        cache_salt: str | None = None,
+        free: bool = True,
+    ) -> list[list[int]]:
+        """Greedy generation of all prompts as one continuously batched run.
+
+        Returns the ``max_new_tokens`` generated ids of each prompt (no EOS stopping)."""
+        if max_new_tokens < 1:
+            raise InvalidArgumentError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+        ids = list(seq_ids) if seq_ids is not None else [object() for _ in prompts]
+        if len(ids) != len(prompts):
+            raise InvalidArgumentError(f"seq_ids: expected {len(prompts)}, got {len(ids)}")
+        for s, p in zip(ids, prompts, strict=True):
+            self.admit(s, p, cache_salt=cache_salt)
+        out: list[list[int]] = [[] for _ in prompts]
+        next_tok = self.forward(ids).argmax(-1).tolist()
+        for step in range(max_new_tokens):
+            for o, t in zip(out, next_tok, strict=True):
+                o.append(int(t))
+            if step == max_new_tokens - 1:
+                break
+            self.append_batch(ids, next_tok)
+            next_tok = self.forward(ids).argmax(-1).tolist()
+        if free:
+            for s in ids:
+                self.free(s)
+        return out
+
+    def check_integrity(self) -> None:
+        """Manager bookkeeping, storage tensors, and pending tokens of live sequences only."""
+        self.manager.check_integrity()
+        self.storage.check_integrity()
+        for s in self._pending:
+            assert s in self.manager, f"pending tokens for unknown sequence {s!r}"

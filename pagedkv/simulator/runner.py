@@ -1,0 +1,153 @@
+"""Orchestrate one ``pagedkv simulate`` run: workload → modes → a plain-dict report.
+
+Kept apart from argument parsing so that scripts and tests can run exactly what the CLI runs
+(``SimulationConfig`` → :func:`run_simulation`) and get the same report the CLI renders.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pagedkv.errors import InvalidArgumentError
+from pagedkv.simulator.blocks import BlockStream, build_block_stream
+from pagedkv.simulator.contiguous import RESERVATIONS, ContiguousBackend, default_max_model_len
+from pagedkv.simulator.costmodel import LinearCostModel
+from pagedkv.simulator.hitrate import capacities_for, manager_policies, run_policy
+from pagedkv.simulator.oracle import infinite_cache
+from pagedkv.simulator.paged import PagedBackend
+from pagedkv.simulator.progress import ProgressBar
+from pagedkv.simulator.serving import MemoryBackend, SchedulerLimits, replay
+from pagedkv.simulator.trace import Request, Trace
+
+MODES = ("hitrate", "serve", "baselines")
+DEFAULT_CAPACITY_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
+
+
+@dataclass
+class SimulationConfig:
+    """Everything a run needs besides the workload (the CLI flags, one to one)."""
+
+    modes: tuple[str, ...] = MODES
+    block_sizes: tuple[int, ...] = (16,)
+    capacities: tuple[int, ...] = ()  # blocks
+    capacity_tokens: tuple[int, ...] = ()
+    policies: tuple[str, ...] = ()  # () = every manager policy + belady
+    warmup: float = 0.5
+    partial: str = "cache"
+    kv_tokens: int | None = None  # serving / baseline memory; None = sized from the trace
+    serve_policy: str = "lru"
+    prefix_caching: bool | None = None  # None = on iff the trace has prefix information
+    watermark: float = 0.0
+    max_model_len: int | None = None
+    arrival_scale: float = 1.0
+    cost: LinearCostModel = field(default_factory=LinearCostModel)
+    limits: SchedulerLimits = field(default_factory=SchedulerLimits)
+
+    def validate(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise InvalidArgumentError(f"unknown mode(s) {bad or self.modes}; known: {MODES}")
+        if not self.block_sizes or min(self.block_sizes) <= 0:
+            raise InvalidArgumentError(f"block sizes must be positive, got {self.block_sizes}")
+        if self.kv_tokens is not None and self.kv_tokens < max(self.block_sizes):
+            raise InvalidArgumentError(
+                f"kv_tokens {self.kv_tokens} holds no block of {max(self.block_sizes)} tokens")
+        if not self.arrival_scale > 0:
+            raise InvalidArgumentError(f"arrival_scale must be > 0, got {self.arrival_scale}")
+        known = [*manager_policies(), "belady"]
+        unknown = [p for p in self.policies if p not in known]
+        if unknown:
+            raise InvalidArgumentError(f"unknown policy {unknown}; known: {known}")
+
+
+def default_capacities(stream: BlockStream) -> list[int]:
+    """Fractions of the trace's distinct blocks (its infinite-cache working set)."""
+    unique = len(np.unique(stream.keys))
+    return sorted({max(1, math.ceil(unique * f)) for f in DEFAULT_CAPACITY_FRACTIONS})
+
+
+def default_kv_tokens(trace: Trace) -> int:
+    """Serving memory when not given: 4x the longest request rounded up to a power of two,
+    at least 16384 tokens — small enough that memory is the bottleneck, large enough that every
+    request fits."""
+    longest = max(r.input_len + max(1, r.output_len) for r in trace.requests)
+    return max(16384, 1 << (4 * longest - 1).bit_length())
+
+
+def _hitrate(trace: Trace, cfg: SimulationConfig, bar: ProgressBar) -> list[dict[str, Any]]:
+    policies = list(cfg.policies) or [*manager_policies(), "belady"]
+    out: list[dict[str, Any]] = []
+    for bs in cfg.block_sizes:
+        bar.task(f"splitting trace into {bs}-token blocks").update(0, 1)
+        stream = build_block_stream(trace, bs)
+        bar.update(1, 1)
+        out.append(infinite_cache(stream, cfg.warmup).to_dict())
+        caps = capacities_for(bs, cfg.capacities, cfg.capacity_tokens)
+        for cap in caps or default_capacities(stream):
+            for policy in policies:
+                bar.task(f"hit rate {policy} bs={bs} cap={cap}")
+                res = run_policy(stream, policy, cap, cfg.warmup, cfg.partial, bar.update)
+                bar.update(1, 1)
+                out.append(res.to_dict())
+    return out
+
+
+def _scaled(trace: Trace, scale: float) -> Trace:
+    if scale == 1.0:
+        return trace
+    reqs = [Request(r.arrival_ms / scale, r.input_len, r.output_len, r.hash_ids)
+            for r in trace.requests]
+    return Trace(reqs, trace.hash_block_size, trace.name, dict(trace.meta))
+
+
+def _serve(trace: Trace, cfg: SimulationConfig, bar: ProgressBar
+           ) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], int]:
+    trace = _scaled(trace, cfg.arrival_scale)
+    bs = cfg.block_sizes[0]
+    kv = cfg.kv_tokens or default_kv_tokens(trace)
+    blocks = kv // bs
+    stream = build_block_stream(trace, bs)
+    backends: list[MemoryBackend] = []
+    if "serve" in cfg.modes:
+        caching = trace.has_prefix_info if cfg.prefix_caching is None else cfg.prefix_caching
+        backends.append(PagedBackend(stream, blocks, policy=cfg.serve_policy,
+                                     prefix_caching=caching, watermark=cfg.watermark))
+    if "baselines" in cfg.modes:
+        if not backends or backends[0].name.endswith("+prefix"):
+            backends.append(PagedBackend(stream, blocks, policy=cfg.serve_policy,
+                                         prefix_caching=False, watermark=cfg.watermark))
+        max_len = cfg.max_model_len or default_max_model_len(trace)
+        backends += [ContiguousBackend(trace, blocks * bs, r, max_len) for r in RESERVATIONS]
+    summaries: list[dict[str, Any]] = []
+    timelines: dict[str, dict[str, np.ndarray]] = {}
+    for be in backends:
+        bar.task(f"serving replay {be.name}")
+        res = replay(trace, be, cfg.cost, cfg.limits, bar.update)
+        summaries.append(dict(res.summary))
+        timelines[be.name] = res.timeline
+    return summaries, timelines, blocks * bs
+
+
+def run_simulation(trace: Trace, cfg: SimulationConfig, progress: ProgressBar | None = None
+                   ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """Run the configured modes; return the report and the serving timelines (for plots)."""
+    cfg.validate()
+    bar = progress or ProgressBar(enabled=False)
+    report: dict[str, Any] = {"workload": trace.summary()}
+    conf = asdict(cfg)
+    conf["cost_model"] = cfg.cost.describe()
+    report["config"] = conf
+    timelines: dict[str, dict[str, np.ndarray]] = {}
+    if "hitrate" in cfg.modes:
+        if not trace.has_prefix_info:
+            report["notes"] = ["trace has no prefix information: hit rate is 0 by construction"]
+        report["hitrate"] = _hitrate(trace, cfg, bar)
+    if "serve" in cfg.modes or "baselines" in cfg.modes:
+        report["serving"], timelines, kv = _serve(trace, cfg, bar)
+        report["config"]["kv_tokens_used"] = kv
+    bar.close()
+    return report, timelines

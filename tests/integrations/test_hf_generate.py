@@ -1,0 +1,164 @@
+"""Transformers models generating through pagedkv match HF's own cache token for token.
+
+Reference: per-prompt *unpadded* ``model.generate`` (greedy, default DynamicCache, sdpa) — exact,
+since padding changes nothing in our packed varlen batch either. All fp32, seeded, offline.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedkv.core import CacheConfig
+from pagedkv.errors import InvalidArgumentError
+from pagedkv.integrations import PagedModelRunner
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "vocab_size": 160, "max_position_embeddings": 256}
+
+
+def _model(family: str, **over):
+    kw = {**SMALL, **over}
+    cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    }[family]
+    torch.manual_seed(1234)
+    return cls[1](cls[0](**kw)).eval()
+
+
+def _hf_greedy(model, prompt, n):
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                         do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def _prompts(lengths, seed=0, vocab=160):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize(
+    ("family", "over"),
+    [
+        ("llama", {"num_key_value_heads": 2}),  # GQA
+        ("llama", {"num_key_value_heads": 4}),  # MHA
+        ("qwen2", {"num_key_value_heads": 1}),  # MQA, qkv bias
+        ("mistral", {"num_key_value_heads": 2, "sliding_window": None}),
+    ],
+)
+def test_batched_generation_matches_hf(family, over):
+    model = _model(family, **over)
+    prompts = _prompts([1, 5, 8, 13, 21])
+    n = 10
+    runner = PagedModelRunner(model, block_size=4, num_blocks=96)
+    got = runner.generate(prompts, n)
+    assert got == [_hf_greedy(model, p, n) for p in prompts]
+    runner.check_integrity()
+    assert runner.manager.num_used_blocks == 0
+
+
+def test_mistral_sliding_window_matches_hf():
+    model = _model("mistral", num_key_value_heads=2, sliding_window=6)
+    prompts = _prompts([3, 9, 14], seed=1)
+    runner = PagedModelRunner(model, block_size=4, num_blocks=64)
+    got = runner.generate(prompts, 9)
+    assert got == [_hf_greedy(model, p, 9) for p in prompts]
+
+
+def test_prefix_cache_hits_match_hf():
+    model = _model("llama", num_key_value_heads=2)
+    shared = _prompts([11], seed=2)[0]
+    tails = _prompts([1, 4, 6], seed=3)
+    prompts = [shared + t for t in tails]
+    runner = PagedModelRunner(model, block_size=4, num_blocks=96)
+    want = [_hf_greedy(model, p, 8) for p in prompts]
+    # Same batch: the 2nd/3rd prompts hit blocks the 1st writes in the same forward.
+    hits = [runner.admit(i, p) for i, p in enumerate(prompts)]
+    assert hits == [0, 8, 8]
+    toks = runner.forward([0, 1, 2]).argmax(-1).tolist()
+    out = [[t] for t in toks]
+    for _ in range(7):
+        runner.append_batch([0, 1, 2], toks)
+        toks = runner.forward([0, 1, 2]).argmax(-1).tolist()
+        for o, t in zip(out, toks, strict=True):
+            o.append(t)
+    assert out == want
+    for i in range(3):
+        runner.free(i)
+    # Later batch: served from the prefix cache of freed sequences.
+    assert runner.generate(prompts, 8, seq_ids=["x", "y", "z"]) == want
+    assert runner.manager.counters.prefix_hit_tokens >= 2 * 8 + 3 * 8
+    runner.check_integrity()
+
+
+def test_forked_continuations_copy_on_write_match_hf():
+    model = _model("qwen2", num_key_value_heads=2)
+    prompt = _prompts([10], seed=4)[0]  # 10 % 4 != 0: the fork shares a partial block
+    runner = PagedModelRunner(model, block_size=4, num_blocks=64)
+    runner.admit("p", prompt)
+    logits = runner.forward(["p"])[0]
+    first_p, first_c = logits.topk(2).indices.tolist()
+    runner.fork("p", "c")
+    shared = runner.manager.block_table("p")
+    assert runner.manager.block_table("c") == shared
+    toks = [first_p, first_c]
+    outs: list[list[int]] = [[first_p], [first_c]]
+    for _ in range(8):
+        runner.append_batch(["p", "c"], toks)
+        toks = runner.forward(["p", "c"]).argmax(-1).tolist()
+        for o, t in zip(outs, toks, strict=True):
+            o.append(t)
+    assert runner.manager.counters.cow_copies >= 1
+    assert runner.manager.block_table("c")[:2] == shared[:2]  # full blocks still shared
+    assert outs[0] == _hf_greedy(model, prompt, 9)
+    assert outs[1] == [first_c, *_hf_greedy(model, [*prompt, first_c], 8)]
+    runner.check_integrity()
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_logits_match_hf_full_forward(family):
+    model = _model(family, num_key_value_heads=2)
+    prompts = _prompts([6, 17], seed=5)
+    runner = PagedModelRunner(model, block_size=4, num_blocks=64, enable_prefix_caching=False)
+    seqs = [list(p) for p in prompts]
+    for i, p in enumerate(prompts):
+        runner.admit(i, p)
+    for step in range(4):
+        logits = runner.forward([0, 1])
+        with torch.no_grad():
+            for i, s in enumerate(seqs):
+                ref = model(torch.tensor([s])).logits[0, -1]
+                torch.testing.assert_close(logits[i], ref, atol=1e-4, rtol=1e-4)
+        toks = logits.argmax(-1).tolist()
+        if step < 3:
+            runner.append_batch([0, 1], toks)
+            for s, t in zip(seqs, toks, strict=True):
+                s.append(t)
+
+
+def test_budget_config_and_misuse_errors():
+    model = _model("llama", num_key_value_heads=2)
+    cfg = CacheConfig.from_memory_budget(64 * 1024, block_size=4, num_layers=2, num_kv_heads=2,
+                                         head_dim=16, dtype=torch.float32)
+    runner = PagedModelRunner(model, config=cfg)
+    assert runner.storage.num_blocks == cfg.num_blocks
+    assert runner.storage.kv_cache.numel() * 4 <= 64 * 1024
+    with pytest.raises(InvalidArgumentError, match="pending"):
+        runner.forward(["nope"])
+    runner.admit("a", [1, 2, 3])
+    with pytest.raises(InvalidArgumentError, match="computed by forward"):
+        runner.append("a", [4])
+    runner.forward(["a"])
+    runner.append("a", [4, 5])
+    assert runner.forward(["a"]).shape == (1, 160)
+    model.config._attn_implementation = "pagedkv"
+    try:
+        with pytest.raises(InvalidArgumentError, match="PagedStep"):
+            model(torch.tensor([[1, 2]]))
+    finally:
+        model.config._attn_implementation = "sdpa"

@@ -1,0 +1,13 @@
+"""Tiny hand-made traces for the simulator tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pagedkv.simulator.trace import Request, Trace
+
+
+def block_trace(paths: Sequence[Sequence[int]], g: int = 4, out: int = 1) -> Trace:
+    """One request per path; each hash id is one full ``g``-token block."""
+    reqs = [Request(float(i), len(p) * g, out, tuple(p)) for i, p in enumerate(paths)]
+    return Trace(reqs, g, name="hand")
