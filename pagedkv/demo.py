@@ -26,7 +26,8 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
     mgr = BlockManager(cfg)
     say = print if verbose else (lambda *a, **k: None)
     say(f"pool: {cfg.num_blocks} blocks x {block_size} tokens "
-        f"({(cfg.total_bytes or 0) / 2**20:.1f} MiB of fp16 KV for a 4-layer, 8-head, 64-dim model), "
+        f"({(cfg.total_bytes or 0) / 2**20:.1f} MiB of fp16 KV for a 4-layer, 8-head, "
+        f"64-dim model), "
         f"eviction={policy}")
     system_prompt = rng.integers(0, 32000, 64).tolist()
     running: list[str] = []
@@ -34,7 +35,7 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
         user = rng.integers(0, 32000, int(rng.integers(8, 80))).tolist()
         sid = f"req{r}"
         while not mgr.can_admit(len(system_prompt) + len(user)) and running:
-            victim = mgr.select_victims(1, policy="newest")[0]
+            victim = str(mgr.select_victims(1, policy="newest")[0])
             mgr.free(victim)  # a real engine would requeue it for recompute
             running.remove(victim)
             say(f"  preempted {victim} to make room")
