@@ -341,11 +341,16 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         self.pressure.update(used)
 
     # -------------------------------------------------------------- decode
-    def _needs_cow(self, block_id: int) -> bool:
-        """A partial block may be written in place only if this sequence alone holds it and it
-        is not a cached (immutable) block, e.g. one made partial again by ``truncate``."""
+    def is_block_writable(self, block_id: int) -> bool:
+        """Whether KV in ``block_id`` may be overwritten in place: one holder and not cached
+        (cached blocks are immutable, e.g. one made partial again by ``truncate``)."""
         pool = self.pool
-        return pool.ref_cnt[block_id] > 1 or pool.block_hash[block_id] is not None
+        return pool.ref_cnt[block_id] == 1 and pool.block_hash[block_id] is None
+
+    @property
+    def num_pending_copies(self) -> int:
+        """Copy-on-write copies queued since the last ``take_copies``."""
+        return len(self._copies)
 
     def _cow_last(self, seq: Sequence) -> int:
         src = seq.block_table[-1]
@@ -369,7 +374,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         if k == 0:
             return np.empty(0, dtype=np.int64)
         new_blocks = -(-(n + k) // bs) - len(table)
-        cow = n % bs != 0 and self._needs_cow(table[-1])
+        cow = n % bs != 0 and not self.is_block_writable(table[-1])
         if new_blocks + cow > self.pool.num_available:
             raise OutOfBlocksError(new_blocks + cow, self.pool.num_available)
         if cow:

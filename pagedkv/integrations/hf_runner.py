@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pagedkv.attention import AttentionMetadata, get_attention_backend
-from pagedkv.core import BlockManager, CacheConfig
+from pagedkv.core import BlockManager, CacheConfig, SlidingWindow
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.integrations.hf_attention import (
     ATTN_IMPLEMENTATION,
@@ -40,6 +40,20 @@ def model_kv_dims(model_config: Any) -> tuple[int, int, int]:
     kv_heads = int(getattr(model_config, "num_key_value_heads", None) or heads)
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
     return layers, kv_heads, int(head_dim)
+
+
+def model_sliding_window(model_config: Any) -> int | None:
+    """The attention window if *every* layer is sliding-window attention, else None.
+
+    Only then may the manager release blocks behind the window: one full-attention layer (e.g.
+    Qwen2's ``max_window_layers``, Gemma's alternating layers) still reads the whole sequence."""
+    window = getattr(model_config, "sliding_window", None)
+    if not window or getattr(model_config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(model_config, "layer_types", None)
+    if layer_types is not None and any(t != "sliding_attention" for t in layer_types):
+        return None
+    return int(window)
 
 
 class PagedModelRunner:
@@ -69,6 +83,8 @@ class PagedModelRunner:
         self.backend = get_attention_backend(backend)
         self.device = param.device
         register_pagedkv_attention()
+        window = model_sliding_window(model.config)
+        self.sliding_window = None if window is None else SlidingWindow(window)
         # seq_id -> (first uncomputed position, token ids not yet run through the model)
         self._pending: dict[Hashable, tuple[int, list[int]]] = {}
 
@@ -78,7 +94,8 @@ class PagedModelRunner:
         """Allocate blocks for a prompt; returns how many leading tokens were prefix-cache hits
         (their KV is reused, the rest is computed by the next :meth:`forward`)."""
         ids = [int(t) for t in prompt]
-        hit = self.manager.admit(seq_id, np.asarray(ids, dtype=np.int64), cache_salt=cache_salt)
+        hit = self.manager.admit(seq_id, np.asarray(ids, dtype=np.int64), cache_salt=cache_salt,
+                                 sliding_window=self.sliding_window)
         self._pending[seq_id] = (hit, ids[hit:])
         return hit
 

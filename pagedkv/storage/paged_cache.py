@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pagedkv.core import BlockManager, CacheConfig
-from pagedkv.errors import InvalidArgumentError, ShapeError
+from pagedkv.errors import InvalidArgumentError, PagedKVError, ShapeError
 from pagedkv.storage._checks import check_kv_tensor
 from pagedkv.storage.kv_storage import KVStorage
 
@@ -106,8 +106,7 @@ class PagedKVCache:
         end = start + (int(key.shape[0]) if isinstance(key, torch.Tensor) and key.dim() else 0)
         slots = mgr.slot_mapping(seq_id, start, end)
         blocks = np.unique(slots // st.block_size)
-        pool = mgr.pool
-        if any(pool.ref_cnt[b] > 1 or pool.block_hash[b] is not None for b in blocks.tolist()):
+        if not all(mgr.is_block_writable(b) for b in blocks.tolist()):
             raise InvalidArgumentError(
                 f"write_kv: expected positions [{start}, {end}) in private blocks of "
                 f"{seq_id!r}, got shared or cached blocks")
@@ -165,4 +164,6 @@ class PagedKVCache:
         """Check the manager's bookkeeping and the storage tensors."""
         self.manager.check_integrity()
         self.storage.check_integrity()
-        assert not self.manager._copies, "copy-on-write copies left unexecuted"
+        if self.manager.num_pending_copies:
+            raise PagedKVError(f"{self.manager.num_pending_copies} copy-on-write copies were "
+                               "left unexecuted")

@@ -66,8 +66,24 @@ def test_mistral_sliding_window_matches_hf():
     model = _model("mistral", num_key_value_heads=2, sliding_window=6)
     prompts = _prompts([3, 9, 14], seed=1)
     runner = PagedModelRunner(model, block_size=4, num_blocks=64)
-    got = runner.generate(prompts, 9)
+    assert runner.sliding_window is not None
+    assert runner.sliding_window.window_tokens == 6
+    got = runner.generate(prompts, 9, seq_ids=["a", "b", "c"], free=False)
     assert got == [_hf_greedy(model, p, 9) for p in prompts]
+    # the manager released the blocks wholly behind the window: 22 tokens keep 2-3 blocks
+    table = runner.manager.block_table("c")
+    assert table[:3] == [0, 0, 0]
+    assert sum(b != 0 for b in table) <= 3
+    runner.check_integrity()
+
+
+def test_sliding_window_only_when_every_layer_slides():
+    from pagedkv.integrations.hf_runner import model_sliding_window
+
+    assert model_sliding_window(_model("mistral", sliding_window=6).config) == 6
+    assert model_sliding_window(_model("llama").config) is None
+    qwen = _model("qwen2", sliding_window=6, use_sliding_window=True, max_window_layers=1)
+    assert model_sliding_window(qwen.config) is None  # layer 1 of 2 is full attention
 
 
 def test_prefix_cache_hits_match_hf():
