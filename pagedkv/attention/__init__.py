@@ -1,5 +1,11 @@
-"""Paged attention: per-step metadata, a backend registry and the pure-torch reference backend."""
+"""Paged attention: per-step metadata, a backend registry, the pure-torch reference backend and
+an opt-in compiled CPU decode backend (``"cpu"``)."""
 
+from pagedkv.attention.cpu_kernel import (
+    CpuDecodeBackend,
+    CpuKernelUnavailableError,
+    kernel_available,
+)
 from pagedkv.attention.metadata import AttentionMetadata
 from pagedkv.attention.reference import TorchReferenceBackend, paged_attention
 from pagedkv.attention.registry import (
@@ -12,8 +18,11 @@ from pagedkv.attention.registry import (
 __all__ = [
     "AttentionBackend",
     "AttentionMetadata",
+    "CpuDecodeBackend",
+    "CpuKernelUnavailableError",
     "TorchReferenceBackend",
     "get_attention_backend",
+    "kernel_available",
     "list_attention_backends",
     "paged_attention",
     "register_attention_backend",

@@ -1,6 +1,7 @@
 """Attention backend registry (mini-sglang style).
 
-Why: the pure-torch reference runs everywhere (and is what CPU uses); a GPU kernel (FlashInfer,
+Why: the pure-torch reference runs everywhere (and is the default); ``"cpu"`` is a compiled
+decode kernel for CPU (opt-in, built on first selection); a GPU kernel (FlashInfer,
 Triton, FlashAttention) can be added later by registering a class under a new name without
 touching callers, which look backends up by name.
 """
@@ -74,7 +75,9 @@ _INSTANCES: dict[str, AttentionBackend] = {}
 def get_attention_backend(name: str = "torch") -> AttentionBackend:
     """The (cached) backend instance registered as ``name``; raises
     :class:`InvalidArgumentError` listing the available names otherwise."""
-    # Import for its registration side effect: "torch"/"reference" are always present.
+    # Import for the registration side effect: "torch"/"reference" are always present; "cpu"
+    # (compiled decode kernel) is registered too but only built when instantiated.
+    import pagedkv.attention.cpu_kernel
     import pagedkv.attention.reference  # noqa: F401
 
     if name not in _BACKENDS:
@@ -87,7 +90,9 @@ def get_attention_backend(name: str = "torch") -> AttentionBackend:
 
 
 def list_attention_backends() -> list[str]:
-    """Names of all registered backends."""
+    """Names of all registered backends (``"cpu"`` is listed even if it cannot be built; see
+    :func:`pagedkv.attention.cpu_kernel.kernel_available`)."""
+    import pagedkv.attention.cpu_kernel
     import pagedkv.attention.reference  # noqa: F401
 
     return sorted(_BACKENDS)

@@ -17,17 +17,23 @@ from pagedkv.errors import InvalidArgumentError
 PAD_SLOT_ID = -1
 
 
+def _pad_rows(rows: Sequence[Sequence[int]] | Sequence[np.ndarray], width: int | None,
+              pad: int, dtype: type[np.integer], what: str) -> np.ndarray:
+    """Stack ragged integer rows into ``[len(rows), width]`` of ``dtype`` padded with ``pad``."""
+    longest = max((len(r) for r in rows), default=0)
+    width = longest if width is None else width
+    if longest > width:
+        raise InvalidArgumentError(f"a {what} has {longest} entries > width {width}")
+    out = np.full((len(rows), width), pad, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
 def block_table_array(tables: Sequence[Sequence[int]], max_blocks: int | None = None,
                       pad_id: int = 0) -> np.ndarray:
     """Stack block tables into int32 ``[len(tables), max_blocks]`` padded with ``pad_id``."""
-    longest = max((len(t) for t in tables), default=0)
-    width = longest if max_blocks is None else max_blocks
-    if longest > width:
-        raise InvalidArgumentError(f"a block table has {longest} blocks > max_blocks={width}")
-    out = np.full((len(tables), width), pad_id, dtype=np.int32)
-    for row, table in enumerate(tables):
-        out[row, :len(table)] = table
-    return out
+    return _pad_rows(tables, max_blocks, pad_id, np.int32, "block table")
 
 
 def slot_mapping(table: Sequence[int], block_size: int, start: int, end: int) -> np.ndarray:
@@ -43,14 +49,7 @@ def slot_mapping(table: Sequence[int], block_size: int, start: int, end: int) ->
 
 def pad_slot_mappings(mappings: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:
     """Stack int64 slot mappings into ``[batch, width]`` padded with -1."""
-    longest = max((len(m) for m in mappings), default=0)
-    width = longest if width is None else width
-    if longest > width:
-        raise InvalidArgumentError(f"a slot mapping has {longest} entries > width={width}")
-    out = np.full((len(mappings), width), PAD_SLOT_ID, dtype=np.int64)
-    for row, m in enumerate(mappings):
-        out[row, :len(m)] = m
-    return out
+    return _pad_rows(mappings, width, PAD_SLOT_ID, np.int64, "slot mapping")
 
 
 def flashinfer_page_table(tables: Sequence[Sequence[int]], num_tokens: Sequence[int],

@@ -58,7 +58,7 @@ def test_block_table_array_and_flashinfer_table(make_mgr):
     assert bt.dtype == np.int32
     assert bt.tolist() == [[1, 2, 3], [4, 0, 0]]
     assert mgr.block_table_array(["b"], max_blocks=4).tolist() == [[4, 0, 0, 0]]
-    with pytest.raises(InvalidArgumentError, match="3 blocks > max_blocks=2"):
+    with pytest.raises(InvalidArgumentError, match="3 entries > width 2"):
         mgr.block_table_array(["a"], max_blocks=2)
     indptr, indices, last = mgr.flashinfer_page_table(["a", "b"])
     assert [x.dtype for x in (indptr, indices, last)] == [np.int32] * 3
