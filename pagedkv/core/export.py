@@ -25,7 +25,8 @@ def _pad_rows(rows: Sequence[Sequence[int]] | Sequence[np.ndarray], width: int |
     if longest > width:
         raise InvalidArgumentError(f"a {what} has {longest} entries > width {width}")
     out = np.full((len(rows), width), pad, dtype=dtype)
-    for i, row in enumerate(rows):
+    for i in range(len(rows)):
+        row = rows[i]
         out[i, :len(row)] = row
     return out
 
