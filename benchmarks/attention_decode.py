@@ -14,8 +14,12 @@ Setup per (batch B, context L): a Llama-3-8B-like layer (32 query heads, 8 KV he
   on contiguous K/V (what HF's ``sdpa`` attention does with a contiguous cache).
 * ``paged``: ``get_attention_backend("torch").forward(q[B,32,128], kv_layer, metadata)`` with the
   step's metadata built once beforehand (an engine builds it once per step for all layers).
+* ``cpu``: the same call on ``get_attention_backend("cpu")``, the compiled decode kernel that
+  reads the blocks in place (built on first use, ~30 s; the column is left out, with a note, if
+  it cannot be built).
 
-Median of ``--repeats`` timed calls (interleaved) after two warm-ups. ``ratio = paged / sdpa``.
+Median of ``--repeats`` timed calls (all contenders interleaved, so background load hits them
+alike) after two warm-ups. ``ratio = paged / sdpa``, ``cpu ratio = cpu / sdpa``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from torch.nn import functional as nnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from pagedkv.attention import AttentionMetadata, get_attention_backend
+from pagedkv.attention import AttentionMetadata, CpuKernelUnavailableError, get_attention_backend
 from pagedkv.storage import KVStorage
 
 HQ, HKV, D, BS = 32, 8, 128, 16
@@ -54,8 +58,11 @@ def _median_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
     return [statistics.median(ts) * 1e3 for ts in times]
 
 
-def bench_one(batch: int, context: int, repeats: int, seed: int = 0) -> dict[str, float]:
-    """Time paged vs. contiguous decode attention for ``batch`` sequences of ``context`` tokens."""
+def bench_one(
+    batch: int, context: int, repeats: int, seed: int = 0, with_cpu: bool = True
+) -> dict[str, float]:
+    """Time paged (reference and, if ``with_cpu``, compiled) vs. contiguous decode attention for
+    ``batch`` sequences of ``context`` tokens."""
     g = torch.Generator().manual_seed(seed)
     nblk = -(-context // BS)
     num_blocks = 1 + batch * nblk
@@ -81,13 +88,28 @@ def bench_one(batch: int, context: int, repeats: int, seed: int = 0) -> dict[str
     def sdpa() -> torch.Tensor:
         return nnf.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)
 
+    fns: list[Callable[[], object]] = [sdpa, paged]
     ref = sdpa()[:, :, 0]
     err = float((paged() - ref).abs().max())
     assert err < 1e-4, f"paged attention disagrees with SDPA: max abs err {err}"
-    t_sdpa, t_paged = _median_ms([sdpa, paged], repeats)
-    return {"batch": batch, "context": context, "sdpa_ms": round(t_sdpa, 3),
-            "paged_ms": round(t_paged, 3), "ratio": round(t_paged / t_sdpa, 3),
-            "max_abs_err": err}
+    if with_cpu:
+        cpu_backend = get_attention_backend("cpu")
+
+        def cpu() -> torch.Tensor:
+            return cpu_backend.forward(q, layer, meta)
+
+        cpu_err = float((cpu() - ref).abs().max())
+        assert cpu_err < 1e-4, f"cpu kernel disagrees with SDPA: max abs err {cpu_err}"
+        fns.append(cpu)
+    times = _median_ms(fns, repeats)
+    t_sdpa, t_paged = times[0], times[1]
+    row = {"batch": batch, "context": context, "sdpa_ms": round(t_sdpa, 3),
+           "paged_ms": round(t_paged, 3), "ratio": round(t_paged / t_sdpa, 3),
+           "max_abs_err": err}
+    if with_cpu:
+        row.update(cpu_ms=round(times[2], 3), cpu_ratio=round(times[2] / t_sdpa, 3),
+                   cpu_max_abs_err=cpu_err)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,22 +120,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-cpu", action="store_true", help="skip the compiled cpu kernel column")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [bench_one(b, c, args.repeats) for b in args.batch for c in args.context]
+    with_cpu = not args.no_cpu
+    if with_cpu:
+        try:
+            get_attention_backend("cpu")  # build (or load) before timing anything
+        except CpuKernelUnavailableError as exc:
+            print(f"note: cpu kernel column left out: {exc}", file=sys.stderr)
+            with_cpu = False
+    rows = [bench_one(b, c, args.repeats, with_cpu=with_cpu)
+            for b in args.batch for c in args.context]
     if args.json:
         print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
                           "heads": [HQ, HKV, D], "block_size": BS, "rows": rows}, indent=2))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
           f"Hq={HQ} Hkv={HKV} D={D} block_size={BS}")
-    print(f"{'batch':>5} {'context':>7} {'sdpa ms':>9} {'paged ms':>9} {'ratio':>6}")
+    cpu_hdr = f" {'cpu ms':>9} {'cpu ratio':>9}" if with_cpu else ""
+    print(f"{'batch':>5} {'context':>7} {'sdpa ms':>9} {'paged ms':>9} {'ratio':>6}{cpu_hdr}")
     for r in rows:
+        cpu_col = f" {r['cpu_ms']:>9.3f} {r['cpu_ratio']:>9.2f}" if with_cpu else ""
         print(f"{r['batch']:>5} {r['context']:>7} {r['sdpa_ms']:>9.3f} {r['paged_ms']:>9.3f} "
-              f"{r['ratio']:>6.2f}")
-    ratios = [r["ratio"] for r in rows]
-    print(f"geomean ratio {statistics.geometric_mean(ratios):.2f} (target <= 1.2)")
+              f"{r['ratio']:>6.2f}{cpu_col}")
+    gm = statistics.geometric_mean([r["ratio"] for r in rows])
+    line = f"geomean ratio: torch {gm:.2f}"
+    if with_cpu:
+        line += f", cpu {statistics.geometric_mean([r['cpu_ratio'] for r in rows]):.2f}"
+    print(line + " (target <= 1.2)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,227 @@
+"""C++ source of the compiled CPU paged-decode kernel (kept as a string so it ships as a module).
+
+The kernel body is emitted twice: once inside ``#pragma GCC target("avx2,fma")`` and once for
+the baseline ISA; ``decode`` picks one at run time (``isa=1`` and ``cpu_has_avx2()``), so the
+build needs no ``-march`` flag and the library runs on any x86-64 (or non-x86) CPU.
+"""
+
+from __future__ import annotations
+
+_HEADER = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+// One decode call. Shapes: q/out [B, Hq, D]; kv [N, 2, BS, Hkv, D] (contiguous);
+// tables int64 [B, M]; lens int32 [B].
+struct Args {
+  const void* q; const void* kv; void* out;
+  const int64_t* tables; const int32_t* lens;
+  int64_t m, hq, hkv, d, bs;
+  float scale; int64_t window, sink;
+};
+
+// Per-task scratch for nh query heads: q, acc [nh, D]; scores [nh, BS]; a row [D]; max, sum [nh].
+inline int64_t ws_floats(const Args& a, int64_t nh) {
+  return 2 * nh * a.d + nh * a.bs + a.d + 2 * nh;
+}
+"""
+
+# Flash-decoding for one (sequence, kv head): the g query heads of the group share each K/V row.
+_KERNEL = r"""
+namespace NS {
+
+// Scores, online-softmax update and V accumulation for tokens [t0, t1) of one block and the
+// query heads of kv heads [kh0, kh1). kb/vb point at the block's K/V [BS, Hkv, D].
+template <typename T>
+inline void attend_block(const Args& a, const T* kb, const T* vb, int64_t t0, int64_t t1,
+                         int64_t kh0, int64_t kh1, float* ws) {
+  const int64_t g = a.hq / a.hkv, D = a.d, BS = a.bs, stride = a.hkv * a.d;
+  const int64_t nh = (kh1 - kh0) * g;
+  float* qf = ws; float* acc = qf + nh * D; float* s = acc + nh * D;
+  float* row = s + nh * BS; float* mx = row + D; float* sum = mx + nh;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      const float* kr;
+      if constexpr (std::is_same_v<T, float>) {
+        kr = kb + t * stride + kh * D;
+      } else {
+        const T* src = kb + t * stride + kh * D;
+        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(src[i]);
+        kr = row;
+      }
+      for (int64_t h = (kh - kh0) * g; h < (kh - kh0 + 1) * g; ++h) {
+        const float* qh = qf + h * D;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t i = 0; i < D; ++i) dot += qh[i] * kr[i];
+        s[h * BS + t] = dot;
+      }
+    }
+  }
+  for (int64_t h = 0; h < nh; ++h) {
+    float* sh = s + h * BS;
+    float bm = mx[h];
+    for (int64_t t = t0; t < t1; ++t) bm = std::max(bm, sh[t]);
+    const float corr = std::exp(mx[h] - bm);  // exp(-inf) = 0 on the first block
+    float tot = sum[h] * corr;
+    for (int64_t t = t0; t < t1; ++t) { sh[t] = std::exp(sh[t] - bm); tot += sh[t]; }
+    sum[h] = tot; mx[h] = bm;
+    if (corr != 1.f) {
+      float* ah = acc + h * D;
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) ah[i] *= corr;
+    }
+  }
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      const float* vr;
+      if constexpr (std::is_same_v<T, float>) {
+        vr = vb + t * stride + kh * D;
+      } else {
+        const T* src = vb + t * stride + kh * D;
+        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(src[i]);
+        vr = row;
+      }
+      for (int64_t h = (kh - kh0) * g; h < (kh - kh0 + 1) * g; ++h) {
+        const float p = s[h * BS + t];
+        float* ah = acc + h * D;
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) ah[i] += p * vr[i];
+      }
+    }
+  }
+}
+
+// Sequence b, kv heads [kh0, kh1): out[b, kh0*g : kh1*g] (all their query heads).
+template <typename T>
+void attend(const Args& a, int64_t b, int64_t kh0, int64_t kh1, float* ws) {
+  const int64_t g = a.hq / a.hkv, D = a.d, BS = a.bs, stride = a.hkv * a.d;
+  const int64_t nh = (kh1 - kh0) * g;
+  float* qf = ws; float* acc = qf + nh * D; float* mx = acc + nh * D + nh * BS + D;
+  float* sum = mx + nh;
+  const T* q = static_cast<const T*>(a.q) + (b * a.hq + kh0 * g) * D;
+  for (int64_t i = 0; i < nh * D; ++i) {
+    qf[i] = static_cast<float>(q[i]) * a.scale;
+    acc[i] = 0.f;
+  }
+  for (int64_t h = 0; h < nh; ++h) {
+    mx[h] = -std::numeric_limits<float>::infinity();
+    sum[h] = 0.f;
+  }
+  const int64_t len = a.lens[b];
+  // Visible keys of the query at position len - 1: [0, len), or with a window
+  // [0, min(sink, len)) U [len - window, len) (HF convention, window >= 1).
+  int64_t lo[2] = {0, len}, hi[2] = {len, len};
+  if (a.window > 0 && len > a.window) {
+    const int64_t sink_end = std::min(a.sink, len), wlo = len - a.window;
+    if (wlo > sink_end) { hi[0] = sink_end; lo[1] = wlo; }
+  }
+  const T* kv = static_cast<const T*>(a.kv);
+  const int64_t* table = a.tables + b * a.m;
+  for (int r = 0; r < 2; ++r) {
+    for (int64_t p = lo[r]; p < hi[r];) {
+      const int64_t blk = p / BS, t0 = p - blk * BS;
+      const int64_t t1 = std::min(BS, hi[r] - blk * BS);
+      const T* kb = kv + table[blk] * 2 * BS * stride;
+      attend_block<T>(a, kb, kb + BS * stride, t0, t1, kh0, kh1, ws);
+      p = blk * BS + t1;
+    }
+  }
+  T* o = static_cast<T*>(a.out) + (b * a.hq + kh0 * g) * D;
+  for (int64_t h = 0; h < nh; ++h) {
+    const float inv = sum[h] > 0.f ? 1.f / sum[h] : 0.f;
+    for (int64_t i = 0; i < D; ++i) o[h * D + i] = static_cast<T>(acc[h * D + i] * inv);
+  }
+}
+
+void run(const Args& a, int64_t dtype, int64_t b, int64_t kh0, int64_t kh1, float* ws) {
+  if (dtype == 0) attend<float>(a, b, kh0, kh1, ws);
+  else if (dtype == 1) attend<c10::Half>(a, b, kh0, kh1, ws);
+  else attend<c10::BFloat16>(a, b, kh0, kh1, ws);
+}
+
+}  // namespace NS
+"""
+
+_FOOTER = r"""
+}  // namespace
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+// Paged decode attention; see pagedkv/attention/cpu_kernel.py for the contract.
+torch::Tensor decode(torch::Tensor q, torch::Tensor kv, torch::Tensor tables, torch::Tensor lens,
+                     double scale, int64_t window, int64_t sink, int64_t heads_per_task,
+                     int64_t isa) {
+  TORCH_CHECK(q.dim() == 3 && kv.dim() == 5 && kv.size(1) == 2, "pagedkv cpu decode: bad ranks");
+  TORCH_CHECK(q.is_contiguous() && kv.is_contiguous() && tables.is_contiguous() &&
+              lens.is_contiguous(), "pagedkv cpu decode: expected contiguous inputs");
+  TORCH_CHECK(q.scalar_type() == kv.scalar_type(), "pagedkv cpu decode: q/kv dtype mismatch");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && lens.scalar_type() == at::kInt,
+              "pagedkv cpu decode: tables int64, lens int32");
+  Args a;
+  a.hq = q.size(1); a.d = q.size(2); a.bs = kv.size(2); a.hkv = kv.size(3);
+  a.m = tables.size(1);
+  const int64_t B = q.size(0), nblocks = kv.size(0);
+  TORCH_CHECK(kv.size(4) == a.d && a.hq % a.hkv == 0 && tables.size(0) == B && lens.size(0) == B,
+              "pagedkv cpu decode: inconsistent shapes");
+  const int32_t* lp = lens.data_ptr<int32_t>();
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lp[b] >= 1 && (lp[b] + a.bs - 1) / a.bs <= a.m, "pagedkv cpu decode: bad length");
+    for (int64_t j = 0; j < (lp[b] + a.bs - 1) / a.bs; ++j)
+      TORCH_CHECK(tp[b * a.m + j] >= 0 && tp[b * a.m + j] < nblocks,
+                  "pagedkv cpu decode: block id out of range: ", tp[b * a.m + j]);
+  }
+  auto out = torch::empty_like(q);
+  a.q = q.data_ptr(); a.kv = kv.data_ptr(); a.out = out.data_ptr(); a.tables = tp; a.lens = lp;
+  a.scale = static_cast<float>(scale); a.window = window; a.sink = sink;
+  const auto st = q.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+              "pagedkv cpu decode: dtype must be float32/float16/bfloat16");
+  const int64_t dt = st == at::kFloat ? 0 : (st == at::kHalf ? 1 : 2);
+  const bool avx2 = isa == 1 && cpu_has_avx2();
+  // Tasks: (sequence, run of heads_per_task kv heads). A whole-row run reads each block's K/V
+  // [BS, Hkv, D] front to back; smaller runs add parallelism for small batches.
+  const int64_t hpt = std::max<int64_t>(1, std::min(heads_per_task, a.hkv));
+  const int64_t chunks = (a.hkv + hpt - 1) / hpt, nws = ws_floats(a, hpt * (a.hq / a.hkv));
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> ws(nws);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t b = w / chunks, kh0 = (w % chunks) * hpt, kh1 = std::min(a.hkv, kh0 + hpt);
+      if (avx2) k_avx2::run(a, dt, b, kh0, kh1, ws.data());
+      else k_base::run(a, dt, b, kh0, kh1, ws.data());
+    }
+  });
+  return out;
+}
+"""
+
+
+def cpp_source() -> str:
+    """The full translation unit: header, AVX2+FMA kernel copy, baseline copy, entry points."""
+    avx2 = _KERNEL.replace("NS", "k_avx2")
+    base = _KERNEL.replace("NS", "k_base")
+    x86 = "#if defined(__x86_64__) || defined(__i386__)\n"
+    return (
+        _HEADER
+        + x86 + "#pragma GCC push_options\n#pragma GCC target(\"avx2,fma\")\n#endif\n"
+        + avx2
+        + x86 + "#pragma GCC pop_options\n#endif\n"
+        + base
+        + _FOOTER
+    )

@@ -1,0 +1,211 @@
+"""Compiled CPU paged *decode* attention that reads K/V straight from the block pool.
+
+Why: the reference backend must copy every sequence's blocks into a contiguous workspace before
+SDPA can read them, so on CPU it does strictly more memory traffic than contiguous attention.
+This kernel walks each sequence's block table and runs flash-decoding (online softmax with a
+running max and sum, fp32 accumulation) directly over the paged ``[BS, Hkv, D]`` K/V rows.
+
+How: a small C++ extension (:mod:`pagedkv.attention._cpu_kernel_src`) is compiled with
+``torch.utils.cpp_extension.load_inline`` on first use (``-O3 -fopenmp``; an AVX2+FMA copy of the
+kernel is chosen at run time when the CPU has it) and cached in torch's extension directory
+(``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``). One task = one sequence and a run
+of KV heads, parallelised with ``at::parallel_for``; each task reads its blocks' K/V rows front
+to back and shares every K/V row among the query heads of its GQA group.
+
+The ``"cpu"`` backend uses it for decode steps (every ``query_len == 1``) on CPU tensors and
+delegates everything else (prefill/extend, other devices, non-contiguous caches) to the torch
+reference. Selecting it raises :class:`CpuKernelUnavailableError` if the build fails; importing
+pagedkv never builds anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from typing import Any
+
+import torch
+
+from pagedkv.attention.metadata import AttentionMetadata
+from pagedkv.attention.reference import TorchReferenceBackend, check_attention_inputs
+from pagedkv.attention.registry import get_attention_backend, register_attention_backend
+from pagedkv.errors import PagedKVError
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_EXT_NAME = "pagedkv_cpu_decode"
+_LOCK = threading.Lock()
+_STATE: dict[str, Any] = {"module": None, "error": None, "build_s": None}
+
+
+class CpuKernelUnavailableError(PagedKVError, RuntimeError):
+    """The compiled CPU attention kernel could not be built or loaded (no C++ compiler, ninja
+    or OpenMP); the ``"torch"`` backend still works."""
+
+
+def load_kernel(verbose: bool = False) -> Any:
+    """Build (first call per machine, ~30 s on 2 cores) or load (cached) the extension module.
+
+    Thread-safe; a failure is remembered, so later calls raise again without rebuilding.
+    Raises :class:`CpuKernelUnavailableError` with the compiler's message on failure.
+    """
+    with _LOCK:
+        if _STATE["module"] is not None:
+            return _STATE["module"]
+        if _STATE["error"] is not None:
+            raise CpuKernelUnavailableError(_STATE["error"])
+        t0 = time.perf_counter()
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            from pagedkv.attention._cpu_kernel_src import cpp_source
+
+            module = load_inline(  # type: ignore[no-untyped-call]
+                _EXT_NAME,
+                cpp_sources=[cpp_source()],
+                functions=["decode", "cpu_has_avx2"],
+                extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                verbose=verbose,
+            )
+        except Exception as exc:  # compiler/ninja missing, OpenMP unsupported, ...
+            msg = str(exc).strip().splitlines()
+            _STATE["error"] = (
+                "pagedkv CPU attention kernel: build failed (needs a C++17 compiler with OpenMP "
+                "and ninja; use backend='torch' instead): "
+                + (" | ".join(msg[-6:]) if msg else type(exc).__name__)
+            )
+            raise CpuKernelUnavailableError(_STATE["error"]) from exc
+        _STATE["module"] = module
+        _STATE["build_s"] = time.perf_counter() - t0
+        return module
+
+
+def kernel_available() -> bool:
+    """Whether the kernel is (or can be) built; builds it on first call."""
+    try:
+        load_kernel()
+    except CpuKernelUnavailableError:
+        return False
+    return True
+
+
+def paged_decode(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    scale: float | None = None,
+    sliding_window: int | None = None,
+    sink_tokens: int = 0,
+    heads_per_task: int | None = None,
+    use_avx2: bool = True,
+) -> torch.Tensor:
+    """Decode attention of one query token per sequence over the paged cache (no gather copy).
+
+    Args:
+        query: ``[B, Hq, D]`` (query ``b`` sits at position ``seq_lens[b] - 1``).
+        kv_cache: contiguous ``[num_blocks, 2, block_size, Hkv, D]``, same dtype as ``query``
+            (float32, float16 or bfloat16; accumulation is fp32), ``Hq % Hkv == 0``.
+        block_tables: int64 ``[B, M]``, ``M >= ceil(seq_lens[b] / block_size)``; ids must be
+            ``< num_blocks`` (checked). Null blocks (id 0) are read like any block; only the
+            window mask decides what is visible, exactly as in the reference.
+        seq_lens: int32 ``[B]``, each ``>= 1``.
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        sliding_window, sink_tokens: keys ``j`` with ``p - j < sliding_window or j < sink``.
+        heads_per_task: KV heads per parallel task (default: all, unless the batch is smaller
+            than the thread count).
+        use_avx2: allow the AVX2+FMA copy of the kernel (taken only if the CPU supports it and
+            ``PAGEDKV_CPU_KERNEL_NO_AVX2`` is unset).
+    Returns:
+        ``[B, Hq, D]`` in ``query.dtype``.
+    """
+    mod = load_kernel()
+    d, hkv = query.shape[2], kv_cache.shape[3]
+    if heads_per_task is None:
+        per_seq = -(-torch.get_num_threads() // max(1, query.shape[0]))  # tasks per sequence
+        heads_per_task = -(-hkv // min(hkv, per_seq))
+    out: torch.Tensor = mod.decode(
+        query.contiguous(),
+        kv_cache,
+        block_tables.contiguous(),
+        seq_lens.contiguous(),
+        float(1.0 / math.sqrt(d) if scale is None else scale),
+        -1 if sliding_window is None else int(sliding_window),
+        int(sink_tokens),
+        int(heads_per_task),
+        1 if use_avx2 and os.environ.get("PAGEDKV_CPU_KERNEL_NO_AVX2") is None else 0,
+    )
+    return out
+
+
+@register_attention_backend("cpu")
+class CpuDecodeBackend:
+    """Compiled decode kernel on CPU; the torch reference for everything else.
+
+    Instantiating it (``get_attention_backend("cpu")``) builds or loads the kernel and raises
+    :class:`CpuKernelUnavailableError` if that fails.
+    """
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        load_kernel()
+        ref = get_attention_backend("torch")
+        assert isinstance(ref, TorchReferenceBackend)
+        self.reference = ref
+
+    @staticmethod
+    def supports(
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        sliding_window: int | None = None,
+        sink_tokens: int = 0,
+    ) -> bool:
+        """Whether :meth:`forward` takes the compiled path for these inputs."""
+        return (
+            metadata.max_query_len == 1
+            and kv_cache.device.type == "cpu"
+            and kv_cache.dtype in KERNEL_DTYPES
+            and kv_cache.is_contiguous()
+            and (sliding_window is None or sliding_window >= 1)
+            and sink_tokens >= 0
+        )
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        *,
+        scale: float | None = None,
+        sliding_window: int | None = None,
+        sink_tokens: int = 0,
+    ) -> torch.Tensor:
+        """Causal paged attention; see :class:`pagedkv.attention.registry.AttentionBackend`.
+
+        Args:
+            query: ``[T, Hq, D]`` packed queries (decode: ``T = B``).
+            kv_cache: ``[num_blocks, 2, block_size, Hkv, D]``.
+        Returns:
+            ``[T, Hq, D]`` in ``query.dtype``.
+        """
+        if not self.supports(query, kv_cache, metadata, sliding_window, sink_tokens):
+            return self.reference.forward(
+                query, kv_cache, metadata, scale=scale, sliding_window=sliding_window,
+                sink_tokens=sink_tokens,
+            )
+        check_attention_inputs(query, kv_cache, metadata)
+        out = paged_decode(
+            query.to(kv_cache.dtype),
+            kv_cache,
+            metadata.block_tables,
+            metadata.seq_lens_t,
+            scale=scale,
+            sliding_window=sliding_window,
+            sink_tokens=sink_tokens,
+        )
+        return out.to(query.dtype)
