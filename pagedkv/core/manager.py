@@ -245,7 +245,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
                 reclaimed += 1
         need = -(-n // bs) - len(hit_blocks)
         available = pool.num_available - reclaimed - self._watermark_blocks
-        if need > available:
+        if need > max(available, 0):  # needing no block never fails, reserve or not
             raise OutOfBlocksError(need, max(available, 0))
 
         for b in hit_blocks:
@@ -305,7 +305,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
                     safe_hits += 1
             worst += -(-len(tokens) // bs) - safe_hits
         available = pool.num_available - self._watermark_blocks
-        if worst > available:
+        if worst > max(available, 0):
             raise OutOfBlocksError(worst, max(available, 0))
         hits = [self.admit(sid, p, **kwargs) for sid, p in  # type: ignore[arg-type]
                 zip(seq_ids, prompts, strict=True)]
@@ -390,7 +390,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         if seq.caching and (n + k) // bs > n // bs:
             self._seal(seq)
         if seq.window is not None:
-            self._slide(seq)
+            self._slide(seq, n + 1)
         self._after_alloc()
         return export.slot_mapping(table, bs, n, n + k)
 
@@ -447,15 +447,17 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
             if off == last and s.caching:
                 self._seal(s)
             if s.window is not None:
-                self._slide(s)
+                self._slide(s, n + 1)
         self.counters.allocations += new_blocks
         self._after_alloc()
         return np.array(slots, dtype=np.int64)
 
-    def _slide(self, seq: Sequence) -> None:
-        """Release blocks that fell wholly out of the sequence's sliding window."""
+    def _slide(self, seq: Sequence, first_new: int) -> None:
+        """Release blocks wholly behind the window of the step's first new token (the one at
+        position ``first_new - 1``): every token computed in this step may still read back to
+        its own window, so only blocks before the earliest of those windows may go."""
         assert seq.window is not None
-        end = seq.window.droppable_end(seq.num_tokens, self.block_size)
+        end = seq.window.droppable_end(first_new, self.block_size)
         table = seq.block_table
         while seq.window_next < end:
             b = table[seq.window_next]
@@ -483,6 +485,8 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         ids = list(seq_ids)
         for s in ids:
             self.seq(s)
+        if len(set(ids)) != len(ids):
+            raise InvalidArgumentError("free_batch got a sequence id twice")
         for s in ids:
             self.free(s)
 
@@ -506,7 +510,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         del seq.block_hashes[full:]
         seq.num_hashed = min(seq.num_hashed, full)
         seq.num_tokens = num_tokens
-        seq.window_next = min(seq.window_next, keep)
+        seq.window_next = seq.clamp_window_next(keep, bs)
         self.pressure.update(self.pool.num_used)
 
     def fork(self, parent_id: Hashable, child_id: Hashable, num_tokens: int | None = None) -> None:
@@ -521,6 +525,10 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         if not 0 <= n <= parent.num_tokens:
             raise InvalidArgumentError(
                 f"cannot fork {n} tokens from a {parent.num_tokens}-token sequence")
+        if n and parent.block_table[(n - 1) // self.block_size] == NULL_BLOCK_ID:
+            raise InvalidArgumentError(
+                f"cannot fork {n} tokens: token {n - 1} lies in a block the sliding window "
+                f"already released")
         self._clock += 1
         child = parent.clone(child_id, n, self.block_size, self._clock)
         ref_cnt = self.pool.ref_cnt

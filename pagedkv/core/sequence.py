@@ -81,5 +81,13 @@ class Sequence:
         child.block_hashes = self.block_hashes[:full]
         child.num_hashed = min(self.num_hashed, full)
         child.caching = self.caching
-        child.window_next = min(self.window_next, num_blocks)
+        child.window_next = self.clamp_window_next(num_blocks, block_size)
         return child
+
+    def clamp_window_next(self, num_blocks: int, block_size: int) -> int:
+        """``window_next`` for a table cut to ``num_blocks`` blocks: never past the table, never
+        before the sink blocks (which are never released)."""
+        if self.window is None:
+            return 0
+        return max(self.window.first_droppable_block(block_size),
+                   min(self.window_next, num_blocks))

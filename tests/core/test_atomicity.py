@@ -9,6 +9,7 @@ a pin, a sliding-window sequence and a swapped sequence, so a partial change has
 from __future__ import annotations
 
 import copy
+import re
 from array import array
 from typing import Any
 
@@ -233,6 +234,21 @@ def test_admit_watermark_reports_zero_when_reserve_is_dipped():
     assert_oob(err, 1, 0)
 
 
+def test_admit_needing_no_blocks_is_not_refused_by_the_watermark():
+    """``OutOfBlocksError`` means requested > available. An admission needing no new block (an
+    empty prompt, or a prompt wholly served from the cache) dips nothing below the watermark,
+    so it must succeed even when growth has already eaten into the reserve."""
+    mgr = BlockManager(CacheConfig(block_size=2, num_blocks=10, watermark=0.5))  # 4 held back
+    mgr.admit("a", [1, 2, 3, 4, 5])
+    mgr.admit("big", [9, 9, 9, 9])
+    mgr.append("big", [9, 9, 9, 9])  # decode growth may use the reserve: 2 free < 4
+    assert mgr.num_free_blocks == 2
+    assert mgr.admit("empty", []) == 0
+    assert mgr.admit("b", [1, 2, 3, 4], compute_last_token=False) == 4  # two cached blocks
+    assert mgr.num_free_blocks == 2
+    mgr.check_integrity()
+
+
 def test_admit_duplicate_id(mgr):
     for sid in ["a", "d", "w", "s"]:  # running, windowed and swapped ids are all taken
         err = fails_atomically(mgr, DuplicateSequenceError, mgr.admit, sid, [1, 2, 3])
@@ -259,6 +275,27 @@ def test_admit_bad_arguments(mgr, kwargs, needle):
     err = fails_atomically(mgr, InvalidArgumentError, mgr.admit, "new", **kwargs)
     assert needle in str(err)
     assert "new" not in mgr
+
+
+def test_admit_batch_failures(mgr):
+    free = mgr.num_free_blocks
+    bs = mgr.block_size
+    err = fails_atomically(mgr, InvalidArgumentError, mgr.admit_batch, ["x", "y"], [[1]])
+    assert "2 ids but 1 prompts" in str(err)
+    err = fails_atomically(mgr, InvalidArgumentError, mgr.admit_batch, ["x", "x"], [[1], [2]])
+    assert "twice" in str(err)
+    err = fails_atomically(mgr, DuplicateSequenceError, mgr.admit_batch, ["x", "d"], [[1], [2]])
+    assert err.seq_id == "d"
+    fails_atomically(mgr, InvalidArgumentError, mgr.admit_batch, ["x", "y"], [[1], [1.5]])
+    # all or nothing: the first prompt alone would fit, the pair does not
+    first = [600 + i for i in range((free - 1) * bs)]
+    second = [800 + i for i in range(2 * bs)]
+    err = fails_atomically(mgr, OutOfBlocksError, mgr.admit_batch, ["x", "y"], [first, second])
+    assert_oob(err, free + 1, free)
+    assert "x" not in mgr
+    # a later admit of the batch that fails on its own must not leave earlier ones admitted
+    fails_atomically(mgr, InvalidArgumentError, mgr.admit_batch, ["x", "y"], [[1], [2]],
+                     num_tokens=1)
 
 
 # --------------------------------------------------------------------------- append
@@ -342,7 +379,8 @@ def test_fork_into_a_released_window_block_is_rejected():
     must be rejected: the child could never write that block (its next append's slot would be
     the null block's -1 and the KV silently lost)."""
     mgr = busy()
-    mgr.append("w", [76, 77])  # w: 8 tokens, window 2 + sink 2 -> blocks 1 and 2 released
+    mgr.append("w", [76])  # one decode step at a time: each releases what fell behind
+    mgr.append("w", [77])  # w: 8 tokens, window 2 + sink 2 -> blocks 1 and 2 released
     assert mgr.block_table("w")[1:3] == [0, 0]
     for n in (3, 4, 5, 6):  # the last token would lie in released block 1 or 2
         err = fails_atomically(mgr, InvalidArgumentError, mgr.fork, "w", "x", n)
@@ -357,7 +395,8 @@ def test_truncate_failures(mgr):
         assert f"cannot truncate a {n}-token sequence to {bad} tokens" in str(err)
     fails_atomically(mgr, SequenceStateError, mgr.truncate, "s", 1)
     fails_atomically(mgr, UnknownSequenceError, mgr.truncate, "nope", 0)
-    mgr.append("w", [76, 77])  # blocks 1, 2 released
+    mgr.append("w", [76])
+    mgr.append("w", [77])  # blocks 1, 2 released
     assert mgr.block_table("w") == [mgr.block_table("w")[0], 0, 0, mgr.block_table("w")[3]]
     for m in (3, 4, 5, 6):
         err = fails_atomically(mgr, InvalidArgumentError, mgr.truncate, "w", m)
@@ -382,10 +421,10 @@ def test_swap_out_with_too_few_host_blocks(mgr):
     assert_oob(err, live, host_free, "host blocks")
     err = fails_atomically(mgr, OutOfBlocksError, mgr.preempt, "a", mode="swap")
     assert_oob(err, live, host_free, "host blocks")
-    # the windowed sequence only needs its live blocks on the host
-    w_live = sum(b != 0 for b in mgr.block_table("w"))
-    assert w_live <= host_free
-    mgr.swap_out("w")
+    # a sequence with exactly as many live blocks as host blocks left fits
+    assert sum(b != 0 for b in mgr.block_table("d")) == host_free
+    mgr.swap_out("d")
+    assert mgr.num_free_host_blocks == 0
     mgr.check_integrity()
 
 
@@ -482,7 +521,11 @@ def test_query_failures(mgr):
     fails_atomically(mgr, SequenceStateError, mgr.block_table, "s")
     fails_atomically(mgr, UnknownSequenceError, mgr.num_tokens, "nope")
     err = fails_atomically(mgr, InvalidArgumentError, mgr.block_table_array, ["a", "d"], 2)
-    assert "a block table has 4 blocks > max_blocks=2" in str(err)
+    assert re.search(r"\b4\b.*\b2\b", str(err)), str(err)  # 4 blocks do not fit in 2
+    err = fails_atomically(mgr, InvalidArgumentError, mgr.packed_slot_mapping, ["a", "d"], [0])
+    assert "2 sequences but 1 starts" in str(err)
+    fails_atomically(mgr, SequenceStateError, mgr.packed_slot_mapping, ["a", "s"], [0, 0])
+    fails_atomically(mgr, InvalidArgumentError, mgr.packed_slot_mapping, ["a", "d"], [0, 9])
     fails_atomically(mgr, SequenceStateError, mgr.flashinfer_page_table, ["a", "s"])
     fails_atomically(mgr, SequenceStateError, mgr.blocks_freed_by, "s")
 

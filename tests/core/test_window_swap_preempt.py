@@ -12,10 +12,11 @@ def test_sliding_window_releases_blocks_behind_window(make_mgr):
     mgr = make_mgr(block_size=2, num_blocks=10)
     mgr.admit("w", list(range(6)), sliding_window=SlidingWindow(window_tokens=4, sink_tokens=2))
     assert mgr.block_table("w") == [1, 2, 3]
-    mgr.append("w", [6, 7])
-    assert mgr.block_table("w") == [1, 0, 3, 4]  # block 2 fell out; the sink block stays
-    assert mgr.slot_mapping("w").tolist() == [2, 3, -1, -1, 6, 7, 8, 9]
+    mgr.append("w", [6, 7])  # token 6 still reads positions 3..6: nothing goes yet
+    assert mgr.block_table("w") == [1, 2, 3, 4]
     mgr.append_batch(["w"], [8])
+    assert mgr.block_table("w") == [1, 0, 3, 4, 5]  # block 2 fell out; the sink block stays
+    assert mgr.slot_mapping("w").tolist() == [2, 3, -1, -1, 6, 7, 8, 9, 10]
     mgr.append_batch(["w"], [9])
     assert mgr.block_table("w") == [1, 0, 0, 4, 5]
     assert mgr.pool.ref_cnt[3] == 0
