@@ -17,12 +17,21 @@ its cached descendants, so a cached suffix never outlives its prefix (it could n
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from pagedkv.core.eviction import EvictionPolicy
 from pagedkv.errors import PagedKVError
 
 NULL_BLOCK_ID = 0
+
+Children = int | set[int] | None
+
+
+def kids_of(children: Children) -> tuple[int, ...] | set[int]:
+    """The block ids in one ``BlockPool.children`` entry."""
+    if children is None:
+        return ()
+    return (children,) if isinstance(children, int) else children
 
 
 class BlockPool:
@@ -35,22 +44,22 @@ class BlockPool:
         self.ref_cnt: list[int] = [0] * num_blocks
         self.block_hash: list[Hashable | None] = [None] * num_blocks
         self.parent: list[int] = [-1] * num_blocks
-        self.children: list[set[int] | None] = [None] * num_blocks
+        # A cached block's cached children: None, one block id (the common chain case, no set
+        # allocated), or a set of ids. Truthy iff the block has cached children.
+        self.children: list[Children] = [None] * num_blocks
         self.cached: dict[Hashable, int] = {}
         self.free: list[int] = list(range(num_blocks - 1, NULL_BLOCK_ID, -1))
         self.evictor = policy
         self.max_cached_blocks = max_cached_blocks
         self.num_evictions = 0
+        self.num_used = 0  # blocks with ref_cnt > 0, kept as a counter (checked by integrity)
+        self.drop_leaf = self._make_drop_leaf()
 
     # ----------------------------------------------------------------- counts
     @property
     def num_available(self) -> int:
         """Blocks an allocation can get: free plus evictable cached."""
-        return len(self.free) + len(self.evictor)
-
-    @property
-    def num_used(self) -> int:
-        return self.num_blocks - 1 - len(self.free) - len(self.evictor)
+        return self.num_blocks - 1 - self.num_used
 
     # ------------------------------------------------------------ alloc/free
     def allocate(self, n: int) -> list[int]:
@@ -67,17 +76,21 @@ class BlockPool:
         ref_cnt = self.ref_cnt
         for b in ids:
             ref_cnt[b] = 1
+        self.num_used += n
         return ids
 
     def allocate_one(self) -> int:
         """``allocate(1)[0]`` without the list (the decode hot path)."""
         b = self.free.pop() if self.free else self._evict(1)[0]
         self.ref_cnt[b] = 1
+        self.num_used += 1
         return b
 
-    def release(self, block_ids: Iterable[int]) -> None:
-        """Drop one reference from each block, in the given order (pass tails first)."""
+    def release(self, block_ids: Iterable[int]) -> int:
+        """Drop one reference from each block, in the given order (pass tails first). Returns
+        how many blocks lost their last reference (became free or evictable)."""
         ref_cnt, block_hash, free = self.ref_cnt, self.block_hash, self.free
+        free_before = len(free)
         newly_cached = []
         for b in block_ids:
             r = ref_cnt[b] - 1
@@ -86,18 +99,21 @@ class BlockPool:
                     ref_cnt[b] = r
                 continue
             ref_cnt[b] = 0
-            h = block_hash[b]
-            if h is None:
+            if block_hash[b] is None:
                 free.append(b)
             else:
-                newly_cached.append((b, h))
+                newly_cached.append(b)
         if newly_cached:
-            self.evictor.insert_many(newly_cached)
+            self.evictor.insert_many(newly_cached, block_hash)
+        released = len(free) - free_before + len(newly_cached)
+        self.num_used -= released
+        return released
 
     def hit(self, block_id: int) -> None:
         """Take a reference to a cached block found by a prefix lookup."""
         if self.ref_cnt[block_id] == 0:
             self.evictor.remove(block_id)
+            self.num_used += 1
         self.ref_cnt[block_id] += 1
         if self.evictor.tracks_hits:
             self.evictor.touch(block_id)
@@ -118,13 +134,57 @@ class BlockPool:
             return start
         cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
                                                 self.children)
+        get = cached.get
         if start == 0:
             prev = -1
         else:
-            found = cached.get(hashes[start - 1])
+            found = get(hashes[start - 1])
             if found is None:
                 return start
             prev = found
+        i = start
+        while i < end:  # leading duplicates: the chain continues through the cached blocks
+            existing = get(hashes[i])
+            if existing is None:
+                break
+            prev = existing
+            i += 1
+        if i == end:
+            return end
+        new_ids = block_ids[i:end]
+        cap = self.max_cached_blocks
+        if NULL_BLOCK_ID in new_ids or (cap is not None and len(cached) + len(new_ids) > cap):
+            return self._register_slow(block_ids, hashes, i, end, prev)
+        # Fast path. Block i's hash is not cached, so no later hash of this chain is either (a
+        # cached block's parent is always cached), and each new block's parent is the
+        # previous new block, which has no children yet.
+        first, h = new_ids[0], hashes[i]
+        cached[h] = first
+        block_hash[first] = h
+        parent[first] = prev
+        if prev >= 0:
+            kids = children[prev]
+            if kids is None:
+                children[prev] = first
+            elif isinstance(kids, int):
+                children[prev] = {kids, first}
+            else:
+                kids.add(first)
+        prev = first
+        for h, b in zip(hashes[i + 1:end], new_ids[1:], strict=True):
+            cached[h] = b
+            block_hash[b] = h
+            parent[b] = prev
+            children[prev] = b
+            prev = b
+        return end
+
+    def _register_slow(self, block_ids: list[int], hashes: list[Hashable], start: int,
+                       end: int, prev: int) -> int:
+        """``register_chain`` one block at a time, for chains that meet the null block or the
+        cache cap (which may evict, possibly the chain's own parent)."""
+        cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
+                                                self.children)
         cap = self.max_cached_blocks
         for i in range(start, end):
             h = hashes[i]
@@ -147,7 +207,9 @@ class BlockPool:
             if prev >= 0:
                 kids = children[prev]
                 if kids is None:
-                    children[prev] = {b}
+                    children[prev] = b
+                elif isinstance(kids, int):
+                    children[prev] = {kids, b}
                 else:
                     kids.add(b)
             prev = b
@@ -164,15 +226,10 @@ class BlockPool:
         """Evict at least ``n`` cached blocks, leaves first; return ``n`` freed block ids (off
         the free stack). The caller guarantees ``n <= len(self.evictor)``."""
         evictor = self.evictor
-        cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
-                                                self.children)
-        free = self.free
+        children, block_hash, free = self.children, self.block_hash, self.free
         out: list[int] = []
         while len(out) < n:
-            leaves = evictor.pop_leaves(n - len(out), children, parent, block_hash)
-            for v in leaves:  # the rest of uncache() for detached leaves, the common case
-                del cached[block_hash[v]]
-                block_hash[v] = None
+            leaves = evictor.pop_leaves(n - len(out), children, self.drop_leaf, block_hash)
             out += leaves
             self.num_evictions += len(leaves)
             if len(out) < n:  # the next victim has cached children
@@ -195,7 +252,7 @@ class BlockPool:
             kids = children[node]
             if not expanded and kids:
                 stack.append((node, True))
-                stack.extend((c, False) for c in kids if ref_cnt[c] == 0)
+                stack.extend((c, False) for c in kids_of(kids) if ref_cnt[c] == 0)
             elif not kids:  # a leaf now (its children, if any, went first)
                 self.uncache(node)
                 done += 1
@@ -206,11 +263,7 @@ class BlockPool:
         """Drop ``block_id`` and all its cached descendants from the prefix cache. Unreferenced
         ones go to the free stack (each counts as an eviction); referenced ones stay with their
         sequences as private blocks."""
-        parent = self.parent[block_id]
-        if parent >= 0:
-            kids = self.children[parent]
-            assert kids is not None
-            kids.discard(block_id)
+        self.unlink(block_id)
         stack = [block_id]
         while stack:
             b = stack.pop()
@@ -222,10 +275,39 @@ class BlockPool:
             if self.ref_cnt[b] == 0:
                 self.free.append(b)
                 self.num_evictions += 1
-            kids = self.children[b]
-            if kids:
-                stack.extend(kids)
+            stack.extend(kids_of(self.children[b]))
             self.children[b] = None
+
+    def _make_drop_leaf(self) -> Callable[[int], None]:
+        """``drop_leaf(b)``: take a childless cached block out of the cache (hash map, hash,
+        parent link); the eviction fast path. A closure, so each call touches no attributes."""
+        cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
+                                                self.children)
+
+        def drop_leaf(block_id: int) -> None:
+            del cached[block_hash[block_id]]
+            block_hash[block_id] = None
+            p = parent[block_id]
+            if p >= 0:
+                kids = children[p]
+                if isinstance(kids, set):
+                    kids.discard(block_id)
+                else:
+                    children[p] = None
+                parent[block_id] = -1
+
+        return drop_leaf
+
+    def unlink(self, block_id: int) -> None:
+        """Detach a cached block from its cached parent (it is about to leave the cache)."""
+        p = self.parent[block_id]
+        if p >= 0:
+            kids = self.children[p]
+            if isinstance(kids, set):
+                kids.discard(block_id)
+            else:
+                self.children[p] = None
+            self.parent[block_id] = -1
 
     def reset_cache(self) -> None:
         """Forget every cached hash; unreferenced cached blocks become free."""
@@ -261,12 +343,15 @@ class BlockPool:
             if h is not None and self.cached.get(h) != b:
                 fail(f"block {b} hash not mapped back to it")
             p = self.parent[b]
-            if p >= 0 and (self.block_hash[p] is None or b not in (self.children[p] or ())):
+            if p >= 0 and (self.block_hash[p] is None or b not in kids_of(self.children[p])):
                 fail(f"block {b} parent {p} is not cached or does not list it")
-            for c in self.children[b] or ():
+            for c in kids_of(self.children[b]):
                 if self.parent[c] != b:
                     fail(f"block {b} lists child {c} whose parent is {self.parent[c]}")
-        if len(free) + len(evictor) + sum(1 for rc in ref_cnt if rc > 0) != n - 1:
+        used = sum(1 for rc in ref_cnt if rc > 0)
+        if used != self.num_used:
+            fail(f"num_used counter {self.num_used} but {used} blocks referenced")
+        if len(free) + len(evictor) + used != n - 1:
             fail("free + cached + used != usable blocks")
         if len(self.cached) != sum(1 for h in self.block_hash if h is not None):
             fail("hash map size differs from the number of hashed blocks")

@@ -55,10 +55,10 @@ class EvictionPolicy(ABC):
     @abstractmethod
     def insert(self, block_id: int, key: Hashable) -> None: ...
 
-    def insert_many(self, items: list[tuple[int, Hashable]]) -> None:
-        """``insert`` each ``(block_id, key)`` in order."""
-        for block_id, key in items:
-            self.insert(block_id, key)
+    def insert_many(self, block_ids: list[int], block_hash: Sequence[Hashable | None]) -> None:
+        """``insert`` each block in order; its key is ``block_hash[block_id]``."""
+        for block_id in block_ids:
+            self.insert(block_id, block_hash[block_id])
 
     @abstractmethod
     def remove(self, block_id: int) -> None: ...
@@ -82,12 +82,13 @@ class EvictionPolicy(ABC):
         if block_id in self:
             self.remove(block_id)
 
-    def pop_leaves(self, n: int, children: Sequence[set[int] | None], parent: list[int],
+    def pop_leaves(self, n: int, children: Sequence[object], drop_leaf: Callable[[int], None],
                    block_hash: Sequence[Hashable | None]) -> list[int]:
-        """Remove, forget and return up to ``n`` victims in order, stopping before the first
-        that still has cached children. Each returned block is detached from its parent
-        (``children[parent[b]]`` loses it, ``parent[b] = -1``) so the next one's leafness is
-        current. The pool's fast path: a policy may override it to avoid the per-victim
+        """Evict up to ``n`` victims in order and return them, stopping before the first that
+        still has cached children (``children[b]`` is truthy iff it has). Each victim is
+        forgotten, then handed to ``drop_leaf(b)`` at once, which takes it out of the pool's
+        cache, so the next one's leafness is current (a chain's parent becomes a leaf once its
+        child is gone). The pool's fast path: a policy may override it to avoid the per-victim
         ``select``/``forget`` calls (LRU does)."""
         out: list[int] = []
         while len(out) < n and len(self):
@@ -95,10 +96,7 @@ class EvictionPolicy(ABC):
             if children[block_id]:
                 break
             self.forget(block_id, block_hash[block_id])
-            p = parent[block_id]
-            if p >= 0:
-                children[p].discard(block_id)  # type: ignore[union-attr]
-                parent[block_id] = -1
+            drop_leaf(block_id)
             out.append(block_id)
         return out
 
@@ -118,26 +116,25 @@ class LRUPolicy(EvictionPolicy):
     def insert(self, block_id: int, key: Hashable) -> None:
         self._queue[block_id] = None
 
-    def insert_many(self, items: list[tuple[int, Hashable]]) -> None:
+    def insert_many(self, block_ids: list[int], block_hash: Sequence[Hashable | None]) -> None:
         queue = self._queue
-        for block_id, _ in items:
+        for block_id in block_ids:
             queue[block_id] = None
 
-    def pop_leaves(self, n: int, children: Sequence[set[int] | None], parent: list[int],
+    def pop_leaves(self, n: int, children: Sequence[object], drop_leaf: Callable[[int], None],
                    block_hash: Sequence[Hashable | None]) -> list[int]:
-        queue = self._queue
+        # Walk the queue without popping (the pool's state, not the queue, changes as we go),
+        # then pop the taken prefix in one C-level loop.
         out: list[int] = []
-        while len(out) < n and queue:
-            block_id, _ = queue.popitem(last=False)
-            if children[block_id]:  # not a leaf: put it back where it was and stop
-                queue[block_id] = None
-                queue.move_to_end(block_id, last=False)
+        append = out.append
+        for block_id in self._queue:
+            if len(out) == n or children[block_id]:
                 break
-            p = parent[block_id]
-            if p >= 0:
-                children[p].discard(block_id)  # type: ignore[union-attr]
-                parent[block_id] = -1
-            out.append(block_id)
+            drop_leaf(block_id)
+            append(block_id)
+        popitem = self._queue.popitem
+        for _ in out:
+            popitem(False)
         return out
 
     def remove(self, block_id: int) -> None:

@@ -76,6 +76,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         self._commit_on_alloc = config.cache_visibility == "allocate"
         self._hash_fn = HASH_FUNCTIONS[config.hash_algo]
         self._watermark_blocks = int(config.watermark * config.num_usable_blocks)
+        self._min_cache_tokens = config.min_cache_tokens
         self._seqs: dict[Hashable, Sequence] = {}
         self._copies: list[tuple[int, int]] = []
         self._pins: dict[int, list[int]] = {}
@@ -236,15 +237,16 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         max_hit = max(0, (n - 1) // bs) if compute_last_token else n // bs
         hit_blocks: list[int] = []
         reclaimed = 0
-        for i in range(min(max_hit, len(hashes))):
-            b = cached.get(hashes[i])
+        get, add_hit = cached.get, hit_blocks.append
+        for h in hashes if max_hit >= len(hashes) else hashes[:max_hit]:
+            b = get(h)
             if b is None:
                 break
-            hit_blocks.append(b)
-            if ref_cnt[b] == 0:
+            add_hit(b)
+            if not ref_cnt[b]:
                 reclaimed += 1
         need = -(-n // bs) - len(hit_blocks)
-        available = pool.num_available - reclaimed - self._watermark_blocks
+        available = pool.num_blocks - 1 - pool.num_used - reclaimed - self._watermark_blocks
         if need > max(available, 0):  # needing no block never fails, reserve or not
             raise OutOfBlocksError(need, max(available, 0))
 
@@ -256,7 +258,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         seq.num_tokens = n
         seq.block_hashes = hashes
         seq.num_hashed = len(hit_blocks)
-        seq.caching = (root is not None or bool(hashes)) and n >= self.config.min_cache_tokens
+        seq.caching = (root is not None or bool(hashes)) and n >= self._min_cache_tokens
         self._seqs[seq_id] = seq
         if seq.caching and self._commit_on_alloc:
             self._register(seq, len(hashes))
@@ -355,7 +357,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
     def _cow_last(self, seq: Sequence) -> int:
         src = seq.block_table[-1]
         dst = self.pool.allocate_one()  # before releasing src, so src cannot be evicted into dst
-        self.pool.release((src,))
+        self._release((src,))
         seq.block_table[-1] = dst
         self._copies.append((src, dst))
         self.counters.cow_copies += 1
@@ -466,9 +468,7 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
             seq.window_next += 1
 
     def _release(self, blocks: Iterable[int]) -> None:
-        before = len(self.pool.free) + len(self.pool.evictor)
-        self.pool.release(blocks)
-        self.counters.frees += len(self.pool.free) + len(self.pool.evictor) - before
+        self.counters.frees += self.pool.release(blocks)
 
     # ---------------------------------------------------------- lifecycle
     def free(self, seq_id: Hashable) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pagedkv.core import EVICTION_POLICIES, BlockManager, CacheConfig, SlidingWindow
+from pagedkv.core.block_pool import kids_of
 from pagedkv.core.config import dtype_nbytes
 from pagedkv.core.hashing import chain_hashes, root_hash, token_bytes
 from pagedkv.core.sequence import SeqStatus
@@ -66,7 +67,7 @@ def snapshot(mgr: BlockManager) -> dict[str, Any]:
         "ref_cnt": list(pool.ref_cnt),
         "block_hash": list(pool.block_hash),
         "parent": list(pool.parent),
-        "children": [None if c is None else sorted(c) for c in pool.children],
+        "children": [sorted(kids_of(c)) for c in pool.children],
         "cached": dict(pool.cached),
         "free": list(pool.free),  # order matters: allocation pops from the end
         "num_evictions": pool.num_evictions,
