@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def make_prompts(num_requests: int, prompt_len: int, shared_len: int,
 
 
 def run(prompts: list[np.ndarray], *, hash_algo: str, caching: bool, batch: int, decode: int,
-        block_size: int, num_blocks: int) -> dict[str, object]:
+        block_size: int, num_blocks: int) -> dict[str, Any]:
     mgr = BlockManager(CacheConfig(block_size=block_size, num_blocks=num_blocks,
                                    enable_prefix_caching=caching, hash_algo=hash_algo))
     rng = np.random.default_rng(1)
@@ -83,7 +84,7 @@ def main() -> None:
         runs = [run(prompts, hash_algo=algo, caching=caching, batch=args.batch,
                     decode=args.decode, block_size=args.block_size, num_blocks=args.num_blocks)
                 for _ in range(args.repeat)]
-        best = min(runs, key=lambda r: float(r["wall_s"]))  # type: ignore[arg-type]
+        best = min(runs, key=lambda r: float(r["wall_s"]))
         print(json.dumps(best) if args.json else
               f"{best['variant']:>15}: {best['wall_s']:.3f} s  {best['ops_per_s']:,} ops/s  "
               f"hit rate {best['prefix_hit_rate']:.1%}  peak usage {best['peak_usage']:.1%}")

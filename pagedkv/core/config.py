@@ -7,6 +7,7 @@ layer allocates exactly ``num_blocks`` rows and the manager can hand out ``num_b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagedkv.errors import ConfigError
 
@@ -109,7 +110,7 @@ class CacheConfig:
     @classmethod
     def from_memory_budget(cls, budget_bytes: int, *, block_size: int, num_layers: int,
                            num_kv_heads: int, head_dim: int, dtype: object = "float16",
-                           **kwargs: object) -> CacheConfig:
+                           **kwargs: Any) -> CacheConfig:
         """Size the pool from a KV memory budget: ``num_blocks = budget // bytes_per_block``."""
         if block_size <= 0:
             raise ConfigError(f"block_size must be > 0, got {block_size}")
@@ -120,7 +121,7 @@ class CacheConfig:
                 f"budget of {budget_bytes} bytes holds {num_blocks} blocks of "
                 f"{block_size * per_token} bytes; need at least 2 (null block + 1)")
         return cls(block_size=block_size, num_blocks=int(num_blocks),
-                   bytes_per_token=per_token, **kwargs)  # type: ignore[arg-type]
+                   bytes_per_token=per_token, **kwargs)
 
     @property
     def bytes_per_block(self) -> int | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Hashable, Iterable
 from collections.abc import Sequence as Seq
+from typing import Any, cast
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from pagedkv.core.pressure import PressureCallback, PressureLevel, PressureMonit
 from pagedkv.core.sequence import SeqStatus, Sequence, SlidingWindow
 from pagedkv.core.stats import Counters
 from pagedkv.core.swap import SwapAPI
+from pagedkv.core.tokens import TokenIds, as_token_array
 from pagedkv.errors import (
     DuplicateSequenceError,
     InvalidArgumentError,
@@ -39,24 +41,6 @@ from pagedkv.errors import (
     SequenceStateError,
     UnknownSequenceError,
 )
-
-TokenIds = int | Seq[int] | np.ndarray
-
-
-def as_token_array(token_ids: TokenIds) -> array[int]:
-    """Token ids (an int, a list or a 1-D integer array) as ``array('q')``."""
-    if isinstance(token_ids, np.ndarray):
-        if token_ids.ndim != 1 or token_ids.dtype.kind not in "iu":
-            raise InvalidArgumentError(
-                f"token ids must be a 1-D integer array, got shape {token_ids.shape} "
-                f"dtype {token_ids.dtype}")
-        out = array("q")
-        out.frombytes(token_ids.astype(np.int64, copy=False).tobytes())
-        return out
-    try:
-        return array("q", [token_ids] if isinstance(token_ids, int) else token_ids)
-    except (TypeError, OverflowError) as exc:
-        raise InvalidArgumentError(f"token ids must be int64 integers: {exc}") from None
 
 
 class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
@@ -276,8 +260,9 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         self._after_alloc()
         return len(hit_blocks) * bs
 
-    def admit_batch(self, seq_ids: Seq[Hashable], prompts: Seq[TokenIds],
-                    **kwargs: object) -> np.ndarray:
+    def admit_batch(self, seq_ids: Seq[Hashable], prompts: Seq[TokenIds], *,
+                    cache_salt: str | None = None, lora_id: int | str | None = None,
+                    **kwargs: Any) -> np.ndarray:
         """Admit many prompts at once, all or nothing; returns int64 ``[batch]`` hit lengths.
 
         The batch is checked up front against the worst case (every unreferenced cached block a
@@ -291,14 +276,13 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
             if sid in self._seqs:
                 raise DuplicateSequenceError(sid)
         bs, pool = self.block_size, self.pool
-        salt, lora = kwargs.get("cache_salt"), kwargs.get("lora_id")
         worst = 0
         for prompt in prompts:
             tokens = as_token_array(prompt)
             safe_hits = 0  # leading hits already referenced: no earlier admission can take them
             if self._caching:
                 fn = self._hash_fn
-                hashes = chain_hashes(fn, root_hash(fn, salt, lora),  # type: ignore[arg-type]
+                hashes = chain_hashes(fn, root_hash(fn, cache_salt, lora_id),
                                       token_bytes(tokens), bs * 8, max(0, len(tokens) - 1) // bs)
                 for h in hashes:
                     b = pool.cached.get(h)
@@ -309,8 +293,8 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         available = pool.num_available - self._watermark_blocks
         if worst > max(available, 0):
             raise OutOfBlocksError(worst, max(available, 0))
-        hits = [self.admit(sid, p, **kwargs) for sid, p in  # type: ignore[arg-type]
-                zip(seq_ids, prompts, strict=True)]
+        hits = [self.admit(sid, p, cache_salt=cache_salt, lora_id=lora_id, **kwargs)
+                for sid, p in zip(seq_ids, prompts, strict=True)]
         return np.array(hits, dtype=np.int64)
 
     def _register(self, seq: Sequence, upto: int) -> None:
@@ -329,10 +313,10 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
         full = seq.num_tokens // self.block_size
         while len(hashes) < full:
             i = len(hashes)
-            parent = hashes[i - 1] if i else seq.root
+            parent = cast(bytes, hashes[i - 1] if i else seq.root)  # token-hashed: bytes
             start = i * self.block_size
             data = token_bytes(seq.tokens[start:start + self.block_size])
-            hashes.append(self._hash_fn(parent + data))  # type: ignore[operator]
+            hashes.append(self._hash_fn(parent + data))
         if self._commit_on_alloc:
             self._register(seq, full)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import cast
 
 from pagedkv.core.hashing import chain_hashes, root_hash, token_bytes
 from pagedkv.core.manager_state import ManagerState
+from pagedkv.core.tokens import TokenIds, as_token_array
 from pagedkv.errors import InvalidArgumentError
 
 
@@ -22,13 +24,11 @@ class PrefixPin:
 class PrefixCacheAPI(ManagerState):
     """Mixin of ``BlockManager``."""
 
-    def _cached_prefix(self, token_ids: object, cache_salt: str | None,
+    def _cached_prefix(self, token_ids: TokenIds, cache_salt: str | None,
                        lora_id: int | str | None) -> list[int]:
-        from pagedkv.core.manager import as_token_array
-
         if not self._caching:
             return []
-        tokens = as_token_array(token_ids)  # type: ignore[arg-type]
+        tokens = as_token_array(token_ids)
         fn = self._hash_fn
         bs = self.block_size
         hashes = chain_hashes(fn, root_hash(fn, cache_salt, lora_id), token_bytes(tokens),
@@ -41,12 +41,12 @@ class PrefixCacheAPI(ManagerState):
             blocks.append(b)
         return blocks
 
-    def lookup_prefix(self, token_ids: object, *, cache_salt: str | None = None,
+    def lookup_prefix(self, token_ids: TokenIds, *, cache_salt: str | None = None,
                       lora_id: int | str | None = None) -> int:
         """Tokens of the longest cached prefix of ``token_ids`` (no state change)."""
         return len(self._cached_prefix(token_ids, cache_salt, lora_id)) * self.block_size
 
-    def pin_prefix(self, token_ids: object, *, cache_salt: str | None = None,
+    def pin_prefix(self, token_ids: TokenIds, *, cache_salt: str | None = None,
                    lora_id: int | str | None = None) -> PrefixPin:
         """Hold the longest cached prefix of ``token_ids`` so it is never evicted."""
         blocks = self._cached_prefix(token_ids, cache_salt, lora_id)
@@ -80,8 +80,8 @@ class PrefixCacheAPI(ManagerState):
         if len(seq.block_hashes) < full and seq.tokens is not None and seq.root is not None:
             bs, hashes = self.block_size, seq.block_hashes
             start = len(hashes)
-            parent = hashes[-1] if hashes else seq.root
-            hashes += chain_hashes(self._hash_fn, parent,  # type: ignore[arg-type]
+            parent = cast(bytes, hashes[-1] if hashes else seq.root)  # token-hashed: bytes
+            hashes += chain_hashes(self._hash_fn, parent,
                                    token_bytes(seq.tokens[start * bs:full * bs]), bs * 8,
                                    full - start)
         seq.caching = True  # retried even if min_cache_tokens or a broken chain stopped it

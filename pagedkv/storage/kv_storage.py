@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pagedkv.core.config import CacheConfig
 from pagedkv.errors import InvalidArgumentError, ShapeError
 from pagedkv.storage._checks import as_index_tensor, check_kv_tensor
 
@@ -90,7 +91,7 @@ class KVStorage:
     @classmethod
     def from_config(
         cls,
-        config: object,
+        config: CacheConfig,
         *,
         num_layers: int,
         num_kv_heads: int,
@@ -102,8 +103,8 @@ class KVStorage:
         ``num_host_blocks``), e.g. one built by ``CacheConfig.from_memory_budget``."""
         return cls(
             num_layers=num_layers,
-            num_blocks=int(config.num_blocks),  # type: ignore[attr-defined]
-            block_size=int(config.block_size),  # type: ignore[attr-defined]
+            num_blocks=config.num_blocks,
+            block_size=config.block_size,
             num_kv_heads=num_kv_heads,
             head_dim=head_dim,
             dtype=dtype,

@@ -8,7 +8,7 @@ from pagedkv.core import BlockManager, CacheConfig
 
 
 @pytest.fixture
-def make_mgr():  # type: ignore[no-untyped-def]
+def make_mgr():
     """Build a manager on a tiny pool; every test calls check_integrity after each step."""
 
     def make(block_size: int = 4, num_blocks: int = 10, **kw: Any) -> BlockManager:
