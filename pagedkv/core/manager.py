@@ -457,12 +457,13 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
     # ---------------------------------------------------------- lifecycle
     def free(self, seq_id: Hashable) -> None:
         """Drop a sequence; its blocks go back to the pool (cached ones stay findable)."""
-        seq = self.seq(seq_id)
-        del self._seqs[seq_id]
+        seq = self._seqs.pop(seq_id, None)
+        if seq is None:
+            raise UnknownSequenceError(seq_id)
         if seq.status is SeqStatus.SWAPPED:
             self._host_free.extend(b for b in reversed(seq.host_table) if b >= 0)
         else:
-            self._release(reversed(seq.block_table))
+            self.counters.frees += self.pool.release(reversed(seq.block_table))
         self.pressure.update(self.pool.num_used)
 
     def free_batch(self, seq_ids: Iterable[Hashable]) -> None:

@@ -39,6 +39,8 @@ class PressureMonitor:
         self._callbacks.append(callback)
 
     def update(self, used_blocks: int) -> None:
+        """Recompute the level after the used-block count changed; fire callbacks on a change.
+        O(1): a comparison against the current level's bounds unless a bound is crossed."""
         if self._low_bound <= used_blocks < self._high_bound:
             return
         old, new = self.level, self.level_for(used_blocks)
