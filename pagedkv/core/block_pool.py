@@ -27,6 +27,17 @@ NULL_BLOCK_ID = 0
 Children = int | set[int] | None
 
 
+def link_child(children: list[Children], parent: int, child: int) -> None:
+    """Record ``child`` under ``parent`` in ``BlockPool.children``."""
+    kids = children[parent]
+    if kids is None:
+        children[parent] = child
+    elif isinstance(kids, int):
+        children[parent] = {kids, child}
+    else:
+        kids.add(child)
+
+
 def kids_of(children: Children) -> tuple[int, ...] | set[int]:
     """The block ids in one ``BlockPool.children`` entry."""
     if children is None:
@@ -163,13 +174,7 @@ class BlockPool:
         block_hash[first] = h
         parent[first] = prev
         if prev >= 0:
-            kids = children[prev]
-            if kids is None:
-                children[prev] = first
-            elif isinstance(kids, int):
-                children[prev] = {kids, first}
-            else:
-                kids.add(first)
+            link_child(children, prev, first)
         prev = first
         for h, b in zip(hashes[i + 1:end], new_ids[1:], strict=True):
             cached[h] = b
@@ -205,13 +210,7 @@ class BlockPool:
             block_hash[b] = h
             parent[b] = prev
             if prev >= 0:
-                kids = children[prev]
-                if kids is None:
-                    children[prev] = b
-                elif isinstance(kids, int):
-                    children[prev] = {kids, b}
-                else:
-                    kids.add(b)
+                link_child(children, prev, b)
             prev = b
         return end
 

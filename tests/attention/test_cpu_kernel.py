@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
+from paged_kv_helpers import TOL, make_paged_kv
 from torch.nn import functional as nnf
 
 from pagedkv.attention import (
@@ -20,13 +20,7 @@ from pagedkv.attention import (
     get_attention_backend,
     paged_attention,
 )
-from pagedkv.storage import KVStorage
 
-TOL = {
-    torch.float32: {"atol": 1e-5, "rtol": 1e-5},
-    torch.float16: {"atol": 2e-3, "rtol": 2e-3},
-    torch.bfloat16: {"atol": 1.6e-2, "rtol": 1.6e-2},
-}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 if shutil.which("c++") is None and shutil.which("g++") is None:
@@ -37,35 +31,6 @@ if shutil.which("c++") is None and shutil.which("g++") is None:
 def _kernel():
     """Build (or load the cached build of) the extension once for the whole module."""
     return cpu_kernel.load_kernel()
-
-
-def _setup(seq_lens, *, hq=4, hkv=2, d=8, bs=4, dtype=torch.float32, share=0, seed=0):
-    """Contiguous random K/V per sequence, written into shuffled blocks; the first ``share``
-    blocks of every sequence are the same physical blocks (identical K/V)."""
-    g = torch.Generator().manual_seed(seed)
-    need = [-(-s // bs) for s in seq_lens]
-    num_blocks = 1 + sum(need) + 2
-    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-    store = KVStorage(num_layers=1, num_blocks=num_blocks, block_size=bs, num_kv_heads=hkv,
-                      head_dim=d, dtype=dtype)
-    shared, perm = perm[:share], perm[share:]
-    sk = torch.randn(share * bs, hkv, d, generator=g).to(dtype)
-    sv = torch.randn(share * bs, hkv, d, generator=g).to(dtype)
-    tables, ks, vs = [], [], []
-    for s, n in zip(seq_lens, need, strict=True):
-        own = n - min(share, n)
-        table = shared[: n - own] + perm[:own]
-        perm = perm[own:]
-        k = torch.randn(s, hkv, d, generator=g).to(dtype)
-        v = torch.randn(s, hkv, d, generator=g).to(dtype)
-        m = min(len(sk), s)
-        k[:m], v[:m] = sk[:m], sv[:m]
-        pos = np.arange(s)
-        store.write(0, k, v, np.asarray(table)[pos // bs] * bs + pos % bs)
-        tables.append(table)
-        ks.append(k)
-        vs.append(v)
-    return store, tables, ks, vs
 
 
 def _sdpa_decode(q, k, v, *, window=None, sink=0, scale=None):
@@ -93,7 +58,7 @@ def _both(q, store, tables, seq_lens, **kw):
 @pytest.mark.parametrize(("hq", "hkv"), [(4, 4), (4, 2), (6, 1), (32, 8)])
 def test_decode_matches_reference_and_sdpa(dtype, hq, hkv):
     seq_lens = [1, 3, 4, 5, 8, 9, 17, 23, 40]
-    store, tables, ks, vs = _setup(seq_lens, hq=hq, hkv=hkv, dtype=dtype)
+    store, tables, ks, vs = make_paged_kv(seq_lens, hq=hq, hkv=hkv, dtype=dtype)
     q = torch.randn(len(seq_lens), hq, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
     cpu, ref = _both(q, store, tables, seq_lens)
     assert cpu.shape == q.shape
@@ -110,7 +75,7 @@ def test_isa_paths_and_task_splits_agree(use_avx2, heads_per_task):
     """Both compiled copies (AVX2+FMA and baseline) and every head split give the same result,
     at a realistic head_dim and block size."""
     seq_lens = [1, 15, 16, 17, 100]
-    store, tables, ks, vs = _setup(seq_lens, hq=32, hkv=8, d=128, bs=16, seed=2)
+    store, tables, ks, vs = make_paged_kv(seq_lens, hq=32, hkv=8, d=128, bs=16, seed=2)
     q = torch.randn(len(seq_lens), 32, 128)
     meta = AttentionMetadata.build(block_size=16, block_tables=tables, seq_lens=seq_lens,
                                    query_lens=[1] * len(seq_lens))
@@ -123,7 +88,7 @@ def test_isa_paths_and_task_splits_agree(use_avx2, heads_per_task):
 
 def test_scale_and_uniform_lengths():
     seq_lens = [16, 16, 16]
-    store, tables, ks, vs = _setup(seq_lens)
+    store, tables, ks, vs = make_paged_kv(seq_lens)
     q = torch.randn(3, 4, 8)
     cpu, ref = _both(q, store, tables, seq_lens, scale=0.3)
     torch.testing.assert_close(cpu, ref, **TOL[torch.float32])
@@ -136,7 +101,7 @@ def test_scale_and_uniform_lengths():
 @pytest.mark.parametrize(("window", "sink"), [(1, 0), (3, 0), (5, 2), (6, 7), (100, 0), (4, 40)])
 def test_sliding_window_with_sinks(window, sink):
     seq_lens = [1, 10, 13, 4, 30]
-    store, tables, ks, vs = _setup(seq_lens, seed=5)
+    store, tables, ks, vs = make_paged_kv(seq_lens, seed=5)
     q = torch.randn(len(seq_lens), 4, 8)
     cpu, ref = _both(q, store, tables, seq_lens, sliding_window=window, sink_tokens=sink)
     torch.testing.assert_close(cpu, ref, **TOL[torch.float32])
@@ -150,7 +115,7 @@ def test_released_null_blocks_are_never_read():
     """Blocks outside the window replaced by the null block 0 (as the manager does) -- even a
     null block full of garbage -- do not change the output, as in the reference."""
     seq_lens = [14, 21]
-    store, tables, _, _ = _setup(seq_lens, seed=7)
+    store, tables, _, _ = make_paged_kv(seq_lens, seed=7)
     q = torch.randn(2, 4, 8)
     full, _ = _both(q, store, tables, seq_lens, sliding_window=4, sink_tokens=1)
     # visible: sink {0} + window [L-4, L): seq 0 keeps blocks 0, 2, 3; seq 1 keeps 0, 4, 5.
@@ -163,7 +128,7 @@ def test_released_null_blocks_are_never_read():
 
 def test_padded_table_columns_and_shared_blocks():
     seq_lens = [9, 11, 6]
-    store, tables, ks, vs = _setup(seq_lens, share=2, seed=9)
+    store, tables, ks, vs = make_paged_kv(seq_lens, share_prefix_blocks=2, seed=9)
     assert tables[0][:2] == tables[1][:2] == tables[2][:2]
     padded = [[*t, 0, 0, 0] for t in tables]  # extra null columns beyond each length
     q = torch.randn(3, 4, 8)
@@ -176,7 +141,7 @@ def test_padded_table_columns_and_shared_blocks():
 
 def test_prefill_delegates_to_reference():
     seq_lens, query_lens = [7, 12], [7, 3]
-    store, tables, _, _ = _setup(seq_lens, seed=3)
+    store, tables, _, _ = make_paged_kv(seq_lens, seed=3)
     q = torch.randn(10, 4, 8)
     kw = {"block_tables": tables, "seq_lens": seq_lens, "query_lens": query_lens}
     cpu = paged_attention(q, store.layer(0), backend="cpu", **kw)
@@ -189,7 +154,7 @@ def test_backend_selection_and_supports():
     assert isinstance(backend, CpuDecodeBackend)
     assert backend.name == "cpu"
     assert cpu_kernel.kernel_available()
-    store, tables, _, _ = _setup([5, 6])
+    store, tables, _, _ = make_paged_kv([5, 6])
     meta = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=[5, 6],
                                    query_lens=[1, 1])
     q = torch.randn(2, 4, 8)
@@ -202,7 +167,7 @@ def test_backend_selection_and_supports():
 
 
 def test_out_of_range_block_id_raises():
-    store, _, _, _ = _setup([5])
+    store, _, _, _ = make_paged_kv([5])
     meta = AttentionMetadata.build(block_size=4, block_tables=[[1, 999]], seq_lens=[5],
                                    query_lens=[1])
     with pytest.raises(RuntimeError, match="block id out of range"):

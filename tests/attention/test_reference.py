@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from paged_kv_helpers import TOL, make_paged_kv
 from torch.nn import functional as nnf
 
 from pagedkv.attention import (
@@ -16,46 +17,6 @@ from pagedkv.attention import (
     registry,
 )
 from pagedkv.errors import InvalidArgumentError, ShapeError
-from pagedkv.storage import KVStorage
-
-TOL = {
-    torch.float32: {"atol": 1e-5, "rtol": 1e-5},
-    torch.float16: {"atol": 2e-3, "rtol": 2e-3},
-    torch.bfloat16: {"atol": 1.6e-2, "rtol": 1.6e-2},
-}
-
-
-def _setup(seq_lens, *, hq=4, hkv=2, d=8, bs=4, dtype=torch.float32, share_prefix_blocks=0, seed=0):
-    """Random contiguous K/V per sequence written into a paged storage with shuffled tables.
-
-    Sequences may share their first ``share_prefix_blocks`` blocks (a forked / prefix-hit
-    prefix): then their K/V over those positions are identical by construction."""
-    g = torch.Generator().manual_seed(seed)
-    need = [-(-s // bs) for s in seq_lens]
-    num_blocks = 1 + sum(need) + 2
-    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-    store = KVStorage(num_layers=1, num_blocks=num_blocks, block_size=bs, num_kv_heads=hkv,
-                      head_dim=d, dtype=dtype)
-    tables, ks, vs = [], [], []
-    shared = perm[:share_prefix_blocks]
-    perm = perm[share_prefix_blocks:]
-    shared_k = torch.randn(share_prefix_blocks * bs, hkv, d, generator=g).to(dtype)
-    shared_v = torch.randn(share_prefix_blocks * bs, hkv, d, generator=g).to(dtype)
-    for s, n in zip(seq_lens, need, strict=True):
-        own = n - min(share_prefix_blocks, n)
-        table = shared[: n - own] + perm[:own]
-        perm = perm[own:]
-        k = torch.randn(s, hkv, d, generator=g).to(dtype)
-        v = torch.randn(s, hkv, d, generator=g).to(dtype)
-        m = min(len(shared_k), s)
-        k[:m], v[:m] = shared_k[:m], shared_v[:m]
-        pos = np.arange(s)
-        slots = np.asarray(table)[pos // bs] * bs + pos % bs
-        store.write(0, k, v, slots)
-        tables.append(table)
-        ks.append(k)
-        vs.append(v)
-    return store, tables, ks, vs
 
 
 def _sdpa_ref(q, k, v, *, window=None, sink=0, scale=None):
@@ -78,7 +39,7 @@ def _sdpa_ref(q, k, v, *, window=None, sink=0, scale=None):
 @pytest.mark.parametrize(("hq", "hkv"), [(4, 4), (4, 2), (6, 1)])
 def test_decode_matches_sdpa_across_block_boundaries(dtype, hq, hkv):
     seq_lens = [1, 3, 4, 5, 8, 9, 17, 23]
-    store, tables, ks, vs = _setup(seq_lens, hq=hq, hkv=hkv, dtype=dtype)
+    store, tables, ks, vs = make_paged_kv(seq_lens, hq=hq, hkv=hkv, dtype=dtype)
     q = torch.randn(len(seq_lens), hq, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
     out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens)
     assert out.shape == q.shape
@@ -90,7 +51,7 @@ def test_decode_matches_sdpa_across_block_boundaries(dtype, hq, hkv):
 
 def test_decode_uniform_lengths_no_mask_path():
     seq_lens = [16, 16, 16]
-    store, tables, ks, vs = _setup(seq_lens)
+    store, tables, ks, vs = make_paged_kv(seq_lens)
     q = torch.randn(3, 4, 8)
     out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens, scale=0.3)
     for b in range(3):
@@ -103,7 +64,7 @@ def test_prefill_and_extend_varlen_causal(dtype):
     # seq 0: full prefill; seq 1: extend 3 tokens after a 9-token cached prefix; seq 2: 1 token
     seq_lens = [7, 12, 5, 16]
     query_lens = [7, 3, 1, 16]
-    store, tables, ks, vs = _setup(seq_lens, dtype=dtype, seed=3)
+    store, tables, ks, vs = make_paged_kv(seq_lens, dtype=dtype, seed=3)
     q = torch.randn(sum(query_lens), 4, 8).to(dtype)
     out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
                           query_lens=query_lens)
@@ -117,7 +78,7 @@ def test_prefill_and_extend_varlen_causal(dtype):
 def test_sliding_window_with_sinks(window, sink):
     seq_lens = [10, 13, 4]
     query_lens = [1, 5, 4]
-    store, tables, ks, vs = _setup(seq_lens, seed=5)
+    store, tables, ks, vs = make_paged_kv(seq_lens, seed=5)
     q = torch.randn(sum(query_lens), 4, 8)
     out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
                           query_lens=query_lens, sliding_window=window, sink_tokens=sink)
@@ -130,7 +91,7 @@ def test_sliding_window_with_sinks(window, sink):
 def test_sliding_window_ignores_released_null_blocks():
     """Blocks outside the window replaced by the null block (as the manager does) don't matter."""
     seq_lens = [14]
-    store, tables, ks, vs = _setup(seq_lens, seed=7)
+    store, tables, ks, vs = make_paged_kv(seq_lens, seed=7)
     q = torch.randn(1, 4, 8)
     full = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
                            sliding_window=4)
@@ -143,7 +104,7 @@ def test_sliding_window_ignores_released_null_blocks():
 
 def test_shared_prefix_blocks():
     seq_lens = [9, 11, 6]
-    store, tables, ks, vs = _setup(seq_lens, share_prefix_blocks=2, seed=9)
+    store, tables, ks, vs = make_paged_kv(seq_lens, share_prefix_blocks=2, seed=9)
     assert tables[0][:2] == tables[1][:2] == tables[2][:2]
     q = torch.randn(3, 4, 8)
     out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens)
@@ -171,7 +132,7 @@ def test_metadata_mask_and_padding_indices():
 
 
 def test_bad_inputs_raise_typed_errors():
-    store, tables, _, _ = _setup([5])
+    store, tables, _, _ = make_paged_kv([5])
     with pytest.raises(ShapeError, match="expected 1 tokens, got 2"):
         paged_attention(torch.randn(2, 4, 8), store.layer(0), block_tables=tables, seq_lens=[5])
     with pytest.raises(ShapeError, match="head_dim 8, got 6"):
