@@ -41,6 +41,17 @@ namespace NS {
 
 // Scores, online-softmax update and V accumulation for tokens [t0, t1) of one block and the
 // query heads of kv heads [kh0, kh1). kb/vb point at the block's K/V [BS, Hkv, D].
+// A K or V row as fp32: the row itself for float caches, else converted into ``buf``.
+template <typename T>
+inline const float* as_float_row(const T* src, int64_t D, float* buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return src;
+  } else {
+    for (int64_t i = 0; i < D; ++i) buf[i] = static_cast<float>(src[i]);
+    return buf;
+  }
+}
+
 template <typename T>
 inline void attend_block(const Args& a, const T* kb, const T* vb, int64_t t0, int64_t t1,
                          int64_t kh0, int64_t kh1, float* ws) {
@@ -50,14 +61,7 @@ inline void attend_block(const Args& a, const T* kb, const T* vb, int64_t t0, in
   float* row = s + nh * BS; float* mx = row + D; float* sum = mx + nh;
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t kh = kh0; kh < kh1; ++kh) {
-      const float* kr;
-      if constexpr (std::is_same_v<T, float>) {
-        kr = kb + t * stride + kh * D;
-      } else {
-        const T* src = kb + t * stride + kh * D;
-        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(src[i]);
-        kr = row;
-      }
+      const float* kr = as_float_row(kb + t * stride + kh * D, D, row);
       for (int64_t h = (kh - kh0) * g; h < (kh - kh0 + 1) * g; ++h) {
         const float* qh = qf + h * D;
         float dot = 0.f;
@@ -83,14 +87,7 @@ inline void attend_block(const Args& a, const T* kb, const T* vb, int64_t t0, in
   }
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t kh = kh0; kh < kh1; ++kh) {
-      const float* vr;
-      if constexpr (std::is_same_v<T, float>) {
-        vr = vb + t * stride + kh * D;
-      } else {
-        const T* src = vb + t * stride + kh * D;
-        for (int64_t i = 0; i < D; ++i) row[i] = static_cast<float>(src[i]);
-        vr = row;
-      }
+      const float* vr = as_float_row(vb + t * stride + kh * D, D, row);
       for (int64_t h = (kh - kh0) * g; h < (kh - kh0 + 1) * g; ++h) {
         const float p = s[h * BS + t];
         float* ah = acc + h * D;

@@ -216,7 +216,6 @@ class BlockPool:
 
     def evict(self, n: int) -> int:
         """Evict up to ``n`` cached unreferenced blocks to the free stack; returns how many."""
-        done = 0
         done = min(n, len(self.evictor))
         self.free += self._evict(done)
         return done
