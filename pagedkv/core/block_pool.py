@@ -9,7 +9,8 @@ for positions a sliding window released) is in exactly one of three states:
   Allocation evicts one only when the free stack is empty, so cached KV lives as long as possible.
 * **used** - ``ref_cnt > 0``; referenced by block tables and/or prefix pins (it may also be cached).
 
-Cached blocks form a forest: a block's ``parent`` is the block cached under its parent hash.
+Cached blocks form a forest: a cached block's ``parent`` is the block cached under its parent
+hash (-1 for a root; the entry is stale, and unused, once the block leaves the cache).
 Eviction removes leaves first (the policy picks a victim; if it still has evictable cached
 children we evict down to one of those instead), and dropping a block from the cache also drops
 its cached descendants, so a cached suffix never outlives its prefix (it could never be hit).
@@ -17,7 +18,9 @@ its cached descendants, so a cached suffix never outlives its prefix (it could n
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
+from itertools import islice
 
 from pagedkv.core.eviction import EvictionPolicy
 from pagedkv.errors import PagedKVError
@@ -76,14 +79,15 @@ class BlockPool:
     def allocate(self, n: int) -> list[int]:
         """Take ``n`` blocks (ref_cnt 1, no hash), evicting cached blocks if the stack is empty."""
         free = self.free
-        if n <= len(free):
-            ids = free[-n:] if n else []
-            del free[len(free) - n:]
+        num_free = len(free)
+        if n <= num_free:
+            ids = free[num_free - n:]
+            del free[num_free - n:]
             ids.reverse()
         else:
             ids = free[::-1]
             free.clear()
-            ids += self._evict(n - len(ids))
+            ids += self._evict(n - num_free)
         ref_cnt = self.ref_cnt
         for b in ids:
             ref_cnt[b] = 1
@@ -101,8 +105,12 @@ class BlockPool:
         """Drop one reference from each block, in the given order (pass tails first). Returns
         how many blocks lost their last reference (became free or evictable)."""
         ref_cnt, block_hash, free = self.ref_cnt, self.block_hash, self.free
+        queue = self.evictor.queue
         free_before = len(free)
-        newly_cached = []
+        # A newly evictable block goes straight into a queue policy's queue, else to a list
+        # handed to the policy; cached = the queue's (or list's) growth.
+        evictable: OrderedDict[int, None] | dict[int, None] = {} if queue is None else queue
+        cached_before = len(evictable)
         for b in block_ids:
             r = ref_cnt[b] - 1
             if r:
@@ -113,21 +121,33 @@ class BlockPool:
             if block_hash[b] is None:
                 free.append(b)
             else:
-                newly_cached.append(b)
-        if newly_cached:
-            self.evictor.insert_many(newly_cached, block_hash)
-        released = len(free) - free_before + len(newly_cached)
+                evictable[b] = None
+        num_cached = len(evictable) - cached_before
+        if queue is None and num_cached:
+            self.evictor.insert_many(list(evictable), block_hash)
+        released = len(free) - free_before + num_cached
         self.num_used -= released
         return released
 
     def hit(self, block_id: int) -> None:
         """Take a reference to a cached block found by a prefix lookup."""
-        if self.ref_cnt[block_id] == 0:
-            self.evictor.remove(block_id)
-            self.num_used += 1
-        self.ref_cnt[block_id] += 1
-        if self.evictor.tracks_hits:
-            self.evictor.touch(block_id)
+        self.hit_many((block_id,))
+
+    def hit_many(self, block_ids: Iterable[int]) -> None:
+        """Take a reference to each cached block found by a prefix lookup."""
+        ref_cnt, evictor = self.ref_cnt, self.evictor
+        queue = evictor.queue
+        for b in block_ids:
+            r = ref_cnt[b]
+            if not r:
+                if queue is not None:
+                    del queue[b]
+                else:
+                    evictor.remove(b)
+                self.num_used += 1
+            ref_cnt[b] = r + 1
+            if evictor.tracks_hits:
+                evictor.touch(b)
 
     # --------------------------------------------------------- prefix cache
     def register_chain(self, block_ids: list[int], hashes: list[Hashable], start: int,
@@ -224,10 +244,14 @@ class BlockPool:
         """Evict at least ``n`` cached blocks, leaves first; return ``n`` freed block ids (off
         the free stack). The caller guarantees ``n <= len(self.evictor)``."""
         evictor = self.evictor
-        children, block_hash, free = self.children, self.block_hash, self.free
+        queue, free = evictor.queue, self.free
         out: list[int] = []
         while len(out) < n:
-            leaves = evictor.pop_leaves(n - len(out), children, self.drop_leaf, block_hash)
+            if queue is not None:
+                leaves = self._pop_queue_leaves(queue, n - len(out))
+            else:
+                leaves = evictor.pop_leaves(n - len(out), self.children, self.drop_leaf,
+                                            self.block_hash)
             out += leaves
             self.num_evictions += len(leaves)
             if len(out) < n:  # the next victim has cached children
@@ -235,6 +259,30 @@ class BlockPool:
                 self._evict_subtree(evictor.select(), n - len(out))
                 for _ in range(min(len(free) - before, n - len(out))):
                     out.append(free.pop())
+        return out
+
+    def _pop_queue_leaves(self, queue: OrderedDict[int, None], n: int) -> list[int]:
+        """``EvictionPolicy.pop_leaves`` for a queue policy, inlined: the hot loop of a full
+        cache. Walks the queue without popping (each dropped leaf may turn its parent, usually
+        the next entry, into a leaf), then pops the taken prefix in one C-level pass."""
+        cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
+                                                self.children)
+        out: list[int] = []
+        append = out.append
+        for b in islice(queue, n):
+            if children[b]:
+                break
+            del cached[block_hash[b]]
+            block_hash[b] = None
+            p = parent[b]
+            if p >= 0:
+                kids = children[p]
+                if kids == b:
+                    children[p] = None
+                else:
+                    kids.discard(b)  # type: ignore[union-attr]
+            append(b)
+        deque(map(queue.pop, out), 0)  # pop them all in C (a zero-length deque drains the map)
         return out
 
     def _evict_subtree(self, root: int, want: int) -> None:
@@ -268,7 +316,6 @@ class BlockPool:
             h = self.block_hash[b]
             del self.cached[h]
             self.block_hash[b] = None
-            self.parent[b] = -1
             self.evictor.forget(b, h)
             if self.ref_cnt[b] == 0:
                 self.free.append(b)
@@ -292,7 +339,6 @@ class BlockPool:
                     kids.discard(block_id)
                 else:
                     children[p] = None
-                parent[block_id] = -1
 
         return drop_leaf
 
@@ -305,7 +351,6 @@ class BlockPool:
                 kids.discard(block_id)
             else:
                 self.children[p] = None
-            self.parent[block_id] = -1
 
     def reset_cache(self) -> None:
         """Forget every cached hash; unreferenced cached blocks become free."""
@@ -340,12 +385,16 @@ class BlockPool:
                 fail(f"block {b} is unreferenced, uncached and not free (leaked)")
             if h is not None and self.cached.get(h) != b:
                 fail(f"block {b} hash not mapped back to it")
-            p = self.parent[b]
-            if p >= 0 and (self.block_hash[p] is None or b not in kids_of(self.children[p])):
+            p = self.parent[b]  # meaningful only while b is cached
+            if h is not None and p >= 0 and (self.block_hash[p] is None
+                                             or b not in kids_of(self.children[p])):
                 fail(f"block {b} parent {p} is not cached or does not list it")
+            if h is None and self.children[b]:
+                fail(f"uncached block {b} lists cached children {self.children[b]}")
             for c in kids_of(self.children[b]):
-                if self.parent[c] != b:
-                    fail(f"block {b} lists child {c} whose parent is {self.parent[c]}")
+                if self.block_hash[c] is None or self.parent[c] != b:
+                    fail(f"block {b} lists child {c} (cached {self.block_hash[c] is not None}, "
+                         f"parent {self.parent[c]})")
         used = sum(1 for rc in ref_cnt if rc > 0)
         if used != self.num_used:
             fail(f"num_used counter {self.num_used} but {used} blocks referenced")

@@ -13,6 +13,11 @@ A policy orders the *evictable set*: blocks that hold a registered prefix-cache 
   so that a cached suffix never outlives its prefix) and calls ``forget``.
 * ``forget(block_id, key)`` - the block was evicted: drop it and any per-block history.
 
+Two hot-path shortcuts: ``pop_leaves`` evicts a run of victims in one call (a policy may override
+it), and a policy whose whole state is one insertion-ordered queue (LRU) exposes it as ``queue``,
+which the pool then appends to and evicts from in its own loops - no Python call per block, the
+difference between ~0.3 M and over 1 M block references per second in a hit-rate replay.
+
 Policies: ``lru`` (default; by last release), ``fifo`` (by first release after caching, not
 refreshed by hits), ``lfu`` (fewest hits, ties by recency) and ``s3fifo``. We chose S3-FIFO
 (Yang et al., SOSP'23) as the scan-resistant policy: prompts carry many one-hit-wonder blocks
@@ -51,6 +56,10 @@ class EvictionPolicy(ABC):
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        # A policy whose entire state is one insertion-ordered queue (``insert`` appends,
+        # ``remove``/``forget`` delete, eviction order is iteration order) sets this to it; the
+        # pool then appends and evicts in its own loops, with no method call per block.
+        self.queue: OrderedDict[int, None] | None = None
 
     @abstractmethod
     def insert(self, block_id: int, key: Hashable) -> None: ...
@@ -88,8 +97,8 @@ class EvictionPolicy(ABC):
         still has cached children (``children[b]`` is truthy iff it has). Each victim is
         forgotten, then handed to ``drop_leaf(b)`` at once, which takes it out of the pool's
         cache, so the next one's leafness is current (a chain's parent becomes a leaf once its
-        child is gone). The pool's fast path: a policy may override it to avoid the per-victim
-        ``select``/``forget`` calls (LRU does)."""
+        child is gone). A policy may override it to avoid the per-victim ``select``/``forget``
+        calls; a ``queue`` policy never gets it (the pool walks the queue itself)."""
         out: list[int] = []
         while len(out) < n and len(self):
             block_id = self.select()
@@ -107,35 +116,22 @@ class EvictionPolicy(ABC):
 
 @register_eviction_policy("lru")
 class LRUPolicy(EvictionPolicy):
-    """Least recently released first; an OrderedDict gives O(1) for every call."""
+    """Least recently released first; an OrderedDict gives O(1) for every call.
+
+    Its whole state is ``queue`` (block -> None, least recent first), which it exposes so the
+    pool can append and evict in its own loops, with no call per block (``EvictionPolicy.queue``).
+    """
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
         self._queue: OrderedDict[int, None] = OrderedDict()
+        self.queue = self._queue
 
     def insert(self, block_id: int, key: Hashable) -> None:
         self._queue[block_id] = None
 
     def insert_many(self, block_ids: list[int], block_hash: Sequence[Hashable | None]) -> None:
-        queue = self._queue
-        for block_id in block_ids:
-            queue[block_id] = None
-
-    def pop_leaves(self, n: int, children: Sequence[object], drop_leaf: Callable[[int], None],
-                   block_hash: Sequence[Hashable | None]) -> list[int]:
-        # Walk the queue without popping (the pool's state, not the queue, changes as we go),
-        # then pop the taken prefix in one C-level loop.
-        out: list[int] = []
-        append = out.append
-        for block_id in self._queue:
-            if len(out) == n or children[block_id]:
-                break
-            drop_leaf(block_id)
-            append(block_id)
-        popitem = self._queue.popitem
-        for _ in out:
-            popitem(False)
-        return out
+        self._queue.update(dict.fromkeys(block_ids))
 
     def remove(self, block_id: int) -> None:
         del self._queue[block_id]

@@ -229,36 +229,44 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
             add_hit(b)
             if not ref_cnt[b]:
                 reclaimed += 1
-        need = -(-n // bs) - len(hit_blocks)
+        num_hit = len(hit_blocks)
+        need = -(-n // bs) - num_hit
         available = pool.num_blocks - 1 - pool.num_used - reclaimed - self._watermark_blocks
-        if need > max(available, 0):  # needing no block never fails, reserve or not
+        if need > available and need > 0:  # needing no block never fails, reserve or not
             raise OutOfBlocksError(need, max(available, 0))
 
-        for b in hit_blocks:
-            pool.hit(b)
+        if hit_blocks:
+            pool.hit_many(hit_blocks)
         self._clock += 1
-        seq = Sequence(seq_id, tokens, root, priority, self._clock, sliding_window)
-        seq.block_table = hit_blocks + pool.allocate(need)
-        seq.num_tokens = n
-        seq.block_hashes = hashes
-        seq.num_hashed = len(hit_blocks)
-        seq.caching = (root is not None or bool(hashes)) and n >= self._min_cache_tokens
+        hit_blocks += pool.allocate(need)
+        caching_seq = (bool(hashes) or root is not None) and n >= self._min_cache_tokens
+        seq = Sequence(seq_id, tokens, root, priority, self._clock, sliding_window, hit_blocks,
+                       n, hashes, num_hit, caching_seq)
         self._seqs[seq_id] = seq
-        if seq.caching and self._commit_on_alloc:
-            self._register(seq, len(hashes))
+        if caching_seq and self._commit_on_alloc:
+            done = pool.register_chain(hit_blocks, hashes, num_hit, len(hashes))
+            if done < len(hashes):
+                seq.caching = False
+            seq.num_hashed = done
         c = self.counters
         c.allocations += need
         if caching:
             c.prefix_queries += 1
             c.prefix_query_tokens += n
-            c.prefix_hit_tokens += len(hit_blocks) * bs
-            c.prefix_hit_requests += bool(hit_blocks)
+            if num_hit:
+                c.prefix_hit_tokens += num_hit * bs
+                c.prefix_hit_requests += 1
         if sliding_window is not None:
             # Nothing is released yet: the prompt's own prefill still reads every block in its
             # tokens' windows. Blocks behind the window go from the next append on.
             seq.window_next = sliding_window.first_droppable_block(bs)
-        self._after_alloc()
-        return len(hit_blocks) * bs
+        used = pool.num_used
+        if used > c.peak_blocks_used:
+            c.peak_blocks_used = used
+        pressure = self.pressure
+        if not pressure.low_bound <= used < pressure.high_bound:
+            pressure.update(used)
+        return num_hit * bs
 
     def admit_batch(self, seq_ids: Seq[Hashable], prompts: Seq[TokenIds], *,
                     cache_salt: str | None = None, lora_id: int | str | None = None,
@@ -464,7 +472,9 @@ class BlockManager(PrefixCacheAPI, SwapAPI, InspectionAPI):
             self._host_free.extend(b for b in reversed(seq.host_table) if b >= 0)
         else:
             self.counters.frees += self.pool.release(reversed(seq.block_table))
-        self.pressure.update(self.pool.num_used)
+        used, pressure = self.pool.num_used, self.pressure
+        if not pressure.low_bound <= used < pressure.high_bound:
+            pressure.update(used)
 
     def free_batch(self, seq_ids: Iterable[Hashable]) -> None:
         ids = list(seq_ids)

@@ -26,8 +26,9 @@ class PressureMonitor:
     def __init__(self, thresholds: tuple[float, float, float], usable_blocks: int) -> None:
         # the smallest used-block count at which each level starts
         self._starts = [int(-(-t * usable_blocks // 1)) for t in thresholds]
-        self._low_bound = 0
-        self._high_bound = self._starts[0]
+        # update() is a no-op while low_bound <= used < high_bound; hot paths test this inline
+        self.low_bound = 0
+        self.high_bound = self._starts[0]
         self.level = PressureLevel.LOW
         self._callbacks: list[PressureCallback] = []
 
@@ -41,12 +42,12 @@ class PressureMonitor:
     def update(self, used_blocks: int) -> None:
         """Recompute the level after the used-block count changed; fire callbacks on a change.
         O(1): a comparison against the current level's bounds unless a bound is crossed."""
-        if self._low_bound <= used_blocks < self._high_bound:
+        if self.low_bound <= used_blocks < self.high_bound:
             return
         old, new = self.level, self.level_for(used_blocks)
         self.level = new
-        self._low_bound = 0 if new == 0 else self._starts[new - 1]
-        self._high_bound = self._starts[new] if new < 3 else 1 << 62
+        self.low_bound = 0 if new == 0 else self._starts[new - 1]
+        self.high_bound = self._starts[new] if new < 3 else 1 << 62
         if new != old:
             for callback in self._callbacks:
                 callback(old, new)

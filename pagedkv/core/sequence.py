@@ -52,35 +52,33 @@ class Sequence:
                  "window", "window_next")
 
     def __init__(self, seq_id: Hashable, tokens: array[int] | None, root: bytes | None,
-                 priority: int, arrival: int, window: SlidingWindow | None) -> None:
+                 priority: int, arrival: int, window: SlidingWindow | None,
+                 block_table: list[int], num_tokens: int, block_hashes: list[Hashable],
+                 num_hashed: int, caching: bool) -> None:
         self.seq_id = seq_id
-        self.block_table: list[int] = []
-        self.num_tokens = 0
+        self.block_table = block_table
+        self.num_tokens = num_tokens
         self.tokens = tokens  # array('q') of token ids; None when admitted by length only
         self.root = root  # parent hash of block 0; None when hashes come from the caller
-        self.block_hashes: list[Hashable] = []
-        self.num_hashed = 0
-        self.caching = False
+        self.block_hashes = block_hashes
+        self.num_hashed = num_hashed
+        self.caching = caching
         self.priority = priority
         self.arrival = arrival
         self.last_used = arrival
         self.window = window
         self.window_next = 0  # next block index a sliding window may release (set on admit)
         self.status = SeqStatus.RUNNING
-        self.host_table: list[int] = []
+        self.host_table: list[int] = []  # host block per logical block while swapped out
 
     def clone(self, seq_id: Hashable, num_tokens: int, block_size: int, arrival: int) -> Sequence:
         """A copy covering the first ``num_tokens`` tokens (block references not yet taken)."""
-        child = Sequence(seq_id, None, self.root, self.priority, arrival, self.window)
         num_blocks = -(-num_tokens // block_size)
-        child.block_table = self.block_table[:num_blocks]
-        child.num_tokens = num_tokens
-        if self.tokens is not None:
-            child.tokens = self.tokens[:num_tokens]
         full = num_tokens // block_size
-        child.block_hashes = self.block_hashes[:full]
-        child.num_hashed = min(self.num_hashed, full)
-        child.caching = self.caching
+        child = Sequence(seq_id, None if self.tokens is None else self.tokens[:num_tokens],
+                         self.root, self.priority, arrival, self.window,
+                         self.block_table[:num_blocks], num_tokens, self.block_hashes[:full],
+                         min(self.num_hashed, full), self.caching)
         child.window_next = self.clamp_window_next(num_blocks, block_size)
         return child
 

@@ -81,7 +81,7 @@ def snapshot(mgr: BlockManager) -> dict[str, Any]:
         "host_free": list(mgr._host_free),
         "counters": dict(vars(mgr.counters)),
         "pressure_level": mgr.pressure_level,
-        "pressure_bounds": (mgr.pressure._low_bound, mgr.pressure._high_bound),
+        "pressure_bounds": (mgr.pressure.low_bound, mgr.pressure.high_bound),
         "num_free_blocks": mgr.num_free_blocks,
         "num_used_blocks": mgr.num_used_blocks,
         "stats": mgr.stats().as_dict(),
