@@ -19,6 +19,7 @@ from pagedkv.simulator.costmodel import LinearCostModel
 from pagedkv.simulator.hitrate import capacities_for, manager_policies, run_policy
 from pagedkv.simulator.oracle import infinite_cache
 from pagedkv.simulator.paged import PagedBackend
+from pagedkv.simulator.parallel import resolve_jobs, run_points
 from pagedkv.simulator.progress import ProgressBar
 from pagedkv.simulator.serving import MemoryBackend, SchedulerLimits, replay
 from pagedkv.simulator.trace import Request, Trace
@@ -46,6 +47,7 @@ class SimulationConfig:
     arrival_scale: float = 1.0
     cost: LinearCostModel = field(default_factory=LinearCostModel)
     limits: SchedulerLimits = field(default_factory=SchedulerLimits)
+    jobs: int = 1  # worker processes for sweeps; 0 = one per core
 
     def validate(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -58,6 +60,7 @@ class SimulationConfig:
                 f"kv_tokens {self.kv_tokens} holds no block of {max(self.block_sizes)} tokens")
         if not self.arrival_scale > 0:
             raise InvalidArgumentError(f"arrival_scale must be > 0, got {self.arrival_scale}")
+        resolve_jobs(self.jobs)
         known = [*manager_policies(), "belady"]
         unknown = [p for p in self.policies if p not in known]
         if unknown:
@@ -78,21 +81,42 @@ def default_kv_tokens(trace: Trace) -> int:
     return max(16384, 1 << (4 * longest - 1).bit_length())
 
 
+HitPoint = tuple[int, int, str, float, str]  # block size, capacity, policy, warmup, partial
+
+
+def _hitrate_point(streams: dict[int, BlockStream], point: HitPoint) -> dict[str, Any]:
+    """One sweep point (module level, so worker processes can run it)."""
+    bs, cap, policy, warmup, partial = point
+    return run_policy(streams[bs], policy, cap, warmup, partial).to_dict()
+
+
 def _hitrate(trace: Trace, cfg: SimulationConfig, bar: ProgressBar) -> list[dict[str, Any]]:
     policies = list(cfg.policies) or [*manager_policies(), "belady"]
-    out: list[dict[str, Any]] = []
-    for bs in cfg.block_sizes:
+    streams: dict[int, BlockStream] = {}
+    ceilings: dict[int, dict[str, Any]] = {}
+    points: list[HitPoint] = []
+    for bs in dict.fromkeys(cfg.block_sizes):
         bar.task(f"splitting trace into {bs}-token blocks").update(0, 1)
-        stream = build_block_stream(trace, bs)
+        streams[bs] = stream = build_block_stream(trace, bs)
         bar.update(1, 1)
-        out.append(infinite_cache(stream, cfg.warmup).to_dict())
+        ceilings[bs] = infinite_cache(stream, cfg.warmup).to_dict()
         caps = capacities_for(bs, cfg.capacities, cfg.capacity_tokens)
-        for cap in caps or default_capacities(stream):
-            for policy in policies:
-                bar.task(f"hit rate {policy} bs={bs} cap={cap}")
-                res = run_policy(stream, policy, cap, cfg.warmup, cfg.partial, bar.update)
-                bar.update(1, 1)
-                out.append(res.to_dict())
+        points += [(bs, cap, policy, cfg.warmup, cfg.partial)
+                   for cap in caps or default_capacities(stream) for policy in policies]
+    if resolve_jobs(cfg.jobs) > 1 and len(points) > 1:
+        bar.task(f"hit-rate sweep, {len(points)} replays in {resolve_jobs(cfg.jobs)} processes")
+        results = run_points(_hitrate_point, streams, points, cfg.jobs, bar.update)
+    else:
+        results = []
+        for bs, cap, policy, warmup, partial in points:
+            bar.task(f"hit rate {policy} bs={bs} cap={cap}")
+            res = run_policy(streams[bs], policy, cap, warmup, partial, bar.update)
+            bar.update(1, 1)
+            results.append(res.to_dict())
+    out: list[dict[str, Any]] = []
+    for bs in streams:  # each block size's ceiling, then its sweep points
+        out.append(ceilings[bs])
+        out += [r for p, r in zip(points, results, strict=True) if p[0] == bs]
     return out
 
 
@@ -104,31 +128,56 @@ def _scaled(trace: Trace, scale: float) -> Trace:
     return Trace(reqs, trace.hash_block_size, trace.name, dict(trace.meta))
 
 
+ServeInputs = tuple[Trace, BlockStream, int, SimulationConfig]  # trace, stream, blocks, config
+BackendSpec = tuple[str, Any]  # ("paged", prefix caching on?) or ("contiguous", reservation)
+
+
+def _backend(inputs: ServeInputs, spec: BackendSpec) -> MemoryBackend:
+    trace, stream, blocks, cfg = inputs
+    kind, arg = spec
+    if kind == "paged":
+        return PagedBackend(stream, blocks, policy=cfg.serve_policy, prefix_caching=arg,
+                            watermark=cfg.watermark)
+    max_len = cfg.max_model_len or default_max_model_len(trace)
+    return ContiguousBackend(trace, blocks * stream.block_size, arg, max_len)
+
+
+def _serve_point(inputs: ServeInputs, spec: BackendSpec
+                 ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    """One serving replay (module level, so worker processes can run it)."""
+    be = _backend(inputs, spec)
+    res = replay(inputs[0], be, inputs[3].cost, inputs[3].limits)
+    return be.name, dict(res.summary), res.timeline
+
+
 def _serve(trace: Trace, cfg: SimulationConfig, bar: ProgressBar
            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], int]:
     trace = _scaled(trace, cfg.arrival_scale)
     bs = cfg.block_sizes[0]
     kv = cfg.kv_tokens or default_kv_tokens(trace)
     blocks = kv // bs
-    stream = build_block_stream(trace, bs)
-    backends: list[MemoryBackend] = []
+    inputs: ServeInputs = (trace, build_block_stream(trace, bs), blocks, cfg)
+    specs: list[BackendSpec] = []
+    caching = False
     if "serve" in cfg.modes:
         caching = trace.has_prefix_info if cfg.prefix_caching is None else cfg.prefix_caching
-        backends.append(PagedBackend(stream, blocks, policy=cfg.serve_policy,
-                                     prefix_caching=caching, watermark=cfg.watermark))
+        specs.append(("paged", caching))
     if "baselines" in cfg.modes:
-        if not backends or backends[0].name.endswith("+prefix"):
-            backends.append(PagedBackend(stream, blocks, policy=cfg.serve_policy,
-                                         prefix_caching=False, watermark=cfg.watermark))
-        max_len = cfg.max_model_len or default_max_model_len(trace)
-        backends += [ContiguousBackend(trace, blocks * bs, r, max_len) for r in RESERVATIONS]
-    summaries: list[dict[str, Any]] = []
-    timelines: dict[str, dict[str, np.ndarray]] = {}
-    for be in backends:
-        bar.task(f"serving replay {be.name}")
-        res = replay(trace, be, cfg.cost, cfg.limits, bar.update)
-        summaries.append(dict(res.summary))
-        timelines[be.name] = res.timeline
+        if not specs or caching:  # the baselines compare against paging without sharing
+            specs.append(("paged", False))
+        specs += [("contiguous", r) for r in RESERVATIONS]
+    if resolve_jobs(cfg.jobs) > 1:
+        bar.task(f"{len(specs)} serving replays in {resolve_jobs(cfg.jobs)} processes")
+        runs = run_points(_serve_point, inputs, specs, cfg.jobs, bar.update)
+    else:
+        runs = []
+        for spec in specs:
+            be = _backend(inputs, spec)
+            bar.task(f"serving replay {be.name}")
+            res = replay(trace, be, cfg.cost, cfg.limits, bar.update)
+            runs.append((be.name, dict(res.summary), res.timeline))
+    summaries = [summary for _, summary, _ in runs]
+    timelines = {name: timeline for name, _, timeline in runs}
     return summaries, timelines, blocks * bs
 
 

@@ -19,7 +19,8 @@ def test_help_documents_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for word in ("hitrate", "serve", "baselines", "--trace", "--capacity", "--policy",
-                 "--warmup", "--cost", "--json", "--csv", "--plot", "belady", "--kv-tokens"):
+                 "--warmup", "--cost", "--json", "--csv", "--plot", "belady", "--kv-tokens",
+                 "--jobs"):
         assert word in text
 
 
