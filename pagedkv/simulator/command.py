@@ -129,7 +129,12 @@ def add_simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                         "(default 5,0.1,0.2)")
     s.add_argument("--max-num-seqs", type=int, default=256, help="max running sequences")
     s.add_argument("--max-batched-tokens", type=int, default=8192,
-                   help="max prefill tokens per step (a longer prompt runs alone)")
+                   help="max prefill tokens per step (a longer prompt runs alone); with "
+                        "--chunked-prefill, the whole step's token budget")
+    s.add_argument("--chunked-prefill", action="store_true",
+                   help="split prompts into chunks that share each step's token budget with "
+                        "decode (vLLM v1 / SGLang scheduling); default: whole-prompt prefill "
+                        "(vLLM v0)")
     s.add_argument("--max-model-len", type=int, default=None,
                    help="reservation of the 'max' baseline (default: max(2048, next power of "
                         "two of the longest request))")
@@ -166,7 +171,8 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         prefix_caching={"auto": None, "on": True, "off": False}[args.prefix_caching],
         watermark=args.watermark, max_model_len=args.max_model_len,
         arrival_scale=args.arrival_scale, cost=args.cost,
-        limits=SchedulerLimits(args.max_num_seqs, args.max_batched_tokens), jobs=args.jobs,
+        limits=SchedulerLimits(args.max_num_seqs, args.max_batched_tokens, args.chunked_prefill),
+        jobs=args.jobs,
     )
 
 

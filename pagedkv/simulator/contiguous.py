@@ -76,6 +76,9 @@ class ContiguousBackend:
     def allocated_tokens(self) -> int:
         return self._used
 
+    def shared_tokens(self) -> int:
+        return 0  # every request has its own reservation
+
 
 def default_max_model_len(trace: Trace) -> int:
     """``max(2048, next power of two of the longest prompt + output)`` — 2048 is the OPT/LLaMA-1

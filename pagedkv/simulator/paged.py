@@ -90,3 +90,8 @@ class PagedBackend:
 
     def allocated_tokens(self) -> int:
         return self.mgr.num_used_blocks * self.block_size
+
+    def shared_tokens(self) -> int:
+        # tokens the sequences see minus slots holding KV (shared prefix blocks count once)
+        mgr = self.mgr
+        return sum(mgr.num_tokens(s) for s in mgr.seq_ids) - mgr.stats().tokens_stored

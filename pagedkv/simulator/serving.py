@@ -3,7 +3,9 @@
 The scheduler is the simplified vLLM (v0) loop that produced the paper's results: requests wait
 FCFS; each step admits waiting requests while the memory backend can hold their prompts (and the
 batch limits allow), runs their prefill together with one decode token for every running
-sequence, and charges the step a time from the cost model. When decode growth finds no free
+sequence, and charges the step a time from the cost model. With ``chunked_prefill`` prompts are
+instead computed in chunks that share each step's token budget with decode (vLLM v1, SGLang);
+memory for the whole prompt is still taken at admission. When decode growth finds no free
 memory, the *newest* running sequence is preempted by recompute and re-queued at the front; on
 readmission its prompt plus already generated tokens are prefilled again. The same loop drives
 the paged backend (the real :class:`~pagedkv.core.BlockManager`) and the contiguous baselines, so
@@ -50,11 +52,26 @@ class MemoryBackend(Protocol):
     def allocated_tokens(self) -> int:
         """KV memory currently held by running sequences, in token slots."""
 
+    def shared_tokens(self) -> int:
+        """Token states counted more than once by the running sequences because they share
+        the memory holding them (prefix caching): subtracted so that token states never
+        exceed the allocated memory."""
+
 
 @dataclass
 class SchedulerLimits:
+    """Batch limits of one step.
+
+    Without chunked prefill (vLLM v0's default), ``max_batched_tokens`` caps the prompt tokens
+    admitted per step (one longer prompt may run alone) and decode tokens do not count. With
+    ``chunked_prefill`` (vLLM v1 / SGLang) it is the whole step's token budget: decode tokens
+    first, then chunks of prompts already being prefilled, then new prompts, whose prefill may
+    start with a partial chunk; a request's first token comes at the end of its last chunk.
+    """
+
     max_num_seqs: int = 256
-    max_batched_tokens: int = 8192  # prefill tokens per step (one longer prompt may run alone)
+    max_batched_tokens: int = 8192
+    chunked_prefill: bool = False
 
     def __post_init__(self) -> None:
         if self.max_num_seqs <= 0 or self.max_batched_tokens <= 0:
@@ -87,6 +104,7 @@ def replay(
     """Replay ``trace`` by arrival time through ``backend``; return latency/memory metrics."""
     cost = cost or LinearCostModel()
     limits = limits or SchedulerLimits()
+    chunked = limits.chunked_prefill
     reqs = sorted(range(len(trace)), key=lambda i: trace.requests[i].arrival_ms)
     arrival = np.array([r.arrival_ms for r in trace.requests], dtype=np.float64)
     inp = [r.input_len for r in trace.requests]
@@ -98,7 +116,9 @@ def replay(
     finish = np.full(n, np.nan)
     pending = deque(reqs)
     waiting: deque[int] = deque()
-    running: list[int] = []
+    running: list[int] = []  # decoding (prefill done)
+    prefilling: list[int] = []  # admitted, prompt partly computed (chunked prefill only), FCFS
+    todo = [0] * n  # prompt tokens a prefilling request still has to compute
     rejected = preemptions = done = 0
     steps = hit_tokens = prefill_total = 0
     tl_t: list[float] = []
@@ -106,10 +126,10 @@ def replay(
     tl_tokens: list[int] = []
     tl_run: list[int] = []
     tl_wait: list[int] = []
-    kv = [0] * n
+    kv = [0] * n  # tokens of KV written (cached hit + computed)
     now = float(arrival[reqs[0]]) if n else 0.0
-    while pending or waiting or running:
-        if not waiting and not running and pending:
+    while pending or waiting or running or prefilling:
+        if not waiting and not running and not prefilling and pending:
             now = max(now, float(arrival[pending[0]]))
         while pending and arrival[pending[0]] <= now:
             waiting.append(pending.popleft())
@@ -122,14 +142,21 @@ def replay(
             for v in sorted(victims, key=lambda v: -arrival[v]):  # oldest ends up first
                 kv[v] = 0
                 waiting.appendleft(v)
-        # 2. admission (FCFS, head-of-line blocking; none in a step that preempted, like vLLM v0)
+        # 2. prefill work: chunks of prompts in progress, then admission (FCFS, head-of-line
+        # blocking; none in a step that preempted, like vLLM v0)
+        budget = limits.max_batched_tokens - (len(running) if chunked else 0)
+        chunks: list[tuple[int, int]] = []  # (request, prompt tokens computed this step)
+        for rid in prefilling:
+            if budget <= 0:
+                break
+            chunks.append((rid, min(todo[rid], budget)))
+            budget -= chunks[-1][1]
         admitted: list[int] = []
-        budget = limits.max_batched_tokens
-        prefill = 0
-        while not victims and waiting and len(running) + len(admitted) < limits.max_num_seqs:
+        while (not victims and waiting and (budget > 0 or not chunked)
+               and len(running) + len(prefilling) + len(admitted) < limits.max_num_seqs):
             rid = waiting[0]
             ntok = inp[rid] + gen[rid]
-            if admitted and ntok > budget:
+            if not chunked and admitted and ntok > budget:
                 break
             if not backend.fits_ever(rid, ntok):
                 waiting.popleft()
@@ -140,14 +167,15 @@ def replay(
                 break
             waiting.popleft()
             admitted.append(rid)
-            budget -= ntok
-            prefill += ntok - hit
             hit_tokens += hit
-            kv[rid] = ntok
+            kv[rid] = hit
+            todo[rid] = ntok - hit
+            chunks.append((rid, min(todo[rid], budget) if chunked else todo[rid]))
+            budget -= chunks[-1][1] if chunked else ntok
             if np.isnan(first_sched[rid]):
                 first_sched[rid] = now
         decoding = running
-        if not admitted and not decoding:
+        if not chunks and not decoding:
             if victims:  # everything was preempted: memory is free again, admit next step
                 continue
             if pending:
@@ -157,6 +185,7 @@ def replay(
                 waiting.popleft()
                 rejected += 1
             continue
+        prefill = sum(c for _, c in chunks)
         now += cost.step_ms(prefill, len(decoding))
         prefill_total += prefill
         steps += 1
@@ -170,8 +199,12 @@ def replay(
                 done += 1
             else:
                 still.append(rid)
-        for rid in admitted:
-            gen[rid] += 1
+        for rid, c in chunks:
+            todo[rid] -= c
+            kv[rid] += c
+            if todo[rid]:
+                continue
+            gen[rid] += 1  # the prompt's last chunk yields the first output token
             if np.isnan(first_tok[rid]):
                 first_tok[rid] = now
             if gen[rid] >= out[rid]:
@@ -181,10 +214,12 @@ def replay(
             else:
                 still.append(rid)
         running = still
+        prefilling = [r for r in prefilling + admitted if todo[r]]
         tl_t.append(now)
         tl_alloc.append(backend.allocated_tokens())
-        tl_tokens.append(sum(kv[r] for r in running))
-        tl_run.append(len(running))
+        tl_tokens.append(sum(kv[r] for r in running) + sum(kv[r] for r in prefilling)
+                         - backend.shared_tokens())
+        tl_run.append(len(running) + len(prefilling))
         tl_wait.append(len(waiting))
         if progress is not None and steps % 256 == 0:
             progress(done + rejected, n)
