@@ -26,6 +26,8 @@ class ManagerState:
     _next_pin: int
     _host_free: list[int]
     _caching: bool
+    _commit_on_alloc: bool
+    _clock: int
     _watermark_blocks: int
     _hash_fn: Callable[[bytes], bytes]
 

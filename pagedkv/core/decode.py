@@ -1,0 +1,228 @@
+"""Growing and reshaping running sequences: decode appends, copy-on-write, sliding-window
+release, truncate (speculative rollback) and fork.
+
+Full blocks are immutable. Writing into a partial last block that is shared (``ref_cnt > 1``) or
+cached first gives the sequence a private copy, queued as ``(src, dst)`` for ``take_copies()``;
+the storage layer runs those copies before it writes the step's KV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from collections.abc import Sequence as Seq
+from typing import cast
+
+import numpy as np
+
+from pagedkv.core import export
+from pagedkv.core.block_pool import NULL_BLOCK_ID
+from pagedkv.core.hashing import token_bytes
+from pagedkv.core.manager_state import ManagerState
+from pagedkv.core.sequence import SeqStatus, Sequence
+from pagedkv.core.tokens import TokenIds, as_token_array
+from pagedkv.errors import (
+    DuplicateSequenceError,
+    InvalidArgumentError,
+    OutOfBlocksError,
+    UnknownSequenceError,
+)
+
+
+class DecodeAPI(ManagerState):
+    """Mixin of ``BlockManager``."""
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """Pending copy-on-write ``(src_block, dst_block)`` pairs; execute them before writing
+        this step's KV. The list is cleared."""
+        copies, self._copies = self._copies, []
+        return copies
+
+
+    def _seal(self, seq: Sequence) -> None:
+        """The sequence's last block just became full: hash it and maybe register it."""
+        if seq.tokens is None or seq.root is None:
+            seq.caching = False
+            return
+        hashes = seq.block_hashes
+        full = seq.num_tokens // self.block_size
+        while len(hashes) < full:
+            i = len(hashes)
+            parent = cast(bytes, hashes[i - 1] if i else seq.root)  # token-hashed: bytes
+            start = i * self.block_size
+            data = token_bytes(seq.tokens[start:start + self.block_size])
+            hashes.append(self._hash_fn(parent + data))
+        if self._commit_on_alloc:
+            self._register(seq, full)
+
+
+    def is_block_writable(self, block_id: int) -> bool:
+        """Whether KV in ``block_id`` may be overwritten in place: one holder and not cached
+        (cached blocks are immutable, e.g. one made partial again by ``truncate``)."""
+        pool = self.pool
+        return pool.ref_cnt[block_id] == 1 and pool.block_hash[block_id] is None
+
+    @property
+    def num_pending_copies(self) -> int:
+        """Copy-on-write copies queued since the last ``take_copies``."""
+        return len(self._copies)
+
+    def _cow_last(self, seq: Sequence) -> int:
+        src = seq.block_table[-1]
+        dst = self.pool.allocate_one()  # before releasing src, so src cannot be evicted into dst
+        self._release((src,))
+        seq.block_table[-1] = dst
+        self._copies.append((src, dst))
+        self.counters.cow_copies += 1
+        self.counters.allocations += 1
+        return dst
+
+    def append(self, seq_id: Hashable, token_ids: TokenIds) -> np.ndarray:
+        """Append tokens to a running sequence; returns their int64 ``[n]`` slots.
+
+        Allocates blocks as boundaries are crossed and gives the sequence a private copy of a
+        shared or cached partial last block (queued in ``take_copies``)."""
+        seq = self._running(seq_id)
+        new_tokens = as_token_array(token_ids)
+        k = len(new_tokens)
+        bs, n, table = self.block_size, seq.num_tokens, seq.block_table
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
+        new_blocks = -(-(n + k) // bs) - len(table)
+        cow = n % bs != 0 and not self.is_block_writable(table[-1])
+        if new_blocks + cow > self.pool.num_available:
+            raise OutOfBlocksError(new_blocks + cow, self.pool.num_available)
+        if cow:
+            self._cow_last(seq)
+        if new_blocks:
+            table.extend(self.pool.allocate(new_blocks))
+            self.counters.allocations += new_blocks
+        if seq.tokens is not None:
+            seq.tokens.extend(new_tokens)
+        seq.num_tokens = n + k
+        self._clock += 1
+        seq.last_used = self._clock
+        if seq.caching and (n + k) // bs > n // bs:
+            self._seal(seq)
+        if seq.window is not None:
+            self._slide(seq, n + 1)
+        self._after_alloc()
+        return export.slot_mapping(table, bs, n, n + k)
+
+    def append_batch(self, seq_ids: Seq[Hashable], token_ids: Seq[int] | np.ndarray
+                     ) -> np.ndarray:
+        """Append one token to each sequence (the decode hot path): O(1) per sequence, a block
+        allocated only at a boundary. ``token_ids``: ``[B]`` ints. Returns int64 ``[B]`` slots."""
+        try:
+            seqs = [self._seqs[s] for s in seq_ids]
+        except KeyError as exc:
+            raise UnknownSequenceError(exc.args[0]) from None
+        toks = token_ids.tolist() if isinstance(token_ids, np.ndarray) else list(token_ids)
+        if len(toks) != len(seqs):
+            raise InvalidArgumentError(f"{len(seqs)} sequences but {len(toks)} token ids")
+        if len(set(seq_ids)) != len(seqs):
+            raise InvalidArgumentError("append_batch got a sequence id twice")
+        bs, pool = self.block_size, self.pool
+        ref_cnt, block_hash = pool.ref_cnt, pool.block_hash
+        need = 0
+        running = SeqStatus.RUNNING
+        for s in seqs:
+            if s.status is not running:
+                self._running(s.seq_id)  # raises the state error
+            if s.num_tokens % bs == 0:
+                need += 1
+            else:
+                b = s.block_table[-1]
+                need += ref_cnt[b] > 1 or block_hash[b] is not None
+        if need > pool.num_available:
+            raise OutOfBlocksError(need, pool.num_available)
+        self._clock += 1
+        clock = self._clock
+        allocate_one = pool.allocate_one
+        new_blocks = 0
+        slots = []
+        last = bs - 1
+        for s, t in zip(seqs, toks):  # noqa: B905 - lengths checked above
+            n = s.num_tokens
+            off = n % bs
+            if off:
+                b = s.block_table[-1]
+                if ref_cnt[b] > 1 or block_hash[b] is not None:
+                    b = self._cow_last(s)
+            else:
+                b = allocate_one()
+                s.block_table.append(b)
+                new_blocks += 1
+            slots.append(b * bs + off)
+            s.num_tokens = n + 1
+            s.last_used = clock
+            tokens = s.tokens
+            if tokens is not None:
+                tokens.append(t)
+            if off == last and s.caching:
+                self._seal(s)
+            if s.window is not None:
+                self._slide(s, n + 1)
+        self.counters.allocations += new_blocks
+        self._after_alloc()
+        return np.array(slots, dtype=np.int64)
+
+    def _slide(self, seq: Sequence, first_new: int) -> None:
+        """Release blocks wholly behind the window of the step's first new token (the one at
+        position ``first_new - 1``): every token computed in this step may still read back to
+        its own window, so only blocks before the earliest of those windows may go."""
+        assert seq.window is not None
+        end = seq.window.droppable_end(first_new, self.block_size)
+        table = seq.block_table
+        while seq.window_next < end:
+            b = table[seq.window_next]
+            table[seq.window_next] = NULL_BLOCK_ID
+            self._release((b,))
+            seq.window_next += 1
+
+    def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
+        """Roll a sequence back to its first ``num_tokens`` tokens (rejected speculative tokens).
+        Blocks past the new end are released; a cached block made partial is copied on write."""
+        seq = self._running(seq_id)
+        bs = self.block_size
+        if not 0 <= num_tokens <= seq.num_tokens:
+            raise InvalidArgumentError(
+                f"cannot truncate a {seq.num_tokens}-token sequence to {num_tokens} tokens")
+        keep = -(-num_tokens // bs)
+        if num_tokens and seq.block_table[keep - 1] == NULL_BLOCK_ID:
+            raise InvalidArgumentError(
+                f"token {num_tokens - 1} lies in a block the sliding window already released")
+        self._release(reversed(seq.block_table[keep:]))
+        del seq.block_table[keep:]
+        if seq.tokens is not None:
+            del seq.tokens[num_tokens:]
+        full = num_tokens // bs
+        del seq.block_hashes[full:]
+        seq.num_hashed = min(seq.num_hashed, full)
+        seq.num_tokens = num_tokens
+        seq.window_next = seq.clamp_window_next(keep, bs)
+        self.pressure.update(self.pool.num_used)
+
+    def fork(self, parent_id: Hashable, child_id: Hashable, num_tokens: int | None = None) -> None:
+        """Create ``child_id`` sharing the parent's blocks for its first ``num_tokens`` tokens
+        (default: all). No data is copied; whichever sequence first writes into a shared partial
+        block gets a private copy. ``num_tokens = k * block_size`` shares a known common prefix
+        of ``k`` blocks explicitly."""
+        parent = self._running(parent_id)
+        if child_id in self._seqs:
+            raise DuplicateSequenceError(child_id)
+        n = parent.num_tokens if num_tokens is None else num_tokens
+        if not 0 <= n <= parent.num_tokens:
+            raise InvalidArgumentError(
+                f"cannot fork {n} tokens from a {parent.num_tokens}-token sequence")
+        if n and parent.block_table[(n - 1) // self.block_size] == NULL_BLOCK_ID:
+            raise InvalidArgumentError(
+                f"cannot fork {n} tokens: token {n - 1} lies in a block the sliding window "
+                f"already released")
+        self._clock += 1
+        child = parent.clone(child_id, n, self.block_size, self._clock)
+        ref_cnt = self.pool.ref_cnt
+        for b in child.block_table:
+            if b != NULL_BLOCK_ID:
+                ref_cnt[b] += 1
+        self._seqs[child_id] = child
+        self.counters.forks += 1
