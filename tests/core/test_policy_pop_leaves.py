@@ -1,0 +1,139 @@
+"""The fused fast paths of the non-queue policies (``pop_leaves`` and ``insert_many`` overridden
+by fifo, lfu and s3fifo) must behave exactly like the generic per-call protocol.
+
+Differential test: the same random operations drive two managers with the same policy; in the
+second, the policy instance's overrides are patched back to ``EvictionPolicy``'s generic
+implementations (``select``/``forget`` per victim, ``insert`` per block). After every step both
+must be in the same state - block tables, ref counts, hashes, cache forest, free stack order,
+eviction order and the policy's internal containers - and raise the same errors. The operations
+are those of ``test_queue_fast_path`` (which does this for LRU's queue), plus replay-style
+admit-then-free cycles; heap policies also run with compaction made frequent.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_atomicity import snapshot
+from test_queue_fast_path import KINDS, apply
+
+from pagedkv.core import BlockManager, CacheConfig
+from pagedkv.core.eviction import EvictionPolicy
+from pagedkv.errors import PagedKVError
+
+FAST_PATHS = ("pop_leaves", "insert_many")
+# test_queue_fast_path's operations plus "cycle" (admit, then free at once: the hit-rate
+# replay's pattern), "window" (makes parents evictable before their children) and more
+# evictions and frees, so that most examples evict often, often stopping at a non-leaf
+OPS = st.tuples(st.sampled_from((*KINDS, "cycle", "cycle", "cycle", "window", "evict", "free",
+                                 "free")),
+                st.integers(0, 9), st.integers(0, 12), st.lists(st.integers(0, 2), max_size=9),
+                st.booleans())
+
+
+def apply_op(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: list[int]) -> None:
+    if op[0] == "cycle":
+        apply(mgr, ("admit", *op[1:]), pins, next_id)
+        mgr.free(next_id[0] - 1)
+    elif op[0] == "window":  # the window releases prefix blocks whose cached children stay in use
+        apply(mgr, ("admit", *op[1:4], True), pins, next_id)
+        mgr.append(next_id[0] - 1, [0, 1, 2])
+    else:
+        apply(mgr, op, pins, next_id)
+
+
+def generic(mgr: BlockManager) -> BlockManager:
+    """Patch ``mgr``'s policy instance back to the base class's per-call implementations."""
+    policy = mgr.pool.evictor
+    for name in FAST_PATHS:
+        assert getattr(type(policy), name) is not getattr(EvictionPolicy, name), name
+        setattr(policy, name, types.MethodType(getattr(EvictionPolicy, name), policy))
+    return mgr
+
+
+def counted(mgr: BlockManager, calls: Counter[str]) -> BlockManager:
+    """Count the fast ``pop_leaves`` calls, victims, and stops before a non-leaf."""
+    policy = mgr.pool.evictor
+    fast = type(policy).pop_leaves
+
+    def pop_leaves(self: EvictionPolicy, n: int, *args: Any) -> list[int]:
+        want = min(n, len(self))
+        out = fast(self, n, *args)
+        calls["calls"] += 1
+        calls["victims"] += len(out)
+        calls["stopped at a non-leaf"] += len(out) < want
+        return out
+
+    policy.pop_leaves = types.MethodType(pop_leaves, policy)  # type: ignore[method-assign]
+    return mgr
+
+
+def policy_state(policy: EvictionPolicy) -> dict[str, Any]:
+    """The policy's attributes, less the patched methods (which differ by construction)."""
+    return {k: v for k, v in vars(policy).items() if k not in FAST_PATHS}
+
+
+def live_state(mgr: BlockManager) -> dict[str, Any]:
+    """What the policy can affect, by reference: compared at once, so nothing is copied (a
+    deep ``snapshot`` after every step would take most of the test's time)."""
+    pool, policy = mgr.pool, mgr.pool.evictor
+    return {
+        "tables": {sid: s.block_table for sid, s in mgr._seqs.items()},
+        "ref_cnt": pool.ref_cnt,
+        "block_hash": pool.block_hash,
+        "parent": pool.parent,
+        "children": pool.children,
+        "cached": pool.cached,
+        "free": pool.free,  # order matters: allocation pops from the end
+        "num_evictions": pool.num_evictions,
+        "order": policy.order(),
+        "len": len(policy),
+        "in": [b in policy for b in range(pool.num_blocks)],
+        "policy": policy_state(policy),
+    }
+
+
+def full_state(mgr: BlockManager) -> dict[str, Any]:
+    state = snapshot(mgr)
+    state["evictor_state"] = policy_state(mgr.pool.evictor)
+    return state
+
+
+@pytest.mark.parametrize("policy", ["fifo", "lfu", "s3fifo"])
+def test_fast_paths_match_the_generic_protocol(policy: str) -> None:
+    calls: Counter[str] = Counter()
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ops=st.lists(OPS, min_size=20, max_size=60), num_blocks=st.integers(4, 10),
+           compact_slack=st.sampled_from([0, 2, 64]))
+    def run(ops: list[tuple[Any, ...]], num_blocks: int, compact_slack: int) -> None:
+        cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy=policy)
+        fast, slow = counted(BlockManager(cfg), calls), generic(BlockManager(cfg))
+        if hasattr(fast.pool.evictor, "COMPACT_SLACK"):  # heap policies: compact often too
+            fast.pool.evictor.COMPACT_SLACK = slow.pool.evictor.COMPACT_SLACK = compact_slack
+        state: dict[int, tuple[list[Any], list[int]]] = {id(fast): ([], [0]),
+                                                         id(slow): ([], [0])}
+        for op in ops:
+            errors = []
+            for mgr in (fast, slow):
+                try:
+                    apply_op(mgr, op, *state[id(mgr)])
+                    errors.append(None)
+                except PagedKVError as exc:
+                    errors.append(type(exc))
+                mgr.take_copies()
+                mgr.check_integrity()
+            assert errors[0] == errors[1], op
+            assert live_state(fast) == live_state(slow), op
+        assert full_state(fast) == full_state(slow)
+
+    run()
+    # the comparison means something only if the fast path did real work
+    assert calls["calls"] >= 150, calls  # typically 250-500
+    assert calls["victims"] >= 200, calls
+    assert calls["stopped at a non-leaf"] >= 10, calls  # typically 40-150
