@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
+from pagedkv.core import BlockManager, CacheConfig
 from pagedkv.core.eviction import EVICTION_POLICIES, FIFOPolicy, LFUPolicy, LRUPolicy, S3FIFOPolicy
 
 
@@ -152,3 +155,21 @@ def test_max_cached_blocks_caps_the_cache(make_mgr):
     assert len(mgr.pool.cached) == 3  # b's blocks pushed a's evictable ones out
     assert mgr.lookup_prefix([5, 5, 6, 6]) == 4
     mgr.check_integrity()
+
+
+@pytest.mark.parametrize("policy", ["fifo", "lfu", "s3fifo"])
+def test_lazy_queues_stay_bounded_under_hit_churn(policy: str) -> None:
+    """Hits on evictable blocks away from the queue head leave stale entries behind; without
+    eviction pressure nothing pops them, so the policy must compact."""
+    mgr = BlockManager(CacheConfig(block_size=2, num_blocks=64, eviction_policy=policy))
+    for i in range(20):  # 20 cached two-block prompts, all evictable
+        mgr.admit(i, [i, i, i, i])
+        mgr.free(i)
+    evictor = mgr.pool.evictor
+    for step in range(5000):  # hit a block that is not at the head, release it, again
+        mgr.admit("hot", [10 if step == 0 else 11] * 4)
+        mgr.free("hot")
+    mgr.check_integrity()
+    assert len(evictor) == 40
+    entries = sum(len(q) for q in vars(evictor).values() if isinstance(q, (list, deque)))
+    assert entries <= 4 * 40 + evictor.COMPACT_SLACK

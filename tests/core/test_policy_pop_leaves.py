@@ -114,7 +114,7 @@ def test_fast_paths_match_the_generic_protocol(policy: str) -> None:
     def run(ops: list[tuple[Any, ...]], num_blocks: int, compact_slack: int) -> None:
         cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy=policy)
         fast, slow = counted(BlockManager(cfg), calls), generic(BlockManager(cfg))
-        if hasattr(fast.pool.evictor, "COMPACT_SLACK"):  # heap policies: compact often too
+        if hasattr(fast.pool.evictor, "COMPACT_SLACK"):  # compact often too
             fast.pool.evictor.COMPACT_SLACK = slow.pool.evictor.COMPACT_SLACK = compact_slack
         state: dict[int, tuple[list[Any], list[int]]] = {id(fast): ([], [0]),
                                                          id(slow): ([], [0])}
