@@ -3,8 +3,8 @@
 Prints (1) LRU/FIFO/Belady hit rates on the Mooncake conversation trace at 512-token blocks next
 to the kvcache-simulator reference numbers from ../shared/traces/README.md, and (2) block
 references per second of the hit-rate replay (BlockManager + simulator loop) at block sizes 512
-and 16. Reads the trace from ../shared/traces/ (or $PAGEDKV_TRACES); says so and exits 0 when
-it is absent.
+and 16, and (3) every policy's replay speed (best of 3). Reads the trace from ../shared/traces/
+(or $PAGEDKV_TRACES); says so and exits 0 when it is absent.
 
     .venv/bin/python benchmarks/simulate_hitrate.py [--quick]
 """
@@ -56,6 +56,12 @@ def main() -> int:
               f"{100 * opt.hit_rate:5.2f}% / {r_opt}% | {lru.refs_per_second / 1e6:.2f}M")
     if args.quick:
         return 0
+    print("\nreplay speed per policy at 512-token blocks, best of 3 runs (M refs/s):")
+    print("policy  | " + " | ".join(f"{c:>5d}" for c in REFERENCE))
+    for policy in ("lru", "fifo", "lfu", "s3fifo", "belady"):
+        speeds = [max(run_policy(s512, policy, cap).refs_per_second for _ in range(3)) / 1e6
+                  for cap in REFERENCE]
+        print(f"{policy:7s} | " + " | ".join(f"{v:5.2f}" for v in speeds))
     t = time.perf_counter()
     s16 = build_block_stream(trace, 16)
     print(f"\nblock stream at 16: {s16.num_refs:,} refs in {time.perf_counter() - t:.2f}s")
