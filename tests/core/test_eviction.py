@@ -7,7 +7,14 @@ from collections import deque
 import pytest
 
 from pagedkv.core import BlockManager, CacheConfig
-from pagedkv.core.eviction import EVICTION_POLICIES, FIFOPolicy, LFUPolicy, LRUPolicy, S3FIFOPolicy
+from pagedkv.core.eviction import (
+    EVICTION_POLICIES,
+    EvictionPolicy,
+    FIFOPolicy,
+    LFUPolicy,
+    LRUPolicy,
+    S3FIFOPolicy,
+)
 
 
 def cycle(policy, block, key=None):  # a cache hit then a release of an evictable block
@@ -173,3 +180,64 @@ def test_lazy_queues_stay_bounded_under_hit_churn(policy: str) -> None:
     assert len(evictor) == 40
     entries = sum(len(q) for q in vars(evictor).values() if isinstance(q, (list, deque)))
     assert entries <= 4 * 40 + evictor.COMPACT_SLACK
+
+
+def test_lru_subclass_overrides_are_honoured_not_bypassed_by_the_queue_fast_path():
+    calls = []
+
+    class MRU(LRUPolicy):  # evicts the most recently released block first
+        def select(self):
+            calls.append("select")
+            return next(reversed(self._queue))
+
+    assert LRUPolicy(4).queue is not None
+    assert MRU(4).queue is None  # an override switches the pool to the per-call protocol
+    EVICTION_POLICIES["test_mru"] = MRU
+    try:
+        mgr = BlockManager(CacheConfig(block_size=2, num_blocks=3, eviction_policy="test_mru"))
+        mgr.admit("a", [1, 1, 2, 2], compute_last_token=False)  # blocks 1, 2
+        mgr.free("a")  # released tail first: order [2, 1]; MRU picks 1, a non-leaf, so its
+        mgr.admit("b", [3, 3], compute_last_token=False)  # leaf descendant 2 goes instead
+        assert calls
+        assert mgr.block_table("b") == [2]
+        mgr.check_integrity()
+    finally:
+        del EVICTION_POLICIES["test_mru"]
+
+
+def test_policy_without_super_init_works():
+    class Bare(EvictionPolicy):
+        def __init__(self, capacity):  # no super().__init__: the protocol must not need it
+            self.capacity = capacity
+            self.q = {}
+
+        def insert(self, block_id, key):
+            self.q[block_id] = None
+
+        def remove(self, block_id):
+            del self.q[block_id]
+
+        def select(self):
+            return next(iter(self.q))
+
+        def __len__(self):
+            return len(self.q)
+
+        def __contains__(self, block_id):
+            return block_id in self.q
+
+        def order(self):
+            return list(self.q)
+
+    EVICTION_POLICIES["test_bare"] = Bare
+    try:
+        mgr = BlockManager(CacheConfig(block_size=2, num_blocks=4, eviction_policy="test_bare"))
+        mgr.admit("a", [1, 1, 2, 2, 3])
+        mgr.free("a")
+        mgr.check_integrity()
+        assert mgr.pool.evictor.order() == [2, 1]
+        mgr.admit("b", [5, 5, 6, 6, 7], compute_last_token=False)  # evicts both, leaf first
+        assert mgr.pool.num_evictions == 2
+        mgr.check_integrity()
+    finally:
+        del EVICTION_POLICIES["test_bare"]

@@ -48,13 +48,14 @@ class EvictionPolicy(ABC):
 
     name: ClassVar[str] = ""
     tracks_hits: ClassVar[bool] = False
+    # A policy whose entire state is one insertion-ordered queue (``insert`` appends,
+    # ``remove``/``forget`` delete, eviction order is iteration order) sets this to it; the pool
+    # then appends and evicts in its own loops, with no method call per block. A class-level
+    # default, so a subclass that does not call ``super().__init__`` still works.
+    queue: OrderedDict[int, None] | None = None
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        # A policy whose entire state is one insertion-ordered queue (``insert`` appends,
-        # ``remove``/``forget`` delete, eviction order is iteration order) sets this to it; the
-        # pool then appends and evicts in its own loops, with no method call per block.
-        self.queue: OrderedDict[int, None] | None = None
 
     @abstractmethod
     def insert(self, block_id: int, key: Hashable) -> None: ...

@@ -16,12 +16,18 @@ class LRUPolicy(EvictionPolicy):
 
     Its whole state is ``queue`` (block -> None, least recent first), which it exposes so the
     pool can append and evict in its own loops, with no call per block (``EvictionPolicy.queue``).
+    A subclass that overrides any protocol method gets the per-call protocol instead, so its
+    overrides are honoured.
     """
+
+    _PROTOCOL = ("insert", "insert_many", "remove", "select", "forget", "touch", "pop_leaves")
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
         self._queue: OrderedDict[int, None] = OrderedDict()
-        self.queue = self._queue
+        cls = type(self)
+        plain = all(getattr(cls, m) is getattr(LRUPolicy, m) for m in self._PROTOCOL)
+        self.queue = self._queue if plain else None
 
     def insert(self, block_id: int, key: Hashable) -> None:
         self._queue[block_id] = None
