@@ -107,8 +107,8 @@ class BlockPool:
         ref_cnt, block_hash, free = self.ref_cnt, self.block_hash, self.free
         queue = self.evictor.queue
         free_before = len(free)
-        # A newly evictable block goes straight into a queue policy's queue, else to a list
-        # handed to the policy; cached = the queue's (or list's) growth.
+        # A newly evictable block goes straight into a queue policy's queue, else into an
+        # ordered dict handed to the policy; cached = the queue's (or dict's) growth.
         evictable: OrderedDict[int, None] | dict[int, None] = {} if queue is None else queue
         cached_before = len(evictable)
         for b in block_ids:

@@ -16,6 +16,8 @@ far are "token states"; the rest of its reservation is waste.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.simulator.trace import Trace
 
@@ -67,7 +69,7 @@ class ContiguousBackend:
         self._used += need
         return 0
 
-    def grow(self, running: list[int]) -> list[int]:
+    def grow(self, running: list[int], idle: Sequence[int] = ()) -> list[int]:
         return []  # a reservation covers the final length: decode never needs new memory
 
     def free(self, rid: int) -> None:

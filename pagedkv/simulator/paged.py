@@ -10,7 +10,7 @@ reuse its own still-cached blocks but nobody else's.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -68,9 +68,10 @@ class PagedBackend:
         except OutOfBlocksError:
             return None
 
-    def grow(self, running: list[int]) -> list[int]:
+    def grow(self, running: list[int], idle: Sequence[int] = ()) -> list[int]:
         victims: list[int] = []  # ids are the trace's request indices
         live = list(running)
+        candidates = {*live, *idle}
         while live:
             try:
                 self.mgr.append_batch(live, np.zeros(len(live), dtype=np.int64))
@@ -79,10 +80,12 @@ class PagedBackend:
                 pick = self.mgr.select_victims(
                     max(1, exc.requested - exc.available), self._preemption
                 )
-                victim = pick[0] if pick and pick[0] in live else live[-1]
+                victim = pick[0] if pick and pick[0] in candidates else live[-1]
                 self.mgr.preempt(victim)
                 victims.append(victim)
-                live.remove(victim)
+                candidates.discard(victim)
+                if victim in live:
+                    live.remove(victim)
         return victims
 
     def free(self, rid: int) -> None:

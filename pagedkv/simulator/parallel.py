@@ -58,8 +58,12 @@ def run_points(fn: Callable[[Any, P], R], shared: Any, points: Sequence[P], jobs
     results: list[Any] = [None] * len(points)
     with ProcessPoolExecutor(jobs, initializer=_init, initargs=(shared,)) as pool:
         futures = {pool.submit(_call, fn, p): i for i, p in enumerate(points)}
-        for k, fut in enumerate(as_completed(futures)):
-            results[futures[fut]] = fut.result()
-            if done is not None:
-                done(k + 1, len(points))
+        try:
+            for k, fut in enumerate(as_completed(futures)):
+                results[futures[fut]] = fut.result()
+                if done is not None:
+                    done(k + 1, len(points))
+        except BaseException:  # a failed point (or Ctrl-C): don't wait for the queued ones
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results

@@ -92,31 +92,32 @@ def _hitrate_point(streams: dict[int, BlockStream], point: HitPoint) -> dict[str
 
 def _hitrate(trace: Trace, cfg: SimulationConfig, bar: ProgressBar) -> list[dict[str, Any]]:
     policies = list(cfg.policies) or [*manager_policies(), "belady"]
+    parallel = resolve_jobs(cfg.jobs) > 1
     streams: dict[int, BlockStream] = {}
-    ceilings: dict[int, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
     points: list[HitPoint] = []
     for bs in dict.fromkeys(cfg.block_sizes):
         bar.task(f"splitting trace into {bs}-token blocks").update(0, 1)
-        streams[bs] = stream = build_block_stream(trace, bs)
+        stream = build_block_stream(trace, bs)
         bar.update(1, 1)
-        ceilings[bs] = infinite_cache(stream, cfg.warmup).to_dict()
+        out.append(infinite_cache(stream, cfg.warmup).to_dict())  # the ceiling, then the points
         caps = capacities_for(bs, cfg.capacities, cfg.capacity_tokens)
-        points += [(bs, cap, policy, cfg.warmup, cfg.partial)
-                   for cap in caps or default_capacities(stream) for policy in policies]
-    if resolve_jobs(cfg.jobs) > 1 and len(points) > 1:
-        bar.task(f"hit-rate sweep, {len(points)} replays in {resolve_jobs(cfg.jobs)} processes")
-        results = run_points(_hitrate_point, streams, points, cfg.jobs, bar.update)
-    else:
-        results = []
-        for bs, cap, policy, warmup, partial in points:
+        mine = [(bs, cap, policy, cfg.warmup, cfg.partial)
+                for cap in caps or default_capacities(stream) for policy in policies]
+        if parallel:  # run every block size's points together at the end
+            streams[bs] = stream
+            points += mine
+            out += [{}] * len(mine)  # placeholders, filled in sweep order below
+            continue
+        for _, cap, policy, warmup, partial in mine:  # one stream in memory at a time
             bar.task(f"hit rate {policy} bs={bs} cap={cap}")
-            res = run_policy(streams[bs], policy, cap, warmup, partial, bar.update)
+            res = run_policy(stream, policy, cap, warmup, partial, bar.update)
             bar.update(1, 1)
-            results.append(res.to_dict())
-    out: list[dict[str, Any]] = []
-    for bs in streams:  # each block size's ceiling, then its sweep points
-        out.append(ceilings[bs])
-        out += [r for p, r in zip(points, results, strict=True) if p[0] == bs]
+            out.append(res.to_dict())
+    if points:
+        bar.task(f"hit-rate sweep, {len(points)} replays in {resolve_jobs(cfg.jobs)} processes")
+        results = iter(run_points(_hitrate_point, streams, points, cfg.jobs, bar.update))
+        out = [row or next(results) for row in out]
     return out
 
 
@@ -166,7 +167,7 @@ def _serve(trace: Trace, cfg: SimulationConfig, bar: ProgressBar
         if not specs or caching:  # the baselines compare against paging without sharing
             specs.append(("paged", False))
         specs += [("contiguous", r) for r in RESERVATIONS]
-    if resolve_jobs(cfg.jobs) > 1:
+    if resolve_jobs(cfg.jobs) > 1 and len(specs) > 1:
         bar.task(f"{len(specs)} serving replays in {resolve_jobs(cfg.jobs)} processes")
         runs = run_points(_serve_point, inputs, specs, cfg.jobs, bar.update)
     else:

@@ -19,7 +19,7 @@ length ``o`` (at least 1) therefore ends with ``input + o - 1`` tokens of KV.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,9 +43,10 @@ class MemoryBackend(Protocol):
         """Allocate KV for a prompt of ``num_tokens``; return cached (hit) tokens, or ``None``
         (and change nothing) when memory is short."""
 
-    def grow(self, running: list[int]) -> list[int]:
-        """Append one token of KV to every running sequence, first preempting (by recompute,
-        newest first) as many as memory requires; return the preempted ids (already freed)."""
+    def grow(self, running: list[int], idle: Sequence[int] = ()) -> list[int]:
+        """Append one token of KV to every ``running`` sequence, first preempting (by recompute,
+        newest first, among ``running`` and the admitted but ``idle`` ones: partly prefilled
+        prompts) as many as memory requires; return the preempted ids (already freed)."""
 
     def free(self, rid: int) -> None: ...
 
@@ -133,14 +134,16 @@ def replay(
             now = max(now, float(arrival[pending[0]]))
         while pending and arrival[pending[0]] <= now:
             waiting.append(pending.popleft())
-        # 1. decode growth for running sequences; preempt newest (recompute) when memory is short
-        victims: list[int] = backend.grow(running) if running else []
+        # 1. decode growth for running sequences; preempt newest (recompute) when memory is
+        # short, partly prefilled prompts included
+        victims: list[int] = backend.grow(running, prefilling) if running else []
         if victims:
             gone = set(victims)
             running = [r for r in running if r not in gone]
+            prefilling = [r for r in prefilling if r not in gone]
             preemptions += len(victims)
             for v in sorted(victims, key=lambda v: -arrival[v]):  # oldest ends up first
-                kv[v] = 0
+                kv[v] = todo[v] = 0
                 waiting.appendleft(v)
         # 2. prefill work: chunks of prompts in progress, then admission (FCFS, head-of-line
         # blocking; none in a step that preempted, like vLLM v0)

@@ -22,7 +22,8 @@ from pagedkv.errors import PagedKVError
 PREFIXES = ((1, 2, 3, 4, 5, 6), (7, 8, 9, 10), (1, 2, 3, 4, 9, 9), ())
 # admissions and frees weighted up: they fill the cache and force evictions
 KINDS = ("admit",) * 4 + ("free",) * 3 + ("append", "decode", "decode", "fork", "truncate",
-                                          "evict", "pin", "unpin", "reset")
+                                          "evict", "pin", "unpin", "reset", "register",
+                                          "admit_keys", "admit_batch")
 OPS = st.tuples(st.sampled_from(KINDS), st.integers(0, 9), st.integers(0, 12),
                 st.lists(st.integers(0, 2), max_size=7), st.booleans())
 
@@ -65,6 +66,18 @@ def apply(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: list
         mgr.unpin_prefix(pins.pop())
     elif kind == "reset" and flag:
         mgr.reset_prefix_cache()
+    elif kind == "register" and ids:  # commit visibility: KV of the first b tokens is written
+        sid = ids[a % len(ids)]
+        mgr.register_prefix(sid, min(b, mgr.num_tokens(sid)))
+    elif kind == "admit_keys":  # caller-made block keys (the simulator's path)
+        keys = [("k", a % 3, i) for i in range(len(tokens) // 2)]
+        mgr.admit(next_id[0], num_tokens=len(tokens), block_hashes=keys,
+                  compute_last_token=flag)
+        next_id[0] += 1
+    elif kind == "admit_batch":
+        prompts = [list(PREFIXES[(a + i) % len(PREFIXES)]) + tokens for i in range(2)]
+        mgr.admit_batch([next_id[0], next_id[0] + 1], prompts)
+        next_id[0] += 2
 
 
 def comparable(mgr: BlockManager) -> dict[str, Any]:
@@ -74,10 +87,14 @@ def comparable(mgr: BlockManager) -> dict[str, Any]:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(OPS, min_size=20, max_size=60), num_blocks=st.integers(4, 12))
+@given(ops=st.lists(OPS, min_size=20, max_size=60), num_blocks=st.integers(4, 12),
+       cap=st.sampled_from([None, None, 0, 1, 3]),
+       visibility=st.sampled_from(["allocate", "commit"]))
 def test_queue_fast_path_matches_the_generic_protocol(ops: list[tuple[Any, ...]],
-                                                      num_blocks: int) -> None:
-    cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy="lru")
+                                                      num_blocks: int, cap: int | None,
+                                                      visibility: str) -> None:
+    cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy="lru",
+                      max_cached_blocks=cap, cache_visibility=visibility)
     fast, slow = BlockManager(cfg), generic(BlockManager(cfg))
     state: dict[int, tuple[list[Any], list[int]]] = {id(fast): ([], [0]), id(slow): ([], [0])}
     for op in ops:

@@ -30,6 +30,17 @@ def test_run_points_keeps_point_order_and_reports_progress() -> None:
     assert run_points(_square_plus, 1, [3], jobs=4) == [(3, 10)]
 
 
+def _fail_on_three(shared: int, point: int) -> int:
+    if point == 3:
+        raise InvalidArgumentError(f"point {point} is bad")
+    return point
+
+
+def test_a_failing_point_raises_its_error() -> None:
+    with pytest.raises(InvalidArgumentError, match="point 3 is bad"):
+        run_points(_fail_on_three, 0, list(range(8)), jobs=2)
+
+
 def test_jobs_must_not_be_negative() -> None:
     with pytest.raises(InvalidArgumentError, match="jobs must be >= 0"):
         resolve_jobs(-1)

@@ -156,3 +156,25 @@ def test_shared_prefix_tokens_count_once_in_token_states() -> None:
     assert (res.timeline["token_states"] <= res.timeline["allocated_tokens"]).all()
     # counting each sequence's view instead (shared blocks 8 times) gives 216% here
     assert 0.5 < res.summary["token_state_fraction"] <= 1.0
+
+
+def test_chunked_prefill_preempts_the_newest_request_even_mid_prefill() -> None:
+    # A decodes for long; B arrives later with a long prompt prefilled 8 tokens a step, holding
+    # all 10 of its prompt blocks. When A's growth runs out of blocks, B (newest) must go.
+    tr = from_lengths([(16, 150), (160, 2)], arrivals_ms=[0.0, 5.0])
+    be = PagedBackend(build_block_stream(tr, 16), 12, prefix_caching=False)
+    preempted: list[tuple[int, int]] = []
+    preempt = be.mgr.preempt
+
+    def spy(seq_id: int, mode: str = "recompute") -> None:
+        preempted.append((seq_id, be.mgr.num_tokens(seq_id)))
+        preempt(seq_id, mode)
+
+    be.mgr.preempt = spy  # type: ignore[method-assign]
+    limits = SchedulerLimits(max_batched_tokens=8, chunked_prefill=True)
+    res = replay(tr, be, COST, limits)
+    assert preempted
+    assert preempted[0] == (1, 160)
+    assert all(rid == 1 for rid, _ in preempted)
+    assert res.summary["requests_finished"] == 2
+    assert be.mgr.num_used_blocks == 0
