@@ -20,11 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_atomicity import snapshot
-from test_queue_fast_path import KINDS, apply
+from test_queue_fast_path import KINDS, apply, run_lockstep
 
 from pagedkv.core import BlockManager, CacheConfig
 from pagedkv.core.eviction import EvictionPolicy
-from pagedkv.errors import PagedKVError
 
 FAST_PATHS = ("pop_leaves", "insert_many")
 # test_queue_fast_path's operations plus "cycle" (admit, then free at once: the hit-rate
@@ -116,20 +115,7 @@ def test_fast_paths_match_the_generic_protocol(policy: str) -> None:
         fast, slow = counted(BlockManager(cfg), calls), generic(BlockManager(cfg))
         if hasattr(fast.pool.evictor, "COMPACT_SLACK"):  # compact often too
             fast.pool.evictor.COMPACT_SLACK = slow.pool.evictor.COMPACT_SLACK = compact_slack
-        state: dict[int, tuple[list[Any], list[int]]] = {id(fast): ([], [0]),
-                                                         id(slow): ([], [0])}
-        for op in ops:
-            errors = []
-            for mgr in (fast, slow):
-                try:
-                    apply_op(mgr, op, *state[id(mgr)])
-                    errors.append(None)
-                except PagedKVError as exc:
-                    errors.append(type(exc))
-                mgr.take_copies()
-                mgr.check_integrity()
-            assert errors[0] == errors[1], op
-            assert live_state(fast) == live_state(slow), op
+        run_lockstep(fast, slow, ops, live_state, apply_op)
         assert full_state(fast) == full_state(slow)
 
     run()

@@ -9,6 +9,7 @@ counters) and raise the same errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -80,6 +81,28 @@ def apply(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: list
         next_id[0] += 2
 
 
+Apply = Callable[[BlockManager, tuple[Any, ...], list[Any], list[int]], None]
+
+
+def run_lockstep(fast: BlockManager, slow: BlockManager, ops: list[tuple[Any, ...]],
+                 compare: Callable[[BlockManager], Any], apply_op: Apply = apply) -> None:
+    """Apply each op to both managers: they must raise the same errors, pass their integrity
+    checks, and agree on ``compare(manager)`` after every step."""
+    state: dict[int, tuple[list[Any], list[int]]] = {id(fast): ([], [0]), id(slow): ([], [0])}
+    for op in ops:
+        errors = []
+        for mgr in (fast, slow):
+            try:
+                apply_op(mgr, op, *state[id(mgr)])
+                errors.append(None)
+            except PagedKVError as exc:
+                errors.append(type(exc))
+            mgr.take_copies()
+            mgr.check_integrity()
+        assert errors[0] == errors[1], op
+        assert compare(fast) == compare(slow), op
+
+
 def comparable(mgr: BlockManager) -> dict[str, Any]:
     state = snapshot(mgr)
     del state["evictor_state"]  # holds the queue attribute that differs by construction
@@ -95,17 +118,4 @@ def test_queue_fast_path_matches_the_generic_protocol(ops: list[tuple[Any, ...]]
                                                       visibility: str) -> None:
     cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy="lru",
                       max_cached_blocks=cap, cache_visibility=visibility)
-    fast, slow = BlockManager(cfg), generic(BlockManager(cfg))
-    state: dict[int, tuple[list[Any], list[int]]] = {id(fast): ([], [0]), id(slow): ([], [0])}
-    for op in ops:
-        errors = []
-        for mgr in (fast, slow):
-            try:
-                apply(mgr, op, *state[id(mgr)])
-                errors.append(None)
-            except PagedKVError as exc:
-                errors.append(type(exc))
-            mgr.take_copies()
-            mgr.check_integrity()
-        assert errors[0] == errors[1], op
-        assert comparable(fast) == comparable(slow), op
+    run_lockstep(BlockManager(cfg), generic(BlockManager(cfg)), ops, comparable)
