@@ -1,16 +1,20 @@
 """Benchmark workload W: the block manager's admit / decode / free cycle.
 
 2,000 requests with 512-token prompts; half share one 256-token prefix (the rest of every prompt
-is random, seeded). 64 run at a time: each is admitted (prefix lookup + prompt allocation), then
-128 decode steps append one token to every running request (one batched call per step), then
-the wave is freed. block_size 16, 3,937 blocks, prefix caching on.
+is random, seeded). 64 run at a time: each is admitted (prefix lookup + prompt allocation), the
+wave's prefill is committed (``commit``: its KV is written, its full blocks become findable),
+then 128 decode steps append one token to every running request and commit it (two batched
+calls per step, as an engine makes them around its forward), then the wave is freed.
+block_size 16, 3,937 blocks, prefix caching on. Requests of one wave cannot hit each other's
+prompt blocks (not computed when they are admitted); later waves hit the shared prefix.
 
     python benchmarks/manager_ops.py --json
 
 prints one JSON object per variant (sha256, xxh128, prefix caching off) with ``wall_s``,
 ``ops_per_s`` (request-level manager operations per second, counted as vLLM's KVCacheManager
 would see them: one per admission, one per sequence per decode step, one per free),
-``batched_calls`` (the Python calls actually made: decode steps are one ``append_batch``),
+``batched_calls`` (the Python calls actually made: a decode step is one ``append_batch`` and one
+``commit``),
 ``prefix_hit_rate`` and ``peak_usage``.
 """
 
@@ -51,11 +55,13 @@ def run(prompts: list[np.ndarray], *, hash_algo: str, caching: bool, batch: int,
         ids = list(range(start, min(start + batch, len(prompts))))
         for i in ids:
             mgr.admit(i, prompts[i])
+        mgr.commit(ids)  # the prefill step ran
         for step in range(decode):
             mgr.append_batch(ids, decode_tokens[step, :len(ids)])
+            mgr.commit(ids)  # the decode step ran
         for i in ids:
             mgr.free(i)
-        calls += 2 * len(ids) + decode
+        calls += 2 * len(ids) + 1 + 2 * decode
         ops += 2 * len(ids) + decode * len(ids)
     wall = time.perf_counter() - t0
     mgr.check_integrity()

@@ -1,33 +1,68 @@
 """The ``pagedkv`` command line: one entry point, subcommands dispatched through argparse.
 
-``simulate`` is the trace-driven simulator and capacity planner (see ``pagedkv simulate
---help``); ``demo`` is the offline tour of the block manager (``pagedkv demo --help``).
+``generate`` streams a model's answer to one prompt and ``chat`` is an interactive streamed chat
+(``pagedkv.chat_cli``); ``demo`` is the engine serving a batch of chat requests on the default
+model, ``demo --blocks`` the offline tour of the block manager (``pagedkv.demo``); ``simulate``
+is the trace-driven simulator and capacity planner (``pagedkv simulate --help``).
+
+Errors: a bad option or value prints one line, ``pagedkv COMMAND: error: ...``, and exits with
+status 2 (argparse's errors included, without the usage block: ``--help`` shows it). A closed
+stdout (``pagedkv demo | head -1``) ends the command quietly with status 141, like a program
+killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn, cast
 
 from pagedkv.errors import PagedKVError
 
+EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program killed by SIGPIPE
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``prog: error: message``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from pagedkv import chat_cli
+    from pagedkv import demo as demo_module
     from pagedkv.simulator.command import add_simulate_parser
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="pagedkv", description="Paged KV-cache management for LLM inference.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_simulate_parser(sub)
-    from pagedkv import demo as demo_module
-
-    demo = sub.add_parser("demo", help="an offline tour of the block manager",
+    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]", parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=OneLineErrorParser))
+    chat_cli.add_generate_parser(sub)
+    chat_cli.add_chat_parser(sub)
+    demo = sub.add_parser("demo", help="the engine serving a batch of chat requests "
+                                       "(--blocks: a tour of the block manager)",
                           description=demo_module.__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=demo_module.run)
+    add_simulate_parser(sub)
+    from pagedkv.server.cli import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in tests)
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,14 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
-        return int(handler(args))
+        rc = int(handler(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return rc
     except PagedKVError as exc:
         print(f"pagedkv {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
 
 

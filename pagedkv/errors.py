@@ -63,3 +63,8 @@ class SequenceStateError(PagedKVError):
 
 class ShapeError(InvalidArgumentError):
     """A tensor's shape, dtype or device does not match what the call expects."""
+
+
+class UnsupportedModelError(PagedKVError):
+    """A model uses an attention feature pagedkv cannot compute exactly (the message names it);
+    the model is refused rather than run with different outputs."""

@@ -21,12 +21,13 @@ _HEADER = r"""
 namespace {
 
 // One decode call. Shapes: q/out [B, Hq, D]; kv [N, 2, BS, Hkv, D] (contiguous);
-// tables int64 [B, M]; lens int32 [B].
+// tables int64 [B, M]; lens int32 [B]; sinks fp32 [Hq] or null (learned sink logits);
+// softcap > 0: logits become softcap * tanh(logits / softcap).
 struct Args {
   const void* q; const void* kv; void* out;
-  const int64_t* tables; const int32_t* lens;
+  const int64_t* tables; const int32_t* lens; const float* sinks;
   int64_t m, hq, hkv, d, bs;
-  float scale; int64_t window, sink;
+  float scale, softcap; int64_t window, sink;
 };
 
 // Per-task scratch for nh query heads: q, acc [nh, D]; scores [nh, BS]; a row [D]; max, sum [nh].
@@ -67,6 +68,7 @@ inline void attend_block(const Args& a, const T* kb, const T* vb, int64_t t0, in
         float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
         for (int64_t i = 0; i < D; ++i) dot += qh[i] * kr[i];
+        if (a.softcap > 0.f) dot = a.softcap * std::tanh(dot / a.softcap);
         s[h * BS + t] = dot;
       }
     }
@@ -135,7 +137,13 @@ void attend(const Args& a, int64_t b, int64_t kh0, int64_t kh1, float* ws) {
   }
   T* o = static_cast<T*>(a.out) + (b * a.hq + kh0 * g) * D;
   for (int64_t h = 0; h < nh; ++h) {
-    const float inv = sum[h] > 0.f ? 1.f / sum[h] : 0.f;
+    float corr = 1.f, tot = sum[h];
+    if (a.sinks != nullptr) {  // the sink's exp(logit) joins the denominator, adds no value
+      const float sk = a.sinks[kh0 * g + h], m = std::max(mx[h], sk);
+      corr = std::exp(mx[h] - m);
+      tot = tot * corr + std::exp(sk - m);
+    }
+    const float inv = tot > 0.f ? corr / tot : 0.f;
     for (int64_t i = 0; i < D; ++i) o[h * D + i] = static_cast<T>(acc[h * D + i] * inv);
   }
 }
@@ -163,7 +171,7 @@ bool cpu_has_avx2() {
 // Paged decode attention; see pagedkv/attention/cpu_kernel.py for the contract.
 torch::Tensor decode(torch::Tensor q, torch::Tensor kv, torch::Tensor tables, torch::Tensor lens,
                      double scale, int64_t window, int64_t sink, int64_t heads_per_task,
-                     int64_t isa) {
+                     int64_t isa, double softcap, torch::Tensor sinks) {
   TORCH_CHECK(q.dim() == 3 && kv.dim() == 5 && kv.size(1) == 2, "pagedkv cpu decode: bad ranks");
   TORCH_CHECK(q.is_contiguous() && kv.is_contiguous() && tables.is_contiguous() &&
               lens.is_contiguous(), "pagedkv cpu decode: expected contiguous inputs");
@@ -176,6 +184,8 @@ torch::Tensor decode(torch::Tensor q, torch::Tensor kv, torch::Tensor tables, to
   const int64_t B = q.size(0), nblocks = kv.size(0);
   TORCH_CHECK(kv.size(4) == a.d && a.hq % a.hkv == 0 && tables.size(0) == B && lens.size(0) == B,
               "pagedkv cpu decode: inconsistent shapes");
+  TORCH_CHECK(sinks.numel() == 0 || (sinks.numel() == a.hq && sinks.is_contiguous() &&
+              sinks.scalar_type() == at::kFloat), "pagedkv cpu decode: sinks fp32 [Hq] or empty");
   const int32_t* lp = lens.data_ptr<int32_t>();
   const int64_t* tp = tables.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {
@@ -187,6 +197,8 @@ torch::Tensor decode(torch::Tensor q, torch::Tensor kv, torch::Tensor tables, to
   auto out = torch::empty_like(q);
   a.q = q.data_ptr(); a.kv = kv.data_ptr(); a.out = out.data_ptr(); a.tables = tp; a.lens = lp;
   a.scale = static_cast<float>(scale); a.window = window; a.sink = sink;
+  a.softcap = static_cast<float>(softcap);
+  a.sinks = sinks.numel() == 0 ? nullptr : sinks.data_ptr<float>();
   const auto st = q.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
               "pagedkv cpu decode: dtype must be float32/float16/bfloat16");

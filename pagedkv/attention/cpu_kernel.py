@@ -12,6 +12,9 @@ kernel is chosen at run time when the CPU has it) and cached in torch's extensio
 of KV heads, parallelised with ``at::parallel_for``; each task reads its blocks' K/V rows front
 to back and shares every K/V row among the query heads of its GQA group.
 
+It also applies logit soft-capping and learned per-head sink logits (an extra term of the
+softmax denominator) in the same pass.
+
 The ``"cpu"`` backend uses it for decode steps (every ``query_len == 1``) on CPU tensors and
 delegates everything else (prefill/extend, other devices, non-contiguous caches) to the torch
 reference. Selecting it raises :class:`CpuKernelUnavailableError` if the build fails; importing
@@ -29,7 +32,11 @@ from typing import Any
 import torch
 
 from pagedkv.attention.metadata import AttentionMetadata
-from pagedkv.attention.reference import TorchReferenceBackend, check_attention_inputs
+from pagedkv.attention.reference import (
+    TorchReferenceBackend,
+    check_attention_inputs,
+    check_attention_options,
+)
 from pagedkv.attention.registry import get_attention_backend, register_attention_backend
 from pagedkv.errors import PagedKVError
 
@@ -37,6 +44,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _EXT_NAME = "pagedkv_cpu_decode"
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {"module": None, "error": None, "build_s": None}
+_NO_SINKS = torch.empty(0, dtype=torch.float32)
 
 
 class CpuKernelUnavailableError(PagedKVError, RuntimeError):
@@ -100,6 +108,8 @@ def paged_decode(
     scale: float | None = None,
     sliding_window: int | None = None,
     sink_tokens: int = 0,
+    softcap: float | None = None,
+    sink_logits: torch.Tensor | None = None,
     heads_per_task: int | None = None,
     use_avx2: bool = True,
 ) -> torch.Tensor:
@@ -115,6 +125,9 @@ def paged_decode(
         seq_lens: int32 ``[B]``, each ``>= 1``.
         scale: softmax scale, default ``1 / sqrt(D)``.
         sliding_window, sink_tokens: keys ``j`` with ``p - j < sliding_window or j < sink``.
+        softcap: logits become ``softcap * tanh(logits / softcap)`` (``> 0``).
+        sink_logits: ``[Hq]`` learned sink logit per query head (extra softmax denominator
+            term, GPT-OSS); converted to fp32.
         heads_per_task: KV heads per parallel task (default: all, unless the batch is smaller
             than the thread count).
         use_avx2: allow the AVX2+FMA copy of the kernel (taken only if the CPU supports it and
@@ -137,6 +150,8 @@ def paged_decode(
         int(sink_tokens),
         int(heads_per_task),
         1 if use_avx2 and os.environ.get("PAGEDKV_CPU_KERNEL_NO_AVX2") is None else 0,
+        0.0 if softcap is None else float(softcap),
+        _NO_SINKS if sink_logits is None else sink_logits.to(torch.float32).contiguous(),
     )
     return out
 
@@ -164,8 +179,11 @@ class CpuDecodeBackend:
         metadata: AttentionMetadata,
         sliding_window: int | None = None,
         sink_tokens: int = 0,
+        softcap: float | None = None,
+        sink_logits: torch.Tensor | None = None,
     ) -> bool:
-        """Whether :meth:`forward` takes the compiled path for these inputs."""
+        """Whether :meth:`forward` takes the compiled path for these inputs (decode on a
+        contiguous CPU cache; soft-capping and learned sinks included)."""
         return (
             metadata.max_query_len == 1
             and kv_cache.device.type == "cpu"
@@ -173,6 +191,7 @@ class CpuDecodeBackend:
             and kv_cache.is_contiguous()
             and (sliding_window is None or sliding_window >= 1)
             and sink_tokens >= 0
+            and (sink_logits is None or sink_logits.device.type == "cpu")
         )
 
     def forward(
@@ -184,21 +203,26 @@ class CpuDecodeBackend:
         scale: float | None = None,
         sliding_window: int | None = None,
         sink_tokens: int = 0,
+        softcap: float | None = None,
+        sink_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Causal paged attention; see :class:`pagedkv.attention.registry.AttentionBackend`.
 
         Args:
             query: ``[T, Hq, D]`` packed queries (decode: ``T = B``).
             kv_cache: ``[num_blocks, 2, block_size, Hkv, D]``.
+            softcap, sink_logits (``[Hq]``): as in the reference backend.
         Returns:
             ``[T, Hq, D]`` in ``query.dtype``.
         """
-        if not self.supports(query, kv_cache, metadata, sliding_window, sink_tokens):
+        if not self.supports(query, kv_cache, metadata, sliding_window, sink_tokens, softcap,
+                             sink_logits):
             return self.reference.forward(
                 query, kv_cache, metadata, scale=scale, sliding_window=sliding_window,
-                sink_tokens=sink_tokens,
+                sink_tokens=sink_tokens, softcap=softcap, sink_logits=sink_logits,
             )
         check_attention_inputs(query, kv_cache, metadata)
+        check_attention_options(query, sliding_window, sink_tokens, softcap, sink_logits)
         out = paged_decode(
             query.to(kv_cache.dtype),
             kv_cache,
@@ -207,5 +231,7 @@ class CpuDecodeBackend:
             scale=scale,
             sliding_window=sliding_window,
             sink_tokens=sink_tokens,
+            softcap=softcap,
+            sink_logits=sink_logits,
         )
         return out.to(query.dtype)

@@ -31,12 +31,20 @@ class AttentionBackend(Protocol):
         scale: float | None = None,
         sliding_window: int | None = None,
         sink_tokens: int = 0,
+        softcap: float | None = None,
+        sink_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Causal attention of packed queries over the paged cache.
 
         Args:
             query: ``[T, num_heads, head_dim]`` packed by ``metadata.cu_seqlens_q``.
             kv_cache: ``[num_blocks, 2, block_size, num_kv_heads, head_dim]`` (one layer).
+            sliding_window, sink_tokens: key ``j`` is visible from position ``p`` iff
+                ``j <= p`` and (``p - j < sliding_window`` or ``j < sink_tokens``).
+            softcap: logit soft-capping ``softcap * tanh(logits / softcap)`` (Gemma2).
+            sink_logits: float ``[num_heads]`` learned sink logit per head, an extra term of
+                the softmax denominator (GPT-OSS). Callers pass ``softcap``/``sink_logits``
+                only when set, so a backend without them fails loudly, never silently.
         Returns:
             ``[T, num_heads, head_dim]``, dtype of ``query``.
         """

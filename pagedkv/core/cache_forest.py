@@ -138,7 +138,8 @@ class CacheForest:
         return end
 
     def evict(self, n: int) -> int:
-        """Evict up to ``n`` cached unreferenced blocks to the free stack; returns how many."""
+        """Evict up to ``n`` cached unreferenced blocks to the free stack; returns how many
+        (exactly the number that left the cache for the free stack)."""
         done = min(n, len(self.evictor))
         self.free += self._evict(done)
         return done
@@ -189,24 +190,24 @@ class CacheForest:
         return out
 
     def _evict_subtree(self, root: int, want: int) -> None:
-        """Evict up to ``want`` unreferenced blocks below and including ``root`` in post-order
-        (children before parents), pushing them to the free stack. One pass costs O(subtree),
-        so evicting a deep chain bottom-up stays O(1) per block. If nothing below ``root`` can
-        go (its cached descendants are all in use), drop ``root`` from the cache with them."""
+        """Evict up to ``want`` unreferenced blocks at and below ``root`` in post-order
+        (children before parents), pushing exactly that many to the free stack. The walk also
+        descends through referenced (in-use) cached blocks, so an unreferenced leaf below them
+        goes first; an unreferenced block is dropped only once every cached block below it is
+        in use, so ``uncache`` frees exactly that one block (the in-use ones below leave the
+        cache and stay with their sequences). ``root`` is unreferenced (the policy's victim),
+        so at least one block goes. One pass costs O(subtree)."""
         ref_cnt, children = self.ref_cnt, self.children
         done = 0
         stack: list[tuple[int, bool]] = [(root, False)]
         while stack and done < want:
             node, expanded = stack.pop()
-            kids = children[node]
-            if not expanded and kids:
+            if not expanded:
                 stack.append((node, True))
-                stack.extend((c, False) for c in kids_of(kids) if ref_cnt[c] == 0)
-            elif not kids:  # a leaf now (its children, if any, went first)
+                stack.extend((c, False) for c in kids_of(children[node]))
+            elif ref_cnt[node] == 0:
                 self.uncache(node)
                 done += 1
-        if done == 0:
-            self.uncache(root)
 
     def uncache(self, block_id: int) -> None:
         """Drop ``block_id`` and all its cached descendants from the prefix cache. Unreferenced

@@ -6,19 +6,31 @@ layer allocates exactly ``num_blocks`` rows and the manager can hand out ``num_b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
+from pagedkv.core.validate import is_int
 from pagedkv.errors import ConfigError
 
 _DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2,
                 "bfloat16": 2, "bf16": 2, "float8": 1, "fp8": 1, "int8": 1}
 
 
+def _is_real(value: object) -> bool:
+    """A real, non-NaN number that is not a bool."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    return not math.isnan(float(value))
+
+
 def dtype_nbytes(dtype: object) -> int:
     """Bytes per element for a dtype given as a name (``"float16"``), a torch dtype or an int."""
-    if isinstance(dtype, int):
-        return dtype
+    if is_int(dtype):
+        if int(dtype) <= 0:
+            raise ConfigError(f"dtype bytes must be > 0, got {dtype}")
+        return int(dtype)
     itemsize = getattr(dtype, "itemsize", None)  # torch.dtype and numpy dtypes carry it
     if isinstance(itemsize, int):
         return itemsize
@@ -36,16 +48,20 @@ class CacheConfig:
         block_size: tokens per block.
         num_blocks: physical device blocks, the null block 0 included.
         enable_prefix_caching: share full blocks between sequences by chained block hash.
-        hash_algo: block-hash function from ``pagedkv.core.hashing.HASH_FUNCTIONS``; ``sha256``
-            (default, collision-resistant) or ``xxh128`` (fast, not adversarially safe).
+        hash_algo: block-hash function from ``pagedkv.core.hashing.HASH_FUNCTIONS``: ``sha256``
+            (default, collision-resistant), ``blake2b``, or ``xxh128`` (fast, but its public
+            secret lets anyone craft colliding blocks: for trusted single-tenant use only).
         eviction_policy: name in ``pagedkv.core.eviction.EVICTION_POLICIES``.
         num_host_blocks: size of the host (CPU) pool used by swap-out; 0 disables swapping.
         watermark: fraction of usable blocks that admission keeps free for decode growth.
-        min_cache_tokens: prompts shorter than this are not inserted into the prefix cache.
+        min_cache_tokens: prompts shorter than this are not inserted into the prefix cache by
+            ``commit`` (an explicit ``register_prefix`` still inserts them).
         max_cached_blocks: cap on blocks registered in the prefix cache (None = no cap).
-        cache_visibility: ``"allocate"`` makes a full block visible to other sequences as soon as
-            it is allocated (its KV must be written in the same step, before attention reads it);
-            ``"commit"`` only once the caller reports it computed via ``register_prefix``.
+        cache_visibility: must be ``"commit"``: a full block becomes findable by other
+            sequences only once the caller reports its KV written (``commit`` or
+            ``register_prefix``). The former ``"allocate"`` mode, which made a block findable
+            before its KV existed, was removed (a sequence aborted before its write left stale
+            KV in the cache); naming it raises ``ConfigError``.
         pressure_thresholds: usage fractions where pressure becomes medium, high, critical.
         bytes_per_token: KV bytes per token over all layers (set by ``from_memory_budget``).
     """
@@ -59,15 +75,47 @@ class CacheConfig:
     watermark: float = 0.0
     min_cache_tokens: int = 0
     max_cached_blocks: int | None = None
-    cache_visibility: str = "allocate"
+    cache_visibility: str = "commit"
     pressure_thresholds: tuple[float, float, float] = field(default=(0.70, 0.85, 0.95))
     bytes_per_token: int | None = None
 
     def __post_init__(self) -> None:
+        for checks in (self._type_checks, self._value_checks):
+            for ok, message in checks():
+                if not ok:
+                    raise ConfigError(message)
+
+    def _type_checks(self) -> list[tuple[bool, str]]:
+        """Types first, so the range checks never compare a string or a float count."""
+        def got(v: object) -> str:
+            return f"{v!r} ({type(v).__name__})"
+
+        checks = [(is_int(getattr(self, name)), f"{name} must be an int, got "
+                   f"{got(getattr(self, name))}")
+                  for name in ("block_size", "num_blocks", "num_host_blocks", "min_cache_tokens")]
+        checks += [(v is None or is_int(v), f"{name} must be an int or None, got {got(v)}")
+                   for name, v in (("max_cached_blocks", self.max_cached_blocks),
+                                   ("bytes_per_token", self.bytes_per_token))]
+        checks += [(isinstance(v, str), f"{name} must be a str, got {got(v)}")
+                   for name, v in (("hash_algo", self.hash_algo),
+                                   ("eviction_policy", self.eviction_policy),
+                                   ("cache_visibility", self.cache_visibility))]
+        th = self.pressure_thresholds
+        checks += [
+            (isinstance(self.enable_prefix_caching, bool),
+             f"enable_prefix_caching must be a bool, got {got(self.enable_prefix_caching)}"),
+            (_is_real(self.watermark), f"watermark must be a number, got {got(self.watermark)}"),
+            (isinstance(th, (tuple, list)) and all(_is_real(t) for t in th),
+             f"pressure_thresholds must be 3 increasing fractions in (0, 1], got {th!r}"),
+        ]
+        return checks
+
+    def _value_checks(self) -> list[tuple[bool, str]]:
         from pagedkv.core.eviction import EVICTION_POLICIES
         from pagedkv.core.hashing import HASH_FUNCTIONS
 
-        checks: list[tuple[bool, str]] = [
+        th = self.pressure_thresholds
+        return [
             (self.block_size > 0, f"block_size must be > 0, got {self.block_size}"),
             (self.num_blocks > 1,
              f"num_blocks must be > 1 (block 0 is the reserved null block), got {self.num_blocks}"),
@@ -83,19 +131,14 @@ class CacheConfig:
             (self.eviction_policy in EVICTION_POLICIES,
              f"unknown eviction_policy {self.eviction_policy!r}; "
              f"known: {sorted(EVICTION_POLICIES)}"),
-            (self.cache_visibility in ("allocate", "commit"),
-             f"cache_visibility must be 'allocate' or 'commit', got {self.cache_visibility!r}"),
-            (len(self.pressure_thresholds) == 3
-             and 0.0 < self.pressure_thresholds[0] <= self.pressure_thresholds[1]
-             <= self.pressure_thresholds[2] <= 1.0,
-             f"pressure_thresholds must be 3 increasing fractions in (0, 1], "
-             f"got {self.pressure_thresholds}"),
+            (self.cache_visibility == "commit",
+             f"cache_visibility must be 'commit' (blocks become findable once their KV is "
+             f"reported written; 'allocate' was removed), got {self.cache_visibility!r}"),
+            (len(th) == 3 and 0.0 < th[0] <= th[1] <= th[2] <= 1.0,
+             f"pressure_thresholds must be 3 increasing fractions in (0, 1], got {th}"),
             (self.bytes_per_token is None or self.bytes_per_token > 0,
              f"bytes_per_token must be > 0, got {self.bytes_per_token}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
 
     @staticmethod
     def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int,
@@ -103,8 +146,8 @@ class CacheConfig:
         """``2 (K and V) x num_layers x num_kv_heads x head_dim x dtype bytes``."""
         for name, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads),
                             ("head_dim", head_dim)):
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
+            if not is_int(value) or value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
         return 2 * num_layers * num_kv_heads * head_dim * dtype_nbytes(dtype)
 
     @classmethod
@@ -112,8 +155,10 @@ class CacheConfig:
                            num_kv_heads: int, head_dim: int, dtype: object = "float16",
                            **kwargs: Any) -> CacheConfig:
         """Size the pool from a KV memory budget: ``num_blocks = budget // bytes_per_block``."""
-        if block_size <= 0:
-            raise ConfigError(f"block_size must be > 0, got {block_size}")
+        if not is_int(block_size) or block_size <= 0:
+            raise ConfigError(f"block_size must be > 0, got {block_size!r}")
+        if not is_int(budget_bytes) or budget_bytes < 0:
+            raise ConfigError(f"budget_bytes must be an int >= 0, got {budget_bytes!r}")
         per_token = cls.kv_bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
         num_blocks = budget_bytes // (block_size * per_token)
         if num_blocks < 2:

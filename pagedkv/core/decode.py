@@ -1,9 +1,10 @@
-"""Growing and reshaping running sequences: decode appends, copy-on-write, sliding-window
-release, truncate (speculative rollback) and fork.
+"""Growing and reshaping running sequences: decode appends, sliding-window release, truncate
+(speculative rollback) and fork.
 
-Full blocks are immutable. Writing into a partial last block that is shared (``ref_cnt > 1``) or
-cached first gives the sequence a private copy, queued as ``(src, dst)`` for ``take_copies()``;
-the storage layer runs those copies before it writes the step's KV.
+Full blocks are immutable. Writing into a partial last block that is shared or cached first gives
+the sequence a private copy (``cow.py``). Appended tokens are not computed yet: a block they
+fill is hashed here (so ``commit`` stays O(1)) but becomes findable only once the caller
+commits it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import cast
 import numpy as np
 
 from pagedkv.core import export
+from pagedkv.core import validate as check
 from pagedkv.core.block_pool import NULL_BLOCK_ID
+from pagedkv.core.cow import CopyOnWriteAPI
 from pagedkv.core.hashing import token_bytes
-from pagedkv.core.manager_state import ManagerState
 from pagedkv.core.sequence import SeqStatus, Sequence
-from pagedkv.core.tokens import TokenIds, as_token_array
+from pagedkv.core.tokens import TokenIds, as_token_array, batch_token_list
 from pagedkv.errors import (
     DuplicateSequenceError,
     InvalidArgumentError,
@@ -28,20 +30,13 @@ from pagedkv.errors import (
 )
 
 
-class DecodeAPI(ManagerState):
+class DecodeAPI(CopyOnWriteAPI):
     """Mixin of ``BlockManager``."""
 
-    def take_copies(self) -> list[tuple[int, int]]:
-        """Pending copy-on-write ``(src_block, dst_block)`` pairs; execute them before writing
-        this step's KV. The list is cleared."""
-        copies, self._copies = self._copies, []
-        return copies
-
-
     def _seal(self, seq: Sequence) -> None:
-        """The sequence's last block just became full: hash it and maybe register it."""
+        """The sequence's last block just became full: hash it (registration waits for
+        ``commit``). Caller-keyed sequences have no hashes past their prompt."""
         if seq.tokens is None or seq.root is None:
-            seq.caching = False
             return
         hashes = seq.block_hashes
         full = seq.num_tokens // self.block_size
@@ -51,30 +46,7 @@ class DecodeAPI(ManagerState):
             start = i * self.block_size
             data = token_bytes(seq.tokens[start:start + self.block_size])
             hashes.append(self._hash_fn(parent + data))
-        if self._commit_on_alloc:
-            self._register(seq, full)
-
-
-    def is_block_writable(self, block_id: int) -> bool:
-        """Whether KV in ``block_id`` may be overwritten in place: one holder and not cached
-        (cached blocks are immutable, e.g. one made partial again by ``truncate``)."""
-        pool = self.pool
-        return pool.ref_cnt[block_id] == 1 and pool.block_hash[block_id] is None
-
-    @property
-    def num_pending_copies(self) -> int:
-        """Copy-on-write copies queued since the last ``take_copies``."""
-        return len(self._copies)
-
-    def _cow_last(self, seq: Sequence) -> int:
-        src = seq.block_table[-1]
-        dst = self.pool.allocate_one()  # before releasing src, so src cannot be evicted into dst
-        self._release((src,))
-        seq.block_table[-1] = dst
-        self._copies.append((src, dst))
-        self.counters.cow_copies += 1
-        self.counters.allocations += 1
-        return dst
+        self._unregistered[seq.seq_id] = seq  # registered by the commit after its forward
 
     def append(self, seq_id: Hashable, token_ids: TokenIds) -> np.ndarray:
         """Append tokens to a running sequence; returns their int64 ``[n]`` slots.
@@ -88,7 +60,7 @@ class DecodeAPI(ManagerState):
         if k == 0:
             return np.empty(0, dtype=np.int64)
         new_blocks = -(-(n + k) // bs) - len(table)
-        cow = n % bs != 0 and not self.is_block_writable(table[-1])
+        cow = n % bs != 0 and not self._writable(table[-1])
         if new_blocks + cow > self.pool.num_available:
             raise OutOfBlocksError(new_blocks + cow, self.pool.num_available)
         if cow:
@@ -113,16 +85,18 @@ class DecodeAPI(ManagerState):
         """Append one token to each sequence (the decode hot path): O(1) per sequence, a block
         allocated only at a boundary. ``token_ids``: ``[B]`` ints. Returns int64 ``[B]`` slots."""
         try:
-            seqs = [self._seqs[s] for s in seq_ids]
+            seqs = list(map(self._seqs.__getitem__, seq_ids))
         except KeyError as exc:
             raise UnknownSequenceError(exc.args[0]) from None
-        toks = token_ids.tolist() if isinstance(token_ids, np.ndarray) else list(token_ids)
-        if len(toks) != len(seqs):
-            raise InvalidArgumentError(f"{len(seqs)} sequences but {len(toks)} token ids")
+        except TypeError:
+            check.seq_ids(seq_ids)  # names the unhashable id
+            raise
+        toks = batch_token_list(token_ids, len(seqs))
         if len(set(seq_ids)) != len(seqs):
             raise InvalidArgumentError("append_batch got a sequence id twice")
         bs, pool = self.block_size, self.pool
         ref_cnt, block_hash = pool.ref_cnt, pool.block_hash
+        shared = self._shared
         need = 0
         running = SeqStatus.RUNNING
         for s in seqs:
@@ -132,7 +106,7 @@ class DecodeAPI(ManagerState):
                 need += 1
             else:
                 b = s.block_table[-1]
-                need += ref_cnt[b] > 1 or block_hash[b] is not None
+                need += block_hash[b] is not None or (ref_cnt[b] > 1 and shared(b))
         if need > pool.num_available:
             raise OutOfBlocksError(need, pool.num_available)
         self._clock += 1
@@ -146,7 +120,7 @@ class DecodeAPI(ManagerState):
             off = n % bs
             if off:
                 b = s.block_table[-1]
-                if ref_cnt[b] > 1 or block_hash[b] is not None:
+                if block_hash[b] is not None or (ref_cnt[b] > 1 and shared(b)):
                     b = self._cow_last(s)
             else:
                 b = allocate_one()
@@ -179,26 +153,43 @@ class DecodeAPI(ManagerState):
             self._release((b,))
             seq.window_next += 1
 
+    def _check_window_cut(self, seq: Sequence, end: int, what: str) -> None:
+        """Refuse to cut a windowed sequence to ``end`` tokens if a token it keeps, or the next
+        token it computes (at position ``end``), would read positions already released: paged
+        attention would silently read the null block's zeros as KV."""
+        gone = seq.released_needed(end, self.block_size)
+        if gone is None:
+            return
+        if seq.block_table[(end - 1) // self.block_size] == NULL_BLOCK_ID:
+            raise InvalidArgumentError(
+                f"{what}: token {end - 1} lies in a block the sliding window already released")
+        assert seq.window is not None
+        raise InvalidArgumentError(
+            f"{what}: the next token (position {end}) attends to positions "
+            f"{seq.window.first_needed(end)}..{end}, but the sliding window already released "
+            f"positions {gone[0]}..{gone[1]}")
+
     def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
         """Roll a sequence back to its first ``num_tokens`` tokens (rejected speculative tokens).
         Blocks past the new end are released; a cached block made partial is copied on write."""
         seq = self._running(seq_id)
+        num_tokens = check.integer("num_tokens", num_tokens)
         bs = self.block_size
         if not 0 <= num_tokens <= seq.num_tokens:
             raise InvalidArgumentError(
                 f"cannot truncate a {seq.num_tokens}-token sequence to {num_tokens} tokens")
+        self._check_window_cut(seq, num_tokens, f"cannot truncate to {num_tokens} tokens")
         keep = -(-num_tokens // bs)
-        if num_tokens and seq.block_table[keep - 1] == NULL_BLOCK_ID:
-            raise InvalidArgumentError(
-                f"token {num_tokens - 1} lies in a block the sliding window already released")
-        self._release(reversed(seq.block_table[keep:]))
+        tail = seq.block_table[keep:]
         del seq.block_table[keep:]
+        self._release(reversed(tail))
         if seq.tokens is not None:
             del seq.tokens[num_tokens:]
         full = num_tokens // bs
         del seq.block_hashes[full:]
         seq.num_hashed = min(seq.num_hashed, full)
         seq.num_tokens = num_tokens
+        seq.num_computed = min(seq.num_computed, num_tokens)
         seq.window_next = seq.clamp_window_next(keep, bs)
         self.pressure.update(self.pool.num_used)
 
@@ -206,18 +197,16 @@ class DecodeAPI(ManagerState):
         """Create ``child_id`` sharing the parent's blocks for its first ``num_tokens`` tokens
         (default: all). No data is copied; whichever sequence first writes into a shared partial
         block gets a private copy. ``num_tokens = k * block_size`` shares a known common prefix
-        of ``k`` blocks explicitly."""
+        of ``k`` blocks explicitly. The child has computed what the parent has (up to its end)."""
         parent = self._running(parent_id)
+        check.seq_id(child_id)
         if child_id in self._seqs:
             raise DuplicateSequenceError(child_id)
-        n = parent.num_tokens if num_tokens is None else num_tokens
+        n = parent.num_tokens if num_tokens is None else check.integer("num_tokens", num_tokens)
         if not 0 <= n <= parent.num_tokens:
             raise InvalidArgumentError(
                 f"cannot fork {n} tokens from a {parent.num_tokens}-token sequence")
-        if n and parent.block_table[(n - 1) // self.block_size] == NULL_BLOCK_ID:
-            raise InvalidArgumentError(
-                f"cannot fork {n} tokens: token {n - 1} lies in a block the sliding window "
-                f"already released")
+        self._check_window_cut(parent, n, f"cannot fork {n} tokens")
         self._clock += 1
         child = parent.clone(child_id, n, self.block_size, self._clock)
         ref_cnt = self.pool.ref_cnt
@@ -225,4 +214,5 @@ class DecodeAPI(ManagerState):
             if b != NULL_BLOCK_ID:
                 ref_cnt[b] += 1
         self._seqs[child_id] = child
+        self._track(child)
         self.counters.forks += 1

@@ -6,7 +6,15 @@ with different salts never produce equal hashes for any block. Hashes are bytes,
 across processes and machines (never Python's salted ``hash()``).
 
 ``sha256`` is the default because a prefix cache keyed by a weak hash lets a crafted prompt
-collide with another user's block and read its KV. ``xxh128`` is ~3x faster for trusted settings.
+collide with another user's block and read its KV. ``xxh128`` is ~3x faster but is for trusted,
+single-tenant use only: XXH3's secret is public, so anyone can construct two different blocks with
+the same hash under any parent and be served the other block's KV (the int32 bound on token ids
+that ``tokens.py`` enforces narrows that room but does not close it; ``cache_salt`` does not help
+within one tenant). ``blake2b`` is a collision-resistant alternative to sha256.
+
+``cache_salt`` must be ``str | bytes`` and ``lora_id`` ``int | str`` (checked at the manager's
+boundary): they enter the root hash by ``repr``, which for other types (a set, an object) can
+depend on the process's hash seed or memory addresses and would silently break sharing.
 """
 
 from __future__ import annotations
@@ -44,14 +52,16 @@ def register_hash_function(name: str, fn: HashFn) -> None:
 
 
 def token_bytes(tokens: array[int]) -> bytes:
-    """Serialize an ``array('q')`` of token ids as little-endian int64 bytes."""
+    """Serialize an ``array('q')`` of token ids (validated to ``[0, 2**31)``) as little-endian
+    int64 bytes (the width stays int64 so hashes match those of earlier versions)."""
     if _BIG_ENDIAN:  # pragma: no cover - all supported hosts are little-endian
         tokens = array("q", tokens)
         tokens.byteswap()
     return tokens.tobytes()
 
 
-def root_hash(hash_fn: HashFn, cache_salt: str | None, lora_id: int | str | None) -> bytes:
+def root_hash(hash_fn: HashFn, cache_salt: str | bytes | None, lora_id: int | str | None
+              ) -> bytes:
     """The parent hash of a request's first block; encodes the request's extra keys."""
     return hash_fn(f"pagedkv-root|salt={cache_salt!r}|lora={lora_id!r}".encode())
 

@@ -21,12 +21,15 @@ class ManagerState:
     counters: Counters
     pressure: PressureMonitor
     _seqs: dict[Hashable, Sequence]
-    _copies: list[tuple[int, int]]
+    _copies: dict[int, int]
+    _held: list[int]
+    _num_swapped: int  # sequences swapped out to the host pool
+    _unregistered: dict[Hashable, Sequence]  # hashed blocks not yet offered (commit.py)
     _pins: dict[int, list[int]]
     _next_pin: int
     _host_free: list[int]
     _caching: bool
-    _commit_on_alloc: bool
+    _min_cache_tokens: int
     _clock: int
     _watermark_blocks: int
     _hash_fn: Callable[[bytes], bytes]
@@ -42,5 +45,7 @@ class ManagerState:
         def _after_alloc(self) -> None: ...
 
         def _register(self, seq: Sequence, upto: int) -> None: ...
+
+        def _track(self, seq: Sequence) -> None: ...
 
         def free(self, seq_id: Hashable) -> None: ...

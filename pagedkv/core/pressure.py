@@ -6,8 +6,10 @@ count as free). Levels: LOW below the first threshold, then MEDIUM, HIGH, CRITIC
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from enum import IntEnum
+from fractions import Fraction
 
 
 class PressureLevel(IntEnum):
@@ -20,12 +22,19 @@ class PressureLevel(IntEnum):
 PressureCallback = Callable[[PressureLevel, PressureLevel], None]
 
 
+def blocks_at(fraction: float, usable_blocks: int) -> Fraction:
+    """``fraction * usable_blocks`` exactly, reading ``fraction`` as the decimal it was written
+    as: ``0.55`` means 55/100, not the binary float 0.55000000000000004..., whose product with
+    100 would round up one block too late."""
+    return Fraction(repr(float(fraction))) * usable_blocks
+
+
 class PressureMonitor:
     """Tracks the level from the used-block count; ``update`` is O(1) on the hot path."""
 
     def __init__(self, thresholds: tuple[float, float, float], usable_blocks: int) -> None:
         # the smallest used-block count at which each level starts
-        self._starts = [int(-(-t * usable_blocks // 1)) for t in thresholds]
+        self._starts = [math.ceil(blocks_at(t, usable_blocks)) for t in thresholds]
         # update() is a no-op while low_bound <= used < high_bound; hot paths test this inline
         self.low_bound = 0
         self.high_bound = self._starts[0]

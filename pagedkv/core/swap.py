@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 
+from pagedkv.core import validate as check
 from pagedkv.core.block_pool import NULL_BLOCK_ID
 from pagedkv.core.manager_state import ManagerState
 from pagedkv.core.preemption import PREEMPTION_POLICIES
@@ -25,10 +26,11 @@ class SwapAPI(ManagerState):
                        exclude: Iterable[Hashable] = ()) -> list[Hashable]:
         """Running sequences to preempt, in order, until freeing them would return at least
         ``num_blocks`` blocks (all candidates if that is impossible). Changes nothing."""
-        if policy not in PREEMPTION_POLICIES:
+        num_blocks = check.count("num_blocks", num_blocks)
+        if not isinstance(policy, str) or policy not in PREEMPTION_POLICIES:
             raise InvalidArgumentError(
                 f"unknown preemption policy {policy!r}; known: {sorted(PREEMPTION_POLICIES)}")
-        skip = set(exclude)
+        skip = set(check.seq_ids(exclude))
         candidates = [s for s in self._seqs.values()
                       if s.status is SeqStatus.RUNNING and s.seq_id not in skip]
         victims: list[Hashable] = []
@@ -44,7 +46,7 @@ class SwapAPI(ManagerState):
         """Preempt a running sequence: ``recompute`` frees it (its cached prefix may survive to
         speed up the recompute); ``swap`` moves it to host memory and returns the
         ``(device_block, host_block)`` copies to execute."""
-        if mode not in ("recompute", "swap"):
+        if not isinstance(mode, str) or mode not in ("recompute", "swap"):
             raise InvalidArgumentError(f"mode must be 'recompute' or 'swap', got {mode!r}")
         self._running(seq_id)
         copies = self.swap_out(seq_id) if mode == "swap" else []
@@ -55,25 +57,33 @@ class SwapAPI(ManagerState):
 
     def swap_out(self, seq_id: Hashable) -> list[tuple[int, int]]:
         """Move a running sequence's blocks to the host pool. Returns ``(device_block,
-        host_block)`` copies; execute them before this step writes any KV."""
+        host_block)`` copies; execute them before this step writes any KV.
+
+        A block still waiting for its copy-on-write copy is read from that copy's source
+        (held until ``take_copies``), so the copies may run in either order; the pending copy
+        itself is dropped once the block has no other user. Uncommitted blocks never entered
+        the prefix cache, so the released device blocks leave nothing unwritten behind."""
         seq = self._running(seq_id)
         live = [b for b in seq.block_table if b != NULL_BLOCK_ID]
         if len(live) > len(self._host_free):
             raise OutOfBlocksError(len(live), len(self._host_free), what="host blocks")
         copies = []
         host_table = []
+        pending = self._copies
         for b in seq.block_table:
             if b == NULL_BLOCK_ID:
                 host_table.append(-1)
             else:
                 h = self._host_free.pop()
                 host_table.append(h)
-                copies.append((b, h))
+                copies.append((pending.get(b, b), h))
         self._release(reversed(seq.block_table))
         seq.block_table = []
         seq.host_table = host_table
         seq.status = SeqStatus.SWAPPED
+        self._num_swapped += 1
         seq.caching = False  # its device blocks may be reused; re-caching would need re-hashing
+        self._unregistered.pop(seq_id, None)
         self.counters.swapped_out_blocks += len(copies)
         self.pressure.update(self.pool.num_used)
         return copies
@@ -100,6 +110,7 @@ class SwapAPI(ManagerState):
         seq.block_table = table
         seq.host_table = []
         seq.status = SeqStatus.RUNNING
+        self._num_swapped -= 1
         self.counters.swapped_in_blocks += len(copies)
         self.counters.allocations += len(copies)
         self._after_alloc()

@@ -11,6 +11,12 @@ tables. No padding, so outputs equal per-prompt unpadded ``model.generate``.
 Lifecycle of a sequence: ``admit`` (prompt) -> ``forward`` (computes the uncached prompt suffix,
 returns next-token logits) -> ``append``/``append_batch`` (the sampled token) -> ``forward`` ...
 -> ``free``. ``fork`` shares a computed sequence's blocks with a new one (copy-on-write).
+
+Prefix-cache visibility: a successful ``forward`` reports its sequences' KV written with
+``BlockManager.commit``; only then are their full blocks findable by other prompts, so a prompt
+admitted next to an uncomputed identical one misses instead of reading unwritten KV. Token ids are
+checked against the model's vocabulary at ``admit``/``append`` (typed error, nothing changed); a
+``generate`` that fails part-way frees every sequence it admitted, so the runner stays usable.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pagedkv.integrations.hf_attention import (
     register_pagedkv_attention,
 )
 from pagedkv.storage import KVStorage
+from pagedkv.storage._checks import check_int, int_array
 
 
 def model_kv_dims(model_config: Any) -> tuple[int, int, int]:
@@ -71,6 +78,8 @@ class PagedModelRunner:
     ) -> None:
         self.model = model
         self.model_config: Any = model.config
+        from pagedkv.integrations.hf_support import check_model_supported
+        self.attention_spec = check_model_supported(model)  # refuse by name, before allocating
         num_layers, kv_heads, head_dim = model_kv_dims(model.config)
         if config is None:
             config = CacheConfig(block_size=block_size, num_blocks=num_blocks,
@@ -82,6 +91,8 @@ class PagedModelRunner:
                                              device=param.device)
         self.backend = get_attention_backend(backend)
         self.device = param.device
+        model_cfg: Any = model.config
+        self.vocab_size = int(model_cfg.vocab_size)  # token ids are checked against it
         register_pagedkv_attention()
         window = model_sliding_window(model.config)
         self.sliding_window = None if window is None else SlidingWindow(window)
@@ -89,31 +100,47 @@ class PagedModelRunner:
         self._pending: dict[Hashable, tuple[int, list[int]]] = {}
 
     # ---------------------------------------------------------- bookkeeping
-    def admit(self, seq_id: Hashable, prompt: Sequence[int], *, cache_salt: str | None = None
-              ) -> int:
+    def admit(self, seq_id: Hashable, prompt: Sequence[int] | np.ndarray, *,
+              cache_salt: str | None = None) -> int:
         """Allocate blocks for a prompt; returns how many leading tokens were prefix-cache hits
         (their KV is reused, the rest is computed by the next :meth:`forward`)."""
-        ids = [int(t) for t in prompt]
-        hit = self.manager.admit(seq_id, np.asarray(ids, dtype=np.int64), cache_salt=cache_salt,
+        ids = self._token_ids(prompt, "prompt")
+        hit = self.manager.admit(seq_id, ids, cache_salt=cache_salt,
                                  sliding_window=self.sliding_window)
-        self._pending[seq_id] = (hit, ids[hit:])
+        self._pending[seq_id] = (hit, ids[hit:].tolist())
         return hit
 
-    def append(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
+    def mark_loaded(self, seq_id: Hashable, num_tokens: int) -> None:
+        """The first ``num_tokens`` tokens' KV was put into the sequence's blocks from elsewhere
+        (a KV tier): drop them from the pending tokens and commit them to the prefix cache.
+        Leaves at least one pending token (its logits are needed)."""
+        start, toks = self._pending[seq_id]
+        if not start <= num_tokens < start + len(toks):
+            raise InvalidArgumentError(
+                f"num_tokens: expected in [{start}, {start + len(toks)}), got {num_tokens}")
+        self._pending[seq_id] = (num_tokens, toks[num_tokens - start:])
+        self.manager.register_prefix(seq_id, num_tokens)
+
+    def append(self, seq_id: Hashable, token_ids: Sequence[int] | np.ndarray) -> None:
         """Append tokens (e.g. the sampled one) to a sequence; computed by the next forward."""
-        ids = [int(t) for t in token_ids]
+        ids = self._token_ids(token_ids, "token_ids")
         self._check_not_pending([seq_id])
         start = self.manager.num_tokens(seq_id)
-        self.manager.append(seq_id, np.asarray(ids, dtype=np.int64))
-        self._pending[seq_id] = (start, ids)
+        self.manager.append(seq_id, ids)
+        self._pending[seq_id] = (start, ids.tolist())
 
-    def append_batch(self, seq_ids: Sequence[Hashable], token_ids: Sequence[int]) -> None:
+    def append_batch(self, seq_ids: Sequence[Hashable], token_ids: Sequence[int] | np.ndarray
+                     ) -> None:
         """Append one token to each sequence (the decode hot path)."""
+        ids = self._token_ids(token_ids, "token_ids")
+        if len(ids) != len(seq_ids):
+            raise InvalidArgumentError(
+                f"token_ids: expected one per sequence ({len(seq_ids)}), got {len(ids)}")
         self._check_not_pending(seq_ids)
         starts = [self.manager.num_tokens(s) for s in seq_ids]
-        self.manager.append_batch(seq_ids, np.asarray(token_ids, dtype=np.int64))
-        for s, start, t in zip(seq_ids, starts, token_ids, strict=True):
-            self._pending[s] = (start, [int(t)])
+        self.manager.append_batch(seq_ids, ids)
+        for s, start, t in zip(seq_ids, starts, ids.tolist(), strict=True):
+            self._pending[s] = (start, [t])
 
     def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
         """New sequence sharing all of the parent's (computed) tokens' blocks."""
@@ -124,6 +151,19 @@ class PagedModelRunner:
         """Release a sequence's blocks (cached full blocks stay reusable)."""
         self.manager.free(seq_id)
         self._pending.pop(seq_id, None)
+
+    def _token_ids(self, tokens: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+        """int64 ``[n]`` ids, ``n >= 1``, each in ``[0, vocab_size)`` (one vectorised check)."""
+        ids = int_array(tokens, what, 1)
+        if not len(ids):
+            raise InvalidArgumentError(f"{what}: expected at least 1 token id, got none")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise InvalidArgumentError(
+                f"{what}: expected token ids in [0, {self.vocab_size}) (the model's vocabulary), "
+                f"got {bad}")
+        return ids
 
     def _check_not_pending(self, seq_ids: Sequence[Hashable]) -> None:
         for s in seq_ids:
@@ -192,10 +232,12 @@ class PagedModelRunner:
         try:
             out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                              logits_to_keep=last, **{STEP_KWARG: step})
+            step.check_all_layers_ran()  # a layer that bypassed pagedkv: refuse, don't guess
         finally:
             cfg._attn_implementation = previous
         for s in seq_ids:
             del self._pending[s]
+        self.manager.commit(seq_ids)  # their KV is written: full blocks become findable
         logits: torch.Tensor = out.logits[0]
         return logits
 
@@ -210,23 +252,40 @@ class PagedModelRunner:
     ) -> list[list[int]]:
         """Greedy generation of all prompts as one continuously batched run.
 
-        Returns the ``max_new_tokens`` generated ids of each prompt (no EOS stopping)."""
-        if max_new_tokens < 1:
-            raise InvalidArgumentError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+        Returns the ``max_new_tokens`` generated ids of each prompt (no EOS stopping). Prompts
+        are validated before anything is admitted; if the run fails part-way (e.g.
+        ``OutOfBlocksError``) every sequence it admitted is freed, whatever ``free`` says, and
+        the error is re-raised with the runner usable."""
+        check_int(max_new_tokens, "max_new_tokens", 1)
         ids = list(seq_ids) if seq_ids is not None else [object() for _ in prompts]
         if len(ids) != len(prompts):
             raise InvalidArgumentError(f"seq_ids: expected {len(prompts)}, got {len(ids)}")
-        for s, p in zip(ids, prompts, strict=True):
-            self.admit(s, p, cache_salt=cache_salt)
+        try:
+            distinct = len(set(ids)) == len(ids)
+        except TypeError:
+            distinct = False
+        if not distinct:
+            raise InvalidArgumentError(f"seq_ids: expected distinct hashable ids, got {ids}")
+        toks = [self._token_ids(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
         out: list[list[int]] = [[] for _ in prompts]
-        next_tok = self.forward(ids).argmax(-1).tolist()
-        for step in range(max_new_tokens):
-            for o, t in zip(out, next_tok, strict=True):
-                o.append(int(t))
-            if step == max_new_tokens - 1:
-                break
-            self.append_batch(ids, next_tok)
+        admitted: list[Hashable] = []
+        try:
+            for s, p in zip(ids, toks, strict=True):
+                self.admit(s, p, cache_salt=cache_salt)
+                admitted.append(s)
             next_tok = self.forward(ids).argmax(-1).tolist()
+            for step in range(max_new_tokens):
+                for o, t in zip(out, next_tok, strict=True):
+                    o.append(int(t))
+                if step == max_new_tokens - 1:
+                    break
+                self.append_batch(ids, next_tok)
+                next_tok = self.forward(ids).argmax(-1).tolist()
+        except BaseException:
+            for s in admitted:
+                if s in self.manager:
+                    self.free(s)
+            raise
         if free:
             for s in ids:
                 self.free(s)

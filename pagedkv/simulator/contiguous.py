@@ -72,6 +72,9 @@ class ContiguousBackend:
     def grow(self, running: list[int], idle: Sequence[int] = ()) -> list[int]:
         return []  # a reservation covers the final length: decode never needs new memory
 
+    def commit(self, computed: Sequence[tuple[int, int]]) -> None:
+        pass  # no sharing between reservations: nothing becomes visible
+
     def free(self, rid: int) -> None:
         self._used -= self._held.pop(rid)
 

@@ -5,7 +5,8 @@ it by replaying a trace's requests in file order (no timing) through the same
 :class:`~pagedkv.core.BlockManager` that serves, so the answer includes the manager's real
 eviction order (policy, leaf-first, tail-first release): each request is admitted with its
 chained block keys (``compute_last_token=False`` — this counts cacheable tokens, not the engine's
-last-token recompute), its hit is recorded, and it is freed at once so its blocks stay cached as
+last-token recompute), its hit is recorded, it is committed (its prefill has run: only now may
+later requests hit its blocks, as in an engine) and freed at once so its blocks stay cached as
 evictable. Capacity ``C`` blocks is ``CacheConfig(num_blocks=C + 1)`` (block 0 is the null block).
 
 Counting rules, chosen to be comparable with the independent ``kvcache-simulator``: token
@@ -67,7 +68,7 @@ def replay_manager(
     lens: list[int] = stream.input_lens.tolist()
     cumw: list[int] = np.concatenate([[0], np.cumsum(stream.weights)]).tolist()
     drop = partial == "drop"
-    admit, free = mgr.admit, mgr.free
+    admit, commit, free = mgr.admit, mgr.commit, mgr.free
     hit_tokens = 0
     filled = warm == 0
     tick = max(1, nreq // 200)
@@ -87,6 +88,7 @@ def replay_manager(
         hit = admit(r, num_tokens=ntok, block_hashes=hashes, compute_last_token=False)
         if r >= warm:
             hit_tokens += cumw[lo + hit // bs] - cumw[lo]
+        commit((r,))
         free(r)
         if progress is not None and r % tick == 0:
             progress(r, nreq)

@@ -2,10 +2,13 @@
 
 Nothing here decides placement or eviction; it only translates the scheduler's requests into
 manager calls (``admit`` with the trace's chained block keys, ``append_batch`` for decode,
-``select_victims``/``preempt`` when decode runs out of blocks), so serving numbers reflect the
-code that serves. Only full prompt blocks carry keys (a real engine hashes only full blocks);
-blocks holding generated tokens get keys unique to their request, so a recomputed request can
-reuse its own still-cached blocks but nobody else's.
+``select_victims``/``preempt`` when decode runs out of blocks, ``commit`` after each step), so
+serving numbers reflect the code that serves. Like an engine, the replay reports KV written only
+after the step that computes it, so a request cannot hit blocks another request is still
+computing (two identical prompts admitted in the same step do not share). Only full prompt
+blocks carry keys (a real engine hashes only full blocks); blocks holding generated tokens get
+keys unique to their request, so a recomputed request can reuse its own still-cached blocks but
+nobody else's.
 """
 
 from __future__ import annotations
@@ -87,6 +90,18 @@ class PagedBackend:
                 if victim in live:
                     live.remove(victim)
         return victims
+
+    def commit(self, computed: Sequence[tuple[int, int]]) -> None:
+        """Report the step's KV written, as an engine does after its forward: whole sequences
+        in one ``commit``, partly prefilled prompts (chunked prefill) by ``register_prefix``."""
+        mgr = self.mgr
+        whole = []
+        for rid, n in computed:
+            if n == mgr.num_tokens(rid):
+                whole.append(rid)
+            else:
+                mgr.register_prefix(rid, n)
+        mgr.commit(whole)
 
     def free(self, rid: int) -> None:
         self.mgr.free(rid)

@@ -48,6 +48,11 @@ class MemoryBackend(Protocol):
         newest first, among ``running`` and the admitted but ``idle`` ones: partly prefilled
         prompts) as many as memory requires; return the preempted ids (already freed)."""
 
+    def commit(self, computed: Sequence[tuple[int, int]]) -> None:
+        """The step just run wrote KV for the first ``n`` tokens of each ``(rid, n)``: only
+        now may other requests reuse them (called after every step, before finished requests
+        are freed)."""
+
     def free(self, rid: int) -> None: ...
 
     def allocated_tokens(self) -> int:
@@ -192,6 +197,8 @@ def replay(
         now += cost.step_ms(prefill, len(decoding))
         prefill_total += prefill
         steps += 1
+        backend.commit([(rid, kv[rid] + 1) for rid in decoding]
+                       + [(rid, kv[rid] + c) for rid, c in chunks])
         still: list[int] = []
         for rid in decoding:
             kv[rid] += 1

@@ -1,7 +1,10 @@
 """Argument validation shared by storage and attention: typed errors naming expected vs got.
 
 Kept separate so every public entry point validates the same way before touching any state
-(a failed call changes nothing)."""
+(a failed call changes nothing). Arrays are checked once per call, vectorised (dtype, then one
+min/max), never element by element: floats are rejected, not rounded; bools, strings, None and
+objects are rejected, not coerced.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,26 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pagedkv.errors import ShapeError
+from pagedkv.errors import InvalidArgumentError, ShapeError
 
 IndexLike = torch.Tensor | np.ndarray | Sequence[int]
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int; :class:`InvalidArgumentError` unless it is an integer (numpy
+    integers included; bool, float, str and None are not) with ``low <= value < high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{name}: expected an int, got {type(value).__name__} "
+                                   f"{value!r}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v >= high):
+        if high is None:
+            want = f"{name} >= {low}"
+        else:
+            want = f"{name} < {high}" if low is None else f"{low} <= {name} < {high}"
+        raise InvalidArgumentError(f"{name}: expected {want}, got {v}")
+    return v
 
 
 def check_kv_tensor(
@@ -40,18 +60,67 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return a.index is None or b.index is None or a.index == b.index
 
 
+def int_array(x: object, name: str, ndim: int) -> np.ndarray:
+    """``x`` (list, tuple, numpy array) as an int64 numpy array of ``ndim`` dimensions.
+
+    Raises :class:`ShapeError` for strings/None/ragged input, the wrong number of dimensions or a
+    non-integer dtype (float, bool, str, object), and for unsigned values past int64 (they would
+    wrap to negative ids)."""
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise ShapeError(f"{name}: expected a {ndim}-D integer array, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise ShapeError(f"{name}: expected a {ndim}-D integer array, got ragged or mixed "
+                         f"input ({e})") from None
+    if arr.ndim != ndim:
+        raise ShapeError(f"{name}: expected a {ndim}-D index, got shape {list(arr.shape)}")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ShapeError(f"{name}: expected an integer dtype, got {arr.dtype}")
+    if arr.dtype == np.uint64 and int(arr.max()) > _INT64_MAX:
+        raise InvalidArgumentError(f"{name}: expected values <= {_INT64_MAX}, got "
+                                   f"{int(arr.max())}")
+    return arr.astype(np.int64, copy=False)
+
+
 def as_index_tensor(x: IndexLike, name: str, device: torch.device) -> torch.Tensor:
     """Convert an integer index array (tensor, numpy or list) to an int64 1-D tensor on
     ``device``. Raises :class:`ShapeError` for non-integer or non-1-D input."""
     if isinstance(x, torch.Tensor):
         t = x
+        if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+            raise ShapeError(f"{name}: expected an integer dtype, got {t.dtype}")
+        if t.dtype == torch.uint64:
+            raise ShapeError(f"{name}: expected a signed integer dtype, got {t.dtype}")
+        if t.dim() != 1:
+            raise ShapeError(f"{name}: expected a 1-D index, got shape {list(t.shape)}")
     else:
-        arr = np.asarray(x)
-        if arr.size == 0:
-            arr = arr.astype(np.int64)
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
-        raise ShapeError(f"{name}: expected an integer dtype, got {t.dtype}")
-    if t.dim() != 1:
-        raise ShapeError(f"{name}: expected a 1-D index, got shape {list(t.shape)}")
+        t = torch.from_numpy(np.ascontiguousarray(int_array(x, name, 1)))
     return t.to(device=device, dtype=torch.int64)
+
+
+def block_pairs(pairs: object, n_src: int, n_dst: int, what: str
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(src, dst)`` int64 block ids of ``[(src, dst), ...]`` pairs, or None when empty.
+
+    Sources must lie in ``[0, n_src)``, destinations in ``[0, n_dst)`` and be distinct (a batched
+    copy into one block twice is order-dependent). Raises :class:`ShapeError` /
+    :class:`InvalidArgumentError`; one vectorised check per call."""
+    if isinstance(pairs, (list, tuple, np.ndarray)) and len(pairs) == 0:
+        return None
+    arr = int_array(pairs, f"{what} pairs", 2)
+    if arr.shape[0] == 0:
+        return None
+    if arr.shape[1] != 2:
+        raise ShapeError(f"{what} pairs: expected shape [n, 2], got {list(arr.shape)}")
+    src, dst = arr[:, 0], arr[:, 1]
+    for name, ids, bound in (("source", src, n_src), ("destination", dst, n_dst)):
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= bound:
+            raise InvalidArgumentError(
+                f"{what} {name} blocks: expected ids in [0, {bound}), got [{lo}, {hi}]")
+    if len(np.unique(dst)) != len(dst):
+        raise InvalidArgumentError(f"{what}: expected distinct destination blocks")
+    return src, dst

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from pagedkv.core.config import CacheConfig
-from pagedkv.errors import InvalidArgumentError, ShapeError
-from pagedkv.storage._checks import as_index_tensor, check_kv_tensor
+from pagedkv.errors import InvalidArgumentError
+from pagedkv.storage._checks import as_index_tensor, block_pairs, check_int, check_kv_tensor
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -51,17 +51,13 @@ class KVStorage:
         device: torch.device | str = "cpu",
         num_host_blocks: int = 0,
     ) -> None:
-        for name, val, low in (
-            ("num_layers", num_layers, 1),
-            ("num_blocks", num_blocks, 1),
-            ("block_size", block_size, 1),
-            ("num_kv_heads", num_kv_heads, 1),
-            ("head_dim", head_dim, 1),
-            ("num_host_blocks", num_host_blocks, 0),
-        ):
-            if not isinstance(val, int) or val < low:
-                raise InvalidArgumentError(f"{name}: expected int >= {low}, got {val!r}")
-        if dtype not in SUPPORTED_DTYPES:
+        num_layers = check_int(num_layers, "num_layers", 1)
+        num_blocks = check_int(num_blocks, "num_blocks", 1)
+        block_size = check_int(block_size, "block_size", 1)
+        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", 1)
+        head_dim = check_int(head_dim, "head_dim", 1)
+        num_host_blocks = check_int(num_host_blocks, "num_host_blocks", 0)
+        if not isinstance(dtype, torch.dtype) or dtype not in SUPPORTED_DTYPES:
             raise InvalidArgumentError(f"dtype: expected one of {SUPPORTED_DTYPES}, got {dtype}")
         self.num_layers = num_layers
         self.num_blocks = num_blocks
@@ -109,7 +105,7 @@ class KVStorage:
             head_dim=head_dim,
             dtype=dtype,
             device=device,
-            num_host_blocks=int(getattr(config, "num_host_blocks", 0)),
+            num_host_blocks=getattr(config, "num_host_blocks", 0),
         )
 
     # ------------------------------------------------------------------ views
@@ -205,6 +201,7 @@ class KVStorage:
         """
         self._check_layer(layer_idx)
         table = as_index_tensor(block_table, "block_table", self.device)
+        start, end = check_int(start, "start"), check_int(end, "end")
         if not 0 <= start <= end <= int(table.shape[0]) * self.block_size:
             raise InvalidArgumentError(
                 f"token range: expected 0 <= start <= end <= "
@@ -235,26 +232,29 @@ class KVStorage:
         """Execute copy-on-write copies ``(src_block, dst_block)`` in every layer at once.
 
         Must run before the new tokens' K/V are written (the manager's ``take_copies()``)."""
-        if not pairs:
+        ids = block_pairs(pairs, self.num_blocks, self.num_blocks, "copy")
+        if ids is None:
             return
-        src, dst = self._pairs(pairs, self.num_blocks, self.num_blocks, "copy")
+        src, dst = (torch.from_numpy(a).to(self.device) for a in ids)
         # index_select first, so a dst that is also a src reads the pre-copy contents.
         self.kv_cache.index_copy_(1, dst, self.kv_cache.index_select(1, src))
 
     def swap_out(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copy ``(device_block, host_block)`` pairs to the host pool, all layers batched."""
-        if not pairs:
+        ids = block_pairs(pairs, self.num_blocks, self.num_host_blocks, "swap_out")
+        if ids is None:
             return
-        dev, host = self._pairs(pairs, self.num_blocks, self.num_host_blocks, "swap_out")
+        dev, host = torch.from_numpy(ids[0]).to(self.device), torch.from_numpy(ids[1])
         moved = self.kv_cache.index_select(1, dev).to("cpu", non_blocking=False)
-        self.host_cache.index_copy_(1, host.cpu(), moved)
+        self.host_cache.index_copy_(1, host, moved)
 
     def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copy ``(host_block, device_block)`` pairs back from the host pool, all layers."""
-        if not pairs:
+        ids = block_pairs(pairs, self.num_host_blocks, self.num_blocks, "swap_in")
+        if ids is None:
             return
-        host, dev = self._pairs(pairs, self.num_host_blocks, self.num_blocks, "swap_in")
-        moved = self.host_cache.index_select(1, host.cpu()).to(self.device)
+        host, dev = torch.from_numpy(ids[0]), torch.from_numpy(ids[1]).to(self.device)
+        moved = self.host_cache.index_select(1, host).to(self.device)
         self.kv_cache.index_copy_(1, dev, moved)
 
     def zero_(self) -> None:
@@ -280,27 +280,4 @@ class KVStorage:
 
     # ---------------------------------------------------------------- helpers
     def _check_layer(self, layer_idx: int) -> None:
-        if not 0 <= layer_idx < self.num_layers:
-            raise InvalidArgumentError(
-                f"layer_idx: expected 0 <= layer_idx < {self.num_layers}, got {layer_idx}"
-            )
-
-    def _pairs(
-        self, pairs: Sequence[tuple[int, int]], n_src: int, n_dst: int, what: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        arr = np.asarray(pairs, dtype=np.int64)
-        if arr.ndim != 2 or arr.shape[1] != 2:
-            raise ShapeError(f"{what} pairs: expected shape [n, 2], got {list(arr.shape)}")
-        src, dst = arr[:, 0], arr[:, 1]
-        for name, ids, bound in (("source", src, n_src), ("destination", dst, n_dst)):
-            if ids.min() < 0 or ids.max() >= bound:
-                raise InvalidArgumentError(
-                    f"{what} {name} blocks: expected ids in [0, {bound}), got "
-                    f"[{ids.min()}, {ids.max()}]"
-                )
-        if len(np.unique(dst)) != len(dst):
-            raise InvalidArgumentError(f"{what}: expected distinct destination blocks")
-        return (
-            torch.from_numpy(src).to(self.device),
-            torch.from_numpy(dst).to(self.device),
-        )
+        check_int(layer_idx, "layer_idx", 0, self.num_layers)

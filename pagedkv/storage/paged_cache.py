@@ -6,6 +6,10 @@ me the sequence back". This object keeps the manager's metadata and the tensors 
 caller never touches slots or block ids.
 
 Shapes: ``L = num_layers``, ``H = num_kv_heads``, ``D = head_dim``.
+
+Sliding windows (``sliding_window=``): positions whose blocks the window released have no KV any
+more. Reading or writing them (``read_kv``, ``get``, ``materialize``, ``write_kv``) raises
+:class:`InvalidArgumentError` naming the released positions; nothing is returned for them.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import torch
 
-from pagedkv.core import BlockManager, CacheConfig
+from pagedkv.core import BlockManager, CacheConfig, SlidingWindow
 from pagedkv.errors import InvalidArgumentError, PagedKVError, ShapeError
-from pagedkv.storage._checks import check_kv_tensor
+from pagedkv.storage._checks import check_int, check_kv_tensor, int_array
 from pagedkv.storage.kv_storage import KVStorage
 
 
@@ -35,7 +39,14 @@ class PagedKVCache:
         num_blocks: int = 256,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        sliding_window: SlidingWindow | None = None,
     ) -> None:
+        """``sliding_window`` applies to every sequence this cache creates (blocks wholly behind
+        the window of the first token of an append are released)."""
+        if sliding_window is not None and not isinstance(sliding_window, SlidingWindow):
+            raise InvalidArgumentError(f"sliding_window: expected a SlidingWindow or None, got "
+                                       f"{type(sliding_window).__name__} {sliding_window!r}")
+        self.sliding_window = sliding_window
         if config is None:
             config = CacheConfig(block_size=block_size, num_blocks=num_blocks,
                                  enable_prefix_caching=False)
@@ -59,7 +70,8 @@ class PagedKVCache:
             key, value: one token ``[L, H, D]`` or ``n`` tokens ``[L, n, H, D]``.
             token_ids: ``n`` ids; needed for prefix caching (a new sequence whose leading blocks
                 are cached reuses them and only the rest is written). Without ids the sequence
-                never enters the prefix cache.
+                never enters the prefix cache. Blocks become findable by other sequences once
+                their KV is written (``BlockManager.commit`` at the end of the call).
         Returns:
             int64 ``[n]`` slots the tokens were written to.
         """
@@ -70,14 +82,15 @@ class PagedKVCache:
         shape = (st.num_layers, n, st.num_kv_heads, st.head_dim)
         check_kv_tensor(key, "key", shape, st.dtype, st.device)
         check_kv_tensor(value, "value", shape, st.dtype, st.device)
-        if token_ids is not None and len(token_ids) != n:
-            raise ShapeError(f"token_ids: expected {n} ids, got {len(token_ids)}")
+        ids = None if token_ids is None else int_array(token_ids, "token_ids", 1)
+        if ids is not None and len(ids) != n:
+            raise ShapeError(f"token_ids: expected {n} ids, got {len(ids)}")
         mgr = self.manager
         if seq_id not in mgr:
-            if token_ids is None:
-                hit = mgr.admit(seq_id, num_tokens=n)
+            if ids is None:
+                hit = mgr.admit(seq_id, num_tokens=n, sliding_window=self.sliding_window)
             else:
-                hit = mgr.admit(seq_id, np.asarray(token_ids, dtype=np.int64))
+                hit = mgr.admit(seq_id, ids, sliding_window=self.sliding_window)
             slots = mgr.slot_mapping(seq_id, 0, n)
             write_from = hit
         else:
@@ -85,13 +98,13 @@ class PagedKVCache:
                 raise InvalidArgumentError(
                     f"token_ids: expected {n} ids for sequence {seq_id!r} (it was created with "
                     "token ids), got None")
-            ids = np.zeros(n, np.int64) if token_ids is None else np.asarray(token_ids, np.int64)
-            slots = mgr.append(seq_id, ids)
+            slots = mgr.append(seq_id, np.zeros(n, np.int64) if ids is None else ids)
             write_from = 0
         st.copy_blocks(mgr.take_copies())
         for layer in range(st.num_layers):
             st.write(layer, key[layer, write_from:], value[layer, write_from:],
                      slots[write_from:])
+        mgr.commit([seq_id])  # KV written: its full blocks may now serve prefix hits
         return slots
 
     def write_kv(self, seq_id: Hashable, layer: int, start: int, key: torch.Tensor,
@@ -103,8 +116,9 @@ class PagedKVCache:
             or cached (writing it would change their KV too).
         """
         mgr, st = self.manager, self.storage
+        start = check_int(start, "start")
         end = start + (int(key.shape[0]) if isinstance(key, torch.Tensor) and key.dim() else 0)
-        slots = mgr.slot_mapping(seq_id, start, end)
+        slots = self._live_slots(seq_id, start, end)
         blocks = np.unique(slots // st.block_size)
         if not all(mgr.is_block_writable(b) for b in blocks.tolist()):
             raise InvalidArgumentError(
@@ -116,12 +130,13 @@ class PagedKVCache:
     def read_kv(self, seq_id: Hashable, layer: int, start: int = 0, end: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer's K/V at positions ``[start, end)`` as contiguous ``[n, H, D]`` each."""
-        slots = self.manager.slot_mapping(seq_id, start, end)
+        slots = self._live_slots(seq_id, start, end)
         return self.storage.gather_slots(layer, slots)
 
     def get(self, seq_id: Hashable, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of the token at ``position`` (negative counts from the end), ``[L, H, D]`` each."""
         n = self.manager.num_tokens(seq_id)
+        position = check_int(position, "position")
         if not -n <= position < n:
             raise InvalidArgumentError(f"position: expected in [{-n}, {n}), got {position}")
         k, v = self.materialize(seq_id, position % n, position % n + 1)
@@ -132,10 +147,25 @@ class PagedKVCache:
         """The sequence's K/V for positions ``[start, end)``, contiguous ``[L, n, H, D]`` each
         (one gather over all layers)."""
         st = self.storage
-        slots = torch.from_numpy(self.manager.slot_mapping(seq_id, start, end)).to(st.device)
+        slots = torch.from_numpy(self._live_slots(seq_id, start, end)).to(st.device)
         rows = st.slot_rows(slots)
         flat = st.kv_cache.view(st.num_layers, -1, st.num_kv_heads, st.head_dim)
         return flat.index_select(1, rows), flat.index_select(1, rows + st.block_size)
+
+    def _live_slots(self, seq_id: Hashable, start: int, end: int | None) -> np.ndarray:
+        """Slots of positions ``[start, end)``; raises if the sliding window released any."""
+        start = check_int(start, "start")
+        end = None if end is None else check_int(end, "end")
+        slots = self.manager.slot_mapping(seq_id, start, end)
+        dead = np.flatnonzero(slots < 0)
+        if dead.size:
+            pos = dead + start
+            cuts = np.flatnonzero(np.diff(pos) != 1) + 1
+            runs = ", ".join(f"[{int(r[0])}, {int(r[-1]) + 1})" for r in np.split(pos, cuts))
+            raise InvalidArgumentError(
+                f"positions of sequence {seq_id!r}: expected positions with KV, got {runs} "
+                "released by the sliding window")
+        return slots
 
     def num_tokens(self, seq_id: Hashable) -> int:
         """Tokens stored for ``seq_id``."""

@@ -171,3 +171,41 @@ def test_registry():
     finally:
         registry._BACKENDS.pop("test-dummy", None)
         registry._INSTANCES.pop("test-dummy", None)
+
+
+@pytest.mark.parametrize(("window", "softcap"), [(None, None), (6, None), (None, 5.0)])
+def test_mixed_decode_and_long_prefill_split_into_parts(window, softcap):
+    # A continuous-batching step: many one-token decodes plus two long prompt chunks. Padding
+    # every row to the longest query would do ~4x the useful work, so the backend splits the
+    # batch (decodes together, each long query alone); the result must not change.
+    seq_lens = [30, 9, 41, 17, 40, 5, 33]
+    query_lens = [1, 1, 1, 1, 28, 1, 19]
+    store, tables, ks, vs = make_paged_kv(seq_lens, seed=5)
+    meta = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=seq_lens,
+                                   query_lens=query_lens)
+    parts = meta.padding_parts()
+    assert parts is not None
+    assert [len(i) for i, _ in parts] == [5, 28, 19]
+    assert sorted(torch.cat([i for i, _ in parts]).tolist()) == list(range(sum(query_lens)))
+    q = torch.randn(sum(query_lens), 4, 8, generator=torch.Generator().manual_seed(2))
+    backend = get_attention_backend("torch")
+    out = backend.forward(q, store.layer(0), meta, sliding_window=window, softcap=softcap)
+    # The same batch without splitting (every row padded): identical up to float rounding.
+    whole = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=seq_lens,
+                                    query_lens=query_lens)
+    whole._parts_done = True  # force the padded path
+    ref = backend.forward(q, store.layer(0), whole, sliding_window=window, softcap=softcap)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    cu = np.concatenate([[0], np.cumsum(query_lens)])
+    if softcap is None:
+        for b in range(len(seq_lens)):
+            torch.testing.assert_close(out[cu[b]:cu[b + 1]],
+                                       _sdpa_ref(q[cu[b]:cu[b + 1]], ks[b], vs[b], window=window),
+                                       **TOL[torch.float32])
+
+
+def test_uniform_batches_are_not_split():
+    _store, tables, _, _ = make_paged_kv([12, 12, 13])
+    meta = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=[12, 12, 13],
+                                   query_lens=[1, 1, 1])
+    assert meta.padding_parts() is None

@@ -32,7 +32,6 @@ from pagedkv.errors import (
 )
 
 POLICIES = sorted(EVICTION_POLICIES)
-VISIBILITIES = ["allocate", "commit"]
 
 
 # --------------------------------------------------------------------------- snapshot helper
@@ -51,6 +50,7 @@ def snapshot(mgr: BlockManager) -> dict[str, Any]:
             "tokens": None if s.tokens is None else list(s.tokens),
             "block_hashes": list(s.block_hashes),
             "num_hashed": s.num_hashed,
+            "num_computed": s.num_computed,
             "caching": s.caching,
             "status": s.status,
             "host_table": list(s.host_table),
@@ -74,7 +74,8 @@ def snapshot(mgr: BlockManager) -> dict[str, Any]:
         "evictor_order": pool.evictor.order(),
         "evictor_len": len(pool.evictor),
         "evictor_state": _evictor_state(pool.evictor),
-        "copies": list(mgr._copies),
+        "copies": list(mgr._copies.items()),
+        "held": list(mgr._held),
         "pins": {k: list(v) for k, v in mgr._pins.items()},
         "next_pin": mgr._next_pin,
         "clock": mgr._clock,
@@ -112,12 +113,12 @@ def assert_oob(err: PagedKVError, requested: int, available: int, what: str = "b
 
 
 # --------------------------------------------------------------------------- busy managers
-def busy(policy: str = "lru", visibility: str = "allocate", *, block_size: int = 2,
+def busy(policy: str = "lru", *, block_size: int = 2,
          num_blocks: int = 24, num_host_blocks: int = 4, **kw: Any) -> BlockManager:
-    """A manager with cached, shared, pinned, windowed, swapped state and a pending CoW copy."""
+    """A manager with cached, shared, pinned, windowed, swapped state, a pending CoW copy and
+    uncommitted sequences."""
     mgr = BlockManager(CacheConfig(block_size=block_size, num_blocks=num_blocks,
-                                   eviction_policy=policy, cache_visibility=visibility,
-                                   num_host_blocks=num_host_blocks, **kw))
+                                   eviction_policy=policy, num_host_blocks=num_host_blocks, **kw))
     mgr.admit("a", [1, 2, 3, 4, 5, 6, 7])  # 3 full blocks + a partial one
     mgr.register_prefix("a")
     assert mgr.admit("b", [1, 2, 3, 4, 5, 6, 50, 51]) == 6  # shares a's 3 full blocks
@@ -148,10 +149,9 @@ def exhaust(mgr: BlockManager, keep: int = 0) -> None:
     assert mgr.num_free_blocks == keep
 
 
-@pytest.fixture(params=[(p, v) for p in POLICIES for v in VISIBILITIES],
-                ids=lambda pv: f"{pv[0]}-{pv[1]}")
+@pytest.fixture(params=POLICIES)
 def mgr(request: pytest.FixtureRequest) -> BlockManager:
-    return busy(*request.param)
+    return busy(request.param)
 
 
 # --------------------------------------------------------------------------- the snapshot itself
@@ -169,7 +169,7 @@ def test_snapshot_sees_every_kind_of_change(mgr):
         lambda m: m.free("d"),
     ]
     for probe in probes:
-        m = busy(mgr.config.eviction_policy, mgr.config.cache_visibility)
+        m = busy(mgr.config.eviction_policy)
         before = snapshot(m)
         probe(m)
         assert snapshot(m) != before
@@ -241,6 +241,7 @@ def test_admit_needing_no_blocks_is_not_refused_by_the_watermark():
     so it must succeed even when growth has already eaten into the reserve."""
     mgr = BlockManager(CacheConfig(block_size=2, num_blocks=10, watermark=0.5))  # 4 held back
     mgr.admit("a", [1, 2, 3, 4, 5])
+    mgr.commit(["a"])
     mgr.admit("big", [9, 9, 9, 9])
     mgr.append("big", [9, 9, 9, 9])  # decode growth may use the reserve: 2 free < 4
     assert mgr.num_free_blocks == 2
@@ -545,6 +546,7 @@ def test_query_failures(mgr):
     ({"hash_algo": "md5"}, "unknown hash_algo 'md5'"),
     ({"eviction_policy": "random"}, "unknown eviction_policy 'random'"),
     ({"cache_visibility": "eager"}, "got 'eager'"),
+    ({"cache_visibility": "allocate"}, "'allocate' was removed), got 'allocate'"),
     ({"pressure_thresholds": (0.9, 0.8, 0.95)}, "(0.9, 0.8, 0.95)"),
     ({"pressure_thresholds": (0.0, 0.5, 0.9)}, "3 increasing fractions"),
     ({"pressure_thresholds": (0.5, 0.9)}, "3 increasing fractions"),

@@ -86,8 +86,10 @@ def test_s3fifo_probation_promotion_and_ghost():
 def test_pool_evicts_leaves_before_parents(make_mgr, policy):
     mgr = make_mgr(block_size=2, num_blocks=6, eviction_policy=policy)
     mgr.admit("p", [1, 2])  # block 1 = P
+    mgr.commit(["p"])
     mgr.free("p")
     mgr.admit("pq", [1, 2, 3, 4])  # hits P, adds child block 2 = Q
+    mgr.commit(["pq"])
     mgr.free("pq")
     assert mgr.evict_cached(1) == 1
     assert mgr.lookup_prefix([1, 2, 3, 4]) == 2  # the child went first, the prefix survives
@@ -99,8 +101,10 @@ def test_pool_evicts_leaves_before_parents(make_mgr, policy):
 def test_evicting_prefix_uncaches_in_use_descendants(make_mgr):
     mgr = make_mgr(block_size=2, num_blocks=10)
     mgr.admit("a", [1, 2, 3, 4])  # blocks 1, 2
+    mgr.commit(["a"])
     mgr.admit("b", [1, 2, 3, 4])  # hits block 1; recomputes block 2 into private block 3
-    mgr.append("b", [5, 6])  # block 4, cached under a's block 2
+    mgr.append("b", [5, 6])  # block 4, cached under a's block 2 once committed
+    mgr.commit(["b"])
     assert mgr.pool.parent[4] == 2
     mgr.free("a")  # block 2: unreferenced, but b's cached block 4 hangs below it
     assert mgr.evict_cached(1) == 1
@@ -113,6 +117,7 @@ def test_evicting_prefix_uncaches_in_use_descendants(make_mgr):
 def test_allocation_prefers_free_blocks_over_cached(make_mgr):
     mgr = make_mgr(block_size=2, num_blocks=6)
     mgr.admit("a", [1, 2, 3, 4])
+    mgr.commit(["a"])
     mgr.free("a")
     mgr.admit("b", [9, 9, 8, 8])
     assert mgr.block_table("b") == [3, 4]
@@ -129,9 +134,11 @@ def _hot_prefix_survives_scan(make_mgr, policy):
     hot = [1, 2, 3, 4]
     for i in range(3):
         mgr.admit(("hot", i), hot, compute_last_token=False)
+        mgr.commit([("hot", i)])
         mgr.free(("hot", i))
     for i in range(4):  # a scan of one-off prompts, 8 blocks in all
         mgr.admit(("scan", i), [100 + i] * 4, compute_last_token=False)
+        mgr.commit([("scan", i)])
         mgr.free(("scan", i))
     mgr.check_integrity()
     return mgr.lookup_prefix(hot)
@@ -146,6 +153,7 @@ def test_reclaim_to_usage_threshold(make_mgr):
     mgr = make_mgr(block_size=2, num_blocks=11)
     for i in range(4):
         mgr.admit(i, [i, i, i, i])
+        mgr.commit([i])
         mgr.free(i)
     assert len(mgr.pool.evictor) == 8
     assert mgr.reclaim_to(0.5) == 3  # 8 of 10 occupied -> 5
@@ -156,9 +164,11 @@ def test_reclaim_to_usage_threshold(make_mgr):
 def test_max_cached_blocks_caps_the_cache(make_mgr):
     mgr = make_mgr(block_size=2, num_blocks=11, max_cached_blocks=3)
     mgr.admit("a", [1, 1, 2, 2, 3, 3, 4, 4])
+    mgr.commit(["a"])
     assert len(mgr.pool.cached) == 3  # the fourth block found the cache full of in-use blocks
     mgr.free("a")
     mgr.admit("b", [5, 5, 6, 6])
+    mgr.commit(["b"])
     assert len(mgr.pool.cached) == 3  # b's blocks pushed a's evictable ones out
     assert mgr.lookup_prefix([5, 5, 6, 6]) == 4
     mgr.check_integrity()
@@ -171,6 +181,7 @@ def test_lazy_queues_stay_bounded_under_hit_churn(policy: str) -> None:
     mgr = BlockManager(CacheConfig(block_size=2, num_blocks=64, eviction_policy=policy))
     for i in range(20):  # 20 cached two-block prompts, all evictable
         mgr.admit(i, [i, i, i, i])
+        mgr.commit([i])
         mgr.free(i)
     evictor = mgr.pool.evictor
     for step in range(5000):  # hit a block that is not at the head, release it, again
@@ -196,6 +207,7 @@ def test_lru_subclass_overrides_are_honoured_not_bypassed_by_the_queue_fast_path
     try:
         mgr = BlockManager(CacheConfig(block_size=2, num_blocks=3, eviction_policy="test_mru"))
         mgr.admit("a", [1, 1, 2, 2], compute_last_token=False)  # blocks 1, 2
+        mgr.commit(["a"])
         mgr.free("a")  # released tail first: order [2, 1]; MRU picks 1, a non-leaf, so its
         mgr.admit("b", [3, 3], compute_last_token=False)  # leaf descendant 2 goes instead
         assert calls
@@ -233,6 +245,7 @@ def test_policy_without_super_init_works():
     try:
         mgr = BlockManager(CacheConfig(block_size=2, num_blocks=4, eviction_policy="test_bare"))
         mgr.admit("a", [1, 1, 2, 2, 3])
+        mgr.commit(["a"])
         mgr.free("a")
         mgr.check_integrity()
         assert mgr.pool.evictor.order() == [2, 1]

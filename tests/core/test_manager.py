@@ -22,6 +22,7 @@ def test_admit_allocates_fresh_blocks_in_order(make_mgr):
 def test_prefix_hit_shares_full_blocks_only(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", list(range(10)))
+    mgr.commit(["a"])  # the prefill wrote a's KV: its full blocks become findable
     hit = mgr.admit("b", [*range(8), 99])  # shares two full blocks
     assert hit == 8
     assert mgr.block_table("b") == [1, 2, 4]
@@ -34,6 +35,7 @@ def test_prefix_hit_shares_full_blocks_only(make_mgr):
 def test_full_prompt_hit_leaves_last_token_to_compute(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", list(range(8)))
+    mgr.commit(["a"])
     assert mgr.admit("b", list(range(8))) == 4
     assert mgr.block_table("b") == [1, 3]  # block 2's twin is recomputed into block 3
     assert mgr.pool.block_hash[3] is None  # a duplicate stays private
@@ -46,7 +48,9 @@ def test_append_fills_then_allocates_and_registers(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", list(range(10)))
     assert mgr.append("a", [10, 11]).tolist() == [14, 15]
-    assert mgr.pool.block_hash[3] is not None  # block 3 became full: now cached
+    assert mgr.pool.block_hash[3] is None  # block 3 became full, but its KV is not written
+    mgr.commit(["a"])
+    assert mgr.pool.block_hash[3] is not None  # the step wrote it: now cached
     assert mgr.append("a", 12).tolist() == [16]
     assert mgr.block_table("a") == [1, 2, 3, 4]
     assert mgr.lookup_prefix(list(range(13))) == 12
@@ -83,6 +87,7 @@ def test_fork_copy_on_write_only_for_writer(make_mgr):
 def test_freeing_fork_member_keeps_shared_blocks(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", list(range(6)))
+    mgr.commit(["a"])
     mgr.fork("a", "b")
     mgr.fork("b", "c")
     mgr.free("a")
@@ -113,6 +118,7 @@ def test_explicit_prefix_sharing_by_partial_fork(make_mgr):
 def test_truncate_releases_tail_and_cows_cached_block(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", list(range(10)))
+    mgr.commit(["a"])
     mgr.truncate("a", 5)
     assert mgr.block_table("a") == [1, 2]
     assert list(mgr.seq("a").tokens) == [0, 1, 2, 3, 4]
@@ -149,11 +155,13 @@ def test_unknown_and_swapped_sequences_rejected(make_mgr):
 def test_admit_by_length_with_caller_block_hashes(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", num_tokens=9, block_hashes=["x", ("x", 1)])
+    mgr.commit(["a"])
     assert mgr.block_table("a") == [1, 2, 3]
     assert mgr.admit("b", num_tokens=8, block_hashes=["x", ("x", 1)],
                      compute_last_token=False) == 8
     assert mgr.admit("c", num_tokens=8, block_hashes=["y", ("y", 1)]) == 0
     mgr.append("a", [0, 0, 0])  # decode blocks of caller-hashed sequences are not cached
+    mgr.commit(["a"])
     assert mgr.pool.block_hash[3] is None
     mgr.check_integrity()
 
@@ -171,12 +179,14 @@ def test_prefix_caching_off_never_shares(make_mgr):
 
 def test_admit_batch_is_all_or_nothing(make_mgr):
     mgr = make_mgr()
+    mgr.admit("p", list(range(9)))
+    mgr.commit(["p"])
     hits = mgr.admit_batch(["a", "b"], [list(range(9)), list(range(9))])
     assert hits.dtype == np.int64
-    assert hits.tolist() == [0, 8]
-    assert mgr.block_table("b") == [1, 2, 4]
+    assert hits.tolist() == [8, 8]
+    assert mgr.block_table("b") == [1, 2, 5]
     before = (list(mgr.pool.free), mgr.seq_ids)
-    with pytest.raises(OutOfBlocksError, match="requested 6, available 5"):
+    with pytest.raises(OutOfBlocksError, match="requested 6, available 4"):
         mgr.admit_batch(["c", "d"], [[5] * 12, [6] * 12])
     assert (list(mgr.pool.free), mgr.seq_ids) == before
     mgr.check_integrity()
@@ -200,4 +210,5 @@ def test_decode_blocks_of_a_short_prompt_are_cached(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", [1, 2])  # shorter than a block: nothing to look up or register yet
     mgr.append("a", [3, 4, 5])
+    mgr.commit(["a"])
     assert mgr.lookup_prefix([1, 2, 3, 4, 5]) == 4

@@ -38,10 +38,13 @@ OPS = st.tuples(st.sampled_from((*KINDS, "cycle", "cycle", "cycle", "window", "e
 def apply_op(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: list[int]) -> None:
     if op[0] == "cycle":
         apply(mgr, ("admit", *op[1:]), pins, next_id)
+        mgr.commit([next_id[0] - 1])  # the prefill ran, as in the hit-rate replay
         mgr.free(next_id[0] - 1)
     elif op[0] == "window":  # the window releases prefix blocks whose cached children stay in use
         apply(mgr, ("admit", *op[1:4], True), pins, next_id)
+        mgr.commit([next_id[0] - 1])  # computed and cached before the window moves on
         mgr.append(next_id[0] - 1, [0, 1, 2])
+        mgr.commit([next_id[0] - 1])
     else:
         apply(mgr, op, pins, next_id)
 

@@ -15,6 +15,7 @@ from pagedkv.core import HASH_FUNCTIONS
 def test_every_hash_function_shares_prefixes(make_mgr, algo):
     mgr = make_mgr(hash_algo=algo)
     mgr.admit("a", list(range(9)))
+    mgr.commit(["a"])
     assert mgr.admit("b", list(range(9))) == 8
     mgr.check_integrity()
 
@@ -23,7 +24,9 @@ def test_cache_salt_and_lora_isolate_tenants(make_mgr):
     mgr = make_mgr(num_blocks=20)
     prompt = list(range(9))
     mgr.admit("a", prompt, cache_salt="tenant-1")
+    mgr.commit(["a"])
     assert mgr.admit("b", prompt, cache_salt="tenant-2") == 0
+    mgr.commit(["b"])
     assert mgr.admit("c", prompt) == 0
     assert mgr.admit("d", prompt, cache_salt="tenant-1", lora_id=3) == 0
     assert mgr.admit("e", prompt, cache_salt="tenant-1") == 8
@@ -34,6 +37,7 @@ def test_cache_salt_and_lora_isolate_tenants(make_mgr):
 def test_chained_hash_depends_on_the_whole_prefix(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", [1, 2, 3, 4, 5, 6, 7, 8, 0])
+    mgr.commit(["a"])
     assert mgr.admit("b", [9, 9, 9, 9, 5, 6, 7, 8, 0]) == 0  # same 2nd block, other parent
     mgr.check_integrity()
 
@@ -65,6 +69,7 @@ def test_min_cache_tokens_skips_short_prompts(make_mgr):
     mgr = make_mgr(min_cache_tokens=8)
     mgr.admit("short", list(range(5)))
     mgr.admit("long", [7] * 9)
+    mgr.commit(["short", "long"])
     assert mgr.lookup_prefix(list(range(5))) == 0
     assert mgr.lookup_prefix([7] * 9) == 8
     assert mgr.register_prefix("short") == 4  # explicit registration overrides the minimum
@@ -75,6 +80,7 @@ def test_min_cache_tokens_skips_short_prompts(make_mgr):
 def test_pinned_prefix_survives_eviction_pressure(make_mgr):
     mgr = make_mgr(block_size=2, num_blocks=6)
     mgr.admit("sys", [1, 2, 3, 4])
+    mgr.commit(["sys"])
     mgr.free("sys")
     pin = mgr.pin_prefix([1, 2, 3, 4, 5])
     assert (pin.num_tokens, pin.block_ids) == (4, (1, 2))
@@ -93,6 +99,7 @@ def test_reset_prefix_cache_keeps_running_sequences(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", list(range(9)))
     mgr.admit("old", [5] * 8)
+    mgr.commit(["a", "old"])
     mgr.free("old")
     pin = mgr.pin_prefix(list(range(8)))
     mgr.reset_prefix_cache()
@@ -108,6 +115,7 @@ def test_reset_prefix_cache_keeps_running_sequences(make_mgr):
 def test_stats_count_queries_and_hits(make_mgr):
     mgr = make_mgr(num_blocks=20)
     mgr.admit("a", list(range(9)))
+    mgr.commit(["a"])
     mgr.admit("b", list(range(9)))
     mgr.admit("c", [3] * 9)
     st = mgr.stats()

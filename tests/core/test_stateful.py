@@ -3,7 +3,8 @@
 A hypothesis state machine drives random admissions (prompts built from a few shared prefixes
 plus short random tails, so prefix hits are common), appends, batched appends, forks, frees,
 truncations, evictions, preemption, swapping, pins, cache resets, explicit registration and
-sliding windows on tiny pools, for every eviction policy and both cache-visibility modes.
+sliding windows on tiny pools, for every eviction policy. Each step writes its KV at once and may
+commit it (making its full blocks findable); ``test_kv_write_stateful`` defers the writes.
 
 Besides the expected token ids of every sequence, the model keeps a fake physical memory:
 ``mem[block][offset]`` holds the *identity* of the KV written there, a hash of
@@ -80,10 +81,9 @@ class ModelPin:
 
 
 class ManagerMachine(RuleBasedStateMachine):
-    """Subclassed per (eviction policy, cache visibility) by ``make_machine``."""
+    """Subclassed per eviction policy by ``make_machine``."""
 
     POLICY = "lru"
-    VISIBILITY = "allocate"
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,7 +107,7 @@ class ManagerMachine(RuleBasedStateMachine):
         self.bs = block_size
         self.mgr = BlockManager(CacheConfig(
             block_size=block_size, num_blocks=num_blocks, eviction_policy=self.POLICY,
-            cache_visibility=self.VISIBILITY, num_host_blocks=num_host_blocks,
+            num_host_blocks=num_host_blocks,
             max_cached_blocks=max_cached_blocks, watermark=watermark))
         self.wm = int(watermark * (num_blocks - 1))
         self.mem = {b: [None] * block_size for b in range(num_blocks)}
@@ -175,6 +175,14 @@ class ManagerMachine(RuleBasedStateMachine):
             assert self.m.pool.ref_cnt[dst] > 0
         self.run_copies(copies, self.mem, self.mem)
 
+    def window_gap(self, table: list[int], window: SlidingWindow | None, end: int) -> bool:
+        """Would a sequence cut to ``end`` tokens keep a token in, or compute its next token
+        (position ``end``) over, a block its sliding window released?"""
+        if window is None or end == 0:
+            return False
+        first = min(end - 1, max(0, end + 1 - window.window_tokens)) // self.bs
+        return any(table[i] == 0 for i in range(first, -(-end // self.bs)))
+
     def unchanged(self, before: dict[str, Any]) -> None:
         after = snapshot(self.m)
         diff = sorted(k for k in before if before[k] != after[k])
@@ -228,12 +236,12 @@ class ManagerMachine(RuleBasedStateMachine):
         self.flush_copies()
         self.write(sid, hit, mgr.slot_mapping(sid, hit, n))
         if commit:
-            mgr.register_prefix(sid)
+            mgr.commit([sid])
         self.remember(tokens, salt)
 
     @precondition(lambda self: self.mgr is not None and len(self.model) + 2 <= MAX_SEQS)
-    @rule(data=st.data(), compute_last=st.booleans())
-    def admit_batch(self, data: st.DataObject, compute_last: bool) -> None:
+    @rule(data=st.data(), compute_last=st.booleans(), commit=st.booleans())
+    def admit_batch(self, data: st.DataObject, compute_last: bool, commit: bool) -> None:
         """Two prompts at once (same salt), all or nothing."""
         mgr, bs = self.m, self.bs
         (t1, salt), (t2, _) = self.draw_prompt(data), self.draw_prompt(data)
@@ -253,6 +261,8 @@ class ManagerMachine(RuleBasedStateMachine):
             self.flush_copies()
             self.write(sid, hit, mgr.slot_mapping(sid, hit))
             self.remember(toks, salt)
+        if commit:
+            mgr.commit(ids)
 
     @precondition(lambda self: self.has_running())
     @rule(data=st.data(), new=st.lists(TOKEN, min_size=1, max_size=5), commit=st.booleans())
@@ -275,11 +285,11 @@ class ManagerMachine(RuleBasedStateMachine):
         self.flush_copies()
         self.write(sid, n, slots)
         if commit:
-            mgr.register_prefix(sid)
+            mgr.commit([sid])
 
     @precondition(lambda self: self.has_running())
-    @rule(data=st.data())
-    def append_batch(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), commit=st.booleans())
+    def append_batch(self, data: st.DataObject, commit: bool) -> None:
         mgr = self.m
         ids = data.draw(st.lists(st.sampled_from(self.running()), min_size=1, unique=True),
                         label="batch")
@@ -300,6 +310,8 @@ class ManagerMachine(RuleBasedStateMachine):
         self.flush_copies()
         for sid, n, slot in zip(ids, starts, slots, strict=True):
             self.write(sid, n, np.array([slot]))
+        if commit:
+            mgr.commit(ids)
 
     @precondition(lambda self: self.has_running() and self.room())
     @rule(data=st.data(), whole=st.booleans())
@@ -311,8 +323,8 @@ class ManagerMachine(RuleBasedStateMachine):
         child = self.new_id()
         free = mgr.num_free_blocks
         end = len(ptoks) if n is None else n
-        if end and mgr.block_table(parent)[-(-end // self.bs) - 1] == 0:
-            # like truncate: the child's last token lies in a block the window released
+        if self.window_gap(mgr.block_table(parent), self.model[parent].window, end):
+            # like truncate: the child would read a block the window released
             before = snapshot(mgr)
             with pytest.raises(InvalidArgumentError, match="sliding window"):
                 mgr.fork(parent, child, n)
@@ -340,7 +352,7 @@ class ManagerMachine(RuleBasedStateMachine):
         m = data.draw(st.integers(max(0, n - 3 * bs), n), label="m")
         table = mgr.block_table(sid)
         before = snapshot(mgr)
-        if m and table[-(-m // bs) - 1] == 0:
+        if self.window_gap(table, self.model[sid].window, m):
             with pytest.raises(InvalidArgumentError, match="sliding window"):
                 mgr.truncate(sid, m)
             self.unchanged(before)
@@ -356,8 +368,9 @@ class ManagerMachine(RuleBasedStateMachine):
         available, free = mgr.num_free_blocks, len(mgr.pool.free)
         cached = len(mgr.pool.evictor)
         done = mgr.evict_cached(k)
-        assert done <= min(k, cached)
-        assert len(mgr.pool.free) >= free + done
+        assert done == min(k, cached)  # exactly as many as asked (or all there are) ...
+        assert len(mgr.pool.free) == free + done  # ... and exactly as many as it reports
+        assert len(mgr.pool.evictor) == cached - done
         assert mgr.num_free_blocks == available
 
     @precondition(lambda self: self.mgr is not None)
@@ -467,6 +480,10 @@ class ManagerMachine(RuleBasedStateMachine):
         got = mgr.register_prefix(sid, n)
         assert got % self.bs == 0
         assert got <= mgr.num_tokens(sid)
+        assert mgr.num_computed(sid) >= n
+        ms = self.model[sid]
+        findable = mgr.lookup_prefix(ms.tokens, cache_salt=ms.salt)
+        assert got == min(findable, mgr.num_computed(sid) // self.bs * self.bs), "untruthful"
 
     @precondition(lambda self: self.mgr is not None)
     @rule(k=st.integers(0, 6), policy=st.sampled_from(["priority", "lru", "longest", "newest"]))
@@ -546,9 +563,8 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert self.mem[b] == ids[i * bs:(i + 1) * bs], f"pinned block {b} changed"
 
 
-def make_machine(policy: str, visibility: str) -> type[ManagerMachine]:
-    return type(f"Machine_{policy}_{visibility}", (ManagerMachine,),
-                {"POLICY": policy, "VISIBILITY": visibility})
+def make_machine(policy: str) -> type[ManagerMachine]:
+    return type(f"Machine_{policy}", (ManagerMachine,), {"POLICY": policy})
 
 
 # Shrinking a failure of this machine can take minutes per parametrisation, so it is off by
@@ -561,10 +577,9 @@ SETTINGS = settings(max_examples=80, stateful_step_count=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-@pytest.mark.parametrize("visibility", ["allocate", "commit"])
 @pytest.mark.parametrize("policy", sorted(EVICTION_POLICIES))
-def test_block_manager_state_machine(policy: str, visibility: str) -> None:
-    run_state_machine_as_test(make_machine(policy, visibility), settings=SETTINGS)
+def test_block_manager_state_machine(policy: str) -> None:
+    run_state_machine_as_test(make_machine(policy), settings=SETTINGS)
 
 
 # ---------------------------------------------------------------------- fixed regressions
@@ -598,6 +613,7 @@ def test_append_never_caches_a_block_whose_kv_it_told_the_caller_not_to_write() 
     slots = mgr.append("w", [0, 0])  # block 0 fills up; token 1 still reads itself
     assert (slots >= 0).all()  # every new token's KV is written this step ...
     assert mgr.block_table("w")[0] != 0  # ... so its block is not released yet
+    mgr.commit(["w"])  # the step wrote it
     mgr.append("w", [7])  # the next step: block 0 is wholly behind every window now
     assert mgr.block_table("w")[0] == 0
     assert mgr.lookup_prefix([100, 0, 5]) == 2  # cached, and its KV was written

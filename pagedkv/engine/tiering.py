@@ -1,0 +1,123 @@
+"""The engine's side of the KV tiers (host, disk, Valkey/Redis): what to load at admission and
+what to store after each step.
+
+At admission, after the device prefix hit, the tiers are asked for the longest continuation of
+the prompt's block-hash chain; those blocks are allocated with the prompt's first chunk, loaded
+(every value validated) and committed, so the step computes only what follows. A load that
+comes back short (a block evicted or rejected meanwhile) just leaves more to compute. After
+each step, every block that became full and computed is written through to the tiers (copied
+out of storage at once; the encoding and the writes run on a background thread).
+
+The keys are the manager's chained sha256 block hashes (process-independent, the cache salt in
+the root) under a fingerprint of the model and the cache geometry, so two processes serving the
+same model share blocks and nothing else does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from array import array
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+
+from pagedkv.core.hashing import HASH_FUNCTIONS, chain_hashes, root_hash, token_bytes
+from pagedkv.integrations.hf_runner import PagedModelRunner, model_kv_dims
+
+log = logging.getLogger("pagedkv.engine")
+
+
+def weights_revision(model: Any) -> str:
+    """A cheap, process-independent digest of the model's config and a sample of its weights:
+    two models that differ in either never share tier keys. ``model``: a transformers model."""
+    config = model.config.to_dict()
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for _name, p in sorted(model.state_dict().items())[:8]:
+        flat = p.detach().reshape(-1)
+        h.update(flat[:4096].to(torch.float32).cpu().numpy().tobytes())
+        h.update(flat[-4096:].to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class EngineTiers:
+    """Owns a ``TieredKVCache`` built from the engine's tier options."""
+
+    def __init__(self, runner: PagedModelRunner, model_name: str, *, host_bytes: int = 0,
+                 disk_path: str | None = None, disk_bytes: int = 64 << 30,
+                 remote: str | None = None) -> None:
+        from pagedkv.tiers import (
+            DiskTier,
+            HostTier,
+            RemoteTier,
+            TieredKVCache,
+            embedded_valkey,
+            fingerprint_for,
+        )
+
+        self.runner = runner
+        self.manager = runner.manager
+        self.embedded: Any = None
+        tiers: list[Any] = []
+        if host_bytes:
+            tiers.append(HostTier(host_bytes))
+        if disk_path:
+            tiers.append(DiskTier(disk_path, disk_bytes))
+        if remote:
+            if remote == "embedded":
+                self.embedded = embedded_valkey()
+                remote = self.embedded.url
+            tiers.append(RemoteTier(remote))
+        layers, kv_heads, head_dim = model_kv_dims(runner.model.config)
+        storage = runner.storage
+        fp = fingerprint_for(model_name, weights_revision(runner.model), storage.dtype,
+                             storage.block_size, layers, kv_heads, head_dim)
+        self.cache = TieredKVCache(tiers, fp, storage, background=True)
+        cfg = self.manager.config
+        self._hash_fn = HASH_FUNCTIONS[cfg.hash_algo]
+        self.block_size = cfg.block_size
+
+    def prompt_hashes(self, tokens: list[int], cache_salt: str | None) -> list[bytes]:
+        """The chained hash of every full block of ``tokens`` (as the manager computes them)."""
+        fn = self._hash_fn
+        n = len(tokens) // self.block_size
+        data = token_bytes(array("q", tokens[:n * self.block_size]))
+        return chain_hashes(fn, root_hash(fn, cache_salt, None), data, self.block_size * 8, n)
+
+    def lookup(self, hashes: list[bytes], first: int, last: int) -> int:
+        """Blocks ``first, first+1, ...`` (before ``last``) the tiers hold, leading run only."""
+        if first >= last:
+            return 0
+        return self.cache.lookup(hashes[first:last])
+
+    def load(self, seq_id: Hashable, hashes: list[bytes], first: int, count: int) -> int:
+        """Load blocks ``[first, first + count)`` of an admitted sequence into its own block
+        ids; marks the loaded leading run computed. Returns the blocks loaded."""
+        table = self.manager.block_table(seq_id)
+        got = self.cache.load(hashes[first:first + count], table[first:first + count])
+        if got:
+            self.runner.mark_loaded(seq_id, (first + got) * self.block_size)
+        return got
+
+    def store_new(self, seq_id: Hashable, old_computed: int, new_computed: int) -> None:
+        """Write through the blocks that became full and computed in this step."""
+        bs = self.block_size
+        lo, hi = old_computed // bs, new_computed // bs
+        if hi <= lo:
+            return
+        seq = self.manager.seq(seq_id)
+        hashes = seq.block_hashes
+        hi = min(hi, len(hashes))
+        if hi <= lo or not all(isinstance(h, bytes) for h in hashes[lo:hi]):
+            return
+        self.cache.store(list(hashes[lo:hi]), seq.block_table[lo:hi])  # type: ignore[arg-type]
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        return self.cache.stats()
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.embedded is not None:
+            self.embedded.stop()
