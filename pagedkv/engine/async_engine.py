@@ -1,27 +1,33 @@
 """``AsyncLLMEngine``: submit from any thread or asyncio task, stream outputs, abort any time.
 
-One background thread runs the engine loop and is the only code that steps the engine; every
-other call takes the same lock, so the manager and storage are never touched concurrently. A
-step on a CPU takes milliseconds to a few hundred ms, so an abort waits at most one step, then
-frees the request's blocks at once. Each stream is an ``asyncio.Queue`` on its caller's event
-loop, fed with ``call_soon_threadsafe``; leaving the ``async for`` early (a client that
-disconnected, a cancelled task) aborts the request.
+One background thread runs the engine loop and is the only code that steps the engine, so the
+manager and storage are never touched concurrently. Submissions and stream aborts never wait
+for a step (a step on a CPU takes up to a few hundred ms, and an event loop that waited would
+stall every other stream): a request is validated on the caller's thread (validation reads only
+what never changes), then handed to the loop through an inbox that the loop drains before each
+step; an abort is handed over the same way, so its blocks are freed before the next step.
+``abort()`` and ``call()`` from other threads take the engine lock instead. Each stream is an
+``asyncio.Queue`` on its caller's event loop, fed with ``call_soon_threadsafe``; leaving the
+``async for`` early (a client that disconnected, a cancelled task) aborts the request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from pagedkv.engine.llm_engine import LLMEngine
 from pagedkv.engine.outputs import RequestOutput
 from pagedkv.engine.sampling_params import SamplingParams
-from pagedkv.errors import PagedKVError
+from pagedkv.engine.validation import validate_request
+from pagedkv.errors import InvalidArgumentError, PagedKVError
 
 log = logging.getLogger("pagedkv.engine")
 
@@ -36,6 +42,8 @@ class AsyncLLMEngine:
         self.lock = threading.RLock()
         self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
+        # ("add", request_id, add_validated args) | ("abort", request_id): drained by the loop
+        self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._ids = itertools.count()
         self._stop = False
         self._idle_wait = idle_wait
@@ -53,17 +61,34 @@ class AsyncLLMEngine:
     def submit(self, prompt: str | list[int], params: SamplingParams | None = None,
                request_id: str | None = None, *, priority: int = 0,
                cache_salt: str | None = None) -> RequestStream:
-        """Validate and queue a request now (typed errors raise here, nothing queued); returns
-        its stream. Call from a running event loop."""
+        """Validate a request now (typed errors raise here, nothing queued) and hand it to the
+        engine loop without waiting for a step; returns its stream. Call from an event loop."""
         if not self.is_running:
             raise EngineDeadError("the engine loop is not running")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        params = params if params is not None else SamplingParams()
+        if not isinstance(rid, str) or rid in self._streams or rid in self.engine.requests:
+            raise InvalidArgumentError(
+                f"request_id: expected a str not already running, got {rid!r}")
+        text, ids = validate_request(self.engine, prompt, params, priority, cache_salt)
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        with self.lock:
-            self.engine.add_request(rid, prompt, params, priority=priority, cache_salt=cache_salt)
-            self._streams[rid] = (asyncio.get_running_loop(), queue)
+        self._streams[rid] = (asyncio.get_running_loop(), queue)
+        self._inbox.append(("add", rid, text, ids, params, priority, cache_salt,
+                            time.monotonic()))
         self._wake.set()
         return RequestStream(self, rid, queue)
+
+    def abort_soon(self, request_id: str) -> None:
+        """Abort a request before the engine's next step, without waiting for the current one
+        (what a stream does when its consumer leaves)."""
+        self._inbox.append(("abort", request_id))
+        self._wake.set()
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests not yet running: handed over but not taken in, or in the waiting queue
+        (read without the lock; exact between steps, a moment old during one)."""
+        return len(self._inbox) + len(self.engine.scheduler.waiting)
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
                        request_id: str | None = None, *, priority: int = 0,
@@ -78,7 +103,7 @@ class AsyncLLMEngine:
                 yield out
         finally:  # closing this generator does not close the inner one: abort here, at once
             if not stream.finished:
-                stream.abort()
+                self.abort_soon(stream.request_id)
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (no-op if it already finished)."""
@@ -98,15 +123,31 @@ class AsyncLLMEngine:
         self._stop = True
         self._wake.set()
         with self.lock:
+            self._drain_inbox()
             for rid in list(self.engine.requests):
                 self.abort(rid)
         self._thread.join(timeout)
         self.engine.close()
 
     # ----------------------------------------------------------------- loop
+    def _drain_inbox(self) -> None:
+        """Take in handed-over requests and aborts, in order (caller holds the lock)."""
+        while self._inbox:
+            kind, rid, *args = self._inbox.popleft()
+            if kind == "abort":
+                self.abort(rid)
+                continue
+            try:
+                self.engine.add_validated(rid, *args)
+            except Exception as exc:  # noqa: BLE001 - validated already; hand it to the stream
+                stream = self._streams.pop(rid, None)
+                if stream is not None:
+                    _deliver(stream, exc)
+
     def _loop(self) -> None:
         while not self._stop:
             with self.lock:
+                self._drain_inbox()
                 busy = self.engine.has_unfinished_requests()
                 try:
                     outputs = self.engine.step() if busy else []
@@ -166,4 +207,4 @@ class RequestStream:
                 self.abort()
 
     def abort(self) -> None:
-        self.owner.abort(self.request_id)
+        self.owner.abort_soon(self.request_id)

@@ -106,6 +106,14 @@ class LLMEngine:
             raise InvalidArgumentError(
                 f"request_id: expected a str not already running, got {request_id!r}")
         text, ids = validate_request(self, prompt, params, priority, cache_salt)
+        return self.add_validated(request_id, text, ids, params, priority, cache_salt,
+                                  arrival_time)
+
+    def add_validated(self, request_id: str, text: str | None, ids: list[int],
+                      params: SamplingParams, priority: int, cache_salt: str | None,
+                      arrival_time: float | None = None) -> Request:
+        """Queue a request that :func:`validate_request` already accepted (it reads only what
+        never changes, so another thread may run it while the engine steps)."""
         self._arrivals += 1
         req = Request(request_id, ids, params, text, self._arrivals,
                       RequestMetrics(arrival_time if arrival_time is not None

@@ -104,7 +104,7 @@ def create_app(engine: AsyncLLMEngine, *, model_name: str, max_waiting: int = 25
         if body.model != model_name:
             raise ModelNotFoundError(f"model {body.model!r} does not exist; this server serves "
                                 f"{model_name!r}")
-        waiting = engine.call(lambda e: len(e.scheduler.waiting))
+        waiting = engine.num_waiting
         if waiting >= max_waiting:
             raise OverloadedError(f"server overloaded: {waiting} requests waiting (limit "
                              f"{max_waiting}); retry later")
@@ -137,7 +137,7 @@ def create_app(engine: AsyncLLMEngine, *, model_name: str, max_waiting: int = 25
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    def prometheus() -> Response:  # sync: FastAPI runs it in a thread, the event loop never waits
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

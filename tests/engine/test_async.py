@@ -33,6 +33,13 @@ def _used(aeng):
     return aeng.call(lambda e: e.manager.num_used_blocks)
 
 
+def _settled_steps(aeng, since):
+    """Wait until the loop took in every handed-over abort; returns the engine steps that ran
+    meanwhile (an abort is taken in before the next step, so at most the one in flight)."""
+    _wait_for(lambda: not aeng._inbox)
+    return aeng.call(lambda e: e.totals["steps"]) - since
+
+
 def _check_stream(outs):
     assert outs
     assert outs[-1].finished
@@ -131,8 +138,10 @@ def test_abort_by_leaving_the_stream_frees_blocks_at_once(aengine):
                 seen += 1
                 if seen == 3:
                     assert _used(aengine) > base
+                    steps = aengine.call(lambda e: e.totals["steps"])
                     break
-        # aclose ran the generator's cleanup: aborted under the engine lock, right now
+        # aclose handed the abort to the loop, which takes it in before its next step
+        assert _settled_steps(aengine, steps) <= 1
         assert _used(aengine) == base
         assert not aengine.call(lambda e: e.requests)
         assert aengine.call(lambda e: e.scheduler.has_work()) is False
@@ -198,6 +207,7 @@ def test_submit_returns_a_stream(aengine):
     outs, s2 = asyncio.run(main())
     assert _check_stream(outs).outputs[0].token_ids == greedy_ref(PROMPTS[0], 6)
     assert s2.finished
+    _settled_steps(aengine, 0)
     assert not aengine.call(lambda e: e.requests)
     assert _used(aengine) == 0
 
@@ -219,6 +229,7 @@ def test_cancelled_task_aborts(aengine):
             await task
 
     asyncio.run(main())
+    _settled_steps(aengine, 0)
     assert not aengine.call(lambda e: e.requests)
     assert _used(aengine) == base
 
@@ -315,3 +326,38 @@ def test_abort_output_comes_after_every_step_output(monkeypatch):
         aeng.shutdown()
     final = _check_stream(outs)
     assert final.outputs[0].finish_reason == "abort"
+
+
+def test_submit_and_stream_abort_never_wait_for_a_step():
+    # An event loop that waited for the engine lock would stall every other stream for a whole
+    # step (and an unfair lock can starve it for many); submissions and aborts go through the
+    # inbox instead.
+    aeng = AsyncLLMEngine(make_engine(block_size=4, num_blocks=128), idle_wait=0.005)
+    forward = aeng.engine.runner.forward
+
+    def slow_forward(seq_ids):
+        time.sleep(0.3)
+        return forward(seq_ids)
+
+    aeng.engine.runner.forward = slow_forward
+
+    async def main():
+        first = aeng.submit(PROMPTS[0], greedy(50))
+        it = first.__aiter__()
+        await it.__anext__()  # the engine is now stepping (each step 0.3 s)
+        t0 = time.perf_counter()
+        second = aeng.submit(PROMPTS[1], greedy(2))
+        submitted = time.perf_counter() - t0
+        await it.aclose()  # leaving the stream aborts it
+        closed = time.perf_counter() - t0 - submitted
+        outs = [o async for o in second]
+        return submitted, closed, outs
+
+    submitted, closed, outs = asyncio.run(main())
+    assert submitted < 0.1
+    assert closed < 0.1
+    assert outs[-1].finished
+    assert outs[-1].outputs[0].token_ids == greedy_ref(PROMPTS[1], 2)
+    _settled_steps(aeng, 0)
+    assert _used(aeng) == 0
+    aeng.shutdown()
