@@ -31,7 +31,8 @@ def ttft(engine: LLMEngine, prompt: list[int], rid: str) -> tuple[float, int]:
     while engine.has_unfinished_requests():
         for o in engine.step():
             out = o
-    assert out is not None and out.finished
+    assert out is not None
+    assert out.finished
     return time.perf_counter() - t0, out.num_cached_tokens
 
 

@@ -139,7 +139,7 @@ class AsyncLLMEngine:
                 continue
             try:
                 self.engine.add_validated(rid, *args)
-            except Exception as exc:  # noqa: BLE001 - validated already; hand it to the stream
+            except Exception as exc:
                 stream = self._streams.pop(rid, None)
                 if stream is not None:
                     _deliver(stream, exc)

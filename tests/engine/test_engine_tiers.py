@@ -41,7 +41,8 @@ def _run(eng: LLMEngine, prompt: list[int], max_tokens: int = 6):
         for out in eng.step():
             final = out
         eng.check_integrity()
-    assert final is not None and final.finished
+    assert final is not None
+    assert final.finished
     return final
 
 
