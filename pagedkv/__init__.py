@@ -28,8 +28,10 @@ from pagedkv.errors import (
     InvalidArgumentError,
     OutOfBlocksError,
     PagedKVError,
+    RegistryError,
     SequenceStateError,
     ShapeError,
+    UnknownNameError,
     UnknownSequenceError,
 )
 
@@ -72,10 +74,12 @@ __all__ = [
     "PagedKVError",
     "PrefixPin",
     "PressureLevel",
+    "RegistryError",
     "SamplingParams",
     "SequenceStateError",
     "ShapeError",
     "SlidingWindow",
+    "UnknownNameError",
     "UnknownSequenceError",
     "__version__",
 ]

@@ -127,6 +127,11 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-remote", default=None, metavar="URL",
                    help="shared KV tier: redis://host:port or valkey://host:port, or "
                         "'embedded' to start a local Valkey")
+    g.add_argument("--kv-tier-write", choices=["through", "evict"], default=None,
+                   help="write KV blocks to the tiers as soon as computed (through, default) or "
+                        "when the device evicts them (evict)")
+    g.add_argument("--kv-cache-memory", type=int, default=None, metavar="BYTES",
+                   help="KV memory budget in bytes (instead of --num-blocks; default 256 MiB)")
     g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
                    default=None, help="do not reuse cached prompt prefixes")
     g.add_argument("--backend", default=None, help="attention backend: torch (default), cpu, "
@@ -138,7 +143,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 _ENGINE_FIELDS = ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens",
                   "enable_chunked_prefill", "preemption_mode", "num_host_blocks",
                   "eviction_policy", "enable_prefix_caching", "backend", "kv_host_bytes",
-                  "kv_disk_path", "kv_remote")
+                  "kv_disk_path", "kv_remote", "kv_tier_write", "kv_cache_memory")
 
 
 def engine_config_from(args: argparse.Namespace) -> EngineConfig:

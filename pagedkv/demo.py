@@ -9,10 +9,11 @@ them later (each still gets exactly the answer it would have got alone). Each an
 when it finishes, then the engine's statistics. On two CPU cores serving takes about 5 s and
 the whole command about 15 s (the first run also converts the model once: ~25 s more).
 
-``pagedkv demo --blocks`` is the offline tour of the block manager alone (no model, no torch): a
-chat workload's requests arrive in waves, share a system prompt through the prefix cache, some
-fork for parallel sampling (copy-on-write), decode and finish; the pool is small enough that
-cached blocks get evicted.
+``pagedkv demo --blocks`` is the offline tour of the block manager alone (no model, no torch,
+``pagedkv.simulator.tour``): chat requests share a few prompts of skewed popularity through the
+prefix cache, some fork for parallel sampling (copy-on-write), decode and finish, while one-off
+documents compete for a small pool; ``--policy`` (lru, fifo, lfu, s3fifo) changes which cached
+blocks survive, and so the hit rate.
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from pagedkv.chat_cli import add_threads_argument, torch_threads
-from pagedkv.core import BlockManager, CacheConfig
 from pagedkv.errors import InvalidArgumentError
+from pagedkv.simulator.tour import run_demo  # the --blocks tour
 
 # ------------------------------------------------------------------------ the engine demo
 SYSTEM_PROMPT = ("You are a helpful assistant answering quiz questions about geography, science "
@@ -189,67 +188,6 @@ def _stat_rows(s: dict[str, Any]) -> list[tuple[str, object]]:
     ]
 
 
-# ----------------------------------------------------------------- the block-manager tour
-def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 160,
-             policy: str = "lru", seed: int = 0,
-             verbose: bool = True) -> dict[str, float | int | None]:
-    """Run the block manager's built-in workload; returns the final statistics as a dict."""
-    rng = np.random.default_rng(seed)
-    cfg = CacheConfig.from_memory_budget(
-        num_blocks * block_size * 2 * 4 * 8 * 64 * 2, block_size=block_size, num_layers=4,
-        num_kv_heads=8, head_dim=64, dtype="float16", eviction_policy=policy)
-    mgr = BlockManager(cfg)
-    say = print if verbose else (lambda *a, **k: None)
-    say(f"pool: {cfg.num_blocks} blocks x {block_size} tokens "
-        f"({(cfg.total_bytes or 0) / 2**20:.1f} MiB of fp16 KV for a 4-layer, 8-head, "
-        f"64-dim model), "
-        f"eviction={policy}")
-    system_prompt = rng.integers(0, 32000, 64).tolist()
-    running: list[str] = []
-    for r in range(num_requests):
-        user = rng.integers(0, 32000, int(rng.integers(8, 80))).tolist()
-        sid = f"req{r}"
-        while not mgr.can_admit(len(system_prompt) + len(user)) and running:
-            victim = str(mgr.select_victims(1, policy="newest")[0])
-            mgr.free(victim)  # a real engine would requeue it for recompute
-            running.remove(victim)
-            say(f"  preempted {victim} to make room")
-        hit = mgr.admit(sid, system_prompt + user)
-        mgr.commit([sid])  # the prefill wrote its KV: its full blocks become findable
-        running.append(sid)
-        if r < 3 or r % 12 == 0:
-            say(f"{sid}: prompt {len(system_prompt) + len(user)} tokens, {hit} from cache, "
-                f"blocks {mgr.block_table(sid)[:6]}{'...' if mgr.num_tokens(sid) > 96 else ''}")
-        if r % 8 == 0:  # parallel sampling: two continuations share everything so far
-            mgr.fork(sid, f"{sid}.b")
-            running.append(f"{sid}.b")
-        for _ in range(int(rng.integers(4, 40))):
-            ids = list(running)
-            mgr.append_batch(ids, rng.integers(0, 32000, len(ids)))
-            mgr.commit(ids)  # the decode step's forward wrote their KV
-        copies = mgr.take_copies()  # a storage layer would copy these blocks now
-        if copies and r % 8 == 0:
-            say(f"  fork of {sid}: copy-on-write copies {copies[:4]}")
-        while len(running) > 6:  # the oldest finish
-            done = running.pop(0)
-            mgr.free(done)
-        mgr.check_integrity()
-    for sid in running:
-        mgr.free(sid)
-    mgr.check_integrity()
-    st = mgr.stats()
-    say("\nstatistics")
-    rows: list[tuple[str, object]] = [("prefix hit rate (tokens)", f"{st.hit_rate:.1%}"),
-            ("prefix hit rate (requests)", f"{st.request_hit_rate:.1%}"),
-            ("blocks allocated / freed", f"{st.allocations} / {st.frees}"),
-            ("evictions", st.evictions), ("copy-on-write copies", st.cow_copies),
-            ("forks", st.forks), ("peak usage", f"{st.peak_usage:.1%}"),
-            ("cached blocks left", st.blocks_cached)]
-    for name, value in rows:
-        say(f"  {name:<28} {value}")
-    return st.as_dict()
-
-
 # --------------------------------------------------------------------------- command line
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The demo's options, shared by ``python -m pagedkv.demo`` and ``pagedkv demo``."""
@@ -266,7 +204,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     add_threads_argument(ap, default=1)  # steady on a shared machine; ~5 s of serving on SmolLM2
     ap.add_argument("--requests", type=int, default=None,
                     help="--blocks: requests to run (default 48)")
-    ap.add_argument("--policy", default="lru", help="eviction policy (lru, fifo, lfu, s3fifo)")
+    ap.add_argument("--policy", default="lru",
+                    help="eviction policy: lru, fifo, lfu, s3fifo (default lru; the --blocks "
+                         "tour's hit rate shows the difference)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the statistics as JSON only")
 

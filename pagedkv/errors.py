@@ -68,3 +68,15 @@ class ShapeError(InvalidArgumentError):
 class UnsupportedModelError(PagedKVError):
     """A model uses an attention feature pagedkv cannot compute exactly (the message names it);
     the model is refused rather than run with different outputs."""
+
+
+class RegistryError(InvalidArgumentError):
+    """A registry refused a name: already taken (``register`` without ``replace=True``) or not
+    a non-empty ``str``. See :mod:`pagedkv.registry`."""
+
+
+class UnknownNameError(RegistryError, KeyError):
+    """Nothing is registered under the name; the message lists the names that are."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])

@@ -1,5 +1,9 @@
 """Paged attention: per-step metadata, a backend registry, the pure-torch reference backend and
-an opt-in compiled CPU decode backend (``"cpu"``)."""
+an opt-in compiled CPU decode backend (``"cpu"``).
+
+Importing the backend modules below registers them (``registry.py`` imports no backend), so
+every import of ``pagedkv.attention`` or one of its modules sees the built-in backends.
+"""
 
 from pagedkv.attention.cpu_kernel import (
     CpuDecodeBackend,

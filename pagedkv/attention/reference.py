@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as nnf
 
 from pagedkv.attention.metadata import AttentionMetadata
-from pagedkv.attention.registry import register_attention_backend
+from pagedkv.attention.registry import get_attention_backend, register_attention_backend
 from pagedkv.errors import InvalidArgumentError, ShapeError
 
 
@@ -253,8 +253,6 @@ def paged_attention(
     see :meth:`TorchReferenceBackend.forward`. Returns ``[T, Hq, D]``. Bad lengths, tables or
     block ids past the pool raise :class:`InvalidArgumentError`/:class:`ShapeError`.
     """
-    from pagedkv.attention.registry import get_attention_backend
-
     if kv_cache.dim() != 5:
         raise ShapeError(
             "kv_cache: expected [num_blocks, 2, block_size, num_kv_heads, head_dim], got "

@@ -4,6 +4,11 @@ Why: the pure-torch reference runs everywhere (and is the default); ``"cpu"`` is
 decode kernel for CPU (opt-in, built on first selection); a GPU kernel (FlashInfer,
 Triton, FlashAttention) can be added later by registering a class under a new name without
 touching callers, which look backends up by name.
+
+This module imports no backend (no import cycle): a backend registers itself when its module
+is imported, and the package ``pagedkv/attention/__init__.py`` imports the built-in ones
+(``reference``, ``cpu_kernel``), which Python runs before any ``pagedkv.attention.*`` module,
+so every importer sees them registered.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 
 from pagedkv.attention.metadata import AttentionMetadata
 from pagedkv.errors import InvalidArgumentError
+from pagedkv.registry import Registry
 
 
 class AttentionBackend(Protocol):
@@ -53,54 +59,43 @@ class AttentionBackend(Protocol):
 
 B = TypeVar("B", bound=type)
 
-_BACKENDS: dict[str, type] = {}
+_BACKENDS: Registry[type] = Registry("attention backend")
+_INSTANCES: dict[str, AttentionBackend] = {}
 
 
-def register_attention_backend(*names: str) -> Callable[[B], B]:
-    """Class decorator registering a backend under one or more names (first wins on conflict
-    only if it is the same class; re-registering a name with another class raises)."""
+def register_attention_backend(*names: str, replace: bool = False) -> Callable[[B], B]:
+    """Class decorator registering a backend under one or more names, all or nothing: a taken
+    name raises ``RegistryError`` (an ``InvalidArgumentError``) unless ``replace=True``, and
+    then none is registered. A replaced backend is instantiated anew on its next lookup."""
     if not names:
         raise InvalidArgumentError("register_attention_backend: expected at least one name")
+    for n in names:
+        _BACKENDS.check_available(n, replace=replace)
 
     def deco(cls: B) -> B:
+        for n in names:  # checked again: another backend may have taken a name meanwhile
+            _BACKENDS.check_available(n, replace=replace)
         for n in names:
-            old = _BACKENDS.get(n)
-            if old is not None and old is not cls:
-                raise InvalidArgumentError(
-                    f"attention backend {n!r}: already registered to {old.__name__}, "
-                    f"got {cls.__name__}"
-                )
-        for n in names:
-            _BACKENDS[n] = cls
+            _BACKENDS.register(n, cls, replace=replace)
+            _INSTANCES.pop(n, None)
         return cls
 
     return deco
 
 
-_INSTANCES: dict[str, AttentionBackend] = {}
-
-
 def get_attention_backend(name: str = "torch") -> AttentionBackend:
-    """The (cached) backend instance registered as ``name``; raises
-    :class:`InvalidArgumentError` listing the available names otherwise."""
-    # Import for the registration side effect: "torch"/"reference" are always present; "cpu"
-    # (compiled decode kernel) is registered too but only built when instantiated.
-    import pagedkv.attention.cpu_kernel
-    import pagedkv.attention.reference  # noqa: F401
-
-    if name not in _BACKENDS:
-        raise InvalidArgumentError(
-            f"attention backend: expected one of {sorted(_BACKENDS)}, got {name!r}"
-        )
-    if name not in _INSTANCES:
-        _INSTANCES[name] = _BACKENDS[name]()
-    return _INSTANCES[name]
+    """The (cached) backend instance registered as ``name``; raises ``UnknownNameError`` (an
+    ``InvalidArgumentError``) listing the registered names otherwise. ``"torch"``/
+    ``"reference"`` are always present; ``"cpu"`` (compiled decode kernel) is registered too
+    but only built when instantiated."""
+    cls = _BACKENDS[name]
+    instance = _INSTANCES.get(name)
+    if instance is None:
+        instance = _INSTANCES[name] = cls()
+    return instance
 
 
 def list_attention_backends() -> list[str]:
-    """Names of all registered backends (``"cpu"`` is listed even if it cannot be built; see
-    :func:`pagedkv.attention.cpu_kernel.kernel_available`)."""
-    import pagedkv.attention.cpu_kernel
-    import pagedkv.attention.reference  # noqa: F401
-
-    return sorted(_BACKENDS)
+    """Names of all registered backends, sorted (``"cpu"`` is listed even if it cannot be
+    built; see :func:`pagedkv.attention.cpu_kernel.kernel_available`)."""
+    return _BACKENDS.names()

@@ -18,7 +18,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 
-from pagedkv.core.cache_forest import NULL_BLOCK_ID, CacheForest, Children, kids_of, link_child
+from pagedkv.core.cache_forest import (
+    NULL_BLOCK_ID,
+    CacheForest,
+    Children,
+    EvictListener,
+    kids_of,
+    link_child,
+)
 from pagedkv.core.eviction import EvictionPolicy
 from pagedkv.errors import PagedKVError
 
@@ -44,6 +51,9 @@ class BlockPool(CacheForest):
         self.max_cached_blocks = max_cached_blocks
         self.num_evictions = 0
         self.num_used = 0  # blocks with ref_cnt > 0, kept as a counter (checked by integrity)
+        # Eviction listener (see CacheForest.set_evict_listener): [log or None] while observed.
+        self._evict_log: list[list[tuple[int, Hashable]] | None] = [None]
+        self._evict_listener: EvictListener | None = None
         self.drop_leaf = self._make_drop_leaf()
 
     # ----------------------------------------------------------------- counts

@@ -39,6 +39,11 @@ def kids_of(children: Children) -> tuple[int, ...] | set[int]:
     return (children,) if isinstance(children, int) else children
 
 
+# Called with ``[(block_id, hash)]`` of blocks that just left the prefix cache, while their KV
+# is still intact (before the pool hands them to a new owner).
+EvictListener = Callable[[list[tuple[int, Hashable]]], None]
+
+
 class CacheForest:
     """Mixin of ``BlockPool``: the prefix-cache map, the forest and eviction."""
 
@@ -52,6 +57,22 @@ class CacheForest:
     max_cached_blocks: int | None
     num_evictions: int
     drop_leaf: Callable[[int], None]
+    _evict_log: list[list[tuple[int, Hashable]] | None]
+    _evict_listener: EvictListener | None
+
+    def set_evict_listener(self, listener: EvictListener | None) -> None:
+        """Observe blocks leaving the prefix cache (eviction, ``uncache``): ``listener`` gets
+        their ``(block_id, hash)`` pairs before any of them is reused, so their KV can still be
+        saved (a KV tier's write-on-evict). ``None`` stops observing. The eviction loops pay one
+        ``is None`` test per evicted block when nobody listens."""
+        self._evict_listener = listener
+        self._evict_log[0] = [] if listener is not None else None
+
+    def _flush_evicted(self) -> None:
+        log = self._evict_log[0]
+        if log and self._evict_listener is not None:
+            self._evict_log[0] = []
+            self._evict_listener(log)
 
     def register_chain(self, block_ids: list[int], hashes: list[Hashable], start: int,
                        end: int) -> int:
@@ -163,6 +184,8 @@ class CacheForest:
                 self._evict_subtree(evictor.select(), n - len(out))
                 for _ in range(min(len(free) - before, n - len(out))):
                     out.append(free.pop())
+        if self._evict_log[0]:
+            self._flush_evicted()
         return out
 
     def _pop_queue_leaves(self, queue: OrderedDict[int, None], n: int) -> list[int]:
@@ -171,11 +194,14 @@ class CacheForest:
         the next entry, into a leaf), then pops the taken prefix in one C-level pass."""
         cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
                                                 self.children)
+        log = self._evict_log[0]
         out: list[int] = []
         append = out.append
         for b in islice(queue, n):
             if children[b]:
                 break
+            if log is not None:
+                log.append((b, block_hash[b]))
             del cached[block_hash[b]]
             block_hash[b] = None
             p = parent[b]
@@ -214,10 +240,13 @@ class CacheForest:
         ones go to the free stack (each counts as an eviction); referenced ones stay with their
         sequences as private blocks."""
         self.unlink(block_id)
+        log = self._evict_log[0]
         stack = [block_id]
         while stack:
             b = stack.pop()
             h = self.block_hash[b]
+            if log is not None and h is not None:
+                log.append((b, h))
             del self.cached[h]
             self.block_hash[b] = None
             self.evictor.forget(b, h)
@@ -226,14 +255,20 @@ class CacheForest:
                 self.num_evictions += 1
             stack.extend(kids_of(self.children[b]))
             self.children[b] = None
+        if log:
+            self._flush_evicted()
 
     def _make_drop_leaf(self) -> Callable[[int], None]:
         """``drop_leaf(b)``: take a childless cached block out of the cache (hash map, hash,
         parent link); the eviction fast path. A closure, so each call touches no attributes."""
         cached, block_hash, parent, children = (self.cached, self.block_hash, self.parent,
                                                 self.children)
+        log_box = self._evict_log
 
         def drop_leaf(block_id: int) -> None:
+            log = log_box[0]
+            if log is not None:
+                log.append((block_id, block_hash[block_id]))
             del cached[block_hash[block_id]]
             block_hash[block_id] = None
             p = parent[block_id]

@@ -19,15 +19,26 @@ from pagedkv.core import export
 from pagedkv.core import validate as check
 from pagedkv.core.block_pool import NULL_BLOCK_ID
 from pagedkv.core.cow import CopyOnWriteAPI
+from pagedkv.core.export import PAD_SLOT_ID
 from pagedkv.core.hashing import token_bytes
 from pagedkv.core.sequence import SeqStatus, Sequence
-from pagedkv.core.tokens import TokenIds, as_token_array, batch_token_list
+from pagedkv.core.tokens import (
+    MAX_TOKEN_ID,
+    TokenIds,
+    as_token_array,
+    batch_token_list,
+    few_plain_tokens,
+)
 from pagedkv.errors import (
     DuplicateSequenceError,
     InvalidArgumentError,
     OutOfBlocksError,
     UnknownSequenceError,
 )
+
+_RUNNING = SeqStatus.RUNNING
+_FEW = 8  # appends of up to this many tokens compute their slots without numpy
+_ONE_SLOT = np.zeros(1, dtype=np.int64)
 
 
 class DecodeAPI(CopyOnWriteAPI):
@@ -52,24 +63,51 @@ class DecodeAPI(CopyOnWriteAPI):
         """Append tokens to a running sequence; returns their int64 ``[n]`` slots.
 
         Allocates blocks as boundaries are crossed and gives the sequence a private copy of a
-        shared or cached partial last block (queued in ``take_copies``)."""
-        seq = self._running(seq_id)
-        new_tokens = as_token_array(token_ids)
-        k = len(new_tokens)
-        bs, n, table = self.block_size, seq.num_tokens, seq.block_table
-        if k == 0:
-            return np.empty(0, dtype=np.int64)
+        shared or cached partial last block (queued in ``take_copies``).
+
+        Hot path (an engine calling it once per sequence per step, like vLLM's
+        ``allocate_slots``): a plain ``int`` or a short ``list`` of plain ints is checked with
+        int comparisons and its slots computed in Python; only the returned array is numpy.
+        Other inputs go through ``as_token_array``/``slot_mapping``; both paths are identical
+        in effect (tests/core/test_append_fast_path.py)."""
+        try:
+            seq = self._seqs[seq_id]
+        except (KeyError, TypeError):
+            seq = self._running(seq_id)  # raises the unknown-id / unhashable-id error
+        if seq.status is not _RUNNING:
+            self._running(seq_id)  # raises the state error
+        new_tokens: Seq[int] | None = None
+        if type(token_ids) is int and 0 <= token_ids <= MAX_TOKEN_ID:
+            k, one = 1, token_ids
+        else:
+            new_tokens = few_plain_tokens(token_ids, _FEW)
+            if new_tokens is None:
+                new_tokens = as_token_array(token_ids)
+            k = len(new_tokens)
+            if k == 0:
+                return np.empty(0, dtype=np.int64)
+        bs, n, table, pool = self.block_size, seq.num_tokens, seq.block_table, self.pool
         new_blocks = -(-(n + k) // bs) - len(table)
-        cow = n % bs != 0 and not self._writable(table[-1])
-        if new_blocks + cow > self.pool.num_available:
-            raise OutOfBlocksError(new_blocks + cow, self.pool.num_available)
+        if n % bs:
+            b = table[-1]
+            # not self._writable(b), inlined (hot path; append_batch inlines it too)
+            cow = pool.block_hash[b] is not None or (pool.ref_cnt[b] > 1 and self._shared(b))
+        else:
+            cow = False
+        need = new_blocks + cow
+        if need and need > pool.num_available:
+            raise OutOfBlocksError(need, pool.num_available)
         if cow:
             self._cow_last(seq)
         if new_blocks:
-            table.extend(self.pool.allocate(new_blocks))
+            table.extend(pool.allocate(new_blocks))
             self.counters.allocations += new_blocks
-        if seq.tokens is not None:
-            seq.tokens.extend(new_tokens)
+        tokens = seq.tokens
+        if tokens is not None:
+            if new_tokens is None:
+                tokens.append(one)
+            else:
+                tokens.extend(new_tokens)
         seq.num_tokens = n + k
         self._clock += 1
         seq.last_used = self._clock
@@ -77,8 +115,18 @@ class DecodeAPI(CopyOnWriteAPI):
             self._seal(seq)
         if seq.window is not None:
             self._slide(seq, n + 1)
-        self._after_alloc()
-        return export.slot_mapping(table, bs, n, n + k)
+        if need or seq.window is not None:
+            self._after_alloc()  # else the used-block count did not change, and the peak and
+            # pressure level already match it (check_integrity verifies both after every call)
+        if k == 1:  # export.slot_mapping's result without building its intermediate arrays
+            b = table[n // bs]
+            out = _ONE_SLOT.copy()  # ~2x faster than np.array([slot], dtype=np.int64)
+            out[0] = b * bs + n % bs if b != NULL_BLOCK_ID else PAD_SLOT_ID
+            return out
+        if k > _FEW:
+            return export.slot_mapping(table, bs, n, n + k)
+        return np.array([table[p // bs] * bs + p % bs if table[p // bs] != NULL_BLOCK_ID
+                         else PAD_SLOT_ID for p in range(n, n + k)], dtype=np.int64)
 
     def append_batch(self, seq_ids: Seq[Hashable], token_ids: Seq[int] | np.ndarray
                      ) -> np.ndarray:

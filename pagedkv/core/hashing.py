@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import xxhash
 
+from pagedkv.registry import Registry
+
 HashFn = Callable[[bytes], bytes]
 
 
@@ -37,18 +39,19 @@ def _blake2b(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=32).digest()
 
 
-HASH_FUNCTIONS: dict[str, HashFn] = {
-    "sha256": _sha256,
-    "blake2b": _blake2b,
-    "xxh128": xxhash.xxh3_128_digest,
-}
+HASH_FUNCTIONS: Registry[HashFn] = Registry("hash function")
+HASH_FUNCTIONS.register("sha256", _sha256)
+HASH_FUNCTIONS.register("blake2b", _blake2b)
+HASH_FUNCTIONS.register("xxh128", xxhash.xxh3_128_digest)
 
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-def register_hash_function(name: str, fn: HashFn) -> None:
-    """Add a named block-hash function (bytes -> digest bytes) usable as ``hash_algo``."""
-    HASH_FUNCTIONS[name] = fn
+def register_hash_function(name: str, fn: HashFn, *, replace: bool = False) -> None:
+    """Add a named block-hash function (bytes -> digest bytes) usable as ``hash_algo``. A taken
+    name raises ``RegistryError`` unless ``replace=True`` (replacing a function changes every
+    hash of managers created afterwards: caches keyed by the old one no longer match)."""
+    HASH_FUNCTIONS.register(name, fn, replace=replace)
 
 
 def token_bytes(tokens: array[int]) -> bytes:

@@ -43,7 +43,7 @@ class InspectionAPI(ManagerState):
         cached + used = total, no free block referenced, hash map consistent, no orphaned cached
         suffix); per-sequence geometry; nothing offered to the cache beyond what was committed;
         every pending copy reads a held block and writes a referenced one; host
-        pool accounting and the pressure level.
+        pool accounting, the pressure level and the peak usage.
 
         "No cached block is uncommitted" is checked where it is decidable: a sequence never
         has offered more blocks than it committed (``num_hashed * block_size <=
@@ -86,6 +86,8 @@ class InspectionAPI(ManagerState):
             fail(problem)
         if self.pressure.level != self.pressure.level_for(pool.num_used):
             fail(f"pressure level {self.pressure.level} stale")
+        if self.counters.peak_blocks_used < pool.num_used:
+            fail(f"peak usage {self.counters.peak_blocks_used} blocks < {pool.num_used} used")
 
     def _sequence_problem(self, seq: Sequence, refs: Counter[int], host_used: list[int]
                           ) -> str | None:

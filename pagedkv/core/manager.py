@@ -19,7 +19,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Hashable, Iterable
 from collections.abc import Sequence as Seq
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -120,17 +120,29 @@ class BlockManager(QueryAPI, CommitAPI, DecodeAPI, PrefixCacheAPI, SwapAPI, Insp
             raise DuplicateSequenceError(seq_id)
         tokens, n, keys = self._prompt(token_ids, num_tokens, block_hashes)
         self._check_options(cache_salt, lora_id, priority, sliding_window)
-        bs = self.block_size
         root: bytes | None = None
         hashes: list[Hashable] = []
         if self._caching:
             if tokens is not None:
                 root = root_hash(self._hash_fn, cache_salt, lora_id)
-                hashes = chain_hashes(self._hash_fn, root, token_bytes(tokens), bs * 8,
-                                      n // bs)  # type: ignore[assignment]
+                hashes = self._token_hashes(root, tokens)
             elif keys is not None:
                 hashes = keys
-        pool = self.pool
+        return self._admit_hashed(seq_id, tokens, n, root, hashes, priority, sliding_window,
+                                  compute_last_token)
+
+    def _token_hashes(self, root: bytes, tokens: array[int]) -> list[Hashable]:
+        """Chained hashes of every full block of a token prompt (``admit``'s cache keys)."""
+        bs = self.block_size
+        return cast("list[Hashable]", chain_hashes(self._hash_fn, root, token_bytes(tokens),
+                                                   bs * 8, len(tokens) // bs))
+
+    def _admit_hashed(self, seq_id: Hashable, tokens: array[int] | None, n: int,
+                      root: bytes | None, hashes: list[Hashable], priority: int,
+                      sliding_window: SlidingWindow | None, compute_last_token: bool) -> int:
+        """``admit`` once its arguments are validated and its prompt hashed (``hashes`` becomes
+        the sequence's own list): the prefix lookup, capacity check and allocation."""
+        bs, pool = self.block_size, self.pool
         cached, ref_cnt = pool.cached, pool.ref_cnt
         max_hit = max(0, (n - 1) // bs) if compute_last_token else n // bs
         hit_blocks: list[int] = []
@@ -201,24 +213,27 @@ class BlockManager(QueryAPI, CommitAPI, DecodeAPI, PrefixCacheAPI, SwapAPI, Insp
         self._check_admit_options(cache_salt, lora_id, kwargs)
         token_arrays = [as_token_array(p) for p in prompts]
         bs, pool = self.block_size, self.pool
+        cached, ref_cnt = pool.cached, pool.ref_cnt
+        root = root_hash(self._hash_fn, cache_salt, lora_id) if self._caching else None
+        # Each prompt is hashed once, here; the hashes serve the check and the admission.
+        prompt_hashes = [[] if root is None else self._token_hashes(root, t)
+                         for t in token_arrays]
         worst = 0
-        for tokens in token_arrays:
+        for tokens, hashes in zip(token_arrays, prompt_hashes, strict=True):
             safe_hits = 0  # leading hits already referenced: no earlier admission can take them
-            if self._caching:
-                fn = self._hash_fn
-                hashes = chain_hashes(fn, root_hash(fn, cache_salt, lora_id),
-                                      token_bytes(tokens), bs * 8, max(0, len(tokens) - 1) // bs)
-                for h in hashes:
-                    b = pool.cached.get(h)
-                    if b is None or pool.ref_cnt[b] == 0:
-                        break
-                    safe_hits += 1
+            for h in hashes[:max(0, len(tokens) - 1) // bs]:
+                b = cached.get(h)
+                if b is None or ref_cnt[b] == 0:
+                    break
+                safe_hits += 1
             worst += -(-len(tokens) // bs) - safe_hits
         available = pool.num_available - self._watermark_blocks
         if worst > max(available, 0):
             raise OutOfBlocksError(worst, max(available, 0))
-        hits = [self.admit(sid, t, cache_salt=cache_salt, lora_id=lora_id, **kwargs)
-                for sid, t in zip(ids, token_arrays, strict=True)]
+        priority, window = kwargs.get("priority", 0), kwargs.get("sliding_window")
+        last = kwargs.get("compute_last_token", True)
+        hits = [self._admit_hashed(sid, t, len(t), root, h, priority, window, last)
+                for sid, t, h in zip(ids, token_arrays, prompt_hashes, strict=True)]
         return np.array(hits, dtype=np.int64)
 
     @staticmethod

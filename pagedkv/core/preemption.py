@@ -1,4 +1,5 @@
-"""Victim ordering for preemption under memory pressure, pluggable through a registry.
+"""Victim ordering for preemption under memory pressure, pluggable through a registry
+(``PREEMPTION_POLICIES``, a ``pagedkv.registry.Registry``).
 
 Each policy sorts running sequences, first victim first:
 
@@ -14,17 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pagedkv.core.sequence import Sequence
+from pagedkv.registry import Registry
 
 VictimOrder = Callable[[list[Sequence]], list[Sequence]]
-PREEMPTION_POLICIES: dict[str, VictimOrder] = {}
+PREEMPTION_POLICIES: Registry[VictimOrder] = Registry("preemption policy")
 
 
-def register_preemption_policy(name: str) -> Callable[[VictimOrder], VictimOrder]:
-    def wrap(fn: VictimOrder) -> VictimOrder:
-        PREEMPTION_POLICIES[name] = fn
-        return fn
-
-    return wrap
+def register_preemption_policy(name: str, *, replace: bool = False
+                               ) -> Callable[[VictimOrder], VictimOrder]:
+    """Decorator adding a victim order to ``PREEMPTION_POLICIES`` under ``name``. A taken name
+    raises ``RegistryError`` unless ``replace=True``."""
+    return PREEMPTION_POLICIES.register(name, replace=replace)
 
 
 @register_preemption_policy("priority")

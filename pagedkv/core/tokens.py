@@ -100,6 +100,18 @@ def as_token_array(token_ids: object) -> array[int]:
     return array("q", ids)
 
 
+def few_plain_tokens(token_ids: object, limit: int) -> list[int] | None:
+    """``token_ids`` itself if it is a ``list`` of at most ``limit`` plain ``int``s in range,
+    else None (then validate with ``as_token_array``): the per-call decode path, checked with
+    int comparisons only. Anything else, valid or not, takes the general path."""
+    if type(token_ids) is not list or len(token_ids) > limit:
+        return None
+    for t in token_ids:
+        if type(t) is not int or not 0 <= t <= MAX_TOKEN_ID:
+            return None
+    return token_ids
+
+
 def batch_token_list(token_ids: object, batch: int) -> list[int]:
     """One validated token id per sequence of a batch (``append_batch``), as Python ints."""
     if (type(token_ids) is np.ndarray and token_ids.ndim == 1 and token_ids.dtype.kind in "iu"

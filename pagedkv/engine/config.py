@@ -20,12 +20,16 @@ class EngineConfig:
     ``preemption_mode``: ``"recompute"`` frees a preempted sequence and recomputes it later
     (its committed prefix usually comes back from the prefix cache); ``"swap"`` copies its KV
     to ``num_host_blocks`` host blocks and back. ``scheduling_policy``: ``"fcfs"`` or
-    ``"priority"`` (lower value first, then arrival).
+    ``"priority"`` (lower value first, then arrival). The preempted sequence is the last in
+    that order unless ``preemption_policy`` names one of the manager's preemption policies
+    (``lru``, ``longest``, ``newest``, ``priority`` or a registered one), which then picks among
+    the sequences not yet scheduled in the step.
 
     KV tiers (see ``docs/tiers.md``): ``kv_host_bytes`` of host memory, a ``kv_disk_path``
     folder of at most ``kv_disk_bytes``, and ``kv_remote`` (``"embedded"`` starts a local
     Valkey; or ``redis://host:port`` / ``valkey://host:port``) shared by every process that
-    serves the same model. Blocks are written through as soon as their KV is computed."""
+    serves the same model. ``kv_tier_write="through"`` writes a block as soon as its KV is
+    computed (others see it at once); ``"evict"`` only when the device evicts it."""
 
     @property
     def uses_tiers(self) -> bool:
@@ -38,6 +42,7 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
     preemption_mode: str = "recompute"
+    preemption_policy: str | None = None
     num_host_blocks: int = 0
     eviction_policy: str = "lru"
     enable_prefix_caching: bool = True
@@ -50,6 +55,7 @@ class EngineConfig:
     kv_disk_path: str | None = None
     kv_disk_bytes: int = 64 << 30
     kv_remote: str | None = None
+    kv_tier_write: str = "through"
 
     def __post_init__(self) -> None:
         def positive(name: str, value: object, allow_none: bool = False) -> None:
@@ -69,6 +75,12 @@ class EngineConfig:
         if self.preemption_mode not in ("recompute", "swap"):
             raise ConfigError(
                 f"preemption_mode: expected 'recompute' or 'swap', got {self.preemption_mode!r}")
+        if self.preemption_policy is not None:
+            from pagedkv.core.preemption import PREEMPTION_POLICIES
+
+            if self.preemption_policy not in PREEMPTION_POLICIES:
+                raise ConfigError(f"preemption_policy: expected one of "
+                                  f"{sorted(PREEMPTION_POLICIES)}, got {self.preemption_policy!r}")
         if self.scheduling_policy not in ("fcfs", "priority"):
             raise ConfigError(f"scheduling_policy: expected 'fcfs' or 'priority', got "
                               f"{self.scheduling_policy!r}")
@@ -82,6 +94,9 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: expected an int >= 0, got {value!r}")
+        if self.kv_tier_write not in ("through", "evict"):
+            raise ConfigError(f"kv_tier_write: expected 'through' or 'evict', got "
+                              f"{self.kv_tier_write!r}")
         if not 0.0 <= self.watermark < 1.0:
             raise ConfigError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
 

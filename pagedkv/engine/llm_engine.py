@@ -64,7 +64,8 @@ class LLMEngine:
         self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend)
         self.tiers = None if not cfg.uses_tiers else EngineTiers(
             self.runner, self.loaded.name, host_bytes=cfg.kv_host_bytes,
-            disk_path=cfg.kv_disk_path, disk_bytes=cfg.kv_disk_bytes, remote=cfg.kv_remote)
+            disk_path=cfg.kv_disk_path, disk_bytes=cfg.kv_disk_bytes, remote=cfg.kv_remote,
+            write=cfg.kv_tier_write)
         self.scheduler = Scheduler(self.runner, cfg, cfg.token_budget(self.max_model_len),
                                    self.tiers)
         self.tokenizer = self.loaded.tokenizer

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 
+from pagedkv.core.preemption import PREEMPTION_POLICIES
 from pagedkv.engine.config import EngineConfig
 from pagedkv.engine.request import EngineSeq, SeqState
 from pagedkv.engine.tiering import EngineTiers
@@ -90,7 +92,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_remaining, budget)
-            grown, victims = self._grow(seq, n)
+            grown, victims = self._grow(seq, n, i)
             preempted |= victims > 0
             if not grown:
                 break
@@ -102,9 +104,10 @@ class Scheduler:
             self._admit_waiting(out, budget)
         return out
 
-    def _grow(self, seq: EngineSeq, n: int) -> tuple[bool, int]:
-        """Allocate slots for ``n`` more tokens of a running sequence, preempting from the tail
-        of the running queue while the pool is dry. Returns (allocated, preemptions)."""
+    def _grow(self, seq: EngineSeq, n: int, index: int) -> tuple[bool, int]:
+        """Allocate slots for ``n`` more tokens of ``seq`` (``running[index]``), preempting a
+        sequence not yet scheduled this step while the pool is dry. Returns (allocated,
+        preemptions)."""
         victims = 0
         start = seq.num_computed
         while True:
@@ -112,11 +115,22 @@ class Scheduler:
                 self.runner.append(seq.seq_id, seq.tokens[start:start + n])
                 return True, victims
             except OutOfBlocksError:
-                victim = self.running[-1]
+                victim = self._victim(index)
                 self._preempt(victim)
                 victims += 1
                 if victim is seq:
                     return False, victims
+
+    def _victim(self, index: int) -> EngineSeq:
+        """The sequence to preempt among ``running[index:]`` (those not scheduled yet this
+        step): the tail of the scheduling order (lowest priority, newest), or the first by the
+        manager's ``preemption_policy`` (``lru``, ``longest``, ...) when one is configured."""
+        policy = self.config.preemption_policy
+        if policy is None:
+            return self.running[-1]
+        by_id: dict[Hashable, EngineSeq] = {s.seq_id: s for s in self.running[index:]}
+        order = PREEMPTION_POLICIES[policy]([self.manager.seq(sid) for sid in by_id])
+        return by_id[order[0].seq_id]
 
     def _preempt(self, seq: EngineSeq) -> None:
         self.running.remove(seq)

@@ -6,7 +6,10 @@ the prompt's block-hash chain; those blocks are allocated with the prompt's firs
 (every value validated) and committed, so the step computes only what follows. A load that
 comes back short (a block evicted or rejected meanwhile) just leaves more to compute. After
 each step, every block that became full and computed is written through to the tiers (copied
-out of storage at once; the encoding and the writes run on a background thread).
+out of storage at once; the encoding and the writes run on a background thread). With
+``write="evict"`` a block is written only when the device evicts it from its prefix cache (the
+pool's eviction listener hands it over before the block is reused): fewer writes, and the tiers
+act as a victim cache, but other processes see a block only once this one let it go.
 
 The keys are the manager's chained sha256 block hashes (process-independent, the cache salt in
 the root) under a fingerprint of the model and the cache geometry, so two processes serving the
@@ -47,7 +50,7 @@ class EngineTiers:
 
     def __init__(self, runner: PagedModelRunner, model_name: str, *, host_bytes: int = 0,
                  disk_path: str | None = None, disk_bytes: int = 64 << 30,
-                 remote: str | None = None) -> None:
+                 remote: str | None = None, write: str = "through") -> None:
         from pagedkv.tiers import (
             DiskTier,
             HostTier,
@@ -78,6 +81,15 @@ class EngineTiers:
         cfg = self.manager.config
         self._hash_fn = HASH_FUNCTIONS[cfg.hash_algo]
         self.block_size = cfg.block_size
+        self.write = write
+        if write == "evict":
+            self.manager.pool.set_evict_listener(self._on_evict)
+
+    def _on_evict(self, pairs: list[tuple[int, Any]]) -> None:
+        """Blocks leaving the device prefix cache, KV still intact: write them down."""
+        kept = [(b, h) for b, h in pairs if isinstance(h, bytes)]
+        if kept:
+            self.cache.store([h for _, h in kept], [b for b, _ in kept])
 
     def prompt_hashes(self, tokens: list[int], cache_salt: str | None) -> list[bytes]:
         """The chained hash of every full block of ``tokens`` (as the manager computes them)."""
@@ -103,6 +115,8 @@ class EngineTiers:
 
     def store_new(self, seq_id: Hashable, old_computed: int, new_computed: int) -> None:
         """Write through the blocks that became full and computed in this step."""
+        if self.write != "through":
+            return
         bs = self.block_size
         lo, hi = old_computed // bs, new_computed // bs
         if hi <= lo:
@@ -118,6 +132,7 @@ class EngineTiers:
         return self.cache.stats()
 
     def close(self) -> None:
+        self.manager.pool.set_evict_listener(None)
         self.cache.close()
         if self.embedded is not None:
             self.embedded.stop()

@@ -56,6 +56,33 @@ _COUNTERS = {
 }
 
 
+_TIER_COUNTERS = {
+    "lookups": "Tier lookups (one per admitted prompt that missed on the device).",
+    "hit_tokens": "Tokens the tier held at lookup.",
+    "bytes_loaded": "Bytes read from the tier.",
+    "bytes_stored": "Bytes written to the tier.",
+    "rejected": "Values that failed validation (never used as KV).",
+    "errors": "Tier faults (timeouts, connection errors); each cost only recomputation.",
+    "dropped_writes": "Writes dropped (tier full, or the write queue full).",
+}
+_TIER_GAUGES = {"load_gbps": "Load throughput, GB/s.", "store_gbps": "Store throughput, GB/s."}
+
+
+def tier_metrics(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:
+    """``pagedkv:kv_tier_*{tier="host|disk|remote"}`` from ``TieredKVCache.stats()``."""
+    tiers = {name: st for name, st in stats.items() if name != "connector"}
+    for key, doc in _TIER_COUNTERS.items():
+        fam = CounterMetricFamily(f"{PREFIX}kv_tier_{key}", doc, labels=["tier"])
+        for name, st in tiers.items():
+            fam.add_metric([name], float(st.get(key, 0)))
+        yield fam
+    for key, doc in _TIER_GAUGES.items():
+        gauge = GaugeMetricFamily(f"{PREFIX}kv_tier_{key}", doc, labels=["tier"])
+        for name, st in tiers.items():
+            gauge.add_metric([name], float(st.get(key, 0)))
+        yield gauge
+
+
 class EngineCollector(Collector):
     def __init__(self, engine: AsyncLLMEngine) -> None:
         self.engine = engine
@@ -66,6 +93,9 @@ class EngineCollector(Collector):
             yield GaugeMetricFamily(PREFIX + name, doc, value=snap[name])
         for name, doc in _COUNTERS.items():
             yield CounterMetricFamily(PREFIX + name, doc, value=snap[name])
+        tiers = self.engine.engine.tiers
+        if tiers is not None:
+            yield from tier_metrics(tiers.stats())
 
 
 class ServerMetrics:

@@ -196,6 +196,8 @@ async def stream_events(job: Job) -> AsyncIterator[str]:
     head = {"id": job.id, "object": obj, "created": job.created, "model": job.model}
     finals: dict[int, RequestOutput] = {}
     started: set[int] = set()
+    done: set[int] = set()  # choices whose finish chunk was sent (a later output of the same
+    # request, for another of its n samples, still carries this one's finish_reason)
     async for i, out in merged(job):
         if out.error:
             yield _sse({"error": {"message": f"the engine failed this request: {out.error}",
@@ -203,8 +205,10 @@ async def stream_events(job: Job) -> AsyncIterator[str]:
             return
         for c in out.outputs:
             index = i * job.n + c.index
-            if not (c.delta_text or c.delta_token_ids or c.finish_reason):
+            if index in done or not (c.delta_text or c.delta_token_ids or c.finish_reason):
                 continue
+            if c.finish_reason is not None:
+                done.add(index)
             if (c.finish_reason is None and not c.delta_text and index in started
                     and job.num_logprobs is None):  # held-back text: keep its tokens' logprobs
                 continue

@@ -11,10 +11,13 @@ import csv
 import io
 import json
 import math
+import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Report = dict[str, Any]
+WIDTH = 100  # wrap long lines of the text report here
 
 
 def _pct(x: object) -> str:
@@ -29,6 +32,20 @@ def _num(x: object, digits: int = 1) -> str:
     return str(x)
 
 
+def format_ms(ms: object) -> str:
+    """A duration for people: milliseconds below 10,000 ms, then seconds, minutes, hours."""
+    if not isinstance(ms, int | float) or not math.isfinite(ms):
+        return "-"
+    size = abs(ms)
+    if size < 10_000:
+        return f"{ms:,.1f} ms" if size < 100 else f"{ms:,.0f} ms"
+    if size < 600_000:
+        return f"{ms / 1e3:,.1f} s"
+    if size < 7_200_000:
+        return f"{ms / 6e4:,.1f} min"
+    return f"{ms / 3.6e6:,.1f} h"
+
+
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     rows = [list(r) for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
@@ -39,7 +56,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def hitrate_table(results: list[Mapping[str, Any]]) -> str:
+def hitrate_table(results: Sequence[Mapping[str, Any]]) -> str:
     """One row per (block size, capacity), one column per policy; ceilings listed above."""
     finite = [r for r in results if r["policy"] != "infinite"]
     policies = list(dict.fromkeys(r["policy"] for r in finite))
@@ -71,12 +88,32 @@ def hitrate_table(results: list[Mapping[str, Any]]) -> str:
     if underfilled:
         lines.append("* cache never filled before the measurement window (capacity exceeds "
                      "the warm-up working set)")
-    speed = [r for r in finite if r.get("refs_per_second")]
+    speed = _replay_speed(finite)
     if speed:
-        lines.append("replay speed: " + "; ".join(
-            f"{r['policy']}@{r['block_size']}x{r['capacity_blocks']}: "
-            f"{r['refs_per_second'] / 1e6:.2f}M refs/s" for r in speed))
+        lines.append(_wrap(speed, "", "  "))
     return "\n".join(lines)
+
+
+def _replay_speed(results: Sequence[Mapping[str, Any]]) -> str:
+    """Block references replayed per second, per policy (a range over the sweep's points)."""
+    by_policy: dict[str, list[float]] = {}
+    for r in results:
+        if r.get("refs_per_second"):
+            by_policy.setdefault(r["policy"], []).append(r["refs_per_second"] / 1e6)
+    parts = [f"{p} {min(v):.2f}" + (f"-{max(v):.2f}" if max(v) > min(v) + 0.005 else "")
+             for p, v in by_policy.items()]
+    return "replay speed (million block refs/s): " + ", ".join(parts) if parts else ""
+
+
+def _glue(m: re.Match[str]) -> str:
+    return f"{m[1]}\u00a0{m[2]}" if m[1] else f"{m[3]}\u00a0"
+
+
+def _wrap(text: str, first: str, rest: str) -> str:
+    """Wrap at ``WIDTH``, never parting a number from its unit or a flag from its value."""
+    glued = re.sub(r"(\d) (ms|s|min|h)\b|(--[\w-]+) (?=\w)", _glue, text)
+    return textwrap.fill(glued, width=WIDTH, initial_indent=first, subsequent_indent=rest,
+                         break_on_hyphens=False).replace("\u00a0", " ")
 
 
 SERVING_COLUMNS = [
@@ -88,11 +125,11 @@ SERVING_COLUMNS = [
     ("batch", "mean_batch", 1),
     ("req/s", "throughput_req_s", 2),
     ("out tok/s", "throughput_out_tok_s", 0),
-    ("queue ms", "queue_ms_mean", 0),
-    ("TTFT p50", "ttft_ms_p50", 0),
-    ("TTFT p99", "ttft_ms_p99", 0),
-    ("TPOT p50", "tpot_ms_p50", 1),
-    ("TPOT p99", "tpot_ms_p99", 1),
+    ("queue mean", "queue_ms_mean", "ms"),
+    ("TTFT p50", "ttft_ms_p50", "ms"),
+    ("TTFT p99", "ttft_ms_p99", "ms"),
+    ("TPOT p50", "tpot_ms_p50", "ms"),
+    ("TPOT p99", "tpot_ms_p99", "ms"),
 ]
 
 
@@ -102,8 +139,8 @@ def serving_table(results: list[Mapping[str, Any]]) -> str:
         row = []
         for _, key, fmt in SERVING_COLUMNS:
             v = s.get(key)
-            row.append(_pct(v) if fmt == "pct" else _num(v, fmt) if isinstance(fmt, int)
-                       else str(v))
+            row.append(_pct(v) if fmt == "pct" else format_ms(v) if fmt == "ms"
+                       else _num(v, fmt) if isinstance(fmt, int) else str(v))
         rows.append(row)
     return _table([c[0] for c in SERVING_COLUMNS], rows)
 
@@ -124,6 +161,10 @@ def render_text(report: Report) -> str:
         cfg = report.get("config", {})
         parts += ["", f"== serving replay ({cfg.get('cost_model', '')}) ==",
                   serving_table(report["serving"])]
+    notes = [*report.get("notes", []), *report.get("warnings", [])]
+    if notes:
+        parts.append("")
+        parts += [_wrap(n, "note: ", "  ") for n in notes]
     return "\n".join(parts)
 
 

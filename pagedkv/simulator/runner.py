@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pagedkv.errors import InvalidArgumentError
+from pagedkv.simulator.advice import serving_warnings
 from pagedkv.simulator.blocks import BlockStream, build_block_stream
 from pagedkv.simulator.contiguous import RESERVATIONS, ContiguousBackend, default_max_model_len
 from pagedkv.simulator.costmodel import LinearCostModel
@@ -55,9 +56,8 @@ class SimulationConfig:
             raise InvalidArgumentError(f"unknown mode(s) {bad or self.modes}; known: {MODES}")
         if not self.block_sizes or min(self.block_sizes) <= 0:
             raise InvalidArgumentError(f"block sizes must be positive, got {self.block_sizes}")
-        if self.kv_tokens is not None and self.kv_tokens < max(self.block_sizes):
-            raise InvalidArgumentError(
-                f"kv_tokens {self.kv_tokens} holds no block of {max(self.block_sizes)} tokens")
+        if self.kv_tokens is not None and any(m != "hitrate" for m in self.modes):
+            serving_blocks(self.kv_tokens, self.block_sizes[0], given=True)
         if not self.arrival_scale > 0:
             raise InvalidArgumentError(f"arrival_scale must be > 0, got {self.arrival_scale}")
         resolve_jobs(self.jobs)
@@ -65,6 +65,11 @@ class SimulationConfig:
         unknown = [p for p in self.policies if p not in known]
         if unknown:
             raise InvalidArgumentError(f"unknown policy {unknown}; known: {known}")
+        if self.serve_policy not in manager_policies():
+            raise InvalidArgumentError(f"unknown serving policy {self.serve_policy!r}; known: "
+                                       f"{list(manager_policies())}")
+        for bs in self.block_sizes:  # token capacities that hold no block fail before the run
+            capacities_for(bs, self.capacities, self.capacity_tokens)
 
 
 def default_capacities(stream: BlockStream) -> list[int]:
@@ -129,6 +134,19 @@ def _scaled(trace: Trace, scale: float) -> Trace:
     return Trace(reqs, trace.hash_block_size, trace.name, dict(trace.meta))
 
 
+def serving_blocks(kv_tokens: int, block_size: int, *, given: bool) -> int:
+    """Blocks of ``block_size`` in ``kv_tokens`` of serving memory; refuses zero with what
+    would fit."""
+    blocks = kv_tokens // block_size
+    if blocks <= 0:
+        what = "--kv-tokens" if given else "the default serving memory (--kv-tokens)"
+        raise InvalidArgumentError(
+            f"{what} of {kv_tokens:,} tokens holds 0 blocks of {block_size:,} tokens, so the "
+            f"serving replay would have no KV memory: use --block-size <= {kv_tokens:,}, "
+            f"--kv-tokens >= {block_size:,}, or --mode hitrate")
+    return blocks
+
+
 ServeInputs = tuple[Trace, BlockStream, int, SimulationConfig]  # trace, stream, blocks, config
 BackendSpec = tuple[str, Any]  # ("paged", prefix caching on?) or ("contiguous", reservation)
 
@@ -151,12 +169,10 @@ def _serve_point(inputs: ServeInputs, spec: BackendSpec
     return be.name, dict(res.summary), res.timeline
 
 
-def _serve(trace: Trace, cfg: SimulationConfig, bar: ProgressBar
+def _serve(trace: Trace, cfg: SimulationConfig, blocks: int, bar: ProgressBar
            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], int]:
     trace = _scaled(trace, cfg.arrival_scale)
     bs = cfg.block_sizes[0]
-    kv = cfg.kv_tokens or default_kv_tokens(trace)
-    blocks = kv // bs
     inputs: ServeInputs = (trace, build_block_stream(trace, bs), blocks, cfg)
     specs: list[BackendSpec] = []
     caching = False
@@ -192,12 +208,18 @@ def run_simulation(trace: Trace, cfg: SimulationConfig, progress: ProgressBar | 
     conf["cost_model"] = cfg.cost.describe()
     report["config"] = conf
     timelines: dict[str, dict[str, np.ndarray]] = {}
+    serving = "serve" in cfg.modes or "baselines" in cfg.modes
+    if serving:  # before the hit-rate sweep: a memory that holds no block fails at once
+        kv = cfg.kv_tokens or default_kv_tokens(trace)
+        blocks = serving_blocks(kv, cfg.block_sizes[0], given=cfg.kv_tokens is not None)
     if "hitrate" in cfg.modes:
         if not trace.has_prefix_info:
             report["notes"] = ["trace has no prefix information: hit rate is 0 by construction"]
         report["hitrate"] = _hitrate(trace, cfg, bar)
-    if "serve" in cfg.modes or "baselines" in cfg.modes:
-        report["serving"], timelines, kv = _serve(trace, cfg, bar)
+    if serving:
+        report["serving"], timelines, kv = _serve(trace, cfg, blocks, bar)
         report["config"]["kv_tokens_used"] = kv
+        report["warnings"] = serving_warnings(report["serving"], trace, cfg.cost,
+                                              cfg.arrival_scale, cfg.limits.max_num_seqs)
     bar.close()
     return report, timelines

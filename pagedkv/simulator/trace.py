@@ -10,9 +10,11 @@ from. Prefix identity is carried as *hash ids* at the trace's own granularity (M
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +23,9 @@ from pagedkv.errors import InvalidArgumentError
 
 #: Tokens covered by one Mooncake hash id.
 MOONCAKE_BLOCK_TOKENS = 512
+MOONCAKE_FIELDS = ("input_length", "hash_ids")  # required; timestamp and output_length default to 0
+AZURE_FIELDS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -100,28 +105,79 @@ def _validate_request(index: int, r: Request, hash_block_size: int | None) -> No
         )
 
 
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file (gzip-compressed or not); a binary file, a directory or
+    an unreadable file is an :class:`InvalidArgumentError` that names the file (and line)."""
+    if path.is_dir():
+        raise InvalidArgumentError(f"trace {path} is a directory; give a .jsonl or .csv file")
+    lineno = 0
+    try:
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == GZIP_MAGIC
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as fh:
+            if b"\x00" in fh.read(4096):
+                raise InvalidArgumentError(
+                    f"trace {path} is a binary file, not a Mooncake JSONL or Azure CSV trace")
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as lines:
+            for raw_line in lines:  # decoded line by line, so an error names its line
+                lineno += 1
+                yield raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(
+            f"{path}:{lineno}: not UTF-8 text ({exc.reason}); is this a trace?") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable; a corrupt or truncated gzip
+        raise InvalidArgumentError(f"cannot read trace {path}: {exc}") from exc
+
+
+class _ArrivalOrder:
+    """Refuses a trace whose arrival times go backwards or are not finite numbers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = -math.inf
+
+    def check(self, lineno: int, t: float) -> None:
+        if not math.isfinite(t):
+            raise InvalidArgumentError(f"{self.path}:{lineno}: timestamp is not finite: {t}")
+        if t < self.last:
+            raise InvalidArgumentError(
+                f"{self.path}:{lineno}: timestamp {t:g} is earlier than the previous request's "
+                f"{self.last:g}; the trace must be sorted by arrival time")
+        self.last = t
+
+
+def _mooncake_request(rec: object) -> Request:
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+    for name in MOONCAKE_FIELDS:
+        if name not in rec:
+            raise ValueError(f"missing field {name!r}")
+    return Request(
+        arrival_ms=float(rec.get("timestamp", 0.0)),
+        input_len=int(rec["input_length"]),
+        output_len=int(rec.get("output_length", 0)),
+        hash_ids=tuple(int(h) for h in rec["hash_ids"]),
+    )
+
+
 def load_mooncake(path: str | Path, *, limit: int = 0) -> Trace:
     """Load a Mooncake JSONL trace (``timestamp`` ms, ``input_length``, ``output_length``,
-    ``hash_ids``: one id per 512-token prompt block)."""
+    ``hash_ids``: one id per 512-token prompt block), sorted by ``timestamp``."""
+    path = Path(path)
     requests: list[Request] = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                req = Request(
-                    arrival_ms=float(rec.get("timestamp", 0.0)),
-                    input_len=int(rec["input_length"]),
-                    output_len=int(rec.get("output_length", 0)),
-                    hash_ids=tuple(int(h) for h in rec["hash_ids"]),
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidArgumentError(f"{path}:{lineno}: bad Mooncake record: {exc}") from exc
-            requests.append(req)
-            if limit and len(requests) >= limit:
-                break
-    return Trace(requests, MOONCAKE_BLOCK_TOKENS, name=Path(path).name)
+    order = _ArrivalOrder(path)
+    for lineno, line in enumerate(_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            req = _mooncake_request(json.loads(line))
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgumentError(f"{path}:{lineno}: bad Mooncake record: {exc}") from exc
+        order.check(lineno, req.arrival_ms)
+        requests.append(req)
+        if limit and len(requests) >= limit:
+            break
+    return Trace(requests, MOONCAKE_BLOCK_TOKENS, name=path.name)
 
 
 def _parse_azure_time(text: str) -> float:
@@ -133,39 +189,51 @@ def _parse_azure_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp() * 1000.0
 
 
+def _azure_row(row: dict[str, str | None]) -> tuple[float, int, int]:
+    for name in AZURE_FIELDS:
+        if row.get(name) is None:
+            raise ValueError(f"missing field {name!r}")
+    return (_parse_azure_time(str(row["TIMESTAMP"])), int(str(row["ContextTokens"])),
+            int(str(row["GeneratedTokens"])))
+
+
 def load_azure(path: str | Path, *, limit: int = 0) -> Trace:
     """Load an Azure LLM inference CSV trace (``TIMESTAMP, ContextTokens, GeneratedTokens``).
 
-    Arrival times are made relative to the first request. The format has no prefix information,
-    so requests carry no hash ids (every prompt is unique content).
+    Arrival times are made relative to the first request; rows must be sorted by time. The
+    format has no prefix information, so requests carry no hash ids (every prompt is unique
+    content). Error messages name the file's own line number (blank lines included).
     """
+    path = Path(path)
     requests: list[Request] = []
     t0: float | None = None
-    with Path(path).open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        for lineno, row in enumerate(reader, 2):
-            try:
-                t = _parse_azure_time(row["TIMESTAMP"])
-                ctx = int(row["ContextTokens"])
-                gen = int(row["GeneratedTokens"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidArgumentError(f"{path}:{lineno}: bad Azure record: {exc}") from exc
-            if ctx <= 0:
-                continue  # a zero-length prompt cannot occupy KV memory; skip like the trace docs
-            t0 = t if t0 is None else t0
-            requests.append(Request(t - t0, ctx, max(gen, 0)))
-            if limit and len(requests) >= limit:
-                break
-    return Trace(requests, None, name=Path(path).name)
+    order = _ArrivalOrder(path)
+    reader = csv.DictReader(_text_lines(path))
+    for row in reader:
+        try:
+            t, ctx, gen = _azure_row(row)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgumentError(
+                f"{path}:{reader.line_num}: bad Azure record: {exc}") from exc
+        order.check(reader.line_num, t)
+        if ctx <= 0:
+            continue  # a zero-length prompt cannot occupy KV memory; skip like the trace docs
+        t0 = t if t0 is None else t0
+        requests.append(Request(t - t0, ctx, max(gen, 0)))
+        if limit and len(requests) >= limit:
+            break
+    return Trace(requests, None, name=path.name)
 
 
 def load_trace(path: str | Path, fmt: str = "auto", *, limit: int = 0) -> Trace:
-    """Load ``path`` as ``fmt`` (``mooncake``, ``azure`` or ``auto`` = by extension)."""
+    """Load ``path`` as ``fmt`` (``mooncake``, ``azure`` or ``auto`` = by extension, ``.gz``
+    ignored: gzip-compressed traces are read as they are)."""
     p = Path(path)
     if not p.exists():
         raise InvalidArgumentError(f"trace file not found: {p}")
     if fmt == "auto":
-        fmt = "azure" if p.suffix.lower() == ".csv" else "mooncake"
+        suffixes = [s.lower() for s in p.suffixes if s.lower() != ".gz"]
+        fmt = "azure" if suffixes[-1:] == [".csv"] else "mooncake"
     if fmt == "mooncake":
         return load_mooncake(p, limit=limit)
     if fmt == "azure":

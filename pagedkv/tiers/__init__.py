@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pagedkv.registry import Registry
 from pagedkv.tiers.base import (
     TIERS,
     KVTier,
-    Registry,
     TierConfigError,
     TierError,
     TierStats,

@@ -20,9 +20,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Generic, TypeVar
 
-from pagedkv.errors import InvalidArgumentError, PagedKVError
+from pagedkv.errors import InvalidArgumentError, PagedKVError, UnknownNameError
+from pagedkv.registry import Registry
 
 log = logging.getLogger("pagedkv.tiers")
 
@@ -219,40 +219,16 @@ class KVTier(ABC):
     def _clear(self) -> None: ...
 
 
-T = TypeVar("T")
-
-
-class Registry(Generic[T]):
-    """Name -> factory, with a clear error for unknown names (tiny; no generic one in pagedkv)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._items: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@TIERS.register("host")``."""
-
-        def wrap(item: T) -> T:
-            self._items[name] = item
-            return item
-
-        return wrap
-
-    def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise TierConfigError(
-                f"{self.what}: unknown name {name!r}; expected one of {self.names()}"
-            ) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._items)
-
-
+#: Tier factories by name (``@TIERS.register("host")``; a taken name raises ``RegistryError``
+#: unless ``replace=True``).
 TIERS: Registry[Callable[..., KVTier]] = Registry("kv tier")
 
 
 def create_tier(name: str, **kwargs: object) -> KVTier:
-    """Build a registered tier: ``create_tier("disk", path="/var/cache/pkv")``."""
-    return TIERS.get(name)(**kwargs)
+    """Build a registered tier: ``create_tier("disk", path="/var/cache/pkv")``. An unknown name
+    raises ``TierConfigError`` listing the registered ones."""
+    try:
+        factory = TIERS[name]
+    except UnknownNameError as exc:
+        raise TierConfigError(str(exc)) from None
+    return factory(**kwargs)

@@ -169,7 +169,8 @@ def test_registry():
             register_attention_backend("torch")(Dummy)
         assert get_attention_backend("torch").name == "torch"
     finally:
-        registry._BACKENDS.pop("test-dummy", None)
+        if "test-dummy" in registry._BACKENDS:
+            registry._BACKENDS.unregister("test-dummy")
         registry._INSTANCES.pop("test-dummy", None)
 
 

@@ -203,7 +203,7 @@ def test_lru_subclass_overrides_are_honoured_not_bypassed_by_the_queue_fast_path
 
     assert LRUPolicy(4).queue is not None
     assert MRU(4).queue is None  # an override switches the pool to the per-call protocol
-    EVICTION_POLICIES["test_mru"] = MRU
+    EVICTION_POLICIES.register("test_mru", MRU)
     try:
         mgr = BlockManager(CacheConfig(block_size=2, num_blocks=3, eviction_policy="test_mru"))
         mgr.admit("a", [1, 1, 2, 2], compute_last_token=False)  # blocks 1, 2
@@ -214,7 +214,7 @@ def test_lru_subclass_overrides_are_honoured_not_bypassed_by_the_queue_fast_path
         assert mgr.block_table("b") == [2]
         mgr.check_integrity()
     finally:
-        del EVICTION_POLICIES["test_mru"]
+        EVICTION_POLICIES.unregister("test_mru")
 
 
 def test_policy_without_super_init_works():
@@ -241,7 +241,7 @@ def test_policy_without_super_init_works():
         def order(self):
             return list(self.q)
 
-    EVICTION_POLICIES["test_bare"] = Bare
+    EVICTION_POLICIES.register("test_bare", Bare)
     try:
         mgr = BlockManager(CacheConfig(block_size=2, num_blocks=4, eviction_policy="test_bare"))
         mgr.admit("a", [1, 1, 2, 2, 3])
@@ -253,4 +253,4 @@ def test_policy_without_super_init_works():
         assert mgr.pool.num_evictions == 2
         mgr.check_integrity()
     finally:
-        del EVICTION_POLICIES["test_bare"]
+        EVICTION_POLICIES.unregister("test_bare")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from pagedkv import OutOfBlocksError, SequenceStateError, UnknownSequenceError
+from pagedkv.core import HASH_FUNCTIONS, register_hash_function
 
 
 def test_admit_allocates_fresh_blocks_in_order(make_mgr):
@@ -190,6 +193,36 @@ def test_admit_batch_is_all_or_nothing(make_mgr):
         mgr.admit_batch(["c", "d"], [[5] * 12, [6] * 12])
     assert (list(mgr.pool.free), mgr.seq_ids) == before
     mgr.check_integrity()
+
+
+def test_admit_batch_hashes_each_prompt_once_and_matches_admit(make_mgr):
+    calls = []
+
+    def counting_sha256(data: bytes) -> bytes:
+        calls.append(data)
+        return hashlib.sha256(data).digest()
+
+    register_hash_function("test-counting", counting_sha256)
+    try:
+        prompts = [list(range(9)), [*range(8), 5, 6, 7, 8, 9], [7] * 3]
+        batch = make_mgr(num_blocks=20, hash_algo="test-counting")
+        one_by_one = make_mgr(num_blocks=20)
+        for mgr in (batch, one_by_one):
+            mgr.admit("p", list(range(9)), cache_salt="s")
+            mgr.commit(["p"])
+        calls.clear()
+        hits = batch.admit_batch(["a", "b", "c"], prompts, cache_salt="s")
+        assert hits.tolist() == [8, 8, 0]
+        assert len(calls) == 1 + 2 + 3 + 0  # the batch's root hash, then each full block once
+        assert hits.tolist() == [one_by_one.admit(sid, p, cache_salt="s")
+                                 for sid, p in zip("abc", prompts, strict=True)]
+        for sid in "abc":
+            assert batch.block_table(sid) == one_by_one.block_table(sid)
+            assert batch.seq(sid).block_hashes == one_by_one.seq(sid).block_hashes
+        assert batch.stats().as_dict() == one_by_one.stats().as_dict()
+        batch.check_integrity()
+    finally:
+        HASH_FUNCTIONS.unregister("test-counting")
 
 
 def test_packed_slot_mapping_and_seq_lens(make_mgr):

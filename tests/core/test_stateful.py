@@ -18,6 +18,7 @@ block must keep its content: this catches any block shared, reused or evicted wr
 from __future__ import annotations
 
 import os
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,11 @@ SHARED_PREFIXES = (
 )
 SALTS = (None, None, None, "tenant-b")
 TOKEN = st.integers(0, 3)  # a tiny alphabet: random tails collide often
+# append's inputs: a plain int and short lists take its fast path, the rest the general one
+APPEND_FORMS: dict[str, Any] = {
+    "int": lambda t: t[0], "list": list, "numpy": lambda t: np.array(t, dtype=np.int64),
+    "array": lambda t: array("q", t), "tuple": tuple,
+}
 WINDOWS = st.one_of(
     st.just(None), st.just(None), st.just(None),
     st.builds(SlidingWindow, st.integers(1, 6), st.integers(0, 3)),
@@ -265,16 +271,19 @@ class ManagerMachine(RuleBasedStateMachine):
             mgr.commit(ids)
 
     @precondition(lambda self: self.has_running())
-    @rule(data=st.data(), new=st.lists(TOKEN, min_size=1, max_size=5), commit=st.booleans())
-    def append(self, data: st.DataObject, new: list[int], commit: bool) -> None:
+    @rule(data=st.data(), new=st.lists(TOKEN, min_size=1, max_size=10), commit=st.booleans(),
+          form=st.sampled_from(sorted(APPEND_FORMS)))
+    def append(self, data: st.DataObject, new: list[int], commit: bool, form: str) -> None:
         mgr, bs = self.m, self.bs
         sid = data.draw(st.sampled_from(self.running()), label="sid")
+        if form == "int":  # the per-call decode form: one plain int (append's fast path)
+            new = new[:1]
         n, k = mgr.num_tokens(sid), len(new)
         new_blocks = -(-(n + k) // bs) - -(-n // bs)
         free = mgr.num_free_blocks
         before = snapshot(mgr)
         try:
-            slots = mgr.append(sid, new)
+            slots = mgr.append(sid, APPEND_FORMS[form](new))
         except OutOfBlocksError as err:
             self.out_of_blocks(before, err, fits=new_blocks + 1 <= free)
             return

@@ -154,3 +154,20 @@ def test_serve_cli_accepts_tier_options(tmp_path):
     assert res.returncode == 2
     assert "kv_host_bytes" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_write_on_evict_stores_only_what_the_device_lets_go():
+    eng = make_engine(block_size=4, num_blocks=20, kv_host_bytes=64 << 20,
+                      kv_tier_write="evict")
+    first = _run(eng, LONG)
+    eng.tiers.cache.flush()
+    assert eng.tiers.stats()["connector"]["stored_blocks"] == 0  # nothing evicted yet
+    for p in random_prompts([40, 40, 40], seed=44):  # evict LONG's cached blocks
+        _run(eng, p, 3)
+    eng.tiers.cache.flush()
+    assert eng.tiers.stats()["connector"]["stored_blocks"] > 0
+    before = eng.scheduler.tier_hit_tokens
+    again = _run(eng, LONG)
+    assert again.outputs[0].token_ids == first.outputs[0].token_ids == greedy_ref(LONG, 6)
+    assert eng.scheduler.tier_hit_tokens > before
+    eng.close()

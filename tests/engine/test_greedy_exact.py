@@ -262,3 +262,27 @@ def test_priority_preempts_the_least_urgent():
     pre = {rid: o.metrics.num_preemptions for rid, o in run.final.items()}
     assert pre["r2"] == 0  # the most urgent request is never the victim
     assert pre["r0"] > 0
+
+
+@pytest.mark.parametrize("policy", ["lru", "longest", "newest", "priority"])
+def test_preemption_policy_picks_victims_and_tokens_stay_exact(policy):
+    prompts = random_prompts([9, 21, 6, 14, 3], seed=29)
+    eng = make_engine(block_size=4, num_blocks=14, preemption_policy=policy)
+    victims = []
+    preempt = eng.scheduler._preempt
+
+    def spy(seq):
+        victims.append((seq.seq_id, len(seq.tokens), seq.num_computed))
+        preempt(seq)
+
+    eng.scheduler._preempt = spy
+    run = drive(eng, [(f"r{i}", p, greedy(16)) for i, p in enumerate(prompts)])
+    _check_exact(run, prompts, 16)
+    assert victims, "the pool is small enough to force preemption"
+
+
+def test_unknown_preemption_policy_is_refused():
+    from pagedkv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="preemption_policy"):
+        make_engine(block_size=4, num_blocks=14, preemption_policy="random")

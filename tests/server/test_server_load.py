@@ -18,7 +18,21 @@ def totals(server) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------ disconnect
-def test_disconnect_mid_stream_aborts(server):
+def _slow_steps(server, monkeypatch, seconds=0.01):
+    """Make each engine step take ``seconds`` more: the tiny model would otherwise finish a
+    long request before the test's next move reaches the server."""
+    runner = server.engine.engine.runner
+    forward = runner.forward
+
+    def slow_forward(seq_ids):
+        time.sleep(seconds)
+        return forward(seq_ids)
+
+    monkeypatch.setattr(runner, "forward", slow_forward)
+
+
+def test_disconnect_mid_stream_aborts(server, monkeypatch):
+    _slow_steps(server, monkeypatch)
     max_tokens = 480
     before = totals(server)
     body = {"model": MODEL, "prompt": "disconnect me", "max_tokens": max_tokens,
@@ -239,8 +253,9 @@ def test_metrics_match_the_engine():
         assert m[f"pagedkv:{gauge}"] == 0.0, gauge
 
 
-def test_metrics_gauges_while_busy(server):
+def test_metrics_gauges_while_busy(server, monkeypatch):
     """While a long request streams, the running gauge and KV usage are non-zero."""
+    _slow_steps(server, monkeypatch)
     body = {"model": MODEL, "prompt": "busy " * 10, "max_tokens": 450, "stream": True,
             "ignore_eos": True}
     with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:

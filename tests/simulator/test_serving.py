@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pagedkv.errors import InvalidArgumentError
@@ -184,9 +186,9 @@ def test_chunked_prefill_preempts_the_newest_request_even_mid_prefill() -> None:
     preempted: list[tuple[int, int]] = []
     preempt = be.mgr.preempt
 
-    def spy(seq_id: int, mode: str = "recompute") -> None:
+    def spy(seq_id: Any, mode: str = "recompute") -> Any:  # whatever preempt returns
         preempted.append((seq_id, be.mgr.num_tokens(seq_id)))
-        preempt(seq_id, mode)
+        return preempt(seq_id, mode)
 
     be.mgr.preempt = spy  # type: ignore[method-assign]
     limits = SchedulerLimits(max_batched_tokens=8, chunked_prefill=True)

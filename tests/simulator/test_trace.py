@@ -66,3 +66,39 @@ def test_request_validation() -> None:
     with pytest.raises(InvalidArgumentError, match="output_len must be >= 0, got -1"):
         from_lengths([(3, -1)])
     assert from_lengths([(3, 1), (4, 2)]).summary()["mean_input_tokens"] == 3.5
+
+
+def test_gzipped_trace_reads_like_the_plain_one(tmp_path: Path) -> None:
+    import gzip
+
+    plain = tmp_path / "t.jsonl"
+    plain.write_text(json.dumps({"timestamp": 3, "input_length": 600, "output_length": 2,
+                                 "hash_ids": [0, 1]}) + "\n")
+    packed = tmp_path / "t.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert load_trace(packed).requests == load_trace(plain).requests
+    csv_gz = tmp_path / "a.csv.gz"
+    csv_gz.write_bytes(gzip.compress(b"TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                                     b"2023-11-16 18:17:03.9799600,48,1\n"))
+    assert load_trace(csv_gz).requests[0].input_len == 48  # .csv under .gz: Azure
+
+
+def test_azure_errors_name_the_file_line_and_field(tmp_path: Path) -> None:
+    f = tmp_path / "a.csv"
+    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                 "2023-11-16 18:17:03.9799600,4808,10\n"
+                 "\n"  # a blank line still counts as a line of the file
+                 "2023-11-16 18:17:04.0319600,x,8\n")
+    with pytest.raises(InvalidArgumentError, match=r"a.csv:4: bad Azure record: .*'x'"):
+        load_trace(f)
+    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                 "2023-11-16 18:17:03.9799600,4808\n")
+    with pytest.raises(InvalidArgumentError, match=r"a.csv:2: .*missing field 'GeneratedTokens'"):
+        load_trace(f)
+
+
+def test_mooncake_record_that_is_not_an_object(tmp_path: Path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_text("[1, 2]\n")
+    with pytest.raises(InvalidArgumentError, match=r"t.jsonl:1: .*expected a JSON object"):
+        load_trace(f)

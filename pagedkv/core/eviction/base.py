@@ -1,4 +1,5 @@
-"""The eviction-policy protocol and its registry (policies live in sibling modules).
+"""The eviction-policy protocol and its registry (policies live in sibling modules; the registry
+is a ``pagedkv.registry.Registry``).
 
 A policy orders the *evictable set*: blocks that hold a registered prefix-cache entry and have
 ``ref_cnt == 0``. The block pool drives it through five calls:
@@ -29,15 +30,20 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import ClassVar
 
-EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {}
+from pagedkv.registry import Registry
+
+EVICTION_POLICIES: Registry[type[EvictionPolicy]] = Registry("eviction policy")
 
 
-def register_eviction_policy(name: str) -> Callable[[type[EvictionPolicy]], type[EvictionPolicy]]:
-    """Class decorator adding a policy to ``EVICTION_POLICIES`` under ``name``."""
+def register_eviction_policy(name: str, *, replace: bool = False
+                             ) -> Callable[[type[EvictionPolicy]], type[EvictionPolicy]]:
+    """Class decorator adding a policy to ``EVICTION_POLICIES`` under ``name`` (and setting its
+    ``name``). A taken name raises ``RegistryError`` unless ``replace=True``."""
+    EVICTION_POLICIES.check_available(name, replace=replace)
 
     def wrap(cls: type[EvictionPolicy]) -> type[EvictionPolicy]:
+        EVICTION_POLICIES.register(name, cls, replace=replace)
         cls.name = name
-        EVICTION_POLICIES[name] = cls
         return cls
 
     return wrap
