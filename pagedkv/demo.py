@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pagedkv.chat_cli import add_threads_argument, torch_threads
+from pagedkv.cli_options import add_threads_argument, torch_threads
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.simulator.tour import run_demo  # the --blocks tour
 
@@ -62,12 +62,12 @@ def run_engine_demo(*, model: Any = None, num_blocks: int | None = None, block_s
                     verbose: bool = True) -> dict[str, Any]:
     """Serve :data:`REQUESTS` (one arriving per step) and return the statistics and answers.
 
-    ``model``: what :func:`pagedkv.chat_cli.load_cli_model` takes (None = the default model,
+    ``model``: what :func:`pagedkv.cli_options.load_cli_model` takes (None = the default model,
     ``"tiny-random"`` for tests) or a :class:`~pagedkv.models.LoadedModel`. ``num_blocks``
     defaults to what the longest request needs alone plus two: every request fits, but the
     running ones outgrow the pool as they decode, so the scheduler has to preempt (8 blocks on
     SmolLM2)."""
-    from pagedkv.chat_cli import load_cli_model
+    from pagedkv.cli_options import load_cli_model
     from pagedkv.engine import EngineConfig, LLMEngine, RequestOutput, SamplingParams
     from pagedkv.engine.llm import apply_chat_template
     from pagedkv.models import LoadedModel

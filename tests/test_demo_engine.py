@@ -52,7 +52,7 @@ def check_stats(s: dict[str, Any]) -> None:
 
 def test_engine_demo_does_what_it_says() -> None:
     """One test, so that pytest-xdist runs the demo in one worker only."""
-    from pagedkv.chat_cli import load_cli_model, torch_threads
+    from pagedkv.cli_options import load_cli_model, torch_threads
 
     tiny = load_cli_model("tiny-random")
     buf = io.StringIO()

@@ -17,7 +17,7 @@ from pagedkv.errors import InvalidArgumentError
 
 
 def add_serve_parser(sub: Any) -> None:
-    from pagedkv.chat_cli import add_engine_arguments, add_model_arguments
+    from pagedkv.cli_options import add_engine_arguments, add_model_arguments
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with Prometheus metrics",
                        description=__doc__,
@@ -40,7 +40,7 @@ def add_serve_parser(sub: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pagedkv.chat_cli import engine_config_from, load_cli_model
+    from pagedkv.cli_options import engine_config_from, load_cli_model
     from pagedkv.engine import AsyncLLMEngine, LLMEngine
     from pagedkv.server.app import create_app
 
