@@ -28,7 +28,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,26 +35,13 @@ import torch
 from torch.nn import functional as nnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_medians
 
 from pagedkv.attention import AttentionMetadata, CpuKernelUnavailableError, get_attention_backend
 from pagedkv.storage import KVStorage
 
 HQ, HKV, D, BS = 32, 8, 128, 16
-
-
-def _median_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median wall time (ms) of each function; calls are interleaved so that background load on a
-    shared machine hits every contender alike."""
-    for fn in fns:
-        fn()
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 def bench_one(
@@ -101,7 +87,7 @@ def bench_one(
         cpu_err = float((cpu() - ref).abs().max())
         assert cpu_err < 1e-4, f"cpu kernel disagrees with SDPA: max abs err {cpu_err}"
         fns.append(cpu)
-    times = _median_ms(fns, repeats)
+    times = [t * 1e3 for t in interleaved_medians(fns, repeats, warmup=2)]
     t_sdpa, t_paged = times[0], times[1]
     row = {"batch": batch, "context": context, "sdpa_ms": round(t_sdpa, 3),
            "paged_ms": round(t_paged, 3), "ratio": round(t_paged / t_sdpa, 3),

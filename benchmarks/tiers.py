@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_medians
 
 from pagedkv.core.hashing import HASH_FUNCTIONS, chain_hashes, root_hash
 from pagedkv.storage import KVStorage
@@ -69,19 +70,6 @@ class Row:
     def load_ratio(self) -> float | None:
         """Tier load vs one-GET-per-key baseline (the issue's target: >= 1.5)."""
         return self.load_gbps / self.baseline_get_gbps if self.baseline_get_gbps else None
-
-
-def median_s(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median seconds per function, calls interleaved, one warm-up each."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def prefix_setup(block_size: int, tokens: int) -> tuple[KVStorage, list[bytes], bytes]:
@@ -121,7 +109,7 @@ def measure(tier: KVTier, block_size: int, tokens: int, repeats: int,
     if baseline_url is not None:
         cache.store(hashes, src)
         fns += baseline_fns(baseline_url, cache, hashes)
-    secs = median_s(fns, repeats)
+    secs = interleaved_medians(fns, repeats)
     if not torch.equal(st.kv_cache[:, dst], st.kv_cache[:, src]):
         raise RuntimeError("loaded blocks differ from the stored ones")
     nbytes = n * st.bytes_per_block
