@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -47,8 +48,10 @@ def test_block_hashes_are_deterministic_across_processes():
             "m = BlockManager(CacheConfig(block_size=4, num_blocks=8));"
             "m.admit(0, list(range(12)), cache_salt='s');"
             "print([h.hex() for h in m.seq(0).block_hashes])")
+    # Keep the environment (PYTHONPATH included: the test must pass from an uninstalled
+    # checkout too); vary only the hash seed.
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PYTHONHASHSEED": seed}).stdout
+                           check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2")}
     assert len(outs) == 1
     assert len(outs.pop()) > 100
