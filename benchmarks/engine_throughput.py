@@ -73,14 +73,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _workload import Workload, chat_workload, random_workload
 
-from pagedkv.core import BlockManager
 from pagedkv.engine import LLM, SamplingParams
 from pagedkv.engine.llm_engine import kv_bytes_per_block
 from pagedkv.models import LoadedModel, load_model, random_llama_50m
-
-if not hasattr(BlockManager, "commit"):
-    # remove when core lands commit
-    BlockManager.commit = lambda self, ids: [self.register_prefix(s) for s in ids]  # type: ignore
 
 TARGET_B, TARGET_C, TARGET_OVERHEAD = 2.0, 1.5, 0.10
 SYSTEMS = {"a": "pagedkv engine", "b": "HF generate (static)", "c": "HF continuous batching"}

@@ -1,12 +1,9 @@
-"""Suite-wide settings. Under ``pytest -n N`` every worker runs torch with one thread: N
-workers that each spin up one thread per core fight over the cores (a tiny model ran ~15x
-slower that way on the 2-core CI machine)."""
+"""Suite-wide settings. torch runs with one thread: the suite runs as ``pytest -n 2`` on a
+2-core machine, and workers that each spin one thread per core fight over the cores (a tiny
+model ran ~15x slower that way). One thread also keeps a serial run deterministic in speed."""
 
 from __future__ import annotations
 
-import os
+import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
-
-    torch.set_num_threads(1)
+torch.set_num_threads(1)

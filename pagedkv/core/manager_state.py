@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
@@ -49,3 +50,5 @@ class ManagerState:
         def _track(self, seq: Sequence) -> None: ...
 
         def free(self, seq_id: Hashable) -> None: ...
+
+        def _token_hashes(self, root: bytes, tokens: array[int]) -> list[Hashable]: ...

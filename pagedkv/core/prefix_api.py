@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from pagedkv.core import validate as check
-from pagedkv.core.hashing import chain_hashes, root_hash, token_bytes
+from pagedkv.core.hashing import root_hash
 from pagedkv.core.manager_state import ManagerState
 from pagedkv.core.pressure import blocks_at
 from pagedkv.core.tokens import TokenIds, as_token_array
@@ -28,17 +29,24 @@ class PrefixPin:
 class PrefixCacheAPI(ManagerState):
     """Mixin of ``BlockManager``."""
 
-    def _cached_prefix(self, token_ids: TokenIds, cache_salt: str | bytes | None,
-                       lora_id: int | str | None) -> list[int]:
+    def prompt_hashes(self, token_ids: TokenIds, *, cache_salt: str | bytes | None = None,
+                      lora_id: int | str | None = None) -> list[bytes]:
+        """The chained hash of every full block of ``token_ids``, exactly the cache keys
+        ``admit`` gives them (process-independent: what a shared KV tier is keyed by)."""
         tokens = as_token_array(token_ids)
         check.salt(cache_salt)
         check.lora(lora_id)
-        if not self._caching:
+        root = root_hash(self._hash_fn, cache_salt, lora_id)
+        return cast("list[bytes]", self._token_hashes(root, tokens))
+
+    def _cached_prefix(self, token_ids: TokenIds, cache_salt: str | bytes | None,
+                       lora_id: int | str | None) -> list[int]:
+        if not self._caching:  # validate as a lookup would, but hash nothing
+            as_token_array(token_ids)
+            check.salt(cache_salt)
+            check.lora(lora_id)
             return []
-        fn = self._hash_fn
-        bs = self.block_size
-        hashes = chain_hashes(fn, root_hash(fn, cache_salt, lora_id), token_bytes(tokens),
-                              bs * 8, len(tokens) // bs)
+        hashes = self.prompt_hashes(token_ids, cache_salt=cache_salt, lora_id=lora_id)
         blocks = []
         for h in hashes:
             b = self.pool.cached.get(h)

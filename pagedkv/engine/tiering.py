@@ -21,13 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from array import array
 from collections.abc import Hashable
 from typing import Any
 
 import torch
 
-from pagedkv.core.hashing import HASH_FUNCTIONS, chain_hashes, root_hash, token_bytes
 from pagedkv.integrations.hf_runner import PagedModelRunner, model_kv_dims
 
 log = logging.getLogger("pagedkv.engine")
@@ -78,9 +76,7 @@ class EngineTiers:
         fp = fingerprint_for(model_name, weights_revision(runner.model), storage.dtype,
                              storage.block_size, layers, kv_heads, head_dim)
         self.cache = TieredKVCache(tiers, fp, storage, background=True)
-        cfg = self.manager.config
-        self._hash_fn = HASH_FUNCTIONS[cfg.hash_algo]
-        self.block_size = cfg.block_size
+        self.block_size = self.manager.config.block_size
         self.write = write
         if write == "evict":
             self.manager.pool.set_evict_listener(self._on_evict)
@@ -92,11 +88,9 @@ class EngineTiers:
             self.cache.store([h for _, h in kept], [b for b, _ in kept])
 
     def prompt_hashes(self, tokens: list[int], cache_salt: str | None) -> list[bytes]:
-        """The chained hash of every full block of ``tokens`` (as the manager computes them)."""
-        fn = self._hash_fn
-        n = len(tokens) // self.block_size
-        data = token_bytes(array("q", tokens[:n * self.block_size]))
-        return chain_hashes(fn, root_hash(fn, cache_salt, None), data, self.block_size * 8, n)
+        """The chained hash of every full block of ``tokens`` (the manager's own keys)."""
+        hashes: list[bytes] = self.manager.prompt_hashes(tokens, cache_salt=cache_salt)
+        return hashes
 
     def lookup(self, hashes: list[bytes], first: int, last: int) -> int:
         """Blocks ``first, first+1, ...`` (before ``last``) the tiers hold, leading run only."""
@@ -122,11 +116,9 @@ class EngineTiers:
         if hi <= lo:
             return
         seq = self.manager.seq(seq_id)
-        hashes = seq.block_hashes
-        hi = min(hi, len(hashes))
-        if hi <= lo or not all(isinstance(h, bytes) for h in hashes[lo:hi]):
-            return
-        self.cache.store(list(hashes[lo:hi]), seq.block_table[lo:hi])  # type: ignore[arg-type]
+        keys = [h for h in seq.block_hashes[lo:hi] if isinstance(h, bytes)]
+        if keys and len(keys) == len(seq.block_hashes[lo:hi]):
+            self.cache.store(keys, seq.block_table[lo:lo + len(keys)])
 
     def stats(self) -> dict[str, dict[str, float]]:
         return self.cache.stats()

@@ -232,3 +232,24 @@ def create_tier(name: str, **kwargs: object) -> KVTier:
     except UnknownNameError as exc:
         raise TierConfigError(str(exc)) from None
     return factory(**kwargs)
+
+
+class LocalTier(KVTier):
+    """A tier in this machine's memory or disk, holding at most ``capacity_bytes`` of values
+    (the host and disk tiers): the budget is checked once here and their ``used_bytes`` is the
+    running total ``_used`` they keep under their own lock."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        super().__init__()
+        if int(capacity_bytes) <= 0:
+            raise TierConfigError(f"capacity_bytes: expected > 0, got {capacity_bytes}")
+        self._capacity = int(capacity_bytes)
+        self._used = 0
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used

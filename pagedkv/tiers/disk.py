@@ -27,7 +27,7 @@ from pathlib import Path
 
 import xxhash
 
-from pagedkv.tiers.base import TIERS, KVTier, TierConfigError, Value
+from pagedkv.tiers.base import TIERS, LocalTier, TierConfigError, Value
 
 _SAFE_KEY = re.compile(rb"[A-Za-z0-9_.:-]{1,200}")
 _STALE_TMP_S = 3600.0
@@ -41,7 +41,7 @@ def file_name(key: bytes) -> str:
 
 
 @TIERS.register("disk")
-class DiskTier(KVTier):
+class DiskTier(LocalTier):
     """Blocks as files under ``path`` (created if missing), at most ``capacity_bytes``.
 
     Args:
@@ -54,9 +54,7 @@ class DiskTier(KVTier):
 
     def __init__(self, path: str | os.PathLike[str], capacity_bytes: int = 64 << 30, *,
                  fsync: bool = False) -> None:
-        super().__init__()
-        if int(capacity_bytes) <= 0:
-            raise TierConfigError(f"capacity_bytes: expected > 0, got {capacity_bytes}")
+        super().__init__(capacity_bytes)
         self.root = Path(path)
         self._data = self.root / "v1"
         self._tmp = self.root / "tmp"
@@ -65,20 +63,10 @@ class DiskTier(KVTier):
             self._tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TierConfigError(f"disk tier: cannot use folder {self.root}: {exc}") from exc
-        self._capacity = int(capacity_bytes)
         self.fsync = fsync
         self._lock = threading.Lock()
         self._index: OrderedDict[Path, int] = OrderedDict()  # path -> size, oldest first
-        self._used = 0
         self._scan()
-
-    @property
-    def capacity_bytes(self) -> int:
-        return self._capacity
-
-    @property
-    def used_bytes(self) -> int:
-        return self._used
 
     def path_of(self, key: bytes) -> Path:
         """Where ``key``'s value lives (256 shard folders keep directories small)."""

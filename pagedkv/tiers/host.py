@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from pagedkv.tiers.base import TIERS, KVTier, TierConfigError, Value
+from pagedkv.tiers.base import TIERS, LocalTier, Value
 
 
 def _cuda_available() -> bool:
@@ -37,7 +37,7 @@ def _pinned_copy(value: Value) -> memoryview:
 
 
 @TIERS.register("host")
-class HostTier(KVTier):
+class HostTier(LocalTier):
     """LRU of ``key -> value`` in this process, at most ``capacity_bytes`` of values.
 
     Args:
@@ -49,22 +49,10 @@ class HostTier(KVTier):
     name = "host"
 
     def __init__(self, capacity_bytes: int = 4 << 30, *, pin_memory: bool | None = None) -> None:
-        super().__init__()
-        if int(capacity_bytes) <= 0:
-            raise TierConfigError(f"capacity_bytes: expected > 0, got {capacity_bytes}")
-        self._capacity = int(capacity_bytes)
+        super().__init__(capacity_bytes)
         self.pin_memory = _cuda_available() if pin_memory is None else bool(pin_memory)
         self._lock = threading.Lock()
         self._values: OrderedDict[bytes, Value] = OrderedDict()
-        self._used = 0
-
-    @property
-    def capacity_bytes(self) -> int:
-        return self._capacity
-
-    @property
-    def used_bytes(self) -> int:
-        return self._used
 
     def __len__(self) -> int:
         return len(self._values)

@@ -19,8 +19,6 @@ import torch
 from pagedkv.engine import LLMEngine, RequestOutput, SamplingParams
 from pagedkv.models import LoadedModel, tiny_random_llama
 
-torch.set_num_threads(1)
-
 MODEL_SEED = 0
 BYTE_OFFSET = 3  # byte-level tokenizer: token id = byte + 3
 REF_TOKENS = 24  # every greedy reference is computed this long once, then sliced

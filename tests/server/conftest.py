@@ -13,12 +13,6 @@ from collections.abc import Iterator
 import pytest
 from server_helpers import Server, running_server
 
-from pagedkv.core import BlockManager
-
-# remove when core lands commit
-if not hasattr(BlockManager, "commit"):
-    BlockManager.commit = lambda self, ids: [self.register_prefix(s) for s in ids]
-
 
 @pytest.fixture(scope="session")
 def shared_server() -> Iterator[Server]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
-import torch
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,7 +29,6 @@ try:  # the client library ships as ``httpx2`` in some environments (openai depe
 except ImportError:  # pragma: no cover - depends on the environment
     import httpx2 as httpx  # type: ignore[no-redef]
 
-torch.set_num_threads(1)
 
 MODEL = "tiny-random"
 BYTE_OFFSET = 3  # byte-level tokenizer: token id = byte + 3 (so ASCII text: 1 token per char)
