@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved_medians
 
-from pagedkv.core.hashing import HASH_FUNCTIONS, chain_hashes, root_hash
+from pagedkv.core.prefix_cache.hashing import HASH_FUNCTIONS, chain_hashes, root_hash
 from pagedkv.storage import KVStorage
 from pagedkv.tiers import (
     DiskTier,

@@ -25,7 +25,7 @@ from pagedkv.core import (
     register_hash_function,
     register_preemption_policy,
 )
-from pagedkv.core.eviction import LRUPolicy
+from pagedkv.core.prefix_cache.eviction import LRUPolicy
 from pagedkv.errors import (
     ConfigError,
     InvalidArgumentError,
@@ -211,7 +211,7 @@ def test_replaced_registrations_are_used() -> None:
     assert isinstance(get_attention_backend("torch"), Mine)  # the cached instance was dropped
 
     register_hash_function("sha256", _hash, replace=True)
-    assert BlockManager(CacheConfig(block_size=2, num_blocks=8))._hash_fn is _hash
+    assert BlockManager(CacheConfig(block_size=2, num_blocks=8)).prefix_cache.hash_fn is _hash
 
 
 @pytest.mark.usefixtures("restore")
@@ -232,4 +232,4 @@ def test_eviction_policy_name_is_set_only_when_registered() -> None:
     register_eviction_policy("test-policy")(cls)
     assert cls.name == "test-policy"
     mgr = BlockManager(CacheConfig(block_size=2, num_blocks=8, eviction_policy="test-policy"))
-    assert type(mgr.pool.evictor) is cls
+    assert type(mgr.prefix_cache.evictor) is cls

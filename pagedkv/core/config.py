@@ -48,10 +48,10 @@ class CacheConfig:
         block_size: tokens per block.
         num_blocks: physical device blocks, the null block 0 included.
         enable_prefix_caching: share full blocks between sequences by chained block hash.
-        hash_algo: block-hash function from ``pagedkv.core.hashing.HASH_FUNCTIONS``: ``sha256``
+        hash_algo: block-hash function (``HASH_FUNCTIONS``, ``prefix_cache/hashing.py``): ``sha256``
             (default, collision-resistant), ``blake2b``, or ``xxh128`` (fast, but its public
             secret lets anyone craft colliding blocks: for trusted single-tenant use only).
-        eviction_policy: name in ``pagedkv.core.eviction.EVICTION_POLICIES``.
+        eviction_policy: name in ``pagedkv.core.prefix_cache.eviction.EVICTION_POLICIES``.
         num_host_blocks: size of the host (CPU) pool used by swap-out; 0 disables swapping.
         watermark: fraction of usable blocks that admission keeps free for decode growth.
         min_cache_tokens: prompts shorter than this are not inserted into the prefix cache by
@@ -111,8 +111,8 @@ class CacheConfig:
         return checks
 
     def _value_checks(self) -> list[tuple[bool, str]]:
-        from pagedkv.core.eviction import EVICTION_POLICIES
-        from pagedkv.core.hashing import HASH_FUNCTIONS
+        from pagedkv.core.prefix_cache.eviction import EVICTION_POLICIES
+        from pagedkv.core.prefix_cache.hashing import HASH_FUNCTIONS
 
         th = self.pressure_thresholds
         return [

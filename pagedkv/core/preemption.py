@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pagedkv.core.sequence import Sequence
+from pagedkv.core.seq_state import SeqState
 from pagedkv.registry import Registry
 
-VictimOrder = Callable[[list[Sequence]], list[Sequence]]
+VictimOrder = Callable[[list[SeqState]], list[SeqState]]
 PREEMPTION_POLICIES: Registry[VictimOrder] = Registry("preemption policy")
 
 
@@ -29,20 +29,20 @@ def register_preemption_policy(name: str, *, replace: bool = False
 
 
 @register_preemption_policy("priority")
-def _by_priority(seqs: list[Sequence]) -> list[Sequence]:
+def _by_priority(seqs: list[SeqState]) -> list[SeqState]:
     return sorted(seqs, key=lambda s: (-s.priority, -s.arrival))
 
 
 @register_preemption_policy("lru")
-def _by_lru(seqs: list[Sequence]) -> list[Sequence]:
+def _by_lru(seqs: list[SeqState]) -> list[SeqState]:
     return sorted(seqs, key=lambda s: (s.last_used, s.arrival))
 
 
 @register_preemption_policy("longest")
-def _by_length(seqs: list[Sequence]) -> list[Sequence]:
+def _by_length(seqs: list[SeqState]) -> list[SeqState]:
     return sorted(seqs, key=lambda s: (-len(s.block_table), -s.arrival))
 
 
 @register_preemption_policy("newest")
-def _by_newest(seqs: list[Sequence]) -> list[Sequence]:
+def _by_newest(seqs: list[SeqState]) -> list[SeqState]:
     return sorted(seqs, key=lambda s: -s.arrival)

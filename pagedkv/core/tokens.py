@@ -12,7 +12,7 @@ one vectorised pass per call (one numpy reduction for arrays), so batch calls st
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence as Seq
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from pagedkv.core.validate import is_int
 from pagedkv.errors import InvalidArgumentError
 
-TokenIds = int | Seq[int] | np.ndarray
+TokenIds = int | Sequence[int] | np.ndarray
 MAX_TOKEN_ID = 2**31 - 1
 _bit_or = np.bitwise_or.reduce
 _INT64 = np.dtype(np.int64)
@@ -43,7 +43,7 @@ def _check_array(arr: np.ndarray) -> None:
         raise _bad(f"id {arr[i]} at index {i}")
 
 
-def _check_list(ids: Seq[Any]) -> None:
+def _check_list(ids: Sequence[Any]) -> None:
     """Element types in one pass over the distinct types, then the range."""
     types = set(map(type, ids))
     if types - {int}:
@@ -70,12 +70,12 @@ def _as_array_like(token_ids: object) -> np.ndarray | None:
     return None
 
 
-def _as_list(token_ids: object) -> Seq[Any]:
+def _as_list(token_ids: object) -> Sequence[Any]:
     """The ids of a non-array input as a sequence, refusing containers that would be misread."""
     if type(token_ids) in (list, tuple, range):
         return token_ids  # type: ignore[return-value]  # exact type checked
     if isinstance(token_ids, (str, bytes, bytearray, memoryview)) or not isinstance(
-            token_ids, Seq):
+            token_ids, Sequence):
         raise _bad(f"{type(token_ids).__name__} {token_ids!r:.60}")
     return list(token_ids)
 
@@ -88,7 +88,7 @@ def as_token_array(token_ids: object) -> array[int]:
         out.frombytes(token_ids.tobytes())
         return out
     if is_int(token_ids):
-        ids: Seq[Any] = [int(token_ids)]
+        ids: Sequence[Any] = [int(token_ids)]
     else:
         arr = _as_array_like(token_ids)
         if arr is not None:

@@ -79,7 +79,7 @@ class EngineTiers:
         self.block_size = self.manager.config.block_size
         self.write = write
         if write == "evict":
-            self.manager.pool.set_evict_listener(self._on_evict)
+            self.manager.prefix_cache.set_evict_listener(self._on_evict)
 
     def _on_evict(self, pairs: list[tuple[int, Any]]) -> None:
         """Blocks leaving the device prefix cache, KV still intact: write them down."""
@@ -124,7 +124,7 @@ class EngineTiers:
         return self.cache.stats()
 
     def close(self) -> None:
-        self.manager.pool.set_evict_listener(None)
+        self.manager.prefix_cache.set_evict_listener(None)
         self.cache.close()
         if self.embedded is not None:
             self.embedded.stop()

@@ -35,7 +35,7 @@ Progress = Callable[[int, int], None]
 
 def manager_policies() -> list[str]:
     """Eviction policies the block manager offers (its registry)."""
-    from pagedkv.core.eviction import EVICTION_POLICIES
+    from pagedkv.core.prefix_cache.eviction import EVICTION_POLICIES
 
     return sorted(EVICTION_POLICIES)
 

@@ -18,8 +18,9 @@ Value (little-endian)::
     checksum xxh3_128 digest (16 B) over header + payload
 
 The fingerprint (:func:`fingerprint_for`) covers everything that makes the KV bytes of the same
-tokens differ; the chain hash (``pagedkv.core.hashing``) covers the tokens, their whole prefix and
-the request's ``cache_salt``/adapter (through its root). This module has no torch dependency.
+tokens differ; the chain hash (``core/prefix_cache/hashing.py``) covers the tokens, their whole
+prefix and the request's ``cache_salt``/adapter (through its root). This module has no torch
+dependency.
 """
 
 from __future__ import annotations

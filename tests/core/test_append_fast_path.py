@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from core_helpers import KINDS, apply, run_lockstep, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_atomicity import snapshot
-from test_queue_fast_path import KINDS, apply, run_lockstep
 
 from pagedkv.core import BlockManager, CacheConfig, export
 from pagedkv.core.tokens import MAX_TOKEN_ID

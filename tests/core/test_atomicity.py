@@ -8,19 +8,18 @@ a pin, a sliding-window sequence and a swapped sequence, so a partial change has
 
 from __future__ import annotations
 
-import copy
 import re
 from array import array
 from typing import Any
 
 import numpy as np
 import pytest
+from core_helpers import assert_oob, busy, exhaust, fails_atomically, snapshot
 
 from pagedkv.core import EVICTION_POLICIES, BlockManager, CacheConfig, SlidingWindow
-from pagedkv.core.block_pool import kids_of
 from pagedkv.core.config import dtype_nbytes
-from pagedkv.core.hashing import chain_hashes, root_hash, token_bytes
-from pagedkv.core.sequence import SeqStatus
+from pagedkv.core.prefix_cache.hashing import chain_hashes, root_hash, token_bytes
+from pagedkv.core.seq_state import SeqStatus
 from pagedkv.errors import (
     ConfigError,
     DuplicateSequenceError,
@@ -34,119 +33,7 @@ from pagedkv.errors import (
 POLICIES = sorted(EVICTION_POLICIES)
 
 
-# --------------------------------------------------------------------------- snapshot helper
-def _evictor_state(policy: Any) -> dict[str, Any]:
-    return {k: copy.deepcopy(v) for k, v in vars(policy).items()}
 
-
-def snapshot(mgr: BlockManager) -> dict[str, Any]:
-    """Everything observable (and most of what is not) about a manager, deep-copied."""
-    pool = mgr.pool
-    seqs = {}
-    for sid, s in mgr._seqs.items():
-        seqs[sid] = {
-            "table": list(s.block_table),
-            "num_tokens": s.num_tokens,
-            "tokens": None if s.tokens is None else list(s.tokens),
-            "block_hashes": list(s.block_hashes),
-            "num_hashed": s.num_hashed,
-            "num_computed": s.num_computed,
-            "caching": s.caching,
-            "status": s.status,
-            "host_table": list(s.host_table),
-            "window": s.window,
-            "window_next": s.window_next,
-            "root": s.root,
-            "priority": s.priority,
-            "arrival": s.arrival,
-            "last_used": s.last_used,
-        }
-    return {
-        "seq_order": list(mgr._seqs),
-        "seqs": seqs,
-        "ref_cnt": list(pool.ref_cnt),
-        "block_hash": list(pool.block_hash),
-        "parent": list(pool.parent),
-        "children": [sorted(kids_of(c)) for c in pool.children],
-        "cached": dict(pool.cached),
-        "free": list(pool.free),  # order matters: allocation pops from the end
-        "num_evictions": pool.num_evictions,
-        "evictor_order": pool.evictor.order(),
-        "evictor_len": len(pool.evictor),
-        "evictor_state": _evictor_state(pool.evictor),
-        "copies": list(mgr._copies.items()),
-        "held": list(mgr._held),
-        "pins": {k: list(v) for k, v in mgr._pins.items()},
-        "next_pin": mgr._next_pin,
-        "clock": mgr._clock,
-        "host_free": list(mgr._host_free),
-        "counters": dict(vars(mgr.counters)),
-        "pressure_level": mgr.pressure_level,
-        "pressure_bounds": (mgr.pressure.low_bound, mgr.pressure.high_bound),
-        "num_free_blocks": mgr.num_free_blocks,
-        "num_used_blocks": mgr.num_used_blocks,
-        "stats": mgr.stats().as_dict(),
-    }
-
-
-def fails_atomically(mgr: BlockManager, exc_type: type[PagedKVError], fn: Any, *args: Any,
-                     **kwargs: Any) -> PagedKVError:
-    """Call ``fn``; it must raise exactly ``exc_type`` and leave ``mgr`` untouched."""
-    mgr.check_integrity()
-    before = snapshot(mgr)
-    with pytest.raises(PagedKVError) as info:
-        fn(*args, **kwargs)
-    assert type(info.value) is exc_type, f"expected {exc_type.__name__}, got {info.value!r}"
-    after = snapshot(mgr)
-    diff = {k for k in before if before[k] != after[k]}
-    assert not diff, f"state changed in {sorted(diff)}"
-    mgr.check_integrity()
-    return info.value
-
-
-def assert_oob(err: PagedKVError, requested: int, available: int, what: str = "blocks") -> None:
-    assert isinstance(err, OutOfBlocksError)
-    assert (err.requested, err.available) == (requested, available)
-    assert f"out of {what}" in str(err)
-    assert f"requested {requested}" in str(err)
-    assert f"available {available}" in str(err)
-
-
-# --------------------------------------------------------------------------- busy managers
-def busy(policy: str = "lru", *, block_size: int = 2,
-         num_blocks: int = 24, num_host_blocks: int = 4, **kw: Any) -> BlockManager:
-    """A manager with cached, shared, pinned, windowed, swapped state, a pending CoW copy and
-    uncommitted sequences."""
-    mgr = BlockManager(CacheConfig(block_size=block_size, num_blocks=num_blocks,
-                                   eviction_policy=policy, num_host_blocks=num_host_blocks, **kw))
-    mgr.admit("a", [1, 2, 3, 4, 5, 6, 7])  # 3 full blocks + a partial one
-    mgr.register_prefix("a")
-    assert mgr.admit("b", [1, 2, 3, 4, 5, 6, 50, 51]) == 6  # shares a's 3 full blocks
-    mgr.register_prefix("b")
-    mgr.admit("c", [1, 2, 3, 4, 60, 61, 62, 63, 64])
-    mgr.register_prefix("c")
-    mgr.fork("a", "a2")
-    mgr.append("a2", [9])  # copy-on-write of the shared partial block: left pending
-    mgr.free("b")  # b's private full block becomes cached-but-unreferenced
-    mgr.free("c")
-    mgr.pin_prefix([1, 2, 3, 4])
-    mgr.admit("w", [70, 71, 72, 73, 74, 75], sliding_window=SlidingWindow(2, sink_tokens=2))
-    mgr.admit("s", [80, 81, 82])
-    if num_host_blocks >= 2:
-        mgr.swap_out("s")
-    mgr.admit("d", [90, 91, 92])
-    assert mgr._copies, "the fixture should leave a copy pending"
-    assert len(mgr.pool.evictor) > 0, "the fixture should leave cached blocks"
-    mgr.check_integrity()
-    return mgr
-
-
-def exhaust(mgr: BlockManager, keep: int = 0) -> None:
-    """Fill the pool with a private sequence until only ``keep`` blocks remain obtainable."""
-    n = (mgr.num_free_blocks - keep) * mgr.block_size
-    if n > 0:
-        mgr.admit("filler", [1000 + i for i in range(n)], compute_last_token=False)
-    assert mgr.num_free_blocks == keep
 
 
 @pytest.fixture(params=POLICIES)
@@ -193,9 +80,9 @@ def test_admit_out_of_blocks_counts_reclaimed_prefix_hits(mgr):
     available for the new blocks: ``available`` must discount it."""
     bs = mgr.block_size
     prefix = [1, 2, 3, 4, 5, 6, 50, 51]  # b's prompt: 4 full blocks cached, the last unused
-    hashes = chain_hashes(mgr._hash_fn, root_hash(mgr._hash_fn, None, None),
+    hashes = chain_hashes(mgr.prefix_cache.hash_fn, root_hash(mgr.prefix_cache.hash_fn, None, None),
                           token_bytes(array("q", prefix)), bs * 8, len(prefix) // bs)
-    blocks = [mgr.pool.cached[h] for h in hashes]
+    blocks = [mgr.prefix_cache.cached[h] for h in hashes]
     assert mgr.lookup_prefix(prefix) == len(prefix)
     reclaimed = sum(1 for b in blocks if mgr.pool.ref_cnt[b] == 0)
     assert reclaimed == 1

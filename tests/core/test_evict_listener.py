@@ -23,7 +23,7 @@ def test_listener_gets_evicted_blocks_before_reuse(policy):
         # at call time none of these blocks has a new owner yet
         state_at_call.append([mgr.pool.ref_cnt[b] for b, _ in pairs])
 
-    mgr.pool.set_evict_listener(listener)
+    mgr.prefix_cache.set_evict_listener(listener)
     mgr.admit("a", [1, 2, 3, 4, 5])  # blocks for [1,2] [3,4] [5]
     mgr.commit(["a"])
     hashes = list(mgr.seq("a").block_hashes)
@@ -39,12 +39,12 @@ def test_listener_gets_evicted_blocks_before_reuse(policy):
 def test_uncache_on_reset_is_reported_and_no_listener_costs_nothing():
     mgr = _mgr("lru", num_blocks=8)
     seen: list[tuple[int, object]] = []
-    mgr.pool.set_evict_listener(seen.extend)
+    mgr.prefix_cache.set_evict_listener(seen.extend)
     mgr.admit("a", [1, 2, 3, 4, 5])
     mgr.commit(["a"])
     mgr.reset_prefix_cache()
     assert len(seen) == 2
-    mgr.pool.set_evict_listener(None)
+    mgr.prefix_cache.set_evict_listener(None)
     mgr.admit("b", [1, 2, 3, 4, 5])
     mgr.commit(["b"])
     mgr.free("b")

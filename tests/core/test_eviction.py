@@ -7,7 +7,7 @@ from collections import deque
 import pytest
 
 from pagedkv.core import BlockManager, CacheConfig
-from pagedkv.core.eviction import (
+from pagedkv.core.prefix_cache.eviction import (
     EVICTION_POLICIES,
     EvictionPolicy,
     FIFOPolicy,
@@ -20,7 +20,7 @@ from pagedkv.core.eviction import (
 def cycle(policy, block, key=None):  # a cache hit then a release of an evictable block
     policy.remove(block)
     if policy.tracks_hits:
-        policy.touch(block)
+        policy.record_hit(block)
     policy.insert(block, key if key is not None else f"h{block}")
 
 
@@ -105,10 +105,10 @@ def test_evicting_prefix_uncaches_in_use_descendants(make_mgr):
     mgr.admit("b", [1, 2, 3, 4])  # hits block 1; recomputes block 2 into private block 3
     mgr.append("b", [5, 6])  # block 4, cached under a's block 2 once committed
     mgr.commit(["b"])
-    assert mgr.pool.parent[4] == 2
+    assert mgr.prefix_cache.forest.parent[4] == 2
     mgr.free("a")  # block 2: unreferenced, but b's cached block 4 hangs below it
     assert mgr.evict_cached(1) == 1
-    assert mgr.pool.block_hash[4] is None  # no cached suffix outlives its prefix
+    assert mgr.prefix_cache.block_hash[4] is None  # no cached suffix outlives its prefix
     assert mgr.block_table("b") == [1, 3, 4]
     assert mgr.lookup_prefix([1, 2, 3, 4, 5, 6]) == 2
     mgr.check_integrity()
@@ -155,9 +155,9 @@ def test_reclaim_to_usage_threshold(make_mgr):
         mgr.admit(i, [i, i, i, i])
         mgr.commit([i])
         mgr.free(i)
-    assert len(mgr.pool.evictor) == 8
+    assert len(mgr.prefix_cache.evictor) == 8
     assert mgr.reclaim_to(0.5) == 3  # 8 of 10 occupied -> 5
-    assert len(mgr.pool.evictor) == 5
+    assert len(mgr.prefix_cache.evictor) == 5
     mgr.check_integrity()
 
 
@@ -165,11 +165,12 @@ def test_max_cached_blocks_caps_the_cache(make_mgr):
     mgr = make_mgr(block_size=2, num_blocks=11, max_cached_blocks=3)
     mgr.admit("a", [1, 1, 2, 2, 3, 3, 4, 4])
     mgr.commit(["a"])
-    assert len(mgr.pool.cached) == 3  # the fourth block found the cache full of in-use blocks
+    # the fourth block found the cache full of in-use blocks
+    assert len(mgr.prefix_cache.cached) == 3
     mgr.free("a")
     mgr.admit("b", [5, 5, 6, 6])
     mgr.commit(["b"])
-    assert len(mgr.pool.cached) == 3  # b's blocks pushed a's evictable ones out
+    assert len(mgr.prefix_cache.cached) == 3  # b's blocks pushed a's evictable ones out
     assert mgr.lookup_prefix([5, 5, 6, 6]) == 4
     mgr.check_integrity()
 
@@ -183,7 +184,7 @@ def test_lazy_queues_stay_bounded_under_hit_churn(policy: str) -> None:
         mgr.admit(i, [i, i, i, i])
         mgr.commit([i])
         mgr.free(i)
-    evictor = mgr.pool.evictor
+    evictor = mgr.prefix_cache.evictor
     for step in range(5000):  # hit a block that is not at the head, release it, again
         mgr.admit("hot", [10 if step == 0 else 11] * 4)
         mgr.free("hot")
@@ -248,9 +249,9 @@ def test_policy_without_super_init_works():
         mgr.commit(["a"])
         mgr.free("a")
         mgr.check_integrity()
-        assert mgr.pool.evictor.order() == [2, 1]
+        assert mgr.prefix_cache.evictor.order() == [2, 1]
         mgr.admit("b", [5, 5, 6, 6, 7], compute_last_token=False)  # evicts both, leaf first
-        assert mgr.pool.num_evictions == 2
+        assert mgr.prefix_cache.num_evictions == 2
         mgr.check_integrity()
     finally:
         EVICTION_POLICIES.unregister("test_bare")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_atomicity import busy, fails_atomically
+from core_helpers import busy, fails_atomically
 
 from pagedkv.core import CacheConfig, SlidingWindow
 from pagedkv.core.tokens import MAX_TOKEN_ID

@@ -5,7 +5,7 @@ thresholds, ``is_block_writable`` bounds. Each test fails on the code before the
 from __future__ import annotations
 
 import pytest
-from test_atomicity import busy, fails_atomically
+from core_helpers import busy, fails_atomically
 
 from pagedkv.core import BlockManager, CacheConfig, PressureLevel, SlidingWindow
 from pagedkv.errors import (
@@ -56,7 +56,7 @@ def test_dropping_a_sequence_before_its_commit_leaves_nothing_cached(abort):
     {"free": lambda: mgr.free("a"), "truncate": lambda: mgr.truncate("a", 0),
      "preempt": lambda: mgr.preempt("a"), "swap_out": lambda: mgr.swap_out("a"),
      "preempt_swap": lambda: mgr.preempt("a", "swap")}[abort]()
-    assert mgr.pool.cached == {}
+    assert mgr.prefix_cache.cached == {}
     assert mgr.lookup_prefix([*prompt, 9, 10, 11]) == 0
     mgr.check_integrity()
 
@@ -98,7 +98,7 @@ def test_commit_is_o1_per_sequence_when_no_block_became_full(monkeypatch):
         mgr.admit(i, [i] * 5)
     mgr.commit(ids)
     calls = []
-    monkeypatch.setattr(mgr.pool, "register_chain", lambda *a: calls.append(a) or a[3])
+    monkeypatch.setattr(mgr.prefix_cache, "register_chain", lambda *a: calls.append(a) or a[3])
     mgr.append_batch(ids, [0] * 8)  # 6 tokens: no block became full
     mgr.commit(ids)
     assert calls == []
@@ -267,9 +267,9 @@ def test_evict_cached_evicts_exactly_what_it_reports():
     mgr.admit("w", [1, 2, 3, 4], sliding_window=SlidingWindow(1))
     mgr.commit(["w"])
     mgr.append("w", [5])  # the window releases the cached chain's first 3 blocks
-    free, evictions = len(mgr.pool.free), mgr.stats().evictions
+    free, evictions = len(mgr.pool.free_stack), mgr.stats().evictions
     assert mgr.evict_cached(1) == 1
-    assert len(mgr.pool.free) == free + 1
+    assert len(mgr.pool.free_stack) == free + 1
     assert mgr.stats().evictions == evictions + 1
     mgr.check_integrity()
 

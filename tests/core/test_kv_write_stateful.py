@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from core_helpers import identities
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -29,10 +30,9 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from test_stateful import identities
 
 from pagedkv.core import EVICTION_POLICIES, BlockManager, CacheConfig, SlidingWindow
-from pagedkv.core.hashing import chain_hashes, root_hash, token_bytes
+from pagedkv.core.prefix_cache.hashing import chain_hashes, root_hash, token_bytes
 from pagedkv.core.tokens import as_token_array
 from pagedkv.errors import InvalidArgumentError, OutOfBlocksError
 
@@ -95,7 +95,7 @@ class KVWriteMachine(RuleBasedStateMachine):
     def read(self, block: int, store: dict[int, list[Any]]) -> list[Any]:
         """What a block holds once the pending copies have run (a target reads its source)."""
         if store is self.mem:
-            block = self.m._copies.get(block, block)
+            block = self.m.copies.copies.get(block, block)
         return store[block]
 
     def check_hit(self, tokens: list[int], salt: str | None, blocks: list[int]) -> None:
@@ -234,9 +234,9 @@ class KVWriteMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.has())
     @rule(k=st.integers(0, 3))
     def evict(self, k: int) -> None:
-        free, cached = len(self.m.pool.free), len(self.m.pool.evictor)
+        free, cached = len(self.m.pool.free_stack), len(self.m.prefix_cache.evictor)
         assert self.m.evict_cached(k) == min(k, cached)
-        assert len(self.m.pool.free) == free + min(k, cached)
+        assert len(self.m.pool.free_stack) == free + min(k, cached)
 
     # ------------------------------------------------------------------ the forward pass
     def run_copies(self) -> None:
@@ -285,7 +285,7 @@ class KVWriteMachine(RuleBasedStateMachine):
             return
         mgr, bs = self.m, self.bs
         mgr.check_integrity()
-        fn = mgr._hash_fn
+        fn = mgr.prefix_cache.hash_fn
         for sid, q in self.seqs.items():
             assert mgr.num_computed(sid) == q.computed
             hashes = chain_hashes(fn, root_hash(fn, q.salt, None),
@@ -301,7 +301,7 @@ class KVWriteMachine(RuleBasedStateMachine):
                 b = table[p // bs]
                 if b != null:
                     assert self.read(b, store)[p % bs] == ids[p], f"seq {sid} lost KV at {p}"
-        for h, b in mgr.pool.cached.items():
+        for h, b in mgr.prefix_cache.cached.items():
             assert h in self.known, f"block {b} cached under a hash nobody computed"
             assert self.mem[b] == self.known[h], f"cached block {b} does not hold its KV"
 

@@ -41,7 +41,7 @@ def test_full_prompt_hit_leaves_last_token_to_compute(make_mgr):
     mgr.commit(["a"])
     assert mgr.admit("b", list(range(8))) == 4
     assert mgr.block_table("b") == [1, 3]  # block 2's twin is recomputed into block 3
-    assert mgr.pool.block_hash[3] is None  # a duplicate stays private
+    assert mgr.prefix_cache.block_hash[3] is None  # a duplicate stays private
     assert mgr.admit("c", list(range(8)), compute_last_token=False) == 8
     assert mgr.block_table("c") == [1, 2]
     mgr.check_integrity()
@@ -51,9 +51,9 @@ def test_append_fills_then_allocates_and_registers(make_mgr):
     mgr = make_mgr()
     mgr.admit("a", list(range(10)))
     assert mgr.append("a", [10, 11]).tolist() == [14, 15]
-    assert mgr.pool.block_hash[3] is None  # block 3 became full, but its KV is not written
+    assert mgr.prefix_cache.block_hash[3] is None  # block 3 became full, but its KV is not written
     mgr.commit(["a"])
-    assert mgr.pool.block_hash[3] is not None  # the step wrote it: now cached
+    assert mgr.prefix_cache.block_hash[3] is not None  # the step wrote it: now cached
     assert mgr.append("a", 12).tolist() == [16]
     assert mgr.block_table("a") == [1, 2, 3, 4]
     assert mgr.lookup_prefix(list(range(13))) == 12
@@ -100,8 +100,8 @@ def test_freeing_fork_member_keeps_shared_blocks(make_mgr):
     assert mgr.block_table("c") == [1, 2]
     mgr.free("c")
     assert mgr.pool.ref_cnt[1:3] == [0, 0]
-    assert mgr.pool.evictor.order() == [1]  # the full, cached block; block 2 was partial
-    assert mgr.pool.free[-1] == 2
+    assert mgr.prefix_cache.evictor.order() == [1]  # the full, cached block; block 2 was partial
+    assert mgr.pool.free_stack[-1] == 2
     mgr.check_integrity()
 
 
@@ -125,7 +125,7 @@ def test_truncate_releases_tail_and_cows_cached_block(make_mgr):
     mgr.truncate("a", 5)
     assert mgr.block_table("a") == [1, 2]
     assert list(mgr.seq("a").tokens) == [0, 1, 2, 3, 4]
-    assert mgr.pool.free[-1] == 3
+    assert mgr.pool.free_stack[-1] == 3
     mgr.append("a", 42)  # block 2 is cached (it was full): never write it in place
     assert mgr.take_copies() == [(2, 3)]
     assert mgr.block_table("a") == [1, 3]
@@ -165,7 +165,7 @@ def test_admit_by_length_with_caller_block_hashes(make_mgr):
     assert mgr.admit("c", num_tokens=8, block_hashes=["y", ("y", 1)]) == 0
     mgr.append("a", [0, 0, 0])  # decode blocks of caller-hashed sequences are not cached
     mgr.commit(["a"])
-    assert mgr.pool.block_hash[3] is None
+    assert mgr.prefix_cache.block_hash[3] is None
     mgr.check_integrity()
 
 
@@ -175,7 +175,7 @@ def test_prefix_caching_off_never_shares(make_mgr):
     assert mgr.admit("b", list(range(8))) == 0
     assert mgr.block_table("b") == [3, 4]
     mgr.free("a")
-    assert mgr.pool.evictor.order() == []
+    assert mgr.prefix_cache.evictor.order() == []
     assert mgr.stats().prefix_queries == 0
     mgr.check_integrity()
 
@@ -188,10 +188,10 @@ def test_admit_batch_is_all_or_nothing(make_mgr):
     assert hits.dtype == np.int64
     assert hits.tolist() == [8, 8]
     assert mgr.block_table("b") == [1, 2, 5]
-    before = (list(mgr.pool.free), mgr.seq_ids)
+    before = (list(mgr.pool.free_stack), mgr.seq_ids)
     with pytest.raises(OutOfBlocksError, match="requested 6, available 4"):
         mgr.admit_batch(["c", "d"], [[5] * 12, [6] * 12])
-    assert (list(mgr.pool.free), mgr.seq_ids) == before
+    assert (list(mgr.pool.free_stack), mgr.seq_ids) == before
     mgr.check_integrity()
 
 
@@ -213,7 +213,8 @@ def test_admit_batch_hashes_each_prompt_once_and_matches_admit(make_mgr):
         calls.clear()
         hits = batch.admit_batch(["a", "b", "c"], prompts, cache_salt="s")
         assert hits.tolist() == [8, 8, 0]
-        assert len(calls) == 1 + 2 + 3 + 0  # the batch's root hash, then each full block once
+        # each full block once; the root of salt "s" is remembered from admitting "p"
+        assert len(calls) == 2 + 3 + 0
         assert hits.tolist() == [one_by_one.admit(sid, p, cache_salt="s")
                                  for sid, p in zip("abc", prompts, strict=True)]
         for sid in "abc":

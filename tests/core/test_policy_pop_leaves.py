@@ -17,13 +17,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from core_helpers import KINDS, apply, run_lockstep, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_atomicity import snapshot
-from test_queue_fast_path import KINDS, apply, run_lockstep
 
 from pagedkv.core import BlockManager, CacheConfig
-from pagedkv.core.eviction import EvictionPolicy
+from pagedkv.core.prefix_cache.eviction import EvictionPolicy
 
 FAST_PATHS = ("pop_leaves", "insert_many")
 # test_queue_fast_path's operations plus "cycle" (admit, then free at once: the hit-rate
@@ -51,7 +50,7 @@ def apply_op(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: l
 
 def generic(mgr: BlockManager) -> BlockManager:
     """Patch ``mgr``'s policy instance back to the base class's per-call implementations."""
-    policy = mgr.pool.evictor
+    policy = mgr.prefix_cache.evictor
     for name in FAST_PATHS:
         assert getattr(type(policy), name) is not getattr(EvictionPolicy, name), name
         setattr(policy, name, types.MethodType(getattr(EvictionPolicy, name), policy))
@@ -60,7 +59,7 @@ def generic(mgr: BlockManager) -> BlockManager:
 
 def counted(mgr: BlockManager, calls: Counter[str]) -> BlockManager:
     """Count the fast ``pop_leaves`` calls, victims, and stops before a non-leaf."""
-    policy = mgr.pool.evictor
+    policy = mgr.prefix_cache.evictor
     fast = type(policy).pop_leaves
 
     def pop_leaves(self: EvictionPolicy, n: int, *args: Any) -> list[int]:
@@ -83,16 +82,16 @@ def policy_state(policy: EvictionPolicy) -> dict[str, Any]:
 def live_state(mgr: BlockManager) -> dict[str, Any]:
     """What the policy can affect, by reference: compared at once, so nothing is copied (a
     deep ``snapshot`` after every step would take most of the test's time)."""
-    pool, policy = mgr.pool, mgr.pool.evictor
+    pool, cache, policy = mgr.pool, mgr.prefix_cache, mgr.prefix_cache.evictor
     return {
-        "tables": {sid: s.block_table for sid, s in mgr._seqs.items()},
+        "tables": {sid: s.block_table for sid, s in mgr.table.seqs.items()},
         "ref_cnt": pool.ref_cnt,
-        "block_hash": pool.block_hash,
-        "parent": pool.parent,
-        "children": pool.children,
-        "cached": pool.cached,
-        "free": pool.free,  # order matters: allocation pops from the end
-        "num_evictions": pool.num_evictions,
+        "block_hash": cache.block_hash,
+        "parent": cache.forest.parent,
+        "children": cache.forest.children,
+        "cached": cache.cached,
+        "free": pool.free_stack,  # order matters: allocation pops from the end
+        "num_evictions": cache.num_evictions,
         "order": policy.order(),
         "len": len(policy),
         "in": [b in policy for b in range(pool.num_blocks)],
@@ -102,7 +101,7 @@ def live_state(mgr: BlockManager) -> dict[str, Any]:
 
 def full_state(mgr: BlockManager) -> dict[str, Any]:
     state = snapshot(mgr)
-    state["evictor_state"] = policy_state(mgr.pool.evictor)
+    state["policy_state"] = policy_state(mgr.prefix_cache.evictor)
     return state
 
 
@@ -116,8 +115,9 @@ def test_fast_paths_match_the_generic_protocol(policy: str) -> None:
     def run(ops: list[tuple[Any, ...]], num_blocks: int, compact_slack: int) -> None:
         cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy=policy)
         fast, slow = counted(BlockManager(cfg), calls), generic(BlockManager(cfg))
-        if hasattr(fast.pool.evictor, "COMPACT_SLACK"):  # compact often too
-            fast.pool.evictor.COMPACT_SLACK = slow.pool.evictor.COMPACT_SLACK = compact_slack
+        if hasattr(fast.prefix_cache.evictor, "COMPACT_SLACK"):  # compact often too
+            for m in (fast, slow):
+                m.prefix_cache.evictor.COMPACT_SLACK = compact_slack
         run_lockstep(fast, slow, ops, live_state, apply_op)
         assert full_state(fast) == full_state(slow)
 

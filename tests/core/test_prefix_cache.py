@@ -106,7 +106,7 @@ def test_reset_prefix_cache_keeps_running_sequences(make_mgr):
     mgr.free("old")
     pin = mgr.pin_prefix(list(range(8)))
     mgr.reset_prefix_cache()
-    assert mgr.pool.cached == {}
+    assert mgr.prefix_cache.cached == {}
     assert mgr.block_table("a") == [1, 2, 3]
     assert mgr.num_free_blocks == 9 - 3
     assert mgr.admit("b", list(range(9))) == 0

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from core_helpers import identities, snapshot
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,11 +35,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from test_atomicity import snapshot
 
 from pagedkv.core import EVICTION_POLICIES, BlockManager, CacheConfig, SeqStatus, SlidingWindow
-from pagedkv.core.hashing import chain_hashes, root_hash, token_bytes
-from pagedkv.core.manager import as_token_array
+from pagedkv.core.prefix_cache.hashing import chain_hashes, root_hash, token_bytes
+from pagedkv.core.tokens import as_token_array
 from pagedkv.errors import InvalidArgumentError, OutOfBlocksError
 
 MAX_SEQS = 7
@@ -60,14 +60,7 @@ WINDOWS = st.one_of(
 )
 
 
-def identities(tokens: list[int], salt: str | None) -> list[int]:
-    """Identity of the KV at each position: depends on the salt and the whole prefix."""
-    out = []
-    h = hash(("root", salt))
-    for t in tokens:
-        h = hash((h, t))
-        out.append(h)
-    return out
+
 
 
 @dataclass
@@ -374,12 +367,12 @@ class ManagerMachine(RuleBasedStateMachine):
     @rule(k=st.integers(0, 5))
     def evict_cached(self, k: int) -> None:
         mgr = self.m
-        available, free = mgr.num_free_blocks, len(mgr.pool.free)
-        cached = len(mgr.pool.evictor)
+        available, free = mgr.num_free_blocks, len(mgr.pool.free_stack)
+        cached = len(mgr.prefix_cache.evictor)
         done = mgr.evict_cached(k)
         assert done == min(k, cached)  # exactly as many as asked (or all there are) ...
-        assert len(mgr.pool.free) == free + done  # ... and exactly as many as it reports
-        assert len(mgr.pool.evictor) == cached - done
+        assert len(mgr.pool.free_stack) == free + done  # ... and exactly as many as it reports
+        assert len(mgr.prefix_cache.evictor) == cached - done
         assert mgr.num_free_blocks == available
 
     @precondition(lambda self: self.mgr is not None)
@@ -389,8 +382,8 @@ class ManagerMachine(RuleBasedStateMachine):
         available = mgr.num_free_blocks
         mgr.reclaim_to(usage)
         usable = mgr.config.num_usable_blocks
-        occupied = usable - len(mgr.pool.free)
-        assert occupied <= int(usage * usable) or len(mgr.pool.evictor) == 0
+        occupied = usable - len(mgr.pool.free_stack)
+        assert occupied <= int(usage * usable) or len(mgr.prefix_cache.evictor) == 0
         assert mgr.num_free_blocks == available
 
     @precondition(lambda self: self.has_running())
@@ -447,7 +440,7 @@ class ManagerMachine(RuleBasedStateMachine):
         assert pin.num_tokens == expect == len(pin.block_ids) * self.bs
         for b in pin.block_ids:
             assert mgr.pool.ref_cnt[b] > 0
-            assert mgr.pool.block_hash[b] is not None
+            assert mgr.prefix_cache.block_hash[b] is not None
         self.pins.append(ModelPin(pin, tokens, salt, list(pin.block_ids)))
 
     @precondition(lambda self: self.mgr is not None and bool(self.pins or self.stale_pins))
@@ -475,8 +468,8 @@ class ManagerMachine(RuleBasedStateMachine):
             return
         mgr = self.m
         mgr.reset_prefix_cache()
-        assert not mgr.pool.cached
-        assert len(mgr.pool.evictor) == 0
+        assert not mgr.prefix_cache.cached
+        assert len(mgr.prefix_cache.evictor) == 0
         self.stale_pins += [mp.pin for mp in self.pins]
         self.pins.clear()
 
@@ -510,7 +503,7 @@ class ManagerMachine(RuleBasedStateMachine):
     def record_hashes(self) -> None:
         """Remember the KV every full-block hash of a running sequence stands for."""
         mgr, bs = self.m, self.bs
-        fn = mgr._hash_fn
+        fn = mgr.prefix_cache.hash_fn
         for ms in self.model.values():
             if ms.swapped:
                 continue
@@ -561,8 +554,8 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert got == ids[i * bs:(i + 1) * bs], (
                     f"seq {sid} reads wrong KV in logical block {i} (physical {b})")
         cap = mgr.config.max_cached_blocks
-        assert cap is None or len(mgr.pool.cached) <= cap, "prefix cache above its cap"
-        for h, b in mgr.pool.cached.items():
+        assert cap is None or len(mgr.prefix_cache.cached) <= cap, "prefix cache above its cap"
+        for h, b in mgr.prefix_cache.cached.items():
             assert h in self.known, f"block {b} cached under a hash no sequence produced"
             assert self.mem[b] == self.known[h], f"cached block {b} does not hold its KV"
         for mp in self.pins:

@@ -28,7 +28,7 @@ def fingerprint(st: KVStorage, model: str = "test-model", revision: str = "r1") 
 
 
 def chain(n: int, tag: str = "p") -> list[bytes]:
-    """``n`` chained sha256 hashes (like ``pagedkv.core.hashing``), distinct per ``tag``."""
+    """``n`` chained sha256 hashes (like ``prefix_cache/hashing.py``), distinct per ``tag``."""
     out, parent = [], hashlib.sha256(f"root|{tag}".encode()).digest()
     for i in range(n):
         parent = hashlib.sha256(parent + i.to_bytes(8, "little")).digest()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
-from pagedkv.core.eviction.base import EvictionPolicy, register_eviction_policy
+from pagedkv.core.prefix_cache.eviction.base import EvictionPolicy, register_eviction_policy
 
 
 @register_eviction_policy("lru")
@@ -20,7 +20,7 @@ class LRUPolicy(EvictionPolicy):
     overrides are honoured.
     """
 
-    _PROTOCOL = ("insert", "insert_many", "remove", "select", "forget", "touch", "pop_leaves")
+    _PROTOCOL = ("insert", "insert_many", "remove", "select", "forget", "record_hit", "pop_leaves")
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)

@@ -7,6 +7,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import Enum
 
+from pagedkv.core.prefix_cache.hashing import HashedPrompt
 from pagedkv.core.validate import is_int
 from pagedkv.errors import InvalidArgumentError
 
@@ -48,7 +49,7 @@ class SlidingWindow:
         return max(0, position + 1 - self.window_tokens)
 
 
-class Sequence:
+class SeqState:
     """State of one sequence. ``block_table[i]`` is the physical block holding tokens
     ``[i*block_size, (i+1)*block_size)``; ``block_hashes[i]`` the chained hash of full block i.
 
@@ -56,11 +57,12 @@ class Sequence:
     count: their KV was written by whoever committed them); only blocks wholly below it may be
     offered to the prefix cache. ``num_hashed`` counts leading full blocks already offered;
     ``caching`` is False once the chain broke (or for sequences that are not cached), ending
-    registration by ``commit``.
+    registration by ``commit``. ``prompt`` is the ``HashedPrompt`` it was admitted from, if any:
+    blocks it fills later with the prompt's own tokens (chunked prefill) reuse its hashes.
     """
 
     __slots__ = ("arrival", "block_hashes", "block_table", "caching", "host_table", "last_used",
-                 "num_computed", "num_hashed", "num_tokens", "priority", "root", "seq_id",
+                 "num_computed", "num_hashed", "num_tokens", "priority", "prompt", "root", "seq_id",
                  "status", "tokens", "window", "window_next")
 
     def __init__(self, seq_id: Hashable, tokens: array[int] | None, root: bytes | None,
@@ -83,17 +85,19 @@ class Sequence:
         self.window_next = 0  # next block index a sliding window may release (set on admit)
         self.status = SeqStatus.RUNNING
         self.host_table: list[int] = []  # host block per logical block while swapped out
+        self.prompt: HashedPrompt | None = None
 
-    def clone(self, seq_id: Hashable, num_tokens: int, block_size: int, arrival: int) -> Sequence:
+    def clone(self, seq_id: Hashable, num_tokens: int, block_size: int, arrival: int) -> SeqState:
         """A copy covering the first ``num_tokens`` tokens (block references not yet taken)."""
         num_blocks = -(-num_tokens // block_size)
         full = num_tokens // block_size
-        child = Sequence(seq_id, None if self.tokens is None else self.tokens[:num_tokens],
+        child = SeqState(seq_id, None if self.tokens is None else self.tokens[:num_tokens],
                          self.root, self.priority, arrival, self.window,
                          self.block_table[:num_blocks], num_tokens, self.block_hashes[:full],
                          min(self.num_hashed, full), self.caching)
         child.window_next = self.clamp_window_next(num_blocks, block_size)
         child.num_computed = min(self.num_computed, num_tokens)
+        child.prompt = self.prompt
         return child
 
     def released_needed(self, end: int, block_size: int) -> tuple[int, int] | None:

@@ -13,14 +13,14 @@ ARC and 2Q on most of the paper's traces. FIFO and LFU keep a sorted deque for b
 arrive in order (O(1)) and a heap for the rest (O(log n)).
 """
 
-from pagedkv.core.eviction.base import (
+from pagedkv.core.prefix_cache.eviction.base import (
     EVICTION_POLICIES,
     EvictionPolicy,
     register_eviction_policy,
 )
-from pagedkv.core.eviction.heap import FIFOPolicy, LFUPolicy
-from pagedkv.core.eviction.lru import LRUPolicy
-from pagedkv.core.eviction.s3fifo import S3FIFOPolicy
+from pagedkv.core.prefix_cache.eviction.heap import FIFOPolicy, LFUPolicy
+from pagedkv.core.prefix_cache.eviction.lru import LRUPolicy
+from pagedkv.core.prefix_cache.eviction.s3fifo import S3FIFOPolicy
 
 __all__ = [
     "EVICTION_POLICIES", "EvictionPolicy", "FIFOPolicy", "LFUPolicy", "LRUPolicy",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
-from pagedkv.core.eviction.base import EvictionPolicy, register_eviction_policy
+from pagedkv.core.prefix_cache.eviction.base import EvictionPolicy, register_eviction_policy
 
 
 @register_eviction_policy("s3fifo")
@@ -91,24 +91,18 @@ class S3FIFOPolicy(EvictionPolicy):
             queue.clear()
             queue.extend(live)
 
-    def touch(self, block_id: int) -> None:
+    def record_hit(self, block_id: int) -> None:
         self._freq[block_id] = min(self._freq.get(block_id, 0) + 1, self.MAX_FREQ)
 
     def select(self) -> int:
-        where, freq = self._where, self._freq
+        freq = self._freq
         while True:
-            # Small while it holds its share (or main is empty); the chosen queue has a live
-            # entry, since ``_num_small`` counts the small queue's.
-            in_small = self._num_small >= self._small_target or len(where) <= self._num_small
-            queue = self._small if in_small else self._main
-            while where.get(queue[0][0]) is not queue[0]:
-                queue.popleft()
-            block_id = queue[0][0]
+            block_id = self._peek(self._small_target)
             hits = freq.get(block_id, 0)
             if hits == 0:
                 return block_id
             self.remove(block_id)
-            freq[block_id] = 0 if in_small else hits - 1
+            freq[block_id] = 0 if self._home[block_id] == "S" else hits - 1
             self._home[block_id] = "M"
             self._push_all((block_id,), ())  # to the back of main (its home: no key needed)
 
@@ -128,22 +122,15 @@ class S3FIFOPolicy(EvictionPolicy):
         rare (a few percent of victims in a replay): ``select`` itself re-queues it."""
         small, main, where, home, freq, ghost = (self._small, self._main, self._where,
                                                  self._home, self._freq, self._ghost)
-        capacity, small_target, num_small = self.capacity, self._small_target, self._num_small
-        slack = self.COMPACT_SLACK
+        capacity, small_target, slack = self.capacity, self._small_target, self.COMPACT_SLACK
         out: list[int] = []
         append = out.append
         for _ in range(min(n, len(where))):  # each pass takes one live entry, or stops
-            in_small = num_small >= small_target or len(where) <= num_small
+            if freq.get(self._peek(small_target)):
+                self.select()  # re-queues heads with hits left; the head is now a victim
+            in_small = self._num_small >= small_target or len(where) <= self._num_small
             queue = small if in_small else main
-            while where.get(queue[0][0]) is not queue[0]:
-                queue.popleft()
             block_id = queue[0][0]
-            if freq.get(block_id):
-                self._num_small = num_small
-                block_id = self.select()
-                num_small = self._num_small
-                in_small = home[block_id] == "S"
-                queue = small if in_small else main
             if children[block_id]:
                 break
             queue.popleft()  # forget
@@ -151,15 +138,25 @@ class S3FIFOPolicy(EvictionPolicy):
             if len(small) + len(main) > 4 * len(where) + slack:
                 self._compact()
             if in_small:
-                num_small -= 1
+                self._num_small -= 1
                 ghost[block_hash[block_id]] = None
                 if len(ghost) > capacity:
                     ghost.popitem(last=False)
             freq.pop(block_id, None)
             drop_leaf(block_id)
             append(block_id)
-        self._num_small = num_small
         return out
+
+    def _peek(self, small_target: int) -> int:
+        """The head ``select`` considers: of small while it holds its share (or main is empty),
+        else of main; stale entries before it are dropped. The chosen queue has a live entry,
+        since ``_num_small`` counts the small queue's."""
+        where = self._where
+        in_small = self._num_small >= small_target or len(where) <= self._num_small
+        queue = self._small if in_small else self._main
+        while where.get(queue[0][0]) is not queue[0]:
+            queue.popleft()
+        return queue[0][0]
 
     def order(self) -> list[int]:
         where = self._where

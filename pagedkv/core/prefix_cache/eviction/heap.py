@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import ClassVar
 
-from pagedkv.core.eviction.base import EvictionPolicy, register_eviction_policy
+from pagedkv.core.prefix_cache.eviction.base import EvictionPolicy, register_eviction_policy
 
 
 class _HeapPolicy(EvictionPolicy):
@@ -145,5 +145,5 @@ class LFUPolicy(_HeapPolicy):
     tracks_hits = True
     RANK_BY_BIRTH = False
 
-    def touch(self, block_id: int) -> None:
+    def record_hit(self, block_id: int) -> None:
         self._history[block_id] = self._history.get(block_id, 0) + 1

@@ -8,8 +8,9 @@ A policy orders the *evictable set*: blocks that hold a registered prefix-cache 
   Within one release the pool inserts a sequence's blocks tail-first, so with equal standing a
   child is always ordered before its parent.
 * ``remove(block_id)`` - the block left the evictable set without being evicted (a cache hit).
-* ``touch(block_id)`` - a prefix lookup hit the block (it may be in use); frequency-aware
+* ``record_hit(block_id)`` - a prefix lookup hit the block (it may be in use); frequency-aware
   policies count it. Only called when ``tracks_hits`` is true (it is off on LRU's hot path).
+  (vLLM's ``touch`` is ``BlockPool.touch`` here: taking a reference on hit blocks.)
 * ``select()`` - the next victim; the pool then evicts it (or one of its evictable descendants,
   so that a cached suffix never outlives its prefix) and calls ``forget``.
 * ``forget(block_id, key)`` - the block was evicted: drop it and any per-block history.
@@ -84,7 +85,7 @@ class EvictionPolicy(ABC):
     @abstractmethod
     def __contains__(self, block_id: object) -> bool: ...
 
-    def touch(self, block_id: int) -> None:  # noqa: B027 - optional hook
+    def record_hit(self, block_id: int) -> None:  # noqa: B027 - optional hook
         """A lookup hit ``block_id``."""
 
     def forget(self, block_id: int, key: Hashable) -> None:

@@ -23,6 +23,7 @@ import hashlib
 import sys
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import xxhash
 
@@ -84,3 +85,32 @@ def chain_hashes(hash_fn: HashFn, parent: bytes, data: bytes, block_bytes: int,
         parent = hash_fn(parent + data[start:start + block_bytes])
         append(parent)
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class HashedPrompt:
+    """A token prompt and the chained hash of each of its full blocks, made once per request by
+    ``BlockManager.hash_prompt`` and then given to ``lookup_prefix``, ``admit`` and KV tiers in
+    place of the token ids, so none of them hashes the prompt again (vLLM keeps
+    ``block_hashes`` on its ``Request`` for the same reason).
+
+    Only the manager makes one, from the tokens, with its own hash function and block size
+    (``admit`` refuses a prompt hashed for another ``hash_algo`` or ``block_size``), so the
+    hashes always belong to the tokens. ``tokens`` is read-only by contract (``admit`` copies
+    it; the sequence grows its own copy).
+    """
+
+    tokens: array[int]  # array('q') of validated token ids
+    hashes: tuple[bytes, ...]  # one per full block of tokens
+    root: bytes  # parent hash of block 0 (salt and adapter)
+    hash_algo: str
+    block_size: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def prefix(self, num_tokens: int) -> HashedPrompt:
+        """The first ``num_tokens`` tokens with their hashes (no hashing: a chunked prefill
+        admits the first chunk of a prompt hashed whole)."""
+        return HashedPrompt(self.tokens[:num_tokens], self.hashes[:num_tokens // self.block_size],
+                            self.root, self.hash_algo, self.block_size)
