@@ -154,18 +154,21 @@ class CacheConfig:
     def from_memory_budget(cls, budget_bytes: int, *, block_size: int, num_layers: int,
                            num_kv_heads: int, head_dim: int, dtype: object = "float16",
                            **kwargs: Any) -> CacheConfig:
-        """Size the pool from a KV memory budget: ``num_blocks = budget // bytes_per_block``."""
+        """Size the pool from a KV memory budget: the budget pays for the usable blocks,
+        ``num_usable_blocks = budget // bytes_per_block``, and ``num_blocks`` is one more (the
+        null block 0, which only pads and never holds KV, is the one block beyond the budget).
+        The engine's ``kv_cache_memory`` means the same."""
         if not is_int(block_size) or block_size <= 0:
             raise ConfigError(f"block_size must be > 0, got {block_size!r}")
         if not is_int(budget_bytes) or budget_bytes < 0:
             raise ConfigError(f"budget_bytes must be an int >= 0, got {budget_bytes!r}")
         per_token = cls.kv_bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
-        num_blocks = budget_bytes // (block_size * per_token)
-        if num_blocks < 2:
+        usable = budget_bytes // (block_size * per_token)
+        if usable < 1:
             raise ConfigError(
-                f"budget of {budget_bytes} bytes holds {num_blocks} blocks of "
-                f"{block_size * per_token} bytes; need at least 2 (null block + 1)")
-        return cls(block_size=block_size, num_blocks=int(num_blocks),
+                f"budget of {budget_bytes} bytes holds {usable} blocks of "
+                f"{block_size * per_token} bytes; need at least 1")
+        return cls(block_size=block_size, num_blocks=int(usable) + 1,
                    bytes_per_token=per_token, **kwargs)
 
     @property
@@ -180,4 +183,5 @@ class CacheConfig:
 
     @property
     def num_usable_blocks(self) -> int:
+        """Blocks the manager can hand out: ``num_blocks`` less the null block."""
         return self.num_blocks - 1

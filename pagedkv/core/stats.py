@@ -29,7 +29,8 @@ class ManagerStats(Counters):
 
     evictions: int = 0
     num_sequences: int = 0
-    num_blocks: int = 0  # usable blocks (null block excluded)
+    num_blocks: int = 0  # physical blocks, the null block included (= CacheConfig.num_blocks)
+    num_usable_blocks: int = 0  # blocks the manager can hand out (num_blocks - 1)
     blocks_used: int = 0  # referenced by sequences or pins
     blocks_cached: int = 0  # unreferenced but holding a cached prefix (evictable)
     blocks_free: int = 0
@@ -50,11 +51,13 @@ class ManagerStats(Counters):
     @property
     def usage(self) -> float:
         """Fraction of usable blocks referenced."""
-        return self.blocks_used / self.num_blocks if self.num_blocks else 0.0
+        u = self.num_usable_blocks
+        return self.blocks_used / u if u else 0.0
 
     @property
     def peak_usage(self) -> float:
-        return self.peak_blocks_used / self.num_blocks if self.num_blocks else 0.0
+        u = self.num_usable_blocks
+        return self.peak_blocks_used / u if u else 0.0
 
     @property
     def internal_fragmentation(self) -> float:
@@ -68,7 +71,9 @@ class ManagerStats(Counters):
 
     @property
     def bytes_total(self) -> int | None:
-        return None if self.bytes_per_block is None else self.num_blocks * self.bytes_per_block
+        """Bytes of the usable blocks (what a memory budget pays for)."""
+        b = self.bytes_per_block
+        return None if b is None else self.num_usable_blocks * b
 
     def as_dict(self) -> dict[str, float | int | None]:
         """All fields and derived rates, for JSON output."""

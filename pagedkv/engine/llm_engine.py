@@ -57,6 +57,7 @@ class LLMEngine:
         dtype = next(hf.parameters()).dtype
         usable = cfg.num_blocks or max(1, (cfg.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY)
                                        // kv_bytes_per_block(hf.config, cfg.block_size, dtype))
+        # usable blocks plus the null block, as CacheConfig.from_memory_budget sizes a budget
         cache = CacheConfig(block_size=cfg.block_size, num_blocks=usable + 1,
                             enable_prefix_caching=cfg.enable_prefix_caching,
                             eviction_policy=cfg.eviction_policy,

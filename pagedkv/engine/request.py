@@ -14,11 +14,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from pagedkv.core import HashedPrompt
 from pagedkv.engine.outputs import CompletionOutput, RequestMetrics
 from pagedkv.engine.sampling_params import SamplingParams
 
 
-class SeqState(enum.Enum):
+class SchedulingState(enum.Enum):
+    """Which scheduler queue a sample is in (the manager's own per-sequence state is
+    ``pagedkv.core.SeqState``)."""
+
     WAITING = "waiting"  # not in the block manager: new, or preempted by recompute
     RUNNING = "running"  # in the block manager, on the device
     SWAPPED = "swapped"  # in the block manager, its blocks in the host pool
@@ -33,9 +37,12 @@ class EngineSeq:
     index: int
     tokens: list[int]
     num_computed: int = 0
-    state: SeqState = SeqState.WAITING
+    state: SchedulingState = SchedulingState.WAITING
     # Incremental detokenisation: characters of the output text already sent to the caller.
     num_text_sent: int = 0
+    # ``tokens`` hashed once (for prefix lookup, admission and KV tiers); redone only if
+    # ``tokens`` grew since (a preempted sample re-admitted with its output).
+    hashed: HashedPrompt | None = None
 
     @property
     def seq_id(self) -> tuple[str, int]:
@@ -99,4 +106,4 @@ class Request:
         return self.params.seed if self.params.seed is not None else self.base_seed
 
     def live_seqs(self) -> list[EngineSeq]:
-        return [s for s in self.seqs if s.state is not SeqState.FINISHED]
+        return [s for s in self.seqs if s.state is not SchedulingState.FINISHED]

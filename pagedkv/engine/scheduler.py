@@ -23,9 +23,10 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from pagedkv.core import HashedPrompt
 from pagedkv.core.preemption import PREEMPTION_POLICIES
 from pagedkv.engine.config import EngineConfig
-from pagedkv.engine.request import EngineSeq, SeqState
+from pagedkv.engine.request import EngineSeq, SchedulingState
 from pagedkv.engine.tiering import EngineTiers
 from pagedkv.errors import OutOfBlocksError
 from pagedkv.integrations.hf_runner import PagedModelRunner
@@ -63,12 +64,12 @@ class Scheduler:
 
     # ------------------------------------------------------------- queues
     def add(self, seq: EngineSeq) -> None:
-        seq.state = SeqState.WAITING
+        seq.state = SchedulingState.WAITING
         bisect.insort(self.waiting, seq, key=EngineSeq.sort_key)
 
     def add_running(self, seq: EngineSeq) -> None:
         """A sequence forked from a running one (already in the manager)."""
-        seq.state = SeqState.RUNNING
+        seq.state = SchedulingState.RUNNING
         bisect.insort(self.running, seq, key=EngineSeq.sort_key)
 
     def remove(self, seq: EngineSeq) -> None:
@@ -78,7 +79,7 @@ class Scheduler:
                 queue.remove(seq)
         if seq.seq_id in self.manager:
             self.runner.free(seq.seq_id)
-        seq.state = SeqState.FINISHED
+        seq.state = SchedulingState.FINISHED
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -138,7 +139,7 @@ class Scheduler:
         live = sum(1 for b in mgr.seq(seq.seq_id).block_table if b != mgr.null_block_id)
         if self.config.preemption_mode == "swap" and live <= mgr.num_free_host_blocks:
             self.runner.storage.swap_out(mgr.preempt(seq.seq_id, "swap"))
-            seq.state = SeqState.SWAPPED
+            seq.state = SchedulingState.SWAPPED
             bisect.insort(self.swapped, seq, key=EngineSeq.sort_key)
         else:
             mgr.preempt(seq.seq_id, "recompute")
@@ -178,27 +179,25 @@ class Scheduler:
                        if s.index == 0 and not s.request.forked)
             if self.running and len(self.running) + owed + 1 + forks > self.config.max_num_seqs:
                 break
-            cached = mgr.lookup_prefix(seq.tokens, cache_salt=req.cache_salt)
+            hashed = self._hashed(seq)
+            cached = mgr.lookup_prefix(hashed)
             cap = (len(seq.tokens) - 1) // bs * bs  # the last token is always computed
             hit = min(cached, cap)
-            hashes: list[bytes] = []
             in_tiers = 0
             if self.tiers is not None and hit < cap:
-                hashes = self.tiers.prompt_hashes(seq.tokens, req.cache_salt)
-                in_tiers = self.tiers.lookup(hashes, hit // bs, cap // bs)
+                in_tiers = self.tiers.lookup(hashed.hashes, hit // bs, cap // bs)
             start = hit + in_tiers * bs
             n = min(len(seq.tokens) - start, budget)
             if not chunked and n < len(seq.tokens) - start:
                 break
             try:
-                got = self.runner.admit(seq.seq_id, seq.tokens[:start + n],
-                                        cache_salt=req.cache_salt)
+                got = self.runner.admit(seq.seq_id, hashed.prefix(start + n))
             except OutOfBlocksError:
                 break
             self.waiting.pop(0)
             loaded = 0
             if in_tiers and self.tiers is not None:
-                loaded = self.tiers.load(seq.seq_id, hashes, got // bs, in_tiers) * bs
+                loaded = self.tiers.load(seq.seq_id, hashed.hashes, got // bs, in_tiers) * bs
             seq.num_computed = got + loaded
             n = start + n - seq.num_computed
             self.prefix_query_tokens += len(seq.tokens)
@@ -211,6 +210,12 @@ class Scheduler:
             out.append(ScheduledSeq(seq, n))
             budget -= n
 
+    def _hashed(self, seq: EngineSeq) -> HashedPrompt:
+        """``seq.tokens`` hashed, once per length (vLLM keeps block hashes on the request)."""
+        if seq.hashed is None or len(seq.hashed) != len(seq.tokens):
+            seq.hashed = self.manager.hash_prompt(seq.tokens, cache_salt=seq.request.cache_salt)
+        return seq.hashed
+
     # ---------------------------------------------------------- integrity
     def check_integrity(self) -> None:
         """Queues disjoint and sorted; exactly the running and swapped sequences are in the
@@ -218,8 +223,9 @@ class Scheduler:
         mgr = self.manager
         ids = [s.seq_id for q in (self.waiting, self.running, self.swapped) for s in q]
         assert len(ids) == len(set(ids)), "a sequence is queued twice"
-        for queue, state in ((self.waiting, SeqState.WAITING), (self.running, SeqState.RUNNING),
-                             (self.swapped, SeqState.SWAPPED)):
+        for queue, state in ((self.waiting, SchedulingState.WAITING),
+                             (self.running, SchedulingState.RUNNING),
+                             (self.swapped, SchedulingState.SWAPPED)):
             keys = [s.sort_key() for s in queue]
             assert keys == sorted(keys), f"{state.value} queue out of order"
             for s in queue:

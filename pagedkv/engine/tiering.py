@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -87,18 +87,13 @@ class EngineTiers:
         if kept:
             self.cache.store([h for _, h in kept], [b for b, _ in kept])
 
-    def prompt_hashes(self, tokens: list[int], cache_salt: str | None) -> list[bytes]:
-        """The chained hash of every full block of ``tokens`` (the manager's own keys)."""
-        hashes: list[bytes] = self.manager.prompt_hashes(tokens, cache_salt=cache_salt)
-        return hashes
-
-    def lookup(self, hashes: list[bytes], first: int, last: int) -> int:
+    def lookup(self, hashes: Sequence[bytes], first: int, last: int) -> int:
         """Blocks ``first, first+1, ...`` (before ``last``) the tiers hold, leading run only."""
         if first >= last:
             return 0
         return self.cache.lookup(hashes[first:last])
 
-    def load(self, seq_id: Hashable, hashes: list[bytes], first: int, count: int) -> int:
+    def load(self, seq_id: Hashable, hashes: Sequence[bytes], first: int, count: int) -> int:
         """Load blocks ``[first, first + count)`` of an admitted sequence into its own block
         ids; marks the loaded leading run computed. Returns the blocks loaded."""
         table = self.manager.block_table(seq_id)

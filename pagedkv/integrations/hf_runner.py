@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pagedkv.attention import AttentionMetadata, get_attention_backend
-from pagedkv.core import BlockManager, CacheConfig, SlidingWindow
+from pagedkv.core import BlockManager, CacheConfig, HashedPrompt, SlidingWindow
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.integrations.hf_attention import (
     ATTN_IMPLEMENTATION,
@@ -100,13 +100,18 @@ class PagedModelRunner:
         self._pending: dict[Hashable, tuple[int, list[int]]] = {}
 
     # ---------------------------------------------------------- bookkeeping
-    def admit(self, seq_id: Hashable, prompt: Sequence[int] | np.ndarray, *,
+    def admit(self, seq_id: Hashable, prompt: Sequence[int] | np.ndarray | HashedPrompt, *,
               cache_salt: str | None = None) -> int:
         """Allocate blocks for a prompt; returns how many leading tokens were prefix-cache hits
-        (their KV is reused, the rest is computed by the next :meth:`forward`)."""
-        ids = self._token_ids(prompt, "prompt")
-        hit = self.manager.admit(seq_id, ids, cache_salt=cache_salt,
-                                 sliding_window=self.sliding_window)
+        (their KV is reused, the rest is computed by the next :meth:`forward`). A
+        ``HashedPrompt`` (from ``manager.hash_prompt``, with its salt) is not hashed again."""
+        if isinstance(prompt, HashedPrompt):
+            ids = self._token_ids(np.frombuffer(prompt.tokens, dtype=np.int64), "prompt")
+            hit = self.manager.admit(seq_id, prompt, sliding_window=self.sliding_window)
+        else:
+            ids = self._token_ids(prompt, "prompt")
+            hit = self.manager.admit(seq_id, ids, cache_salt=cache_salt,
+                                     sliding_window=self.sliding_window)
         self._pending[seq_id] = (hit, ids[hit:].tolist())
         return hit
 

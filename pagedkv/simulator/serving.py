@@ -18,7 +18,6 @@ length ``o`` (at least 1) therefore ends with ``input + o - 1`` tokens of KV.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ import numpy as np
 
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.simulator.costmodel import LinearCostModel
+from pagedkv.simulator.serving_scheduler import ReplayScheduler
 from pagedkv.simulator.trace import Trace
 
 
@@ -108,139 +108,11 @@ def replay(
     progress: Callable[[int, int], None] | None = None,
 ) -> ServingResult:
     """Replay ``trace`` by arrival time through ``backend``; return latency/memory metrics."""
-    cost = cost or LinearCostModel()
-    limits = limits or SchedulerLimits()
-    chunked = limits.chunked_prefill
-    reqs = sorted(range(len(trace)), key=lambda i: trace.requests[i].arrival_ms)
-    arrival = np.array([r.arrival_ms for r in trace.requests], dtype=np.float64)
-    inp = [r.input_len for r in trace.requests]
-    out = [max(1, r.output_len) for r in trace.requests]
-    n = len(inp)
-    gen = [0] * n
-    first_sched = np.full(n, np.nan)
-    first_tok = np.full(n, np.nan)
-    finish = np.full(n, np.nan)
-    pending = deque(reqs)
-    waiting: deque[int] = deque()
-    running: list[int] = []  # decoding (prefill done)
-    prefilling: list[int] = []  # admitted, prompt partly computed (chunked prefill only), FCFS
-    todo = [0] * n  # prompt tokens a prefilling request still has to compute
-    rejected = preemptions = done = 0
-    steps = hit_tokens = prefill_total = 0
-    tl_t: list[float] = []
-    tl_alloc: list[int] = []
-    tl_tokens: list[int] = []
-    tl_run: list[int] = []
-    tl_wait: list[int] = []
-    kv = [0] * n  # tokens of KV written (cached hit + computed)
-    now = float(arrival[reqs[0]]) if n else 0.0
-    while pending or waiting or running or prefilling:
-        if not waiting and not running and not prefilling and pending:
-            now = max(now, float(arrival[pending[0]]))
-        while pending and arrival[pending[0]] <= now:
-            waiting.append(pending.popleft())
-        # 1. decode growth for running sequences; preempt newest (recompute) when memory is
-        # short, partly prefilled prompts included
-        victims: list[int] = backend.grow(running, prefilling) if running else []
-        if victims:
-            gone = set(victims)
-            running = [r for r in running if r not in gone]
-            prefilling = [r for r in prefilling if r not in gone]
-            preemptions += len(victims)
-            for v in sorted(victims, key=lambda v: -arrival[v]):  # oldest ends up first
-                kv[v] = todo[v] = 0
-                waiting.appendleft(v)
-        # 2. prefill work: chunks of prompts in progress, then admission (FCFS, head-of-line
-        # blocking; none in a step that preempted, like vLLM v0)
-        budget = limits.max_batched_tokens - (len(running) if chunked else 0)
-        chunks: list[tuple[int, int]] = []  # (request, prompt tokens computed this step)
-        for rid in prefilling:
-            if budget <= 0:
-                break
-            chunks.append((rid, min(todo[rid], budget)))
-            budget -= chunks[-1][1]
-        admitted: list[int] = []
-        while (not victims and waiting and (budget > 0 or not chunked)
-               and len(running) + len(prefilling) + len(admitted) < limits.max_num_seqs):
-            rid = waiting[0]
-            ntok = inp[rid] + gen[rid]
-            if not chunked and admitted and ntok > budget:
-                break
-            if not backend.fits_ever(rid, ntok):
-                waiting.popleft()
-                rejected += 1
-                continue
-            hit = backend.admit(rid, ntok)
-            if hit is None:
-                break
-            waiting.popleft()
-            admitted.append(rid)
-            hit_tokens += hit
-            kv[rid] = hit
-            todo[rid] = ntok - hit
-            chunks.append((rid, min(todo[rid], budget) if chunked else todo[rid]))
-            budget -= chunks[-1][1] if chunked else ntok
-            if np.isnan(first_sched[rid]):
-                first_sched[rid] = now
-        decoding = running
-        if not chunks and not decoding:
-            if victims:  # everything was preempted: memory is free again, admit next step
-                continue
-            if pending:
-                now = max(now, float(arrival[pending[0]]))
-                continue
-            if waiting:  # nothing runs and the head cannot be admitted: it never will be
-                waiting.popleft()
-                rejected += 1
-            continue
-        prefill = sum(c for _, c in chunks)
-        now += cost.step_ms(prefill, len(decoding))
-        prefill_total += prefill
-        steps += 1
-        backend.commit([(rid, kv[rid] + 1) for rid in decoding]
-                       + [(rid, kv[rid] + c) for rid, c in chunks])
-        still: list[int] = []
-        for rid in decoding:
-            kv[rid] += 1
-            gen[rid] += 1
-            if gen[rid] >= out[rid]:
-                finish[rid] = now
-                backend.free(rid)
-                done += 1
-            else:
-                still.append(rid)
-        for rid, c in chunks:
-            todo[rid] -= c
-            kv[rid] += c
-            if todo[rid]:
-                continue
-            gen[rid] += 1  # the prompt's last chunk yields the first output token
-            if np.isnan(first_tok[rid]):
-                first_tok[rid] = now
-            if gen[rid] >= out[rid]:
-                finish[rid] = now
-                backend.free(rid)
-                done += 1
-            else:
-                still.append(rid)
-        running = still
-        prefilling = [r for r in prefilling + admitted if todo[r]]
-        tl_t.append(now)
-        tl_alloc.append(backend.allocated_tokens())
-        tl_tokens.append(sum(kv[r] for r in running) + sum(kv[r] for r in prefilling)
-                         - backend.shared_tokens())
-        tl_run.append(len(running) + len(prefilling))
-        tl_wait.append(len(waiting))
-        if progress is not None and steps % 256 == 0:
-            progress(done + rejected, n)
-    if progress is not None:
-        progress(n, n)
+    s = ReplayScheduler(trace, backend, cost or LinearCostModel(), limits or SchedulerLimits())
+    s.run(progress)
     return _summarize(
-        backend, arrival, first_sched, first_tok, finish, out, steps, preemptions, rejected,
-        hit_tokens, prefill_total,
-        {"t_ms": np.array(tl_t), "allocated_tokens": np.array(tl_alloc),
-         "token_states": np.array(tl_tokens), "running": np.array(tl_run),
-         "waiting": np.array(tl_wait)},
+        backend, s.arrival, s.first_sched, s.first_tok, s.finish, s.out, s.steps, s.preemptions,
+        s.rejected, s.hit_tokens, s.prefill_total, s.timeline_arrays(),
     )
 
 

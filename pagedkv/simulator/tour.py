@@ -64,12 +64,12 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
     if num_requests <= 0:
         raise InvalidArgumentError(f"--requests must be positive, got {num_requests}")
     rng = np.random.default_rng(seed)
-    cfg = CacheConfig.from_memory_budget(
-        num_blocks * block_size * 2 * 4 * 8 * 64 * 2, block_size=block_size, num_layers=4,
+    cfg = CacheConfig.from_memory_budget(  # pays for num_blocks - 1 usable + the null block
+        (num_blocks - 1) * block_size * 2 * 4 * 8 * 64 * 2, block_size=block_size, num_layers=4,
         num_kv_heads=8, head_dim=64, dtype="float16", eviction_policy=policy)
     mgr = BlockManager(cfg)
     say: Callable[..., None] = print if verbose else (lambda *a, **k: None)
-    say(f"pool: {cfg.num_blocks} blocks x {block_size} tokens "
+    say(f"pool: {cfg.num_usable_blocks} usable blocks x {block_size} tokens "
         f"({(cfg.total_bytes or 0) / 2**20:.1f} MiB of fp16 KV for a 4-layer, 8-head, "
         f"64-dim model), eviction={policy}")
     shared = [rng.integers(0, 32000, int(rng.integers(6, 11)) * block_size).tolist()

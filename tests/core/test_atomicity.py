@@ -462,7 +462,7 @@ def test_config_helpers_validation():
                                        head_dim=8, eviction_policy="nope")
 
 
-@pytest.mark.parametrize("budget", [0, 1, 1000, 2 * 4 * 256 - 1])
+@pytest.mark.parametrize("budget", [0, 1, 1000, 4 * 256 - 1])
 def test_from_memory_budget_too_small(budget):
     # 2 (K, V) x 1 layer x 1 head x 64 dims x 2 bytes = 256 bytes/token; 1024 bytes/block
     per_block = 4 * 256
@@ -473,9 +473,9 @@ def test_from_memory_budget_too_small(budget):
     msg = str(info.value)
     assert f"budget of {budget} bytes holds {budget // per_block} blocks of {per_block} bytes" \
         in msg
-    ok = CacheConfig.from_memory_budget(2 * per_block, block_size=4, num_layers=1,
+    ok = CacheConfig.from_memory_budget(per_block, block_size=4, num_layers=1,
                                         num_kv_heads=1, head_dim=64, dtype="float16")
-    assert (ok.num_blocks, ok.bytes_per_token) == (2, 256)
+    assert (ok.num_usable_blocks, ok.num_blocks, ok.bytes_per_token) == (1, 2, 256)
 
 
 def test_sliding_window_validation():

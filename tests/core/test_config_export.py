@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedkv import CacheConfig, ConfigError, InvalidArgumentError
+from pagedkv import BlockManager, CacheConfig, ConfigError, InvalidArgumentError
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -26,10 +26,14 @@ def test_from_memory_budget_sizes_pool():
     cfg = CacheConfig.from_memory_budget(1 << 20, block_size=16, num_layers=2, num_kv_heads=2,
                                          head_dim=8, dtype="float16")
     assert cfg.bytes_per_token == 2 * 2 * 2 * 8 * 2
-    assert cfg.num_blocks == (1 << 20) // (16 * 128)
+    # the budget pays for the usable blocks; the null block is the one block beyond it
+    assert cfg.num_usable_blocks == (1 << 20) // (16 * 128) == cfg.num_blocks - 1
     assert cfg.total_bytes == cfg.num_blocks * 16 * 128
-    with pytest.raises(ConfigError, match="holds 1 blocks"):
-        CacheConfig.from_memory_budget(3000, block_size=16, num_layers=2, num_kv_heads=2,
+    stats = BlockManager(cfg).stats()
+    assert (stats.num_blocks, stats.num_usable_blocks) == (cfg.num_blocks, cfg.num_usable_blocks)
+    assert stats.bytes_total == 1 << 20  # what the budget paid for
+    with pytest.raises(ConfigError, match="holds 0 blocks"):
+        CacheConfig.from_memory_budget(2000, block_size=16, num_layers=2, num_kv_heads=2,
                                        head_dim=8)
 
 

@@ -15,7 +15,7 @@ tokens it claims.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class Seq:
     salt: str | None
     computed: int  # leading positions whose KV the model wrote (or got from a prefix hit)
     swapped: bool = False
+    rest: list[int] = field(default_factory=list)  # a hashed prompt's tokens not yet appended
 
 
 class KVWriteMachine(RuleBasedStateMachine):
@@ -127,6 +128,38 @@ class KVWriteMachine(RuleBasedStateMachine):
             return
         self.check_hit(tokens, salt, self.m.block_table(sid)[:hit // self.bs])
         self.seqs[sid] = Seq(tokens, salt, hit)
+
+    @precondition(lambda self: self.ready() and len(self.seqs) < 6)
+    @rule(prefix=st.sampled_from(PREFIXES), tail=TOKENS, salt=st.sampled_from(SALTS),
+          chunk=st.integers(1, 9))
+    def admit_hashed_chunk(self, prefix: tuple[int, ...], tail: list[int], salt: str | None,
+                           chunk: int) -> None:
+        """Chunked prefill the engine's way: the whole prompt hashed once, its first chunk
+        admitted; ``continue_prompt`` appends the rest, reusing the prompt's hashes."""
+        tokens = [*prefix, *tail]
+        hashed = self.m.hash_prompt(tokens, cache_salt=salt)
+        self.next_id += 1
+        sid = self.next_id
+        first = min(chunk, len(tokens))
+        try:
+            hit = self.m.admit(sid, hashed.prefix(first))
+        except OutOfBlocksError:
+            return
+        self.check_hit(tokens, salt, self.m.block_table(sid)[:hit // self.bs])
+        self.seqs[sid] = Seq(tokens[:first], salt, hit, rest=tokens[first:])
+
+    @precondition(lambda self: any(q.rest and not q.swapped for q in self.seqs.values()))
+    @rule(data=st.data(), n=st.integers(1, 5))
+    def continue_prompt(self, data: st.DataObject, n: int) -> None:
+        sid = data.draw(st.sampled_from([s for s in self.ids() if self.seqs[s].rest]))
+        q = self.seqs[sid]
+        new = q.rest[:n]
+        try:
+            self.m.append(sid, new)
+        except OutOfBlocksError:
+            return
+        q.tokens += new
+        del q.rest[:len(new)]
 
     @precondition(lambda self: self.has())
     @rule(data=st.data(), new=TOKENS)

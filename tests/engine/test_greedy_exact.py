@@ -286,3 +286,25 @@ def test_unknown_preemption_policy_is_refused():
 
     with pytest.raises(ConfigError, match="preemption_policy"):
         make_engine(block_size=4, num_blocks=14, preemption_policy="random")
+
+
+def test_each_prompt_block_is_hashed_once_through_chunked_prefill():
+    """The scheduler hashes a prompt once (lookup, admission of the first chunk, and the blocks
+    later chunks fill all use that ``HashedPrompt``): a prompt of ``k`` full blocks costs ``k``
+    block hashes plus its root, however many chunks it is computed in."""
+    eng = make_engine(block_size=4, num_blocks=64, enable_chunked_prefill=True,
+                      max_num_batched_tokens=6)
+    cache = eng.manager.prefix_cache
+    digests: list[bytes] = []
+    real = cache.hash_fn
+
+    def counting(data: bytes) -> bytes:
+        digests.append(data)
+        return real(data)
+
+    cache.hash_fn = counting
+    prompt = random_prompts([27], seed=11)[0]  # 6 full blocks of 4, then 3 tokens
+    run = drive(eng, [("r", prompt, greedy(1))])  # one new token: fills no block
+    assert run.final["r"].outputs[0].token_ids == greedy_ref(prompt, 1)
+    assert len(digests) == 6 + 1, len(digests)  # chunked over 5 steps of <= 6 tokens
+    assert run.steps >= 5

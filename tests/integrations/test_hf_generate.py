@@ -165,7 +165,8 @@ def test_budget_config_and_misuse_errors():
                                          head_dim=16, dtype=torch.float32)
     runner = PagedModelRunner(model, config=cfg)
     assert runner.storage.num_blocks == cfg.num_blocks
-    assert runner.storage.kv_cache.numel() * 4 <= 64 * 1024
+    per_block = runner.storage.kv_cache.numel() * 4 // cfg.num_blocks
+    assert cfg.num_usable_blocks * per_block <= 64 * 1024 < cfg.num_blocks * per_block
     with pytest.raises(InvalidArgumentError, match="pending"):
         runner.forward(["nope"])
     runner.admit("a", [1, 2, 3])

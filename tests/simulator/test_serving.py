@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from pagedkv.simulator.contiguous import ContiguousBackend, default_max_model_le
 from pagedkv.simulator.costmodel import LinearCostModel
 from pagedkv.simulator.paged import PagedBackend
 from pagedkv.simulator.serving import SchedulerLimits, replay
+from pagedkv.simulator.serving_scheduler import ReplayScheduler
 from pagedkv.simulator.synthetic import SyntheticSpec, generate
 from pagedkv.simulator.trace import Request, Trace, from_lengths
 
@@ -198,3 +200,46 @@ def test_chunked_prefill_preempts_the_newest_request_even_mid_prefill() -> None:
     assert all(rid == 1 for rid, _ in preempted)
     assert res.summary["requests_finished"] == 2
     assert be.mgr.num_used_blocks == 0
+
+
+@dataclass(frozen=True)
+class _CountingCost(LinearCostModel):
+    """Records what each step was charged for: the batch the scheduler actually ran."""
+
+    batches: list[tuple[int, int]] = field(default_factory=list)
+
+    def step_ms(self, prefill_tokens: int, decode_seqs: int) -> float:
+        self.batches.append((prefill_tokens, decode_seqs))
+        return super().step_ms(prefill_tokens, decode_seqs)
+
+
+def test_scheduler_steps_a_chunked_prefill_within_the_token_budget() -> None:
+    tr = from_lengths([(10, 5), (100, 2)], arrivals_ms=[0.0, 0.0])
+    limits = SchedulerLimits(max_batched_tokens=30, chunked_prefill=True)
+    sched = ReplayScheduler(tr, PagedBackend(build_block_stream(tr, 16), 64), COST, limits)
+    states = []
+    for _ in range(5):
+        assert sched.step()
+        states.append((sched.prefill_total, sched.todo[1], [*sched.prefilling], [*sched.running]))
+    # A's whole prompt and 20 of B's fill step 1; then A's decode token leaves 29 for B
+    assert states == [(30, 80, [1], [0]), (59, 51, [1], [0]), (88, 22, [1], [0]),
+                      (110, 0, [], [0, 1]), (110, 0, [], [])]
+    assert not sched.step()
+    assert (sched.done, sched.steps, sched.gen) == (2, 5, [5, 2])
+
+
+def test_scheduler_keeps_every_request_in_one_place_through_preemptions() -> None:
+    tr = generate(SyntheticSpec(num_requests=60, rate=50.0, seed=1, max_len=512))
+    cost = _CountingCost(1.0, 0.01, 0.5)
+    limits = SchedulerLimits(max_num_seqs=8, max_batched_tokens=64, chunked_prefill=True)
+    sched = ReplayScheduler(tr, PagedBackend(build_block_stream(tr, 16), 40), cost, limits)
+    while sched.pending or sched.waiting or sched.prefilling or sched.running:
+        sched.step()
+        places = [*sched.pending, *sched.waiting, *sched.prefilling, *sched.running]
+        assert len(places) == len(set(places))
+        assert len(places) + sched.done + sched.rejected == len(tr)
+        assert len(sched.prefilling) + len(sched.running) <= limits.max_num_seqs
+    assert sched.preemptions > 0
+    assert (sched.done, sched.rejected) == (60, 0)
+    assert len(cost.batches) == sched.steps
+    assert all(0 < prefill + decode <= 64 for prefill, decode in cost.batches)

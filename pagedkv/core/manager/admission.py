@@ -148,7 +148,7 @@ class Admission:
         caching = (bool(p.hashes) or p.root is not None) and p.n >= self.min_cache_tokens
         seq = SeqState(seq_id, tokens, p.root, priority, table.clock, window,
                        hit + self.pool.allocate(need), p.n, p.hashes, num_hit, caching)
-        seq.prompt = p.hashed
+        seq.prompt = None if p.hashed is None else p.hashed.whole or p.hashed
         seq.num_computed = num_hit * bs  # hit blocks were committed by whoever cached them
         table.seqs[seq_id] = seq
         table.registrar.track(seq)

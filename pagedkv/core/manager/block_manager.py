@@ -68,11 +68,6 @@ class BlockManager(ManagerQueries):
         what a shared KV tier is keyed by)."""
         return self.admission.hash_prompt(token_ids, cache_salt, lora_id)
 
-    def prompt_hashes(self, token_ids: TokenIds, *, cache_salt: str | bytes | None = None,
-                      lora_id: int | str | None = None) -> list[bytes]:
-        """``hash_prompt(...).hashes`` as a list."""
-        return list(self.admission.hash_prompt(token_ids, cache_salt, lora_id).hashes)
-
     def lookup_prefix(self, token_ids: TokenIds | HashedPrompt, *,
                       cache_salt: str | bytes | None = None,
                       lora_id: int | str | None = None) -> int:

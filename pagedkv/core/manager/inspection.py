@@ -33,7 +33,8 @@ def stats(m: ManagerQueries) -> ManagerStats:
     stored = (used - len(partial_fill)) * bs + sum(partial_fill.values())
     return ManagerStats(
         **vars(m.counters), evictions=m.prefix_cache.num_evictions,
-        num_sequences=len(m.table.seqs), num_blocks=m.config.num_usable_blocks,
+        num_sequences=len(m.table.seqs), num_blocks=m.config.num_blocks,
+        num_usable_blocks=m.config.num_usable_blocks,
         blocks_used=used, blocks_cached=len(m.prefix_cache.evictor),
         blocks_free=len(pool.free_stack), tokens_stored=stored, block_size=bs,
         bytes_per_block=m.config.bytes_per_block)

@@ -105,6 +105,8 @@ class HashedPrompt:
     root: bytes  # parent hash of block 0 (salt and adapter)
     hash_algo: str
     block_size: int
+    whole: HashedPrompt | None = None  # the prompt this is a prefix of (its later blocks'
+    # hashes are reused when the sequence grows into them)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -113,4 +115,4 @@ class HashedPrompt:
         """The first ``num_tokens`` tokens with their hashes (no hashing: a chunked prefill
         admits the first chunk of a prompt hashed whole)."""
         return HashedPrompt(self.tokens[:num_tokens], self.hashes[:num_tokens // self.block_size],
-                            self.root, self.hash_algo, self.block_size)
+                            self.root, self.hash_algo, self.block_size, self.whole or self)
