@@ -35,7 +35,7 @@ class PressureMonitor:
     def __init__(self, thresholds: tuple[float, float, float], usable_blocks: int) -> None:
         # the smallest used-block count at which each level starts
         self._starts = [math.ceil(blocks_at(t, usable_blocks)) for t in thresholds]
-        # update() is a no-op while low_bound <= used < high_bound; hot paths test this inline
+        # update() is a no-op while low_bound <= used < high_bound
         self.low_bound = 0
         self.high_bound = self._starts[0]
         self.level = PressureLevel.LOW

@@ -7,8 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_tiers_roundtrip import GatedTier
-from tiers_helpers import blocks_equal, cache_for, chain, make_storage
+from tiers_helpers import GatedTier, blocks_equal, cache_for, chain, make_storage
 
 from pagedkv.errors import InvalidArgumentError, PagedKVError
 from pagedkv.tiers import (

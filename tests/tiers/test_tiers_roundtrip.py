@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiers_helpers import blocks_equal, cache_for, chain, fingerprint, make_storage
+from tiers_helpers import GatedTier, blocks_equal, cache_for, chain, fingerprint, make_storage
 
 from pagedkv.storage.kv_storage import KVStorage
 from pagedkv.tiers import DiskTier, HostTier, KVTier, RemoteTier, TieredKVCache, encode_block
@@ -116,31 +116,3 @@ def test_background_store_copies_before_returning(tier: KVTier) -> None:
     assert cache.load(hashes, [4, 5, 6]) == 3
     assert blocks_equal(st, [4, 5, 6], ref, [1, 2, 3])
     cache.close()
-
-
-class GatedTier(KVTier):
-    """Delegates to ``inner``; writes wait for ``gate`` (a slow store)."""
-
-    def __init__(self, inner: KVTier, gate: threading.Event) -> None:
-        super().__init__()
-        self.inner, self.gate, self.name = inner, gate, "gated"
-
-    capacity_bytes = None  # type: ignore[assignment]
-    used_bytes = 0  # type: ignore[assignment]
-
-    def _contains_prefix(self, keys):  # type: ignore[no-untyped-def]
-        return self.inner.contains_prefix(keys)
-
-    def _get_many(self, keys):  # type: ignore[no-untyped-def]
-        return self.inner.get_many(keys)
-
-    def _put_many(self, items):  # type: ignore[no-untyped-def]
-        assert self.gate.wait(10)
-        self.inner.put_many(items)
-        return list(range(len(items)))
-
-    def _evict(self, nbytes: int) -> int:
-        return 0
-
-    def _clear(self) -> None:
-        self.inner.clear()

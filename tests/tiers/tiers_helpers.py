@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import torch
 
 from pagedkv.storage.kv_storage import KVStorage
-from pagedkv.tiers import RemoteTier, TieredKVCache, fingerprint_for
+from pagedkv.tiers import KVTier, RemoteTier, TieredKVCache, fingerprint_for
 
 GEOMETRY = {"num_layers": 2, "block_size": 4, "num_kv_heads": 2, "head_dim": 8}
 
@@ -60,3 +61,31 @@ def child_share(url: str, seed: int, load_tag: str, store_tag: str, n: int) -> t
     writer.close()
     loader.close()
     return got, ok
+
+
+class GatedTier(KVTier):
+    """Delegates to ``inner``; writes wait for ``gate`` (a slow store)."""
+
+    def __init__(self, inner: KVTier, gate: threading.Event) -> None:
+        super().__init__()
+        self.inner, self.gate, self.name = inner, gate, "gated"
+
+    capacity_bytes = None  # type: ignore[assignment]
+    used_bytes = 0  # type: ignore[assignment]
+
+    def _contains_prefix(self, keys):  # type: ignore[no-untyped-def]
+        return self.inner.contains_prefix(keys)
+
+    def _get_many(self, keys):  # type: ignore[no-untyped-def]
+        return self.inner.get_many(keys)
+
+    def _put_many(self, items):  # type: ignore[no-untyped-def]
+        assert self.gate.wait(10)
+        self.inner.put_many(items)
+        return list(range(len(items)))
+
+    def _evict(self, nbytes: int) -> int:
+        return 0
+
+    def _clear(self) -> None:
+        self.inner.clear()

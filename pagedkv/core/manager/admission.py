@@ -168,12 +168,7 @@ class Admission:
             if seq.num_hashed:
                 c.prefix_hit_tokens += seq.num_hashed * self.block_size
                 c.prefix_hit_requests += 1
-        used = self.pool.num_used
-        if used > c.peak_blocks_used:
-            c.peak_blocks_used = used
-        pressure = self.table.pressure
-        if not pressure.low_bound <= used < pressure.high_bound:
-            pressure.update(used)
+        self.table.after_alloc()
 
     def worst_case_need(self, prompts: list[Prompt]) -> int:
         """Blocks a batch of prompts needs if every unreferenced cached block a prompt would

@@ -225,9 +225,7 @@ class SequenceTable:
             self.host_pool.release(b for b in reversed(seq.host_table) if b >= 0)
         else:
             self.copies.release(reversed(seq.block_table))
-        used, pressure = self.pool.num_used, self.pressure
-        if not pressure.low_bound <= used < pressure.high_bound:
-            pressure.update(used)
+        self.pressure.update(self.pool.num_used)
 
     # ------------------------------------------------------------------- swap
     def swap_out(self, seq: SeqState) -> list[tuple[int, int]]:
