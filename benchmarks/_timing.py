@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_medians(fns: list[Callable[[], object]], repeats: int, warmup: int = 1
-                        ) -> list[float]:
+def interleaved_medians(
+    fns: list[Callable[[], object]], repeats: int, warmup: int = 1
+) -> list[float]:
     """Median seconds per call of each function. Calls are interleaved (f1, f2, f1, f2, ...)
     so that background load on a shared machine hits every contender alike; ``warmup`` untimed
     calls of each first."""

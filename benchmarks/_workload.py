@@ -116,20 +116,33 @@ class Workload:
     def describe(self) -> str:
         lens = np.array([len(p) for p in self.prompts])
         mts = np.array(self.max_tokens)
-        return (f"{self.num_requests} requests, prompt tokens min/p50/mean/max "
-                f"{lens.min()}/{int(np.median(lens))}/{lens.mean():.0f}/{lens.max()}, "
-                f"max_tokens min/p50/max {mts.min()}/{int(np.median(mts))}/{mts.max()}")
+        return (
+            f"{self.num_requests} requests, prompt tokens min/p50/mean/max "
+            f"{lens.min()}/{int(np.median(lens))}/{lens.mean():.0f}/{lens.max()}, "
+            f"max_tokens min/p50/max {mts.min()}/{int(np.median(mts))}/{mts.max()}"
+        )
 
 
-def lognormal_lengths(rng: np.random.Generator, n: int, median: float, sigma: float,
-                      low: int, high: int) -> list[int]:
+def lognormal_lengths(
+    rng: np.random.Generator, n: int, median: float, sigma: float, low: int, high: int
+) -> list[int]:
     x = rng.lognormal(mean=np.log(median), sigma=sigma, size=n)
     return [int(v) for v in np.clip(np.round(x), low, high)]
 
 
-def random_workload(vocab_low: int, vocab_high: int, eos_ids: list[int], pad_id: int, *,
-                    num_requests: int, max_tokens: int, seed: int, min_len: int = 16,
-                    max_len: int = 512, prompt_median: float = 120.0) -> Workload:
+def random_workload(
+    vocab_low: int,
+    vocab_high: int,
+    eos_ids: list[int],
+    pad_id: int,
+    *,
+    num_requests: int,
+    max_tokens: int,
+    seed: int,
+    min_len: int = 16,
+    max_len: int = 512,
+    prompt_median: float = 120.0,
+) -> Workload:
     """Random token prompts in ``[vocab_low, vocab_high)`` (EOS excluded) and per-request output
     lengths."""
     rng = np.random.default_rng(seed)
@@ -140,21 +153,37 @@ def random_workload(vocab_low: int, vocab_high: int, eos_ids: list[int], pad_id:
     for n in lens:
         ids = rng.integers(vocab_low, vocab_high, size=n).tolist()
         prompts.append([t if t not in banned else vocab_low + 7 for t in ids])
-    return Workload("random", prompts, outs, list(eos_ids), pad_id,
-                    ["random token prompts; per-request max_tokens (lognormal) stand in for EOS"])
+    return Workload(
+        "random",
+        prompts,
+        outs,
+        list(eos_ids),
+        pad_id,
+        ["random token prompts; per-request max_tokens (lognormal) stand in for EOS"],
+    )
 
 
-def chat_workload(tokenizer: Any, eos_ids: list[int], pad_id: int, *, num_requests: int,
-                  max_tokens: int, seed: int, min_len: int = 16, max_len: int = 512,
-                  prompt_median: float = 120.0) -> Workload:
+def chat_workload(
+    tokenizer: Any,
+    eos_ids: list[int],
+    pad_id: int,
+    *,
+    num_requests: int,
+    max_tokens: int,
+    seed: int,
+    min_len: int = 16,
+    max_len: int = 512,
+    prompt_median: float = 120.0,
+) -> Workload:
     """Chat prompts (chat template applied) of lognormal token length; one ``max_tokens``."""
     rng = np.random.default_rng(seed)
     targets = lognormal_lengths(rng, num_requests, prompt_median, 0.8, min_len, max_len)
     filler_ids = tokenizer.encode(FILLER, add_special_tokens=False)
 
     def render(content: str) -> list[int]:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                             tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
         return [int(t) for t in tokenizer.encode(text, add_special_tokens=False)]
 
     prompts = []
@@ -168,8 +197,16 @@ def chat_workload(tokenizer: Any, eos_ids: list[int], pad_id: int, *, num_reques
         q = CONTEXT_QUESTIONS[int(rng.integers(len(CONTEXT_QUESTIONS)))]
         room = min(room, len(filler_ids))
         start = int(rng.integers(0, len(filler_ids) - room + 1))
-        context = tokenizer.decode(filler_ids[start:start + room]).strip()
+        context = tokenizer.decode(filler_ids[start : start + room]).strip()
         prompts.append(render(f"{context}\n\n{q}"))
-    return Workload("chat", prompts, [max_tokens] * num_requests, list(eos_ids), pad_id,
-                    ["chat prompts (built-in questions, context slices), chat template applied; "
-                     "one max_tokens, EOS ends answers"])
+    return Workload(
+        "chat",
+        prompts,
+        [max_tokens] * num_requests,
+        list(eos_ids),
+        pad_id,
+        [
+            "chat prompts (built-in questions, context slices), chat template applied; "
+            "one max_tokens, EOS ends answers"
+        ],
+    )

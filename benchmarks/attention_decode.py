@@ -52,19 +52,27 @@ def bench_one(
     g = torch.Generator().manual_seed(seed)
     nblk = -(-context // BS)
     num_blocks = 1 + batch * nblk
-    store = KVStorage(num_layers=1, num_blocks=num_blocks, block_size=BS, num_kv_heads=HKV,
-                      head_dim=D, dtype=torch.float32)
+    store = KVStorage(
+        num_layers=1,
+        num_blocks=num_blocks,
+        block_size=BS,
+        num_kv_heads=HKV,
+        head_dim=D,
+        dtype=torch.float32,
+    )
     # Contiguous K/V [B, Hkv, L, D] and the same values scattered into shuffled blocks.
     k = torch.randn(batch, HKV, context, D, generator=g)
     v = torch.randn(batch, HKV, context, D, generator=g)
     tables = (torch.randperm(num_blocks - 1, generator=g) + 1).view(batch, nblk)
     pos = torch.arange(context)
     slots = (tables[:, pos // BS] * BS + pos % BS).reshape(-1)
-    store.write(0, k.transpose(1, 2).reshape(-1, HKV, D), v.transpose(1, 2).reshape(-1, HKV, D),
-                slots)
+    store.write(
+        0, k.transpose(1, 2).reshape(-1, HKV, D), v.transpose(1, 2).reshape(-1, HKV, D), slots
+    )
     q = torch.randn(batch, HQ, D, generator=g)
-    meta = AttentionMetadata.build(block_size=BS, block_tables=tables, seq_lens=[context] * batch,
-                                   query_lens=[1] * batch)
+    meta = AttentionMetadata.build(
+        block_size=BS, block_tables=tables, seq_lens=[context] * batch, query_lens=[1] * batch
+    )
     backend = get_attention_backend("torch")
     layer = store.layer(0)
 
@@ -89,12 +97,20 @@ def bench_one(
         fns.append(cpu)
     times = [t * 1e3 for t in interleaved_medians(fns, repeats, warmup=2)]
     t_sdpa, t_paged = times[0], times[1]
-    row = {"batch": batch, "context": context, "sdpa_ms": round(t_sdpa, 3),
-           "paged_ms": round(t_paged, 3), "ratio": round(t_paged / t_sdpa, 3),
-           "max_abs_err": err}
+    row = {
+        "batch": batch,
+        "context": context,
+        "sdpa_ms": round(t_sdpa, 3),
+        "paged_ms": round(t_paged, 3),
+        "ratio": round(t_paged / t_sdpa, 3),
+        "max_abs_err": err,
+    }
     if with_cpu:
-        row.update(cpu_ms=round(times[2], 3), cpu_ratio=round(times[2] / t_sdpa, 3),
-                   cpu_max_abs_err=cpu_err)
+        row.update(
+            cpu_ms=round(times[2], 3),
+            cpu_ratio=round(times[2] / t_sdpa, 3),
+            cpu_max_abs_err=cpu_err,
+        )
     return row
 
 
@@ -117,20 +133,35 @@ def main(argv: list[str] | None = None) -> None:
         except CpuKernelUnavailableError as exc:
             print(f"note: cpu kernel column left out: {exc}", file=sys.stderr)
             with_cpu = False
-    rows = [bench_one(b, c, args.repeats, with_cpu=with_cpu)
-            for b in args.batch for c in args.context]
+    rows = [
+        bench_one(b, c, args.repeats, with_cpu=with_cpu) for b in args.batch for c in args.context
+    ]
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "heads": [HQ, HKV, D], "block_size": BS, "rows": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "heads": [HQ, HKV, D],
+                    "block_size": BS,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
-          f"Hq={HQ} Hkv={HKV} D={D} block_size={BS}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
+        f"Hq={HQ} Hkv={HKV} D={D} block_size={BS}"
+    )
     cpu_hdr = f" {'cpu ms':>9} {'cpu ratio':>9}" if with_cpu else ""
     print(f"{'batch':>5} {'context':>7} {'sdpa ms':>9} {'paged ms':>9} {'ratio':>6}{cpu_hdr}")
     for r in rows:
         cpu_col = f" {r['cpu_ms']:>9.3f} {r['cpu_ratio']:>9.2f}" if with_cpu else ""
-        print(f"{r['batch']:>5} {r['context']:>7} {r['sdpa_ms']:>9.3f} {r['paged_ms']:>9.3f} "
-              f"{r['ratio']:>6.2f}{cpu_col}")
+        print(
+            f"{r['batch']:>5} {r['context']:>7} {r['sdpa_ms']:>9.3f} {r['paged_ms']:>9.3f} "
+            f"{r['ratio']:>6.2f}{cpu_col}"
+        )
     gm = statistics.geometric_mean([r["ratio"] for r in rows])
     line = f"geomean ratio: torch {gm:.2f}"
     if with_cpu:

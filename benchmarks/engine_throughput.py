@@ -113,7 +113,7 @@ def useful(ids: list[int], max_tokens: int, eos: set[int]) -> list[int]:
     ids = [int(t) for t in ids[:max_tokens]]
     for i, t in enumerate(ids):
         if t in eos:
-            return ids[:i + 1]
+            return ids[: i + 1]
     return ids
 
 
@@ -142,9 +142,13 @@ def guarded(system: str, fn: Callable[..., Result], *args: Any) -> Result:
 
 # --------------------------------------------------------------------------- (a) pagedkv
 def run_pagedkv(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Namespace) -> Result:
-    opts: dict[str, Any] = {"block_size": args.block_size, "max_num_seqs": args.max_num_seqs,
-                            "max_num_batched_tokens": args.max_batched_tokens,
-                            "enable_chunked_prefill": True, "backend": args.backend}
+    opts: dict[str, Any] = {
+        "block_size": args.block_size,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_batched_tokens,
+        "enable_chunked_prefill": True,
+        "backend": args.backend,
+    }
     warm = LLM(lm, num_blocks=64, **opts)
     warm.generate([p[:32] for p in wl.prompts[:2]], SamplingParams(temperature=0.0, max_tokens=4))
     del warm
@@ -185,8 +189,9 @@ def run_pagedkv(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Names
         res.error = f"{len(failed)}/{len(outs)} requests failed, e.g. {failed[0].error}"
         return res
     eos = set(wl.eos_ids)
-    res.tokens = [useful(o.outputs[0].token_ids, m, eos) for o, m in zip(outs, wl.max_tokens,
-                                                                           strict=True)]
+    res.tokens = [
+        useful(o.outputs[0].token_ids, m, eos) for o, m in zip(outs, wl.max_tokens, strict=True)
+    ]
     for o, toks in zip(outs, res.tokens, strict=True):
         if o.metrics.ttft is not None:
             res.ttft.append(o.metrics.ttft)
@@ -224,8 +229,9 @@ def _count(items: Any) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- (b) HF static
-def static_batches(wl: Workload, bytes_per_token: int, budget: int, max_seqs: int
-                   ) -> list[list[int]]:
+def static_batches(
+    wl: Workload, bytes_per_token: int, budget: int, max_seqs: int
+) -> list[list[int]]:
     """Arrival-order batches, each as large as the budget allows when every request reserves
     ``longest prompt in the batch + max_new_tokens`` tokens of KV."""
     batches: list[list[int]] = []
@@ -233,11 +239,14 @@ def static_batches(wl: Workload, bytes_per_token: int, budget: int, max_seqs: in
     longest = new = 0
     for i, (p, m) in enumerate(zip(wl.prompts, wl.max_tokens, strict=True)):
         if (len(p) + m) * bytes_per_token > budget:
-            raise ValueError(f"request {i} ({len(p)} prompt + {m} new tokens) does not fit the "
-                             f"KV budget of {budget} bytes even alone")
+            raise ValueError(
+                f"request {i} ({len(p)} prompt + {m} new tokens) does not fit the "
+                f"KV budget of {budget} bytes even alone"
+            )
         nl, nn = max(longest, len(p)), max(new, m)
-        if cur and ((len(cur) + 1) * (nl + nn) * bytes_per_token > budget
-                    or len(cur) + 1 > max_seqs):
+        if cur and (
+            (len(cur) + 1) * (nl + nn) * bytes_per_token > budget or len(cur) + 1 > max_seqs
+        ):
             batches.append(cur)
             cur, nl, nn = [], len(p), m
         cur.append(i)
@@ -247,8 +256,7 @@ def static_batches(wl: Workload, bytes_per_token: int, budget: int, max_seqs: in
     return batches
 
 
-def run_hf_static(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Namespace
-                  ) -> Result:
+def run_hf_static(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Namespace) -> Result:
     from transformers import GenerationConfig as _GenerationConfig
     from transformers.generation.streamers import BaseStreamer
 
@@ -272,19 +280,20 @@ def run_hf_static(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Nam
     model, pad, eos = lm.model, wl.pad_id, set(wl.eos_ids)
     bpt = kv_bytes_per_token(lm)
 
-    def gen_batch(prompts: list[list[int]], max_new: int, clock: StepClock | None
-                  ) -> torch.Tensor:
+    def gen_batch(prompts: list[list[int]], max_new: int, clock: StepClock | None) -> torch.Tensor:
         """Greedy ``generate`` of one left-padded batch; returns the new tokens ``[k, n]``."""
         longest = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), longest), pad, dtype=torch.int64)
         mask = torch.zeros((len(prompts), longest), dtype=torch.int64)
         for r, p in enumerate(prompts):
-            ids[r, longest - len(p):] = torch.tensor(p)
-            mask[r, longest - len(p):] = 1
-        cfg = generation_config_cls(max_new_tokens=max_new, do_sample=False,
-                                    eos_token_id=wl.eos_ids, pad_token_id=pad)
-        out: torch.Tensor = model.generate(input_ids=ids, attention_mask=mask,
-                                           generation_config=cfg, streamer=clock)
+            ids[r, longest - len(p) :] = torch.tensor(p)
+            mask[r, longest - len(p) :] = 1
+        cfg = generation_config_cls(
+            max_new_tokens=max_new, do_sample=False, eos_token_id=wl.eos_ids, pad_token_id=pad
+        )
+        out: torch.Tensor = model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=cfg, streamer=clock
+        )
         return out[:, longest:]
 
     batches = static_batches(wl, bpt, budget, args.max_num_seqs)
@@ -295,8 +304,7 @@ def run_hf_static(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Nam
     t0 = time.perf_counter()
     for idx in batches:
         clock = StepClock()
-        gen = gen_batch([wl.prompts[i] for i in idx], max(wl.max_tokens[i] for i in idx),
-                        clock)
+        gen = gen_batch([wl.prompts[i] for i in idx], max(wl.max_tokens[i] for i in idx), clock)
         row_steps += len(idx) * len(clock.times)
         padded_prompt += len(idx) * max(len(wl.prompts[i]) for i in idx)
         for r, i in enumerate(idx):
@@ -305,16 +313,19 @@ def run_hf_static(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Nam
             if clock.times:
                 res.ttft.append(clock.times[0] - t0)
                 if len(toks) >= 2:
-                    res.tpot.append((clock.times[len(toks) - 1] - clock.times[0])
-                                    / (len(toks) - 1))
+                    res.tpot.append((clock.times[len(toks) - 1] - clock.times[0]) / (len(toks) - 1))
     res.wall = time.perf_counter() - t0
     res.tokens = tokens
     sizes = [len(b) for b in batches]
-    res.info = {"batches": len(batches), "mean_batch": float(np.mean(sizes)),
-                "max_batch": max(sizes), "batch_sizes": sizes,
-                "decode_row_steps": row_steps,
-                "decode_waste": 1 - res.useful_tokens / row_steps if row_steps else None,
-                "prompt_padding": 1 - sum(map(len, wl.prompts)) / padded_prompt}
+    res.info = {
+        "batches": len(batches),
+        "mean_batch": float(np.mean(sizes)),
+        "max_batch": max(sizes),
+        "batch_sizes": sizes,
+        "decode_row_steps": row_steps,
+        "decode_waste": 1 - res.useful_tokens / row_steps if row_steps else None,
+        "prompt_padding": 1 - sum(map(len, wl.prompts)) / padded_prompt,
+    }
     return res
 
 
@@ -332,24 +343,30 @@ def run_hf_cb(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Namespa
 
     def cb_config() -> Any:
         return ContinuousBatchingConfig(
-            page_size=args.block_size, num_blocks=num_blocks,
+            page_size=args.block_size,
+            num_blocks=num_blocks,
             max_batch_tokens=args.max_batched_tokens or 2048,
-            max_requests_per_batch=args.max_num_seqs, allow_block_sharing=True)
+            max_requests_per_batch=args.max_num_seqs,
+            allow_block_sharing=True,
+        )
 
     def gen_config(max_new: int) -> Any:
-        return generation_config_cls(max_new_tokens=max_new, do_sample=False,
-                                eos_token_id=wl.eos_ids, pad_token_id=wl.pad_id)
+        return generation_config_cls(
+            max_new_tokens=max_new, do_sample=False, eos_token_id=wl.eos_ids, pad_token_id=wl.pad_id
+        )
 
     captured: dict[str, Any] = {}
     orig_init = cb_cache.PagedAttentionCache.__init__
 
     def init(self: Any, *a: Any, **k: Any) -> None:
         orig_init(self, *a, **k)
-        captured.update(num_blocks=int(self.num_blocks),
-                        max_batch_tokens=int(self.max_batch_tokens),
-                        cache_bytes=int(self.cache_tensor.numel()),
-                        prefix_sharing=bool(self.use_prefix_sharing),
-                        attn_implementation=str(model.config._attn_implementation))
+        captured.update(
+            num_blocks=int(self.num_blocks),
+            max_batch_tokens=int(self.max_batch_tokens),
+            cache_bytes=int(self.cache_tensor.numel()),
+            prefix_sharing=bool(self.use_prefix_sharing),
+            attn_implementation=str(model.config._attn_implementation),
+        )
 
     errors: list[str] = []
 
@@ -364,20 +381,27 @@ def run_hf_cb(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Namespa
     tf_logger.addHandler(catcher)
     uniform = len(set(wl.max_tokens)) == 1
     try:
-        model.generate_batch([p[:32] for p in wl.prompts[:2]], generation_config=gen_config(4),
-                             continuous_batching_config=cb_config())  # warm-up (untimed)
+        model.generate_batch(
+            [p[:32] for p in wl.prompts[:2]],
+            generation_config=gen_config(4),
+            continuous_batching_config=cb_config(),
+        )  # warm-up (untimed)
         errors.clear()
         t0 = time.perf_counter()
         if uniform:
             api = "generate_batch"
-            out = model.generate_batch(wl.prompts, generation_config=gen_config(wl.max_tokens[0]),
-                                       continuous_batching_config=cb_config(),
-                                       record_timestamps=True)
+            out = model.generate_batch(
+                wl.prompts,
+                generation_config=gen_config(wl.max_tokens[0]),
+                continuous_batching_config=cb_config(),
+                record_timestamps=True,
+            )
             by_req = [out.get(f"req_{i}") for i in range(wl.num_requests)]
         else:
             api = "continuous_batching_context_manager + add_request(max_new_tokens=...)"
-            by_req = _cb_manager_run(model, wl, gen_config(max(wl.max_tokens)), cb_config(),
-                                     WorkloadHints)
+            by_req = _cb_manager_run(
+                model, wl, gen_config(max(wl.max_tokens)), cb_config(), WorkloadHints
+            )
         call_wall = time.perf_counter() - t0
     finally:
         cb_cache.PagedAttentionCache.__init__ = orig_init  # type: ignore[method-assign]
@@ -389,13 +413,16 @@ def run_hf_cb(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Namespa
     failed = [r for r in by_req if r is not None and r.error is not None]
     bad = [i for i, r in enumerate(by_req) if r is not None and list(r.prompt_ids) != wl.prompts[i]]
     if missing or failed or bad:
-        res.error = (f"{len(missing)} missing, {len(failed)} failed, {len(bad)} mismatched of "
-                     f"{wl.num_requests} requests; "
-                     + (f"error: {failed[0].error}; " if failed else "")
-                     + (f"logged: {errors[0][:300]}" if errors else ""))
+        res.error = (
+            f"{len(missing)} missing, {len(failed)} failed, {len(bad)} mismatched of "
+            f"{wl.num_requests} requests; "
+            + (f"error: {failed[0].error}; " if failed else "")
+            + (f"logged: {errors[0][:300]}" if errors else "")
+        )
         return res
-    res.tokens = [useful(list(r.generated_tokens), m, eos)
-                  for r, m in zip(by_req, wl.max_tokens, strict=True)]
+    res.tokens = [
+        useful(list(r.generated_tokens), m, eos) for r, m in zip(by_req, wl.max_tokens, strict=True)
+    ]
     res.wall = max(r.lifespan[1] for r in by_req) - min(r.created_time for r in by_req)
     for r, toks in zip(by_req, res.tokens, strict=True):
         ts = r.timestamps or []
@@ -403,20 +430,34 @@ def run_hf_cb(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Namespa
             res.ttft.append(ts[0] - r.created_time)
             if len(toks) >= 2 and len(ts) >= len(toks):
                 res.tpot.append((ts[len(toks) - 1] - ts[0]) / (len(toks) - 1))
-    res.info = {"api": api, "call_wall_s": call_wall, "setup_and_teardown_s": call_wall - res.wall,
-                "page_size": args.block_size, "num_blocks_requested": num_blocks, **captured}
+    res.info = {
+        "api": api,
+        "call_wall_s": call_wall,
+        "setup_and_teardown_s": call_wall - res.wall,
+        "page_size": args.block_size,
+        "num_blocks_requested": num_blocks,
+        **captured,
+    }
     return res
 
 
-def _cb_manager_run(model: Any, wl: Workload, gen_cfg: Any, cb_cfg: Any,
-                    hints_cls: Any) -> list[Any]:
+def _cb_manager_run(
+    model: Any, wl: Workload, gen_cfg: Any, cb_cfg: Any, hints_cls: Any
+) -> list[Any]:
     """``generate_batch``'s loop, with each request's own ``max_new_tokens``."""
-    hints = hints_cls(max_prompt_length=max(len(p) for p in wl.prompts),
-                      max_generated_length=max(wl.max_tokens), num_requests=wl.num_requests)
+    hints = hints_cls(
+        max_prompt_length=max(len(p) for p in wl.prompts),
+        max_generated_length=max(wl.max_tokens),
+        num_requests=wl.num_requests,
+    )
     results: dict[str, Any] = {}
     with model.continuous_batching_context_manager(
-            generation_config=gen_cfg, continuous_batching_config=cb_cfg, block=True, timeout=5,
-            workload_hints=hints) as manager:
+        generation_config=gen_cfg,
+        continuous_batching_config=cb_cfg,
+        block=True,
+        timeout=5,
+        workload_hints=hints,
+    ) as manager:
         for i, (p, m) in enumerate(zip(wl.prompts, wl.max_tokens, strict=True)):
             manager.add_request(p, request_id=f"r{i}", max_new_tokens=m, record_timestamps=True)
         while len(results) < wl.num_requests:
@@ -441,11 +482,17 @@ def agreement(ref: list[list[int]], other: list[list[int]]) -> dict[str, Any]:
             identical += 1
         else:
             firsts.append(d)
-    return {"identical": identical, "requests": len(ref),
-            "identical_fraction": identical / len(ref) if ref else None,
-            "first_divergence": ({"min": min(firsts), "p50": float(np.median(firsts)),
-                                  "max": max(firsts)} if firsts else None),
-            "tokens_before_divergence_fraction": matched / total if total else None}
+    return {
+        "identical": identical,
+        "requests": len(ref),
+        "identical_fraction": identical / len(ref) if ref else None,
+        "first_divergence": (
+            {"min": min(firsts), "p50": float(np.median(firsts)), "max": max(firsts)}
+            if firsts
+            else None
+        ),
+        "tokens_before_divergence_fraction": matched / total if total else None,
+    }
 
 
 def kv_bytes_per_token(lm: LoadedModel) -> int:
@@ -457,16 +504,31 @@ def build(model: str, args: argparse.Namespace) -> tuple[LoadedModel, Workload]:
     n = args.num_requests
     if model == "random-50m":
         lm = random_llama_50m(args.seed)
-        wl = random_workload(3, 259, lm.eos_token_ids, 0, num_requests=n,
-                             max_tokens=args.max_tokens, seed=args.seed,
-                             max_len=args.max_prompt_len, prompt_median=args.prompt_median)
+        wl = random_workload(
+            3,
+            259,
+            lm.eos_token_ids,
+            0,
+            num_requests=n,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            max_len=args.max_prompt_len,
+            prompt_median=args.prompt_median,
+        )
     else:
         lm = load_model(None)
         tok = lm.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else lm.eos_token_ids[0]
-        wl = chat_workload(tok, lm.eos_token_ids, int(pad), num_requests=n,
-                           max_tokens=args.max_tokens, seed=args.seed,
-                           max_len=args.max_prompt_len, prompt_median=args.prompt_median)
+        wl = chat_workload(
+            tok,
+            lm.eos_token_ids,
+            int(pad),
+            num_requests=n,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            max_len=args.max_prompt_len,
+            prompt_median=args.prompt_median,
+        )
     return lm, wl
 
 
@@ -475,26 +537,48 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
     lm, wl = build(model, args)
     log(f"[{model}] loaded {lm.name} in {time.perf_counter() - t_load:.1f} s; {wl.describe()}")
     bpt = kv_bytes_per_token(lm)
-    budget = (int(args.kv_budget_mb * (1 << 20)) if args.kv_budget_mb
-              else args.default_budget_tokens * bpt)
+    budget = (
+        int(args.kv_budget_mb * (1 << 20))
+        if args.kv_budget_mb
+        else args.default_budget_tokens * bpt
+    )
     runners: dict[str, Callable[[LoadedModel, Workload, int, argparse.Namespace], Result]] = {
-        "a": run_pagedkv, "b": run_hf_static, "c": run_hf_cb}
+        "a": run_pagedkv,
+        "b": run_hf_static,
+        "c": run_hf_cb,
+    }
     results: dict[str, Result] = {}
     for s in args.systems:
         log(f"[{model}] running ({s}) {SYSTEMS[s]} ...")
         t = time.perf_counter()
         r = results[s] = guarded(s, runners[s], lm, wl, budget, args)
-        log(f"[{model}] ({s}) done in {time.perf_counter() - t:.1f} s"
-            + (f": ERROR {r.error}" if r.error else f": {r.tok_s:.1f} tok/s"))
+        log(
+            f"[{model}] ({s}) done in {time.perf_counter() - t:.1f} s"
+            + (f": ERROR {r.error}" if r.error else f": {r.tok_s:.1f} tok/s")
+        )
     out: dict[str, Any] = {
-        "model": model, "model_name": lm.name, "workload": wl.describe(), "notes": wl.notes,
-        "kv_budget_bytes": budget, "kv_bytes_per_token": bpt,
-        "kv_budget_tokens": budget // bpt, "systems": {}, "agreement": {}, "speedup": {}}
+        "model": model,
+        "model_name": lm.name,
+        "workload": wl.describe(),
+        "notes": wl.notes,
+        "kv_budget_bytes": budget,
+        "kv_bytes_per_token": bpt,
+        "kv_budget_tokens": budget // bpt,
+        "systems": {},
+        "agreement": {},
+        "speedup": {},
+    }
     for s, r in results.items():
         out["systems"][s] = {
-            "name": SYSTEMS[s], "error": r.error, "useful_tokens": r.useful_tokens,
-            "wall_s": r.wall, "tok_s": r.tok_s, "ttft_s": pct(r.ttft), "tpot_s": pct(r.tpot),
-            "info": r.info}
+            "name": SYSTEMS[s],
+            "error": r.error,
+            "useful_tokens": r.useful_tokens,
+            "wall_s": r.wall,
+            "tok_s": r.tok_s,
+            "ttft_s": pct(r.ttft),
+            "tpot_s": pct(r.tpot),
+            "info": r.info,
+        }
     a = results.get("a")
     for s in ("b", "c"):
         other = results.get(s)
@@ -504,13 +588,15 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
         if a.tok_s and other.tok_s:
             ratio = a.tok_s / other.tok_s
             target = TARGET_B if s == "b" else TARGET_C
-            out["speedup"][f"a/{s}"] = {"ratio": ratio, "target": target,
-                                        "met": ratio >= target}
+            out["speedup"][f"a/{s}"] = {"ratio": ratio, "target": target, "met": ratio >= target}
     if a is not None and not a.error:
         ov = a.info["overhead_vs_runner_forward"]
-        out["overhead"] = {"value": ov, "vs_model_forward": a.info["overhead_vs_model_forward"],
-                           "target": TARGET_OVERHEAD, "met": ov is not None
-                           and ov <= TARGET_OVERHEAD}
+        out["overhead"] = {
+            "value": ov,
+            "vs_model_forward": a.info["overhead_vs_model_forward"],
+            "target": TARGET_OVERHEAD,
+            "met": ov is not None and ov <= TARGET_OVERHEAD,
+        }
     del lm
     gc.collect()
     return out
@@ -525,56 +611,78 @@ def _fmt_p(p: dict[str, float] | None, scale: float, digits: int) -> str:
 
 def print_report(rep: dict[str, Any]) -> None:
     print(f"\n== {rep['model']} ({rep['model_name']}): {rep['workload']}")
-    print(f"   KV budget {rep['kv_budget_bytes'] / (1 << 20):.1f} MiB = "
-          f"{rep['kv_budget_tokens']} tokens ({rep['kv_bytes_per_token'] / 1024:.1f} KiB/token)")
-    print(f"   {'system':<26}{'useful tok':>11}{'wall s':>9}{'tok/s':>9}"
-          f"   {'TTFT p50/p90/p99 s':<22}{'TPOT p50/p90/p99 ms':<22}")
+    print(
+        f"   KV budget {rep['kv_budget_bytes'] / (1 << 20):.1f} MiB = "
+        f"{rep['kv_budget_tokens']} tokens ({rep['kv_bytes_per_token'] / 1024:.1f} KiB/token)"
+    )
+    print(
+        f"   {'system':<26}{'useful tok':>11}{'wall s':>9}{'tok/s':>9}"
+        f"   {'TTFT p50/p90/p99 s':<22}{'TPOT p50/p90/p99 ms':<22}"
+    )
     for s, r in rep["systems"].items():
         label = f"({s}) {r['name']}"
         if r["error"]:
             print(f"   {label:<26}  ERROR: {r['error']}")
             continue
-        print(f"   {label:<26}{r['useful_tokens']:>11}{r['wall_s']:>9.1f}{r['tok_s']:>9.1f}"
-              f"   {_fmt_p(r['ttft_s'], 1, 2):<22}{_fmt_p(r['tpot_s'], 1e3, 0):<22}")
+        print(
+            f"   {label:<26}{r['useful_tokens']:>11}{r['wall_s']:>9.1f}{r['tok_s']:>9.1f}"
+            f"   {_fmt_p(r['ttft_s'], 1, 2):<22}{_fmt_p(r['tpot_s'], 1e3, 0):<22}"
+        )
     sy = rep["systems"]
     if "a" in sy and not sy["a"]["error"]:
         i = sy["a"]["info"]
-        print(f"   (a): {i['kv_blocks']} blocks = {i['kv_capacity_tokens']} tokens; {i['steps']} "
-              f"steps, {i['mean_seqs_per_step']:.1f} seqs / {i['mean_tokens_per_step']:.0f} "
-              f"tokens per step (max {i['max_seqs_per_step']} seqs); {i['preemptions']} "
-              f"preemptions; {i['cached_prompt_tokens']} prompt tokens from the prefix cache; "
-              f"finish {i['finish_reasons']}")
+        print(
+            f"   (a): {i['kv_blocks']} blocks = {i['kv_capacity_tokens']} tokens; {i['steps']} "
+            f"steps, {i['mean_seqs_per_step']:.1f} seqs / {i['mean_tokens_per_step']:.0f} "
+            f"tokens per step (max {i['max_seqs_per_step']} seqs); {i['preemptions']} "
+            f"preemptions; {i['cached_prompt_tokens']} prompt tokens from the prefix cache; "
+            f"finish {i['finish_reasons']}"
+        )
     if "b" in sy and not sy["b"]["error"]:
         i = sy["b"]["info"]
-        print(f"   (b): {i['batches']} batches, mean {i['mean_batch']:.1f} / max "
-              f"{i['max_batch']} rows (budget reserves prompt+max_new per row); "
-              f"{100 * (i['decode_waste'] or 0):.0f}% of row decode steps wasted (finished "
-              f"rows), {100 * i['prompt_padding']:.0f}% of prompt positions padding")
+        print(
+            f"   (b): {i['batches']} batches, mean {i['mean_batch']:.1f} / max "
+            f"{i['max_batch']} rows (budget reserves prompt+max_new per row); "
+            f"{100 * (i['decode_waste'] or 0):.0f}% of row decode steps wasted (finished "
+            f"rows), {100 * i['prompt_padding']:.0f}% of prompt positions padding"
+        )
     if "c" in sy and not sy["c"]["error"]:
         i = sy["c"]["info"]
-        print(f"   (c): {i['api']}; cache {i.get('num_blocks', '?')} blocks of {i['page_size']} "
-              f"(asked {i['num_blocks_requested']}), max_batch_tokens "
-              f"{i.get('max_batch_tokens', '?')}, attn {i.get('attn_implementation', '?')}, "
-              f"prefix sharing {i.get('prefix_sharing', '?')}; set-up+teardown "
-              f"{i['setup_and_teardown_s']:.1f} s not counted")
+        print(
+            f"   (c): {i['api']}; cache {i.get('num_blocks', '?')} blocks of {i['page_size']} "
+            f"(asked {i['num_blocks_requested']}), max_batch_tokens "
+            f"{i.get('max_batch_tokens', '?')}, attn {i.get('attn_implementation', '?')}, "
+            f"prefix sharing {i.get('prefix_sharing', '?')}; set-up+teardown "
+            f"{i['setup_and_teardown_s']:.1f} s not counted"
+        )
     for s, ag in rep["agreement"].items():
         fd = ag["first_divergence"]
-        div = (f"; the others first diverge at output token min/p50/max "
-               f"{fd['min']}/{fd['p50']:.0f}/{fd['max']}" if fd else "")
-        print(f"   greedy agreement (a) vs ({s}): {ag['identical']}/{ag['requests']} requests "
-              f"identical{div}; {100 * ag['tokens_before_divergence_fraction']:.1f}% of tokens "
-              f"before the first divergence")
+        div = (
+            f"; the others first diverge at output token min/p50/max "
+            f"{fd['min']}/{fd['p50']:.0f}/{fd['max']}"
+            if fd
+            else ""
+        )
+        print(
+            f"   greedy agreement (a) vs ({s}): {ag['identical']}/{ag['requests']} requests "
+            f"identical{div}; {100 * ag['tokens_before_divergence_fraction']:.1f}% of tokens "
+            f"before the first divergence"
+        )
     if "overhead" in rep:
         i, o = sy["a"]["info"], rep["overhead"]
-        print(f"   engine overhead: step {i['step_time_s']:.2f} s, runner.forward "
-              f"{i['runner_forward_time_s']:.2f} s, model forward (hooks, same packed batches) "
-              f"{i['model_forward_time_s']:.2f} s -> (step - forward)/step = "
-              f"{100 * o['value']:.1f}% ({100 * o['vs_model_forward']:.1f}% vs the model "
-              f"forward alone); target <= {100 * TARGET_OVERHEAD:.0f}%: "
-              f"{'MET' if o['met'] else 'NOT MET'}")
+        print(
+            f"   engine overhead: step {i['step_time_s']:.2f} s, runner.forward "
+            f"{i['runner_forward_time_s']:.2f} s, model forward (hooks, same packed batches) "
+            f"{i['model_forward_time_s']:.2f} s -> (step - forward)/step = "
+            f"{100 * o['value']:.1f}% ({100 * o['vs_model_forward']:.1f}% vs the model "
+            f"forward alone); target <= {100 * TARGET_OVERHEAD:.0f}%: "
+            f"{'MET' if o['met'] else 'NOT MET'}"
+        )
     for k, sp in rep["speedup"].items():
-        print(f"   speedup {k} = {sp['ratio']:.2f}x (target >= {sp['target']}x: "
-              f"{'MET' if sp['met'] else 'NOT MET'})")
+        print(
+            f"   speedup {k} = {sp['ratio']:.2f}x (target >= {sp['target']}x: "
+            f"{'MET' if sp['met'] else 'NOT MET'})"
+        )
 
 
 # --------------------------------------------------------------------------- main
@@ -583,19 +691,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=[*MODELS, "both"], default="both")
     p.add_argument("--num-requests", type=int, default=None, help="default 48 (8 with --quick)")
     p.add_argument("--max-tokens", type=int, default=None, help="default 128 (24 with --quick)")
-    p.add_argument("--kv-budget-mb", type=float, default=None,
-                   help="KV memory budget in MiB for every system (default: 4096 tokens of the "
-                        "model's KV, 1024 with --quick)")
+    p.add_argument(
+        "--kv-budget-mb",
+        type=float,
+        default=None,
+        help="KV memory budget in MiB for every system (default: 4096 tokens of the "
+        "model's KV, 1024 with --quick)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--systems", default="a,b,c", help="comma-separated subset of a,b,c")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--quick", action="store_true", help="~1 minute smoke run")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--max-num-seqs", type=int, default=64,
-                   help="max sequences per step / batch, for every system")
-    p.add_argument("--max-batched-tokens", type=int, default=2048,
-                   help="per-step token budget of (a) and (c)")
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=64,
+        help="max sequences per step / batch, for every system",
+    )
+    p.add_argument(
+        "--max-batched-tokens", type=int, default=2048, help="per-step token budget of (a) and (c)"
+    )
     p.add_argument("--backend", default="torch", help="pagedkv attention backend")
     args = p.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -618,15 +735,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     reports = [bench_model(m, args) for m in args.models]
     total = time.perf_counter() - t0
-    cmd = "python benchmarks/engine_throughput.py " + " ".join(sys.argv[1:] if argv is None
-                                                              else argv)
+    cmd = "python benchmarks/engine_throughput.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     if args.json:
-        print(json.dumps({"command": cmd.strip(), "torch_threads": args.threads,
-                          "total_s": total, "models": reports}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "command": cmd.strip(),
+                    "torch_threads": args.threads,
+                    "total_s": total,
+                    "models": reports,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"command: {cmd.strip()}   (torch threads {args.threads}, total {total:.0f} s)")
-    print("useful tokens = each output cut at its own max_tokens and after its first EOS; "
-          "TTFT from t=0 (all requests arrive at once)")
+    print(
+        "useful tokens = each output cut at its own max_tokens and after its first EOS; "
+        "TTFT from t=0 (all requests arrive at once)"
+    )
     for rep in reports:
         print_report(rep)
     return 0

@@ -33,8 +33,9 @@ import numpy as np
 from pagedkv import BlockManager, CacheConfig
 
 
-def make_prompts(num_requests: int, prompt_len: int, shared_len: int,
-                 seed: int) -> list[np.ndarray]:
+def make_prompts(
+    num_requests: int, prompt_len: int, shared_len: int, seed: int
+) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     shared = rng.integers(0, 32000, shared_len, dtype=np.int64)
     prompts = []
@@ -49,10 +50,25 @@ def make_prompts(num_requests: int, prompt_len: int, shared_len: int,
 FORMS = ("batched", "per-call")
 
 
-def run(prompts: list[np.ndarray], *, hash_algo: str, caching: bool, batch: int, decode: int,
-        block_size: int, num_blocks: int, form: str = "batched") -> dict[str, Any]:
-    mgr = BlockManager(CacheConfig(block_size=block_size, num_blocks=num_blocks,
-                                   enable_prefix_caching=caching, hash_algo=hash_algo))
+def run(
+    prompts: list[np.ndarray],
+    *,
+    hash_algo: str,
+    caching: bool,
+    batch: int,
+    decode: int,
+    block_size: int,
+    num_blocks: int,
+    form: str = "batched",
+) -> dict[str, Any]:
+    mgr = BlockManager(
+        CacheConfig(
+            block_size=block_size,
+            num_blocks=num_blocks,
+            enable_prefix_caching=caching,
+            hash_algo=hash_algo,
+        )
+    )
     rng = np.random.default_rng(1)
     decode_tokens = rng.integers(0, 32000, (decode, batch), dtype=np.int64)
     decode_lists: list[list[int]] = decode_tokens.tolist()  # per-call: Python ints, as sampled
@@ -70,7 +86,7 @@ def run(prompts: list[np.ndarray], *, hash_algo: str, caching: bool, batch: int,
                 for i, t in zip(ids, decode_lists[step]):  # noqa: B905 - last wave is shorter
                     append(i, t)
             else:
-                append_batch(ids, decode_tokens[step, :len(ids)])
+                append_batch(ids, decode_tokens[step, : len(ids)])
             commit(ids)  # the decode step ran
         for i in ids:
             mgr.free(i)
@@ -79,11 +95,18 @@ def run(prompts: list[np.ndarray], *, hash_algo: str, caching: bool, batch: int,
     wall = time.perf_counter() - t0
     mgr.check_integrity()
     st = mgr.stats()
-    return {"variant": f"{hash_algo}{'' if caching else '-nocache'}", "form": form,
-            "wall_s": round(wall, 4), "ops_per_s": round(ops / wall), "ops": ops, "calls": calls,
-            "token_appends_per_s": round(len(prompts) * decode / wall),
-            "prefix_hit_rate": round(st.hit_rate, 4), "peak_usage": round(st.peak_usage, 4),
-            "evictions": st.evictions}
+    return {
+        "variant": f"{hash_algo}{'' if caching else '-nocache'}",
+        "form": form,
+        "wall_s": round(wall, 4),
+        "ops_per_s": round(ops / wall),
+        "ops": ops,
+        "calls": calls,
+        "token_appends_per_s": round(len(prompts) * decode / wall),
+        "prefix_hit_rate": round(st.hit_rate, 4),
+        "peak_usage": round(st.peak_usage, 4),
+        "evictions": st.evictions,
+    }
 
 
 def main() -> None:
@@ -96,23 +119,39 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--num-blocks", type=int, default=3937)
     ap.add_argument("--repeat", type=int, default=3, help="report the best of N runs")
-    ap.add_argument("--form", choices=(*FORMS, "both"), default="both",
-                    help="batched (append_batch), per-call (append per sequence) or both")
+    ap.add_argument(
+        "--form",
+        choices=(*FORMS, "both"),
+        default="both",
+        help="batched (append_batch), per-call (append per sequence) or both",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON lines only")
     args = ap.parse_args()
     prompts = make_prompts(args.requests, args.prompt_len, args.shared_len, seed=0)
     forms = FORMS if args.form == "both" else (args.form,)
     for algo, caching in (("sha256", True), ("xxh128", True), ("sha256", False)):
         for form in forms:
-            runs = [run(prompts, hash_algo=algo, caching=caching, batch=args.batch,
-                        decode=args.decode, block_size=args.block_size,
-                        num_blocks=args.num_blocks, form=form)
-                    for _ in range(args.repeat)]
+            runs = [
+                run(
+                    prompts,
+                    hash_algo=algo,
+                    caching=caching,
+                    batch=args.batch,
+                    decode=args.decode,
+                    block_size=args.block_size,
+                    num_blocks=args.num_blocks,
+                    form=form,
+                )
+                for _ in range(args.repeat)
+            ]
             best = min(runs, key=lambda r: float(r["wall_s"]))
-            print(json.dumps(best) if args.json else
-                  f"{best['variant']:>15} {form:>8}: {best['wall_s']:.3f} s  "
-                  f"{best['ops_per_s']:,} ops/s  hit rate {best['prefix_hit_rate']:.1%}  "
-                  f"peak usage {best['peak_usage']:.1%}")
+            print(
+                json.dumps(best)
+                if args.json
+                else f"{best['variant']:>15} {form:>8}: {best['wall_s']:.3f} s  "
+                f"{best['ops_per_s']:,} ops/s  hit rate {best['prefix_hit_rate']:.1%}  "
+                f"peak usage {best['peak_usage']:.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -120,10 +120,12 @@ def make_jobs(args: argparse.Namespace, rate: float) -> list[Job]:
         n_in = round(lognormal(rng, *SHAREGPT_INPUT) * args.input_scale)
         n_in = max(4, min(n_in, args.max_input, room))
         if n_in < 4:
-            raise SystemExit(f"--max-model-len {args.max_model_len} leaves no room for a prompt "
-                             f"(system {args.system_tokens} + answer {out} tokens)")
+            raise SystemExit(
+                f"--max-model-len {args.max_model_len} leaves no room for a prompt "
+                f"(system {args.system_tokens} + answer {out} tokens)"
+            )
         user = f"Request {len(jobs)}: " + words_text(rng, int(n_in * cpt))
-        messages = ([{"role": "system", "content": system}] if shared else [])
+        messages = [{"role": "system", "content": system}] if shared else []
         messages.append({"role": "user", "content": user})
         jobs.append(Job(len(jobs), t, messages, out, shared))
     return jobs
@@ -142,12 +144,17 @@ class Result:
     end: float = 0.0
 
 
-async def run_one(client: httpx.AsyncClient, args: argparse.Namespace, model: str,
-                  job: Job) -> Result:
+async def run_one(
+    client: httpx.AsyncClient, args: argparse.Namespace, model: str, job: Job
+) -> Result:
     body: dict[str, Any] = {
-        "model": model, "messages": job.messages, "max_tokens": job.max_tokens,
-        "temperature": args.temperature, "stream": True,
-        "stream_options": {"include_usage": True}}
+        "model": model,
+        "messages": job.messages,
+        "max_tokens": job.max_tokens,
+        "temperature": args.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if args.temperature > 0:
         body["seed"] = args.seed + job.index
     if args.ignore_eos:
@@ -157,12 +164,12 @@ async def run_one(client: httpx.AsyncClient, args: argparse.Namespace, model: st
     chunks = 0
     usage: dict[str, Any] | None = None
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=body,
-                                 timeout=args.request_timeout) as r:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=body, timeout=args.request_timeout
+        ) as r:
             if r.status_code != 200:
                 text = (await r.aread()).decode(errors="replace")[:200]
-                return Result(False, error=f"HTTP {r.status_code}: {text}",
-                              end=time.perf_counter())
+                return Result(False, error=f"HTTP {r.status_code}: {text}", end=time.perf_counter())
             async for line in r.aiter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -171,8 +178,9 @@ async def run_one(client: httpx.AsyncClient, args: argparse.Namespace, model: st
                     break
                 event = json.loads(data)
                 if "error" in event:
-                    return Result(False, error=f"error event: {event['error']}",
-                                  end=time.perf_counter())
+                    return Result(
+                        False, error=f"error event: {event['error']}", end=time.perf_counter()
+                    )
                 for choice in event.get("choices") or []:
                     if (choice.get("delta") or {}).get("content"):
                         chunks += 1
@@ -185,10 +193,14 @@ async def run_one(client: httpx.AsyncClient, args: argparse.Namespace, model: st
     end = time.perf_counter()
     details = (usage or {}).get("prompt_tokens_details") or {}
     return Result(
-        True, ttft=None if first is None else first - start, latency=end - start,
+        True,
+        ttft=None if first is None else first - start,
+        latency=end - start,
         output_tokens=int(usage["completion_tokens"]) if usage else chunks,
         prompt_tokens=int(usage["prompt_tokens"]) if usage else None,
-        cached_tokens=details.get("cached_tokens"), end=end)
+        cached_tokens=details.get("cached_tokens"),
+        end=end,
+    )
 
 
 @dataclass
@@ -211,8 +223,12 @@ class RateReport:
     error_samples: list[str] = field(default_factory=list)
 
     def meets(self, slo: float) -> bool:
-        return (self.errors == 0 and self.completed > 0 and self.ttft_p99 is not None
-                and self.ttft_p99 < slo)
+        return (
+            self.errors == 0
+            and self.completed > 0
+            and self.ttft_p99 is not None
+            and self.ttft_p99 < slo
+        )
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -226,12 +242,14 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-async def run_rate(args: argparse.Namespace, server: str, url: str, model: str,
-                   rate: float) -> RateReport:
+async def run_rate(
+    args: argparse.Namespace, server: str, url: str, model: str, rate: float
+) -> RateReport:
     jobs = make_jobs(args, rate)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=args.request_timeout
-                                 ) as client:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=args.request_timeout
+    ) as client:
         start = time.perf_counter()
 
         async def scheduled(job: Job) -> Result:
@@ -244,54 +262,76 @@ async def run_rate(args: argparse.Namespace, server: str, url: str, model: str,
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    results = [t.result() if t in done and not t.cancelled() else
-               Result(False, error="timeout", end=time.perf_counter()) for t in tasks]
+    results = [
+        t.result()
+        if t in done and not t.cancelled()
+        else Result(False, error="timeout", end=time.perf_counter())
+        for t in tasks
+    ]
     ok = [r for r in results if r.ok]
     finished = max((r.end for r in results), default=start)
     elapsed = max(finished - start, 1e-9)
-    tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok
-             if r.ttft is not None and r.latency is not None and r.output_tokens > 1]
+    tpots = [
+        (r.latency - r.ttft) / (r.output_tokens - 1)
+        for r in ok
+        if r.ttft is not None and r.latency is not None and r.output_tokens > 1
+    ]
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     prompt = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
-    cached = [(r.cached_tokens, r.prompt_tokens) for r in ok
-              if r.cached_tokens is not None and r.prompt_tokens]
+    cached = [
+        (r.cached_tokens, r.prompt_tokens)
+        for r in ok
+        if r.cached_tokens is not None and r.prompt_tokens
+    ]
     hit = (sum(c for c, _ in cached) / sum(p for _, p in cached)) if cached else None
     errors = [r.error or "?" for r in results if not r.ok]
     return RateReport(
-        server=server, rate=rate, sent=len(jobs), completed=len(ok), errors=len(errors),
-        elapsed_s=elapsed, req_per_s=len(ok) / elapsed,
+        server=server,
+        rate=rate,
+        sent=len(jobs),
+        completed=len(ok),
+        errors=len(errors),
+        elapsed_s=elapsed,
+        req_per_s=len(ok) / elapsed,
         output_tok_per_s=sum(r.output_tokens for r in ok) / elapsed,
-        ttft_p50=percentile(ttfts, 50), ttft_p99=percentile(ttfts, 99),
-        tpot_p50=percentile(tpots, 50), tpot_p99=percentile(tpots, 99),
+        ttft_p50=percentile(ttfts, 50),
+        ttft_p99=percentile(ttfts, 99),
+        tpot_p50=percentile(tpots, 50),
+        tpot_p99=percentile(tpots, 99),
         prefix_hit_rate=hit,
         mean_prompt_tokens=sum(prompt) / len(prompt) if prompt else None,
         mean_output_tokens=(sum(r.output_tokens for r in ok) / len(ok)) if ok else None,
-        error_samples=sorted(set(errors))[:3])
+        error_samples=sorted(set(errors))[:3],
+    )
 
 
 async def warm_up(url: str, model: str, args: argparse.Namespace) -> None:
     """A couple of short requests before measuring (model warm-up, lazy loading)."""
     async with httpx.AsyncClient(base_url=url, timeout=args.request_timeout) as client:
         for i in range(args.warmup):
-            job = Job(-1 - i, 0.0, [{"role": "user", "content": f"Warm-up {i}: hello"}], 4,
-                      False)
+            job = Job(-1 - i, 0.0, [{"role": "user", "content": f"Warm-up {i}: hello"}], 4, False)
             r = await run_one(client, args, model, job)
             if not r.ok:
                 raise SystemExit(f"warm-up request failed: {r.error}")
 
 
-def run_server(args: argparse.Namespace, server: str, url: str, model: str
-               ) -> list[RateReport]:
+def run_server(args: argparse.Namespace, server: str, url: str, model: str) -> list[RateReport]:
     asyncio.run(warm_up(url, model, args))
     reports: list[RateReport] = []
     for rate in args.rates:
         rep = asyncio.run(run_rate(args, server, url, model, rate))
         reports.append(rep)
         print(row(rep), flush=True)
-        if (args.stop_after_violation and rep.ttft_p99 is not None
-                and rep.ttft_p99 > args.stop_after_violation * args.slo_ttft):
-            print(f"# {server}: p99 TTFT {rep.ttft_p99:.1f} s is over "
-                  f"{args.stop_after_violation:g} x the SLO; skipping higher rates", flush=True)
+        if (
+            args.stop_after_violation
+            and rep.ttft_p99 is not None
+            and rep.ttft_p99 > args.stop_after_violation * args.slo_ttft
+        ):
+            print(
+                f"# {server}: p99 TTFT {rep.ttft_p99:.1f} s is over "
+                f"{args.stop_after_violation:g} x the SLO; skipping higher rates",
+                flush=True,
+            )
             break
     return reports
 
@@ -309,28 +349,57 @@ def serve_registered() -> bool:
     except ImportError:
         return False
     parser = build_parser()
-    sub = next((a for a in parser._actions if isinstance(getattr(a, "choices", None), dict)),
-               None)
+    sub = next((a for a in parser._actions if isinstance(getattr(a, "choices", None), dict)), None)
     return sub is not None and "serve" in sub.choices
 
 
 # Until ``serve`` is registered in pagedkv/cli.py: the same command through its own parser.
-_SERVE_BOOT = ("import argparse, sys; from pagedkv.server.cli import add_serve_parser; "
-               "p = argparse.ArgumentParser(prog='pagedkv'); add_serve_parser(p.add_subparsers()); "
-               "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))")
+_SERVE_BOOT = (
+    "import argparse, sys; from pagedkv.server.cli import add_serve_parser; "
+    "p = argparse.ArgumentParser(prog='pagedkv'); add_serve_parser(p.add_subparsers()); "
+    "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))"
+)
 
 
 def pagedkv_command(model: str, port: int, extra: list[str]) -> list[str]:
-    head = ([sys.executable, "-m", "pagedkv.cli"] if serve_registered()
-            else [sys.executable, "-c", _SERVE_BOOT])
-    return [*head, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-            "--served-model-name", "pagedkv-bench", "--log-level", "warning", *extra]
+    head = (
+        [sys.executable, "-m", "pagedkv.cli"]
+        if serve_registered()
+        else [sys.executable, "-c", _SERVE_BOOT]
+    )
+    return [
+        *head,
+        "serve",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "pagedkv-bench",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def transformers_command(folder: str, port: int, extra: list[str]) -> list[str]:
     exe = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
-    return [exe, "serve", folder, "--device", "cpu", "--host", "127.0.0.1", "--port",
-            str(port), "--log-level", "warning", *extra]
+    return [
+        exe,
+        "serve",
+        folder,
+        "--device",
+        "cpu",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def resolve_folder(model: str, tmp: Path) -> str:
@@ -349,14 +418,16 @@ def resolve_folder(model: str, tmp: Path) -> str:
         loaded.tokenizer.save_pretrained(folder)
         return str(folder)
     if not (Path(model) / "config.json").is_file():
-        raise SystemExit(f"--model {model!r}: expected default, tiny-random or a local "
-                         "transformers model folder")
+        raise SystemExit(
+            f"--model {model!r}: expected default, tiny-random or a local transformers model folder"
+        )
     return str(Path(model).resolve())
 
 
 @contextlib.contextmanager
-def launched(name: str, command: list[str], env: dict[str, str], log: Path,
-             startup_timeout: float) -> Iterator[str]:
+def launched(
+    name: str, command: list[str], env: dict[str, str], log: Path, startup_timeout: float
+) -> Iterator[str]:
     """Start a server, wait for GET /health, yield its URL; SIGTERM (then kill) after."""
     port = int(command[command.index("--port") + 1])
     url = f"http://127.0.0.1:{port}"
@@ -367,16 +438,19 @@ def launched(name: str, command: list[str], env: dict[str, str], log: Path,
         deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with {proc.returncode} during startup:\n"
-                                 + log.read_text()[-2000:])
+                raise SystemExit(
+                    f"{name} exited with {proc.returncode} during startup:\n"
+                    + log.read_text()[-2000:]
+                )
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"{name} not healthy after {startup_timeout:.0f} s:\n"
-                                 + log.read_text()[-2000:])
+                raise SystemExit(
+                    f"{name} not healthy after {startup_timeout:.0f} s:\n" + log.read_text()[-2000:]
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -394,18 +468,22 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-HEADER = (f"{'server':<13}{'rate':>6}{'sent':>6}{'done':>6}{'err':>5}{'req/s':>7}"
-          f"{'out tok/s':>10}{'TTFT p50':>9}{'p99':>7}{'TPOT p50':>9}{'p99':>7}"
-          f"{'prefix hit':>11}{'in/out tok':>12}")
+HEADER = (
+    f"{'server':<13}{'rate':>6}{'sent':>6}{'done':>6}{'err':>5}{'req/s':>7}"
+    f"{'out tok/s':>10}{'TTFT p50':>9}{'p99':>7}{'TPOT p50':>9}{'p99':>7}"
+    f"{'prefix hit':>11}{'in/out tok':>12}"
+)
 
 
 def row(r: RateReport) -> str:
-    io = (f"{fmt(r.mean_prompt_tokens, '.0f')}/{fmt(r.mean_output_tokens, '.0f')}")
+    io = f"{fmt(r.mean_prompt_tokens, '.0f')}/{fmt(r.mean_output_tokens, '.0f')}"
     hit = "-" if r.prefix_hit_rate is None else f"{100 * r.prefix_hit_rate:.0f}%"
-    return (f"{r.server:<13}{r.rate:>6g}{r.sent:>6}{r.completed:>6}{r.errors:>5}"
-            f"{r.req_per_s:>7.2f}{r.output_tok_per_s:>10.1f}{fmt(r.ttft_p50):>9}"
-            f"{fmt(r.ttft_p99):>7}{fmt(r.tpot_p50, '.3f'):>9}{fmt(r.tpot_p99, '.3f'):>7}"
-            f"{hit:>11}{io:>12}")
+    return (
+        f"{r.server:<13}{r.rate:>6g}{r.sent:>6}{r.completed:>6}{r.errors:>5}"
+        f"{r.req_per_s:>7.2f}{r.output_tok_per_s:>10.1f}{fmt(r.ttft_p50):>9}"
+        f"{fmt(r.ttft_p99):>7}{fmt(r.tpot_p50, '.3f'):>9}{fmt(r.tpot_p99, '.3f'):>7}"
+        f"{hit:>11}{io:>12}"
+    )
 
 
 def summary(reports: dict[str, list[RateReport]], slo: float) -> list[str]:
@@ -420,65 +498,122 @@ def summary(reports: dict[str, list[RateReport]], slo: float) -> list[str]:
             for e in r.error_samples:
                 lines.append(f"#   {server} @ {r.rate:g} req/s error: {e}")
     if best.get("pagedkv") and best.get("transformers"):
-        lines.append(f"#   pagedkv / transformers: "
-                     f"{best['pagedkv'] / best['transformers']:.2f}x the request rate")
+        lines.append(
+            f"#   pagedkv / transformers: "
+            f"{best['pagedkv'] / best['transformers']:.2f}x the request rate"
+        )
     return lines
 
 
 # ------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     target = p.add_argument_group("target")
     target.add_argument("--url", help="a running server (e.g. http://127.0.0.1:8000)")
-    target.add_argument("--model", default=None,
-                        help="with --url: the model id to send; with --launch: default, "
-                             "tiny-random or a local model folder (default: default)")
-    target.add_argument("--launch", default=None,
-                        help="start these servers here, one after the other: pagedkv, "
-                             "transformers or pagedkv,transformers")
-    target.add_argument("--threads", type=int, default=None,
-                        help="OMP/MKL threads for launched servers (the same for both)")
-    target.add_argument("--pagedkv-args", default="",
-                        help="extra `pagedkv serve` options, e.g. '--num-blocks 2048'")
-    target.add_argument("--transformers-args", default="",
-                        help="extra `transformers serve` options, e.g. '--continuous-batching'")
+    target.add_argument(
+        "--model",
+        default=None,
+        help="with --url: the model id to send; with --launch: default, "
+        "tiny-random or a local model folder (default: default)",
+    )
+    target.add_argument(
+        "--launch",
+        default=None,
+        help="start these servers here, one after the other: pagedkv, "
+        "transformers or pagedkv,transformers",
+    )
+    target.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP/MKL threads for launched servers (the same for both)",
+    )
+    target.add_argument(
+        "--pagedkv-args", default="", help="extra `pagedkv serve` options, e.g. '--num-blocks 2048'"
+    )
+    target.add_argument(
+        "--transformers-args",
+        default="",
+        help="extra `transformers serve` options, e.g. '--continuous-batching'",
+    )
     target.add_argument("--startup-timeout", type=float, default=600.0)
     load = p.add_argument_group("load")
-    load.add_argument("--rates", default="0.5,1,2,4",
-                      help="request rates (req/s, Poisson), comma-separated")
-    load.add_argument("--duration", type=float, default=60.0,
-                      help="seconds of arrivals per rate (unless --num-requests)")
-    load.add_argument("--num-requests", type=int, default=0,
-                      help="requests per rate instead of --duration")
+    load.add_argument(
+        "--rates", default="0.5,1,2,4", help="request rates (req/s, Poisson), comma-separated"
+    )
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=60.0,
+        help="seconds of arrivals per rate (unless --num-requests)",
+    )
+    load.add_argument(
+        "--num-requests", type=int, default=0, help="requests per rate instead of --duration"
+    )
     load.add_argument("--seed", type=int, default=0)
-    load.add_argument("--prefix-share", type=float, default=0.5,
-                      help="share of requests opening with the shared system prompt")
-    load.add_argument("--system-tokens", type=int, default=400,
-                      help="length of the shared system prompt (tokens, approx.)")
-    load.add_argument("--input-scale", type=float, default=1.0,
-                      help="scale ShareGPT's prompt lengths (mean 161 tokens)")
-    load.add_argument("--output-scale", type=float, default=1.0,
-                      help="scale ShareGPT's answer lengths (mean 338 tokens)")
+    load.add_argument(
+        "--prefix-share",
+        type=float,
+        default=0.5,
+        help="share of requests opening with the shared system prompt",
+    )
+    load.add_argument(
+        "--system-tokens",
+        type=int,
+        default=400,
+        help="length of the shared system prompt (tokens, approx.)",
+    )
+    load.add_argument(
+        "--input-scale",
+        type=float,
+        default=1.0,
+        help="scale ShareGPT's prompt lengths (mean 161 tokens)",
+    )
+    load.add_argument(
+        "--output-scale",
+        type=float,
+        default=1.0,
+        help="scale ShareGPT's answer lengths (mean 338 tokens)",
+    )
     load.add_argument("--max-input", type=int, default=1024, help="cap on user-message tokens")
     load.add_argument("--max-output", type=int, default=256, help="cap on max_tokens")
-    load.add_argument("--max-model-len", type=int, default=None,
-                      help="keep prompt + answer under this (default: 2048; 512 for "
-                           "tiny-random)")
-    load.add_argument("--chars-per-token", type=float, default=None,
-                      help="prompt sizing (default: 4, English BPE; 1 for tiny-random's byte "
-                           "tokenizer). Actual token counts come from usage")
-    load.add_argument("--temperature", type=float, default=0.0,
-                      help="0 = greedy (both servers generate the same answers)")
-    load.add_argument("--ignore-eos", action="store_true",
-                      help="send ignore_eos (a vLLM/pagedkv extra; transformers ignores it)")
+    load.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="keep prompt + answer under this (default: 2048; 512 for tiny-random)",
+    )
+    load.add_argument(
+        "--chars-per-token",
+        type=float,
+        default=None,
+        help="prompt sizing (default: 4, English BPE; 1 for tiny-random's byte "
+        "tokenizer). Actual token counts come from usage",
+    )
+    load.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 = greedy (both servers generate the same answers)",
+    )
+    load.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="send ignore_eos (a vLLM/pagedkv extra; transformers ignores it)",
+    )
     load.add_argument("--request-timeout", type=float, default=300.0)
     load.add_argument("--warmup", type=int, default=2, help="warm-up requests per server")
     out = p.add_argument_group("report")
     out.add_argument("--slo-ttft", type=float, default=2.0, help="p99 TTFT bound (s)")
-    out.add_argument("--stop-after-violation", type=float, default=5.0,
-                     help="skip a server's higher rates once p99 TTFT exceeds this many times "
-                          "the SLO (0 = never)")
+    out.add_argument(
+        "--stop-after-violation",
+        type=float,
+        default=5.0,
+        help="skip a server's higher rates once p99 TTFT exceeds this many times "
+        "the SLO (0 = never)",
+    )
     out.add_argument("--json", default=None, help="write every rate's report here")
     args = p.parse_args(argv)
     try:
@@ -509,11 +644,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    load = (f"{len(args.rates)} rates x "
-            + (f"{args.num_requests} requests" if args.num_requests
-               else f"{args.duration:g} s of arrivals")
-            + f", seed {args.seed}, prefix share {args.prefix_share:g} "
-              f"({args.system_tokens}-token system prompt), temperature {args.temperature:g}")
+    load = (
+        f"{len(args.rates)} rates x "
+        + (
+            f"{args.num_requests} requests"
+            if args.num_requests
+            else f"{args.duration:g} s of arrivals"
+        )
+        + f", seed {args.seed}, prefix share {args.prefix_share:g} "
+        f"({args.system_tokens}-token system prompt), temperature {args.temperature:g}"
+    )
     print(f"# {load}", flush=True)
     reports: dict[str, list[RateReport]] = {}
     if args.url is not None:
@@ -526,7 +666,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp_name:
             tmp = Path(tmp_name)
             need_folder = "transformers" in args.launch or args.model.lower() not in (
-                "tiny-random", "default", "smollm2", "smollm2-135m-instruct")
+                "tiny-random",
+                "default",
+                "smollm2",
+                "smollm2-135m-instruct",
+            )
             folder = resolve_folder(args.model, tmp) if need_folder else None
             for server in args.launch:
                 port = free_port()
@@ -538,8 +682,7 @@ def main(argv: list[str] | None = None) -> int:
                     assert folder is not None
                     cmd = transformers_command(folder, port, args.transformers_args.split())
                     model_id = folder  # transformers serve is pinned to this exact id
-                with launched(server, cmd, env, tmp / f"{server}.log",
-                              args.startup_timeout) as url:
+                with launched(server, cmd, env, tmp / f"{server}.log", args.startup_timeout) as url:
                     print(HEADER, flush=True)
                     reports[server] = run_server(args, server, url, model_id)
     print()
@@ -550,9 +693,15 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary(reports, args.slo_ttft):
         print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"args": dict(vars(args)),
-             "reports": {k: [asdict(r) for r in v] for k, v in reports.items()}}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": dict(vars(args)),
+                    "reports": {k: [asdict(r) for r in v] for k, v in reports.items()},
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

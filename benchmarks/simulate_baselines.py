@@ -20,35 +20,49 @@ from pagedkv.simulator.runner import SimulationConfig, run_simulation
 from pagedkv.simulator.synthetic import SyntheticSpec, generate
 from pagedkv.simulator.trace import Trace, load_trace
 
-TRACES = Path(os.environ.get("PAGEDKV_TRACES", Path(__file__).resolve().parents[2] / "shared"
-                             / "traces"))
+TRACES = Path(
+    os.environ.get("PAGEDKV_TRACES", Path(__file__).resolve().parents[2] / "shared" / "traces")
+)
 
 
 def run(title: str, trace: Trace, kv_tokens: int, max_model_len: int) -> None:
-    cfg = SimulationConfig(modes=("baselines",), block_sizes=(16,), kv_tokens=kv_tokens,
-                           max_model_len=max_model_len)
+    cfg = SimulationConfig(
+        modes=("baselines",), block_sizes=(16,), kv_tokens=kv_tokens, max_model_len=max_model_len
+    )
     report, _ = run_simulation(trace, cfg)
     # paging with a 5% admission watermark (blocks kept free for decode growth)
-    wm = SimulationConfig(modes=("serve",), block_sizes=(16,), kv_tokens=kv_tokens,
-                          prefix_caching=False, watermark=0.05)
+    wm = SimulationConfig(
+        modes=("serve",),
+        block_sizes=(16,),
+        kv_tokens=kv_tokens,
+        prefix_caching=False,
+        watermark=0.05,
+    )
     extra = run_simulation(trace, wm)[0]["serving"][0]
     extra["backend"] = "paged-bs16 wm=0.05"
     report["serving"].insert(1, extra)
     w = report["workload"]
-    print(f"\n{title}: {w['requests']:,} requests, mean in/out {w['mean_input_tokens']:.0f}/"
-          f"{w['mean_output_tokens']:.0f}, KV memory {kv_tokens:,} tokens, "
-          f"max_model_len {max_model_len}")
+    print(
+        f"\n{title}: {w['requests']:,} requests, mean in/out {w['mean_input_tokens']:.0f}/"
+        f"{w['mean_output_tokens']:.0f}, KV memory {kv_tokens:,} tokens, "
+        f"max_model_len {max_model_len}"
+    )
     print(serving_table(report["serving"]))
 
 
 def main() -> int:
-    sharegpt = generate(SyntheticSpec(dataset="sharegpt", num_requests=2000, rate=8.0,
-                                      max_len=2048, seed=0))
+    sharegpt = generate(
+        SyntheticSpec(dataset="sharegpt", num_requests=2000, rate=8.0, max_len=2048, seed=0)
+    )
     run("ShareGPT-like synthetic (single-turn, 8 req/s)", sharegpt, 16384, 2048)
     azure = TRACES / "AzureLLMInferenceTrace_conv_2023.csv"
     if azure.exists():
-        run("Azure LLM inference trace (conversation), first 3000 requests",
-            load_trace(azure, limit=3000), 65536, 8192)
+        run(
+            "Azure LLM inference trace (conversation), first 3000 requests",
+            load_trace(azure, limit=3000),
+            65536,
+            8192,
+        )
     else:
         print(f"\n{azure} not found; skipping the Azure workload")
     return 0

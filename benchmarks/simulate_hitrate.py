@@ -22,11 +22,16 @@ from pagedkv.simulator.hitrate import run_policy
 from pagedkv.simulator.oracle import infinite_cache
 from pagedkv.simulator.trace import load_trace
 
-TRACES = Path(os.environ.get("PAGEDKV_TRACES", Path(__file__).resolve().parents[2] / "shared"
-                             / "traces"))
+TRACES = Path(
+    os.environ.get("PAGEDKV_TRACES", Path(__file__).resolve().parents[2] / "shared" / "traces")
+)
 # kvcache-simulator, conversation trace, 512-token blocks, last 50% (traces README)
-REFERENCE = {128: (3.9, 4.5, 8.0), 512: (4.4, 4.5, 14.2), 1024: (4.6, 4.7, 19.9),
-             4096: (8.5, 8.7, 34.5)}
+REFERENCE = {
+    128: (3.9, 4.5, 8.0),
+    512: (4.4, 4.5, 14.2),
+    1024: (4.6, 4.7, 19.9),
+    4096: (8.5, 8.7, 34.5),
+}
 
 
 def main() -> int:
@@ -42,25 +47,32 @@ def main() -> int:
     t = time.perf_counter()
     s512 = build_block_stream(trace, 512)
     print(f"block stream at 512: {s512.num_refs:,} refs in {time.perf_counter() - t:.2f}s")
-    print(f"infinite cache: {100 * infinite_cache(s512, 0.0).hit_rate:.1f}% of all prompt "
-          f"tokens, {100 * infinite_cache(s512).hit_rate:.1f}% over the last 50%")
-    print("\ncache blocks | FIFO ours / ref | LRU ours / ref (delta) | Belady ours / ref | "
-          "LRU refs/s")
+    print(
+        f"infinite cache: {100 * infinite_cache(s512, 0.0).hit_rate:.1f}% of all prompt "
+        f"tokens, {100 * infinite_cache(s512).hit_rate:.1f}% over the last 50%"
+    )
+    print(
+        "\ncache blocks | FIFO ours / ref | LRU ours / ref (delta) | Belady ours / ref | LRU refs/s"
+    )
     for cap, (r_fifo, r_lru, r_opt) in REFERENCE.items():
         fifo = run_policy(s512, "fifo", cap)
         lru = run_policy(s512, "lru", cap)
         opt = run_policy(s512, "belady", cap)
         d = 100 * lru.hit_rate - r_lru
-        print(f"{cap:12d} | {100 * fifo.hit_rate:5.2f}% / {r_fifo}% | "
-              f"{100 * lru.hit_rate:5.2f}% / {r_lru}% ({d:+.2f}) | "
-              f"{100 * opt.hit_rate:5.2f}% / {r_opt}% | {lru.refs_per_second / 1e6:.2f}M")
+        print(
+            f"{cap:12d} | {100 * fifo.hit_rate:5.2f}% / {r_fifo}% | "
+            f"{100 * lru.hit_rate:5.2f}% / {r_lru}% ({d:+.2f}) | "
+            f"{100 * opt.hit_rate:5.2f}% / {r_opt}% | {lru.refs_per_second / 1e6:.2f}M"
+        )
     if args.quick:
         return 0
     print("\nreplay speed per policy at 512-token blocks, best of 3 runs (M refs/s):")
     print("policy  | " + " | ".join(f"{c:>5d}" for c in REFERENCE))
     for policy in ("lru", "fifo", "lfu", "s3fifo", "belady"):
-        speeds = [max(run_policy(s512, policy, cap).refs_per_second for _ in range(3)) / 1e6
-                  for cap in REFERENCE]
+        speeds = [
+            max(run_policy(s512, policy, cap).refs_per_second for _ in range(3)) / 1e6
+            for cap in REFERENCE
+        ]
         print(f"{policy:7s} | " + " | ".join(f"{v:5.2f}" for v in speeds))
     t = time.perf_counter()
     s16 = build_block_stream(trace, 16)
@@ -68,8 +80,10 @@ def main() -> int:
     for cap512 in (128, 4096):
         cap = cap512 * 32  # same memory as cap512 blocks of 512 tokens
         lru = run_policy(s16, "lru", cap)
-        print(f"bs 16, {cap:,} blocks: LRU {100 * lru.hit_rate:.2f}%, "
-              f"{lru.refs_per_second / 1e6:.2f}M refs/s ({lru.seconds:.1f}s)")
+        print(
+            f"bs 16, {cap:,} blocks: LRU {100 * lru.hit_rate:.2f}%, "
+            f"{lru.refs_per_second / 1e6:.2f}M refs/s ({lru.seconds:.1f}s)"
+        )
     return 0
 
 

@@ -76,14 +76,27 @@ def prefix_setup(block_size: int, tokens: int) -> tuple[KVStorage, list[bytes], 
     """Storage holding a random ``tokens`` prefix in blocks 1..n (room for n more), its chain
     hashes (sha256, as the manager computes them) and the model fingerprint."""
     n = tokens // block_size
-    st = KVStorage(num_layers=LAYERS, num_blocks=2 * n + 1, block_size=block_size,
-                   num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, dtype=torch.float32)
-    st.kv_cache[:, 1:n + 1].normal_()
+    st = KVStorage(
+        num_layers=LAYERS,
+        num_blocks=2 * n + 1,
+        block_size=block_size,
+        num_kv_heads=KV_HEADS,
+        head_dim=HEAD_DIM,
+        dtype=torch.float32,
+    )
+    st.kv_cache[:, 1 : n + 1].normal_()
     fn = HASH_FUNCTIONS["sha256"]
     token_bytes = torch.arange(n * block_size, dtype=torch.int64).numpy().tobytes()
     hashes = chain_hashes(fn, root_hash(fn, None, None), token_bytes, block_size * 8, n)
-    fp = fingerprint_for("HuggingFaceTB/SmolLM2-135M-Instruct", "bench", st.dtype, block_size,
-                         LAYERS, KV_HEADS, HEAD_DIM)
+    fp = fingerprint_for(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "bench",
+        st.dtype,
+        block_size,
+        LAYERS,
+        KV_HEADS,
+        HEAD_DIM,
+    )
     return st, hashes, fp
 
 
@@ -98,14 +111,17 @@ def time_prefix_load(cache: TieredKVCache, hashes: list[bytes], block_ids: list[
     return elapsed
 
 
-def measure(tier: KVTier, block_size: int, tokens: int, repeats: int,
-            baseline_url: str | None) -> Row:
+def measure(
+    tier: KVTier, block_size: int, tokens: int, repeats: int, baseline_url: str | None
+) -> Row:
     st, hashes, fp = prefix_setup(block_size, tokens)
     n = len(hashes)
     src, dst = list(range(1, n + 1)), list(range(n + 1, 2 * n + 1))
     cache = TieredKVCache([tier], fp, st, block_size, promote=False)
-    fns: list[Callable[[], object]] = [lambda: cache.store(hashes, src),
-                                       lambda: time_prefix_load(cache, hashes, dst)]
+    fns: list[Callable[[], object]] = [
+        lambda: cache.store(hashes, src),
+        lambda: time_prefix_load(cache, hashes, dst),
+    ]
     if baseline_url is not None:
         cache.store(hashes, src)
         fns += baseline_fns(baseline_url, cache, hashes)
@@ -115,12 +131,18 @@ def measure(tier: KVTier, block_size: int, tokens: int, repeats: int,
     nbytes = n * st.bytes_per_block
     gbps = [nbytes / s / 1e9 for s in secs]
     tier.clear()
-    return Row(tier.name, block_size, n, st.bytes_per_block / 1024, gbps[0], gbps[1],
-               *(gbps[2:4] if baseline_url else []))
+    return Row(
+        tier.name,
+        block_size,
+        n,
+        st.bytes_per_block / 1024,
+        gbps[0],
+        gbps[1],
+        *(gbps[2:4] if baseline_url else []),
+    )
 
 
-def baseline_fns(url: str, cache: TieredKVCache, hashes: list[bytes]
-                 ) -> list[Callable[[], object]]:
+def baseline_fns(url: str, cache: TieredKVCache, hashes: list[bytes]) -> list[Callable[[], object]]:
     """Plain client, default parser, one round trip per key, the same encoded values."""
     import valkey
 
@@ -152,16 +174,39 @@ def make_tier(name: str, folder: str, url: str | None) -> KVTier:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ("tier", "block", "blocks", "KiB/block", "store GB/s", "load GB/s", "SET GB/s",
-            "GET GB/s", "load/GET")
+    head = (
+        "tier",
+        "block",
+        "blocks",
+        "KiB/block",
+        "store GB/s",
+        "load GB/s",
+        "SET GB/s",
+        "GET GB/s",
+        "load/GET",
+    )
     print(" | ".join(head))
     print(" | ".join("-" * len(h) for h in head))
     for r in rows:
+
         def fmt(x: float | None) -> str:
             return "-" if x is None else f"{x:.2f}"
-        print(" | ".join([r.tier, str(r.block_size), str(r.blocks), f"{r.block_kib:.0f}",
-                          fmt(r.store_gbps), fmt(r.load_gbps), fmt(r.baseline_set_gbps),
-                          fmt(r.baseline_get_gbps), fmt(r.load_ratio)]))
+
+        print(
+            " | ".join(
+                [
+                    r.tier,
+                    str(r.block_size),
+                    str(r.blocks),
+                    f"{r.block_kib:.0f}",
+                    fmt(r.store_gbps),
+                    fmt(r.load_gbps),
+                    fmt(r.baseline_set_gbps),
+                    fmt(r.baseline_get_gbps),
+                    fmt(r.load_ratio),
+                ]
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,8 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    server = embedded_valkey(maxmemory="2gb") if args.remote is None and \
-        "remote" in args.tiers else None
+    server = (
+        embedded_valkey(maxmemory="2gb") if args.remote is None and "remote" in args.tiers else None
+    )
     url = args.remote or (server.url if server else None)
     rows: list[Row] = []
     try:
@@ -183,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
             for bs in args.block_sizes:
                 for name in args.tiers:
                     tier = make_tier(name, folder, url)
-                    rows.append(measure(tier, bs, args.tokens, args.repeats,
-                                        url if name == "remote" else None))
+                    rows.append(
+                        measure(
+                            tier, bs, args.tokens, args.repeats, url if name == "remote" else None
+                        )
+                    )
                     tier.close()
     finally:
         if server is not None:

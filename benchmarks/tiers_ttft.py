@@ -36,8 +36,9 @@ def ttft(engine: LLMEngine, prompt: list[int], rid: str) -> tuple[float, int]:
     return time.perf_counter() - t0, out.num_cached_tokens
 
 
-def run_tier(model: Any, prompt: list[int], repeats: int, name: str, options: dict[str, Any]
-             ) -> tuple[float, int]:
+def run_tier(
+    model: Any, prompt: list[int], repeats: int, name: str, options: dict[str, Any]
+) -> tuple[float, int]:
     times, cached = [], 0
     for r in range(repeats):
         writer = LLMEngine(model, **options)
@@ -64,19 +65,26 @@ def main() -> None:
     args = p.parse_args()
     model = load_model()
     prompt = [(i * 7919 + 13) % 40000 + 100 for i in range(args.tokens)]
-    base = {"block_size": args.block_size, "max_num_batched_tokens": args.tokens,
-            "kv_cache_memory": 512 << 20}
+    base = {
+        "block_size": args.block_size,
+        "max_num_batched_tokens": args.tokens,
+        "kv_cache_memory": 512 << 20,
+    }
     rows = []
     recompute, _ = run_tier(model, prompt, args.repeats, "none", base)
     rows.append(("recompute (no tier)", recompute, 0))
     with tempfile.TemporaryDirectory() as folder, embedded_valkey(maxmemory="1gb") as valkey:
-        for name, extra in (("host", {"kv_host_bytes": 1 << 30}),
-                            ("disk", {"kv_disk_path": folder}),
-                            ("remote", {"kv_remote": valkey.url})):
+        for name, extra in (
+            ("host", {"kv_host_bytes": 1 << 30}),
+            ("disk", {"kv_disk_path": folder}),
+            ("remote", {"kv_remote": valkey.url}),
+        ):
             t, cached = run_tier(model, prompt, args.repeats, name, {**base, **extra})
             rows.append((f"{name} tier", t, cached))
-    print(f"model {model.name}, prompt {args.tokens} tokens, block size {args.block_size}, "
-          f"median of {args.repeats}")
+    print(
+        f"model {model.name}, prompt {args.tokens} tokens, block size {args.block_size}, "
+        f"median of {args.repeats}"
+    )
     print(f"{'served from':<22}{'TTFT s':>9}{'cached tok':>12}{'speed-up':>10}")
     for label, t, cached in rows:
         print(f"{label:<22}{t:>9.3f}{cached:>12}{recompute / t:>9.1f}x")

@@ -24,8 +24,14 @@ from pagedkv.integrations import PagedModelRunner
 def main() -> None:
     """Build a tiny model, generate a batch through pagedkv, compare with HF."""
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    )
     model = LlamaForCausalLM(config).eval()
 
     system = [11, 42, 7, 99, 5, 23, 61, 8, 250, 3, 17, 64, 33]  # a shared "system prompt"
@@ -51,9 +57,14 @@ def main() -> None:
     ref = []
     for p in prompts:
         ids = torch.tensor([p])
-        g = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                           do_sample=False, pad_token_id=0)
-        ref.append(g[0, len(p):].tolist())
+        g = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        ref.append(g[0, len(p) :].tolist())
     print(f"identical to model.generate: {out == ref}  (pagedkv run took {dt * 1e3:.0f} ms)")
     runner.check_integrity()
     if out != ref:

@@ -41,9 +41,13 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_LAZY = {"LLM": "pagedkv.engine", "SamplingParams": "pagedkv.engine",
-         "AsyncLLMEngine": "pagedkv.engine", "LLMEngine": "pagedkv.engine",
-         "EngineConfig": "pagedkv.engine"}
+_LAZY = {
+    "LLM": "pagedkv.engine",
+    "SamplingParams": "pagedkv.engine",
+    "AsyncLLMEngine": "pagedkv.engine",
+    "LLMEngine": "pagedkv.engine",
+    "EngineConfig": "pagedkv.engine",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the engine imports torch: only when a command runs
 EXIT_COMMANDS = ("/exit", "/quit", "/bye")
 RESET_COMMAND = "/reset"
 
+
 def build_engine(args: argparse.Namespace) -> tuple[LLMEngine, SamplingParams]:
     """Validate every option first (no model load for a typo), then load and start the engine."""
     from pagedkv.engine import LLMEngine
@@ -51,8 +52,9 @@ def build_engine(args: argparse.Namespace) -> tuple[LLMEngine, SamplingParams]:
     model = load_cli_model(args.model, args.dtype)
     engine = LLMEngine(model, config)
     if getattr(args, "chat", None) and not model.has_chat_template:
-        raise InvalidArgumentError(f"--chat: the model {model.name} has no chat template "
-                                   "(use --no-chat)")
+        raise InvalidArgumentError(
+            f"--chat: the model {model.name} has no chat template (use --no-chat)"
+        )
     return engine, params
 
 
@@ -62,8 +64,9 @@ def use_chat_template(args: argparse.Namespace, engine: LLMEngine) -> bool:
 
 
 # ---------------------------------------------------------------------------------- streaming
-def stream(engine: LLMEngine, request_id: str, prompt: str | list[int], params: SamplingParams,
-           out: TextIO) -> RequestOutput:
+def stream(
+    engine: LLMEngine, request_id: str, prompt: str | list[int], params: SamplingParams, out: TextIO
+) -> RequestOutput:
     """Submit one request and step the engine until it finishes, writing its new text to
     ``out`` (flushed) after every step.
 
@@ -111,8 +114,10 @@ def stats_line(o: RequestOutput) -> str:
     ttft = f"{m.ttft:.2f} s" if m.ttft is not None else "-"
     tpot = m.tpot(n)
     rate = f"{1.0 / tpot:.1f} tokens/s" if tpot else "- tokens/s"
-    return (f"{n} tokens ({c.finish_reason}), TTFT {ttft}, {rate}, prompt "
-            f"{len(o.prompt_token_ids)} tokens ({o.num_cached_tokens} cached)")
+    return (
+        f"{n} tokens ({c.finish_reason}), TTFT {ttft}, {rate}, prompt "
+        f"{len(o.prompt_token_ids)} tokens ({o.num_cached_tokens} cached)"
+    )
 
 
 def _report(args: argparse.Namespace, line: str) -> None:
@@ -137,12 +142,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     prompt: str | list[int] = text
     if use_chat_template(args, engine):
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": text})
         prompt = apply_chat_template(engine.tokenizer, messages)
     elif args.system:
-        raise InvalidArgumentError(f"--system: the model {engine.loaded.name} has no chat "
-                                   "template")
+        raise InvalidArgumentError(f"--system: the model {engine.loaded.name} has no chat template")
     result = stream(engine, "generate", prompt, params, sys.stdout)
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -178,8 +182,11 @@ def _chat(args: argparse.Namespace) -> int:
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict[str, str]] = list(system)
     if interactive:
-        print(f"pagedkv chat with {engine.loaded.name}: type a message; /reset forgets the "
-              f"conversation, /exit or Ctrl-D ends", file=sys.stderr)
+        print(
+            f"pagedkv chat with {engine.loaded.name}: type a message; /reset forgets the "
+            f"conversation, /exit or Ctrl-D ends",
+            file=sys.stderr,
+        )
     turn, failed = 0, 0
     while True:
         try:
@@ -216,9 +223,12 @@ def _chat(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ parsers
 def add_generate_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "generate", help="stream a model's answer to one prompt",
+        "generate",
+        help="stream a model's answer to one prompt",
         description="Generate text for PROMPT and stream it to stdout; statistics go to stderr.",
-        epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("prompt", metavar="PROMPT", help="the prompt ('-' reads it from stdin)")
     add_model_arguments(p)
     add_sampling_arguments(p, max_tokens=256)
@@ -228,11 +238,14 @@ def add_generate_parser(sub: Any) -> None:
 
 def add_chat_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "chat", help="interactive streamed chat in the terminal",
+        "chat",
+        help="interactive streamed chat in the terminal",
         description="Chat with a model: one message per line on stdin (a terminal or a pipe), "
-                    "answers streamed to stdout. /reset forgets the conversation; /exit or end "
-                    "of input ends it.",
-        epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "answers streamed to stdout. /reset forgets the conversation; /exit or end "
+        "of input ends it.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_arguments(p)
     add_sampling_arguments(p, max_tokens=512, chat_flag=False)
     add_engine_arguments(p)

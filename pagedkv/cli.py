@@ -38,15 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     from pagedkv.simulator.command import add_simulate_parser
 
     parser = OneLineErrorParser(
-        prog="pagedkv", description="Paged KV-cache management for LLM inference.")
-    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]", parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=OneLineErrorParser))
+        prog="pagedkv", description="Paged KV-cache management for LLM inference."
+    )
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser),
+    )
     chat_cli.add_generate_parser(sub)
     chat_cli.add_chat_parser(sub)
-    demo = sub.add_parser("demo", help="the engine serving a batch of chat requests "
-                                       "(--blocks: a tour of the block manager)",
-                          description=demo_module.__doc__,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo = sub.add_parser(
+        "demo",
+        help="the engine serving a batch of chat requests (--blocks: a tour of the block manager)",
+        description=demo_module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=demo_module.run)
     add_simulate_parser(sub)

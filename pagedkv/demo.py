@@ -32,8 +32,10 @@ from pagedkv.errors import InvalidArgumentError
 from pagedkv.simulator.tour import run_demo  # the --blocks tour
 
 # ------------------------------------------------------------------------ the engine demo
-SYSTEM_PROMPT = ("You are a helpful assistant answering quiz questions about geography, science "
-                 "and everyday life. Answer each question in one short, correct sentence.")
+SYSTEM_PROMPT = (
+    "You are a helpful assistant answering quiz questions about geography, science "
+    "and everyday life. Answer each question in one short, correct sentence."
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,16 @@ REQUESTS = (
 )
 
 
-def run_engine_demo(*, model: Any = None, num_blocks: int | None = None, block_size: int = 16,
-                    policy: str = "lru", max_tokens: int = 32, seed: int = 0,
-                    verbose: bool = True) -> dict[str, Any]:
+def run_engine_demo(
+    *,
+    model: Any = None,
+    num_blocks: int | None = None,
+    block_size: int = 16,
+    policy: str = "lru",
+    max_tokens: int = 32,
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, Any]:
     """Serve :data:`REQUESTS` (one arriving per step) and return the statistics and answers.
 
     ``model``: what :func:`pagedkv.cli_options.load_cli_model` takes (None = the default model,
@@ -72,25 +81,37 @@ def run_engine_demo(*, model: Any = None, num_blocks: int | None = None, block_s
     from pagedkv.engine.llm import apply_chat_template
     from pagedkv.models import LoadedModel
 
-    say: Callable[..., None] = (functools.partial(print, flush=True) if verbose  # progress
-                                else (lambda *a, **k: None))
+    say: Callable[..., None] = (
+        functools.partial(print, flush=True)
+        if verbose  # progress
+        else (lambda *a, **k: None)
+    )
     t0 = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_cli_model(model)
     load_s = time.perf_counter() - t0
     system = [{"role": "system", "content": SYSTEM_PROMPT}]
-    prompts = [apply_chat_template(loaded.tokenizer, [*system, {"role": "user", "content":
-                                                               r.question}])
-               for r in REQUESTS]
+    prompts = [
+        apply_chat_template(loaded.tokenizer, [*system, {"role": "user", "content": r.question}])
+        for r in REQUESTS
+    ]
     if num_blocks is None:
         need = -(-(max(map(len, prompts)) + max_tokens) // block_size)
         num_blocks = need + 2
-    engine = LLMEngine(loaded, EngineConfig(num_blocks=num_blocks, block_size=block_size,
-                                            eviction_policy=policy, seed=seed))
+    engine = LLMEngine(
+        loaded,
+        EngineConfig(
+            num_blocks=num_blocks, block_size=block_size, eviction_policy=policy, seed=seed
+        ),
+    )
     sys_tokens = len(apply_chat_template(engine.tokenizer, system, add_generation_prompt=False))
-    say(f"model {loaded.name} (loaded in {load_s:.1f} s); KV pool {num_blocks} blocks x "
-        f"{block_size} tokens, eviction {policy}, preemption by recompute")
-    say(f"{len(REQUESTS)} chat requests share a {sys_tokens}-token system prompt and arrive one "
-        "per step; one asks for n=2 samples\n")
+    say(
+        f"model {loaded.name} (loaded in {load_s:.1f} s); KV pool {num_blocks} blocks x "
+        f"{block_size} tokens, eviction {policy}, preemption by recompute"
+    )
+    say(
+        f"{len(REQUESTS)} chat requests share a {sys_tokens}-token system prompt and arrive one "
+        "per step; one asks for n=2 samples\n"
+    )
 
     pending = list(enumerate(REQUESTS))
     finals: dict[str, RequestOutput] = {}
@@ -101,9 +122,17 @@ def run_engine_demo(*, model: Any = None, num_blocks: int | None = None, block_s
         if pending:  # one arrival per step, while the earlier requests run
             i, r = pending.pop(0)
             rid = f"req-{i + 1}"
-            engine.add_request(rid, prompts[i], SamplingParams(
-                n=r.n, temperature=r.temperature, top_p=0.9 if r.temperature else 1.0,
-                max_tokens=max_tokens, seed=seed + r.seed))
+            engine.add_request(
+                rid,
+                prompts[i],
+                SamplingParams(
+                    n=r.n,
+                    temperature=r.temperature,
+                    top_p=0.9 if r.temperature else 1.0,
+                    max_tokens=max_tokens,
+                    seed=seed + r.seed,
+                ),
+            )
             questions[rid] = r
         for out in engine.step():
             if out.finished:
@@ -122,22 +151,32 @@ def _print_answer(say: Callable[..., None], out: Any, question: str, width: int)
     m = out.metrics
     ttft = f"{m.ttft:.2f} s" if m.ttft is not None else "-"
     extra = f", preempted {m.num_preemptions}x" if m.num_preemptions else ""
-    say(f"{out.request_id:<6} {question:<{width}}  [{len(out.prompt_token_ids)} prompt tokens, "
-        f"{out.num_cached_tokens} cached, TTFT {ttft}{extra}]")
+    say(
+        f"{out.request_id:<6} {question:<{width}}  [{len(out.prompt_token_ids)} prompt tokens, "
+        f"{out.num_cached_tokens} cached, TTFT {ttft}{extra}]"
+    )
     for c in out.outputs:
         tag = f"  #{c.index + 1}" if len(out.outputs) > 1 else ""
         text = " ".join(c.text.split()) or f"({c.finish_reason})"
         say(f"      {tag}-> {text}")
 
 
-def _engine_stats(engine: Any, finals: dict[str, Any], questions: dict[str, DemoRequest],
-                  serve_s: float, load_s: float) -> dict[str, Any]:
+def _engine_stats(
+    engine: Any,
+    finals: dict[str, Any],
+    questions: dict[str, DemoRequest],
+    serve_s: float,
+    load_s: float,
+) -> dict[str, Any]:
     st = engine.manager.stats()
     totals = engine.totals
     ttfts = [o.metrics.ttft for o in finals.values() if o.metrics.ttft is not None]
     checked = [(rid, r) for rid, r in questions.items() if r.expect]
-    correct = sum(1 for rid, r in checked if any(
-        w.lower() in finals[rid].outputs[0].text.lower() for w in r.expect))
+    correct = sum(
+        1
+        for rid, r in checked
+        if any(w.lower() in finals[rid].outputs[0].text.lower() for w in r.expect)
+    )
     return {
         "requests": len(finals),
         "sequences": sum(len(o.outputs) for o in finals.values()),
@@ -166,21 +205,32 @@ def _engine_stats(engine: Any, finals: dict[str, Any], questions: dict[str, Demo
 
 
 def _stat_rows(s: dict[str, Any]) -> list[tuple[str, object]]:
-    ttft = (f"mean {s['ttft_mean']:.2f} s, max {s['ttft_max']:.2f} s"
-            if s["ttft_mean"] is not None else "-")
+    ttft = (
+        f"mean {s['ttft_mean']:.2f} s, max {s['ttft_max']:.2f} s"
+        if s["ttft_mean"] is not None
+        else "-"
+    )
     return [
-        ("requests / sequences", f"{s['requests']} / {s['sequences']}"
-                                 + (f" ({s['errors']} failed)" if s["errors"] else "")),
+        (
+            "requests / sequences",
+            f"{s['requests']} / {s['sequences']}"
+            + (f" ({s['errors']} failed)" if s["errors"] else ""),
+        ),
         ("prompt / generated tokens", f"{s['prompt_tokens']} / {s['generated_tokens']}"),
-        ("prefix cache", f"{s['cached_prompt_tokens']} prompt tokens cached at admission; "
-                         f"hit rate {s['prefix_hit_rate']:.1%} ({s['prefix_hit_tokens']} "
-                         "tokens, re-admissions included)"),
+        (
+            "prefix cache",
+            f"{s['cached_prompt_tokens']} prompt tokens cached at admission; "
+            f"hit rate {s['prefix_hit_rate']:.1%} ({s['prefix_hit_tokens']} "
+            "tokens, re-admissions included)",
+        ),
         ("preemptions (recompute)", s["preemptions"]),
         ("forks / copy-on-write copies", f"{s['forks']} / {s['cow_copies']}"),
         ("cached blocks evicted", s["evictions"]),
         ("peak pool usage", f"{s['peak_usage']:.0%}"),
-        ("tokens computed by the model", f"{s['computed_tokens']} (prompts, recomputation "
-                                         "and decodes)"),
+        (
+            "tokens computed by the model",
+            f"{s['computed_tokens']} (prompts, recomputation and decodes)",
+        ),
         ("steps / time", f"{s['steps']} in {s['serve_seconds']:.1f} s"),
         ("throughput", f"{s['tokens_per_second']:.1f} generated tokens/s"),
         ("time to first token", ttft),
@@ -191,39 +241,66 @@ def _stat_rows(s: dict[str, Any]) -> list[tuple[str, object]]:
 # --------------------------------------------------------------------------- command line
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The demo's options, shared by ``python -m pagedkv.demo`` and ``pagedkv demo``."""
-    ap.add_argument("--blocks", action="store_true",
-                    help="the block-manager tour instead (no model, no torch)")
-    ap.add_argument("--model", "-m", default=None, metavar="M",
-                    help="engine demo: the model (default: SmolLM2-135M-Instruct; for tests: "
-                         "'tiny-random', a random-weight tiny Llama whose answers are gibberish)")
-    ap.add_argument("--num-blocks", type=int, default=None,
-                    help="engine demo: KV blocks in the pool (default: small enough to force "
-                         "preemptions: 8 on SmolLM2)")
-    ap.add_argument("--max-tokens", type=int, default=32,
-                    help="engine demo: most tokens per answer (default 32)")
+    ap.add_argument(
+        "--blocks", action="store_true", help="the block-manager tour instead (no model, no torch)"
+    )
+    ap.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        metavar="M",
+        help="engine demo: the model (default: SmolLM2-135M-Instruct; for tests: "
+        "'tiny-random', a random-weight tiny Llama whose answers are gibberish)",
+    )
+    ap.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="engine demo: KV blocks in the pool (default: small enough to force "
+        "preemptions: 8 on SmolLM2)",
+    )
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32,
+        help="engine demo: most tokens per answer (default 32)",
+    )
     add_threads_argument(ap, default=1)  # steady on a shared machine; ~5 s of serving on SmolLM2
-    ap.add_argument("--requests", type=int, default=None,
-                    help="--blocks: requests to run (default 48)")
-    ap.add_argument("--policy", default="lru",
-                    help="eviction policy: lru, fifo, lfu, s3fifo (default lru; the --blocks "
-                         "tour's hit rate shows the difference)")
+    ap.add_argument(
+        "--requests", type=int, default=None, help="--blocks: requests to run (default 48)"
+    )
+    ap.add_argument(
+        "--policy",
+        default="lru",
+        help="eviction policy: lru, fifo, lfu, s3fifo (default lru; the --blocks "
+        "tour's hit rate shows the difference)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the statistics as JSON only")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.blocks:
-        stats = run_demo(num_requests=48 if args.requests is None else args.requests,
-                         policy=args.policy, seed=args.seed, verbose=not args.json)
+        stats = run_demo(
+            num_requests=48 if args.requests is None else args.requests,
+            policy=args.policy,
+            seed=args.seed,
+            verbose=not args.json,
+        )
         if args.json:
             print(json.dumps(stats))
         return 0
     if args.requests is not None:
         raise InvalidArgumentError("--requests applies to the block-manager tour (--blocks)")
     with torch_threads(args.threads):
-        result = run_engine_demo(model=args.model, num_blocks=args.num_blocks,
-                                 max_tokens=args.max_tokens, policy=args.policy, seed=args.seed,
-                                 verbose=not args.json)
+        result = run_engine_demo(
+            model=args.model,
+            num_blocks=args.num_blocks,
+            max_tokens=args.max_tokens,
+            policy=args.policy,
+            seed=args.seed,
+            verbose=not args.json,
+        )
     if args.json:
         print(json.dumps(result))
     return 1 if result["errors"] else 0

@@ -48,7 +48,8 @@ class Registry(Mapping[str, T]):
         if not replace and name in self._items:
             raise RegistryError(
                 f"{self.what} {name!r} is already registered "
-                f"({_describe(self._items[name])}); pass replace=True to replace it")
+                f"({_describe(self._items[name])}); pass replace=True to replace it"
+            )
 
     @overload
     def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]: ...
@@ -56,13 +57,15 @@ class Registry(Mapping[str, T]):
     @overload
     def register(self, name: str, item: T, *, replace: bool = False) -> T: ...
 
-    def register(self, name: str, item: Any = _MISSING, *,
-                 replace: bool = False) -> T | Callable[[T], T]:
+    def register(
+        self, name: str, item: Any = _MISSING, *, replace: bool = False
+    ) -> T | Callable[[T], T]:
         """Register ``item`` under ``name`` and return it; without ``item``, a decorator that
         registers what it decorates. Raises ``RegistryError`` if ``name`` is taken (unless
         ``replace``) or not a non-empty ``str``; the decorator form checks the name at once."""
         self.check_available(name, replace=replace)
         if item is _MISSING:
+
             def decorator(obj: T) -> T:
                 return self.register(name, obj, replace=replace)
 
@@ -85,7 +88,8 @@ class Registry(Mapping[str, T]):
             return self._items[name]
         except (KeyError, TypeError):  # TypeError: an unhashable name
             raise UnknownNameError(
-                f"{self.what}: unknown name {name!r}; expected one of {self.names()}") from None
+                f"{self.what}: unknown name {name!r}; expected one of {self.names()}"
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         try:

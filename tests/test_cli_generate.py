@@ -25,16 +25,29 @@ from pagedkv.cli import EXIT_BROKEN_PIPE, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-random", "--threads", "1"]
-STATS = re.compile(r"^\[(\d+) tokens \((\w+)\), TTFT [\d.]+ s, [\d.-]+ tokens/s, prompt (\d+) "
-                   r"tokens \((\d+) cached\)\]$")
+STATS = re.compile(
+    r"^\[(\d+) tokens \((\w+)\), TTFT [\d.]+ s, [\d.-]+ tokens/s, prompt (\d+) "
+    r"tokens \((\d+) cached\)\]$"
+)
 
 
-def run_cli(args: list[str], *, stdin: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str],
+    *,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
     """``pagedkv ARGS`` in a fresh interpreter."""
-    return subprocess.run([sys.executable, "-m", "pagedkv.cli", *args], input=stdin, text=True,
-                          capture_output=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pagedkv.cli", *args],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def stats_lines(err: str) -> list[re.Match[str]]:
@@ -46,12 +59,11 @@ def test_generate_streams_the_engines_text(capsys: pytest.CaptureFixture[str]) -
     from pagedkv.engine import LLM, SamplingParams
     from pagedkv.models import tiny_random_llama
 
-    assert main(["generate", "Hello there", *TINY, "--temperature", "0",
-                 "--max-tokens", "12"]) == 0
+    assert main(["generate", "Hello there", *TINY, "--temperature", "0", "--max-tokens", "12"]) == 0
     out, err = capsys.readouterr()
     expected = LLM(tiny_random_llama(0)).chat(
-        [{"role": "user", "content": "Hello there"}],
-        SamplingParams(temperature=0, max_tokens=12))[0]
+        [{"role": "user", "content": "Hello there"}], SamplingParams(temperature=0, max_tokens=12)
+    )[0]
     assert out == expected.outputs[0].text + "\n"  # the chat template is applied by default
     (m,) = stats_lines(err)
     assert int(m[1]) == len(expected.outputs[0].token_ids)
@@ -59,11 +71,40 @@ def test_generate_streams_the_engines_text(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_generate_options_reach_the_engine(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["generate", "abc", *TINY, "--no-chat", "--seed", "3", "--temperature", "1",
-            "--top-k", "20", "--top-p", "0.8", "--max-tokens", "5", "--block-size", "8",
-            "--num-blocks", "16", "--max-num-seqs", "4", "--max-num-batched-tokens", "512",
-            "--no-chunked-prefill", "--eviction-policy", "fifo", "--no-prefix-caching",
-            "--backend", "reference", "--preemption-mode", "swap", "--num-host-blocks", "4"]
+    args = [
+        "generate",
+        "abc",
+        *TINY,
+        "--no-chat",
+        "--seed",
+        "3",
+        "--temperature",
+        "1",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.8",
+        "--max-tokens",
+        "5",
+        "--block-size",
+        "8",
+        "--num-blocks",
+        "16",
+        "--max-num-seqs",
+        "4",
+        "--max-num-batched-tokens",
+        "512",
+        "--no-chunked-prefill",
+        "--eviction-policy",
+        "fifo",
+        "--no-prefix-caching",
+        "--backend",
+        "reference",
+        "--preemption-mode",
+        "swap",
+        "--num-host-blocks",
+        "4",
+    ]
     assert main(args) == 0
     first = capsys.readouterr()
     (m,) = stats_lines(first.err)
@@ -74,31 +115,36 @@ def test_generate_options_reach_the_engine(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().err == ""
 
 
-def test_generate_reads_the_prompt_from_stdin(monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_reads_the_prompt_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("a prompt from a pipe\n"))
     assert main(["generate", "-", *TINY, "--max-tokens", "3"]) == 0
     (m,) = stats_lines(capsys.readouterr().err)
     assert int(m[1]) == 3
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--max-tokens", "abc"], "argument --max-tokens: invalid int value: 'abc'"),
-    (["--max-tokens", "0"], "max_tokens: expected >= 1, got 0"),
-    (["--temperature", "-1"], "temperature: expected a value in"),
-    (["--top-p", "0"], "top_p"),
-    (["--preemption-mode", "later"], "argument --preemption-mode: invalid choice"),
-    (["--num-blocks", "0"], "num_blocks: expected a positive int"),
-    (["--eviction-policy", "mru"], "unknown eviction_policy 'mru'"),
-    (["--backend", "nope"], "attention backend"),
-    (["--model", "/nonexistent/model"], "model '/nonexistent/model' not found"),
-    (["--max-tokens", "100000"], "exceeds the model's max_model_len"),
-    (["--no-chat", "--system", "be brief"], "--system needs the chat template"),
-    (["--dtype", "int8"], "unknown dtype"),
-    (["--threads", "-1"], "--threads: expected an int >= 0, got -1"),
-])
-def test_bad_values_are_one_line_and_exit_2(args: list[str], message: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-tokens", "abc"], "argument --max-tokens: invalid int value: 'abc'"),
+        (["--max-tokens", "0"], "max_tokens: expected >= 1, got 0"),
+        (["--temperature", "-1"], "temperature: expected a value in"),
+        (["--top-p", "0"], "top_p"),
+        (["--preemption-mode", "later"], "argument --preemption-mode: invalid choice"),
+        (["--num-blocks", "0"], "num_blocks: expected a positive int"),
+        (["--eviction-policy", "mru"], "unknown eviction_policy 'mru'"),
+        (["--backend", "nope"], "attention backend"),
+        (["--model", "/nonexistent/model"], "model '/nonexistent/model' not found"),
+        (["--max-tokens", "100000"], "exceeds the model's max_model_len"),
+        (["--no-chat", "--system", "be brief"], "--system needs the chat template"),
+        (["--dtype", "int8"], "unknown dtype"),
+        (["--threads", "-1"], "--threads: expected an int >= 0, got -1"),
+    ],
+)
+def test_bad_values_are_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["generate", "hello", *TINY, *args]
     try:
         rc = main(argv)
@@ -115,8 +161,9 @@ def test_bad_values_are_one_line_and_exit_2(args: list[str], message: str,
 
 def test_empty_prompt_and_missing_prompt(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "  ", *TINY]) == 2
-    assert capsys.readouterr().err == ("pagedkv generate: error: prompt: expected some text, "
-                                       "got an empty prompt\n")
+    assert capsys.readouterr().err == (
+        "pagedkv generate: error: prompt: expected some text, got an empty prompt\n"
+    )
     with pytest.raises(SystemExit) as exc:
         main(["generate"])
     assert exc.value.code == 2
@@ -134,27 +181,44 @@ def test_errors_from_the_real_entry_point_have_no_traceback() -> None:
     assert "Traceback" not in r.stderr
 
 
-def test_help_documents_the_options_and_the_test_model(capsys: pytest.CaptureFixture[str]
-                                                       ) -> None:
+def test_help_documents_the_options_and_the_test_model(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("generate", "chat"):
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])
         assert exc.value.code == 0
         text = " ".join(capsys.readouterr().out.split())
-        for word in ("--model", "tiny-random", "for tests", "--max-tokens", "--temperature",
-                     "--top-p", "--top-k", "--seed", "--system", "--block-size", "--num-blocks",
-                     "--max-num-seqs", "--max-num-batched-tokens", "--no-chunked-prefill",
-                     "--preemption-mode", "--num-host-blocks", "--eviction-policy",
-                     "--no-prefix-caching", "--backend"):
+        for word in (
+            "--model",
+            "tiny-random",
+            "for tests",
+            "--max-tokens",
+            "--temperature",
+            "--top-p",
+            "--top-k",
+            "--seed",
+            "--system",
+            "--block-size",
+            "--num-blocks",
+            "--max-num-seqs",
+            "--max-num-batched-tokens",
+            "--no-chunked-prefill",
+            "--preemption-mode",
+            "--num-host-blocks",
+            "--eviction-policy",
+            "--no-prefix-caching",
+            "--backend",
+        ):
             assert word in text, (command, word)
         assert ("--no-chat" in text) == (command == "generate")
 
 
 # ----------------------------------------------------------------------------------- chat
-def test_chat_from_a_pipe_keeps_the_conversation(monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n\nAnd a second question\n"
-                                                 "/exit\nnever read\n"))
+def test_chat_from_a_pipe_keeps_the_conversation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO("Hello there\n\nAnd a second question\n/exit\nnever read\n")
+    )
     assert main(["chat", *TINY, "--temperature", "0", "--max-tokens", "6"]) == 0
     out, err = capsys.readouterr()
     first, second = stats_lines(err)
@@ -165,8 +229,9 @@ def test_chat_from_a_pipe_keeps_the_conversation(monkeypatch: pytest.MonkeyPatch
     assert "never read" not in out + err
 
 
-def test_chat_reset_eof_and_per_turn_errors(monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_chat_reset_eof_and_per_turn_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n/reset\nHi\n"))  # EOF ends, no /exit
     assert main(["chat", *TINY, "--temperature", "0", "--max-tokens", "4"]) == 0
     out, err = capsys.readouterr()
@@ -184,8 +249,10 @@ def test_chat_reset_eof_and_per_turn_errors(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_chat_in_a_subprocess_with_piped_stdin() -> None:
-    r = run_cli(["chat", *TINY, "--max-tokens", "5", "--system", "You are terse."],
-                stdin="First turn\nSecond turn\n/exit\n")
+    r = run_cli(
+        ["chat", *TINY, "--max-tokens", "5", "--system", "You are terse."],
+        stdin="First turn\nSecond turn\n/exit\n",
+    )
     assert r.returncode == 0, r.stderr
     assert len(stats_lines(r.stderr)) == 2
     assert "Traceback" not in r.stderr
@@ -224,33 +291,45 @@ def test_ctrl_c_between_steps_aborts_the_request_and_frees_its_blocks() -> None:
 
 # ----------------------------------------------------------------------- package and pipes
 def test_import_pagedkv_stays_light_and_exports_the_engine_lazily() -> None:
-    code = ("import sys, pagedkv, pagedkv.chat_cli, pagedkv.demo\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n"
-            "assert 'transformers' not in sys.modules\n"
-            "assert {'LLM', 'SamplingParams', 'LLMEngine'} <= set(dir(pagedkv))\n"
-            "llm = pagedkv.LLM\n"
-            "assert 'torch' in sys.modules\n"
-            "import pagedkv.engine as e\n"
-            "assert (llm, pagedkv.SamplingParams, pagedkv.AsyncLLMEngine, pagedkv.LLMEngine,"
-            " pagedkv.EngineConfig) == (e.LLM, e.SamplingParams, e.AsyncLLMEngine,"
-            " e.LLMEngine, e.EngineConfig)\n"
-            "from pagedkv import LLM, SamplingParams\n"
-            "try:\n    pagedkv.NoSuchName\nexcept AttributeError as exc:\n"
-            "    assert 'NoSuchName' in str(exc)\nelse:\n    raise AssertionError\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+    code = (
+        "import sys, pagedkv, pagedkv.chat_cli, pagedkv.demo\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'transformers' not in sys.modules\n"
+        "assert {'LLM', 'SamplingParams', 'LLMEngine'} <= set(dir(pagedkv))\n"
+        "llm = pagedkv.LLM\n"
+        "assert 'torch' in sys.modules\n"
+        "import pagedkv.engine as e\n"
+        "assert (llm, pagedkv.SamplingParams, pagedkv.AsyncLLMEngine, pagedkv.LLMEngine,"
+        " pagedkv.EngineConfig) == (e.LLM, e.SamplingParams, e.AsyncLLMEngine,"
+        " e.LLMEngine, e.EngineConfig)\n"
+        "from pagedkv import LLM, SamplingParams\n"
+        "try:\n    pagedkv.NoSuchName\nexcept AttributeError as exc:\n"
+        "    assert 'NoSuchName' in str(exc)\nelse:\n    raise AssertionError\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("args", [["demo", "--blocks"], ["demo", *TINY],
-                                  ["generate", "hi", *TINY, "--max-tokens", "400",
-                                   "--no-stats"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--blocks"],
+        ["demo", *TINY],
+        ["generate", "hi", *TINY, "--max-tokens", "400", "--no-stats"],
+    ],
+)
 def test_a_closed_stdout_ends_quietly(args: list[str]) -> None:
     """A reader that went away (``pagedkv demo | head -1``): no traceback, no 'Exception
     ignored', status 141 (as if killed by SIGPIPE)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pagedkv.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pagedkv.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.stdout is not None
     assert proc.stderr is not None
     proc.stdout.close()  # gone before the first write: every write fails
@@ -260,8 +339,14 @@ def test_a_closed_stdout_ends_quietly(args: list[str]) -> None:
 
 
 def test_shell_pipeline_into_head() -> None:
-    r = subprocess.run(f"{sys.executable} -m pagedkv.cli demo --blocks | head -1", shell=True,
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        f"{sys.executable} -m pagedkv.cli demo --blocks | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 0
     assert r.stdout.startswith("pool: ")
     assert r.stdout.count("\n") == 1
@@ -280,9 +365,20 @@ def paris(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProce
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the session folder: shares tests/models' one conversion
-    return run_cli(["generate", "What is the capital of France?", "--temperature", "0",
-                    "--max-tokens", "12", "--threads", "1"],
-                   env={"PAGEDKV_MODEL_CACHE": str(base / "pagedkv-model-cache")}, timeout=600)
+    return run_cli(
+        [
+            "generate",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "--threads",
+            "1",
+        ],
+        env={"PAGEDKV_MODEL_CACHE": str(base / "pagedkv-model-cache")},
+        timeout=600,
+    )
 
 
 def test_default_model_answers_paris(paris: subprocess.CompletedProcess[str]) -> None:

@@ -29,9 +29,16 @@ def check_output(text: str) -> None:
     assert text.count("-> ") == sum(r.n for r in REQUESTS)
     assert "#2-> " in text  # the n=2 request shows both samples
     stats_part = text.split("engine statistics", 1)[1]
-    for row in ("requests / sequences", "prompt / generated tokens", "prefix cache",
-                "preemptions", "forks / copy-on-write copies", "throughput",
-                "time to first token", "steps / time"):
+    for row in (
+        "requests / sequences",
+        "prompt / generated tokens",
+        "prefix cache",
+        "preemptions",
+        "forks / copy-on-write copies",
+        "throughput",
+        "time to first token",
+        "steps / time",
+    ):
         assert row in stats_part
 
 
@@ -62,8 +69,7 @@ def test_engine_demo_does_what_it_says() -> None:
     check_stats(small)
     # preempted requests get exactly the answers they get from a pool that fits everyone
     with torch_threads(1):
-        roomy = run_engine_demo(model=tiny, max_tokens=MAX_TOKENS, num_blocks=400,
-                                verbose=False)
+        roomy = run_engine_demo(model=tiny, max_tokens=MAX_TOKENS, num_blocks=400, verbose=False)
     assert roomy["preemptions"] == 0 < small["preemptions"]
     assert roomy["answers"] == small["answers"]  # greedy and seeded samples alike
 
@@ -74,8 +80,9 @@ def test_demo_command_json_and_errors(capsys: pytest.CaptureFixture[str]) -> Non
     assert stats["requests"] == 8
     assert stats["generated_tokens"] > 0
     assert main(["demo", "--requests", "5"]) == 2  # a --blocks option without --blocks
-    assert capsys.readouterr().err == ("pagedkv demo: error: --requests applies to the "
-                                       "block-manager tour (--blocks)\n")
+    assert capsys.readouterr().err == (
+        "pagedkv demo: error: --requests applies to the block-manager tour (--blocks)\n"
+    )
     assert main(["demo", "--model", "/nonexistent/model"]) == 2
     assert "not found" in capsys.readouterr().err
 

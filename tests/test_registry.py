@@ -124,18 +124,31 @@ def _hash(data: bytes) -> bytes:
 
 Register = Callable[..., Any]
 CASES: dict[str, tuple[Registry[Any], Register, str, Callable[[], Any]]] = {
-    "eviction": (EVICTION_POLICIES,
-                 lambda name, item, **kw: register_eviction_policy(name, **kw)(item),
-                 "lru", _policy),
-    "preemption": (PREEMPTION_POLICIES,
-                   lambda name, item, **kw: register_preemption_policy(name, **kw)(item),
-                   "newest", lambda: _victims),
+    "eviction": (
+        EVICTION_POLICIES,
+        lambda name, item, **kw: register_eviction_policy(name, **kw)(item),
+        "lru",
+        _policy,
+    ),
+    "preemption": (
+        PREEMPTION_POLICIES,
+        lambda name, item, **kw: register_preemption_policy(name, **kw)(item),
+        "newest",
+        lambda: _victims,
+    ),
     "hash": (HASH_FUNCTIONS, register_hash_function, "sha256", lambda: _hash),
-    "attention": (attention_registry._BACKENDS,
-                  lambda name, item, **kw: register_attention_backend(name, **kw)(item),
-                  "torch", lambda: type("TestBackend", (_Backend,), {})),
-    "tiers": (TIERS, lambda name, item, **kw: TIERS.register(name, **kw)(item), "host",
-              lambda: lambda **kw: None),
+    "attention": (
+        attention_registry._BACKENDS,
+        lambda name, item, **kw: register_attention_backend(name, **kw)(item),
+        "torch",
+        lambda: type("TestBackend", (_Backend,), {}),
+    ),
+    "tiers": (
+        TIERS,
+        lambda name, item, **kw: TIERS.register(name, **kw)(item),
+        "host",
+        lambda: lambda **kw: None,
+    ),
 }
 
 
@@ -182,8 +195,11 @@ def test_replace_true_replaces(kind: str) -> None:
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_unknown_name_raises_a_typed_error_naming_the_known_ones(kind: str) -> None:
     reg, _, builtin, _ = CASES[kind]
-    with pytest.raises(UnknownNameError, match=rf"unknown name 'nope'; expected one of .*"
-                                               rf"'{builtin}'"):
+    with pytest.raises(
+        UnknownNameError,
+        match=rf"unknown name 'nope'; expected one of .*"
+        rf"'{builtin}'",
+    ):
         reg["nope"]
 
 

@@ -228,9 +228,11 @@ def cpp_source() -> str:
     x86 = "#if defined(__x86_64__) || defined(__i386__)\n"
     return (
         _HEADER
-        + x86 + "#pragma GCC push_options\n#pragma GCC target(\"avx2,fma\")\n#endif\n"
+        + x86
+        + '#pragma GCC push_options\n#pragma GCC target("avx2,fma")\n#endif\n'
         + avx2
-        + x86 + "#pragma GCC pop_options\n#endif\n"
+        + x86
+        + "#pragma GCC pop_options\n#endif\n"
         + base
         + _FOOTER
     )

@@ -215,11 +215,18 @@ class CpuDecodeBackend:
         Returns:
             ``[T, Hq, D]`` in ``query.dtype``.
         """
-        if not self.supports(query, kv_cache, metadata, sliding_window, sink_tokens, softcap,
-                             sink_logits):
+        if not self.supports(
+            query, kv_cache, metadata, sliding_window, sink_tokens, softcap, sink_logits
+        ):
             return self.reference.forward(
-                query, kv_cache, metadata, scale=scale, sliding_window=sliding_window,
-                sink_tokens=sink_tokens, softcap=softcap, sink_logits=sink_logits,
+                query,
+                kv_cache,
+                metadata,
+                scale=scale,
+                sliding_window=sliding_window,
+                sink_tokens=sink_tokens,
+                softcap=softcap,
+                sink_logits=sink_logits,
             )
         check_attention_inputs(query, kv_cache, metadata)
         check_attention_options(query, sliding_window, sink_tokens, softcap, sink_logits)

@@ -53,8 +53,7 @@ class AttentionMetadata:
     device: torch.device
     max_block_id: int = 0
     _masks: dict[MaskKey, torch.Tensor | None] = field(default_factory=dict, repr=False)
-    _parts: list[tuple[torch.Tensor, AttentionMetadata]] | None = field(default=None,
-                                                                         repr=False)
+    _parts: list[tuple[torch.Tensor, AttentionMetadata]] | None = field(default=None, repr=False)
     _parts_done: bool = field(default=False, repr=False)
 
     @property
@@ -103,8 +102,10 @@ class AttentionMetadata:
                 ``query_lens[b]`` positions of each sequence, from its block table.
         """
         dev = torch.device(device)
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or (
-            block_size < 1
+        if (
+            isinstance(block_size, bool)
+            or not isinstance(block_size, (int, np.integer))
+            or (block_size < 1)
         ):
             raise InvalidArgumentError(f"block_size: expected an int >= 1, got {block_size!r}")
         block_size = int(block_size)
@@ -137,9 +138,7 @@ class AttentionMetadata:
         else:
             slots = _int_array(slot_mapping, "slot_mapping")
             if slots.shape != (ntok,):
-                raise ShapeError(
-                    f"slot_mapping: expected shape [{ntok}], got {list(slots.shape)}"
-                )
+                raise ShapeError(f"slot_mapping: expected shape [{ntok}], got {list(slots.shape)}")
             if slots.min() < -1:
                 raise InvalidArgumentError(
                     f"slot_mapping: expected slots >= -1 (-1 = skip), got {int(slots.min())}"
@@ -204,8 +203,13 @@ class AttentionMetadata:
                 continue
             tok = np.concatenate([np.arange(cu[b], cu[b + 1]) for b in g])
             sub = AttentionMetadata.build(
-                block_size=self.block_size, block_tables=tables[g], seq_lens=sl[g],
-                query_lens=ql[g], slot_mapping=slots[tok], device=self.device)
+                block_size=self.block_size,
+                block_tables=tables[g],
+                seq_lens=sl[g],
+                query_lens=ql[g],
+                slot_mapping=slots[tok],
+                device=self.device,
+            )
             sub._parts_done = True
             parts.append((torch.from_numpy(tok).to(self.device), sub))
         self._parts = parts
@@ -227,9 +231,7 @@ class AttentionMetadata:
             self._masks[key] = self._build_mask(group, sliding_window, sink_tokens)
         return self._masks[key]
 
-    def _build_mask(
-        self, group: int, window: int | None, sink: int
-    ) -> torch.Tensor | None:
+    def _build_mask(self, group: int, window: int | None, sink: int) -> torch.Tensor | None:
         ql, sl = self.query_lens, self.seq_lens
         max_q, max_s = int(ql.max()), int(sl.max())
         windowed = window is not None and bool((sl > window).any())
@@ -258,8 +260,9 @@ def _int_array(x: object, name: str) -> np.ndarray:
     try:
         arr = np.asarray(arr)
     except (TypeError, ValueError) as e:
-        raise InvalidArgumentError(f"{name}: expected integers, got ragged or mixed input "
-                                   f"({e})") from None
+        raise InvalidArgumentError(
+            f"{name}: expected integers, got ragged or mixed input ({e})"
+        ) from None
     if arr.size == 0:
         return arr.astype(np.int64)
     if arr.dtype.kind not in "iu":

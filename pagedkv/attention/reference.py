@@ -84,9 +84,15 @@ class TorchReferenceBackend:
             out_all = torch.empty_like(query)
             for index, sub in parts:
                 out_all[index] = self.forward(
-                    query.index_select(0, index), kv_cache, sub, scale=scale,
-                    sliding_window=sliding_window, sink_tokens=sink_tokens, softcap=softcap,
-                    sink_logits=sink_logits)
+                    query.index_select(0, index),
+                    kv_cache,
+                    sub,
+                    scale=scale,
+                    sliding_window=sliding_window,
+                    sink_tokens=sink_tokens,
+                    softcap=softcap,
+                    sink_logits=sink_logits,
+                )
             return out_all
         # Notation: b sequences, hq/hkv heads, d head_dim, g = hq // hkv query heads per KV head.
         _, hq, d = query.shape
@@ -172,16 +178,20 @@ def check_attention_options(
     """Raise :class:`InvalidArgumentError`/:class:`ShapeError` for out-of-range options
     (scalar checks only: cheap enough for every layer call)."""
     if sliding_window is not None and (
-        isinstance(sliding_window, bool) or not isinstance(sliding_window, int)
+        isinstance(sliding_window, bool)
+        or not isinstance(sliding_window, int)
         or sliding_window < 1
     ):
         raise InvalidArgumentError(
-            f"sliding_window: expected None or an int >= 1, got {sliding_window!r}")
+            f"sliding_window: expected None or an int >= 1, got {sliding_window!r}"
+        )
     if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
         raise InvalidArgumentError(f"sink_tokens: expected an int >= 0, got {sink_tokens!r}")
     if softcap is not None and (
-        isinstance(softcap, bool) or not isinstance(softcap, (int, float))
-        or not math.isfinite(softcap) or softcap <= 0
+        isinstance(softcap, bool)
+        or not isinstance(softcap, (int, float))
+        or not math.isfinite(softcap)
+        or softcap <= 0
     ):
         raise InvalidArgumentError(f"softcap: expected None or a float > 0, got {softcap!r}")
     if sink_logits is not None:
@@ -191,7 +201,8 @@ def check_attention_options(
         if not sink_logits.is_floating_point() or sink_logits.device != query.device:
             raise ShapeError(
                 f"sink_logits: expected a float tensor on {query.device}, got "
-                f"{sink_logits.dtype} on {sink_logits.device}")
+                f"{sink_logits.dtype} on {sink_logits.device}"
+            )
 
 
 def check_attention_inputs(

@@ -27,8 +27,23 @@ from pagedkv.core.seq_state import SeqState, SeqStatus, SlidingWindow
 from pagedkv.core.stats import ManagerStats
 
 __all__ = [
-    "EVICTION_POLICIES", "HASH_FUNCTIONS", "NULL_BLOCK_ID", "PREEMPTION_POLICIES", "BlockManager",
-    "BlockPool", "CacheConfig", "EvictionPolicy", "HashedPrompt", "ManagerStats", "PrefixCache",
-    "PrefixPin", "PressureLevel", "SeqState", "SeqStatus", "SlidingWindow",
-    "register_eviction_policy", "register_hash_function", "register_preemption_policy",
+    "EVICTION_POLICIES",
+    "HASH_FUNCTIONS",
+    "NULL_BLOCK_ID",
+    "PREEMPTION_POLICIES",
+    "BlockManager",
+    "BlockPool",
+    "CacheConfig",
+    "EvictionPolicy",
+    "HashedPrompt",
+    "ManagerStats",
+    "PrefixCache",
+    "PrefixPin",
+    "PressureLevel",
+    "SeqState",
+    "SeqStatus",
+    "SlidingWindow",
+    "register_eviction_policy",
+    "register_hash_function",
+    "register_preemption_policy",
 ]

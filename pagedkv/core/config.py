@@ -14,8 +14,18 @@ from typing import Any
 from pagedkv.core.validate import is_int
 from pagedkv.errors import ConfigError
 
-_DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2,
-                "bfloat16": 2, "bf16": 2, "float8": 1, "fp8": 1, "int8": 1}
+_DTYPE_BYTES = {
+    "float32": 4,
+    "fp32": 4,
+    "float16": 2,
+    "fp16": 2,
+    "half": 2,
+    "bfloat16": 2,
+    "bf16": 2,
+    "float8": 1,
+    "fp8": 1,
+    "int8": 1,
+}
 
 
 def _is_real(value: object) -> bool:
@@ -87,26 +97,40 @@ class CacheConfig:
 
     def _type_checks(self) -> list[tuple[bool, str]]:
         """Types first, so the range checks never compare a string or a float count."""
+
         def got(v: object) -> str:
             return f"{v!r} ({type(v).__name__})"
 
-        checks = [(is_int(getattr(self, name)), f"{name} must be an int, got "
-                   f"{got(getattr(self, name))}")
-                  for name in ("block_size", "num_blocks", "num_host_blocks", "min_cache_tokens")]
-        checks += [(v is None or is_int(v), f"{name} must be an int or None, got {got(v)}")
-                   for name, v in (("max_cached_blocks", self.max_cached_blocks),
-                                   ("bytes_per_token", self.bytes_per_token))]
-        checks += [(isinstance(v, str), f"{name} must be a str, got {got(v)}")
-                   for name, v in (("hash_algo", self.hash_algo),
-                                   ("eviction_policy", self.eviction_policy),
-                                   ("cache_visibility", self.cache_visibility))]
+        checks = [
+            (is_int(getattr(self, name)), f"{name} must be an int, got {got(getattr(self, name))}")
+            for name in ("block_size", "num_blocks", "num_host_blocks", "min_cache_tokens")
+        ]
+        checks += [
+            (v is None or is_int(v), f"{name} must be an int or None, got {got(v)}")
+            for name, v in (
+                ("max_cached_blocks", self.max_cached_blocks),
+                ("bytes_per_token", self.bytes_per_token),
+            )
+        ]
+        checks += [
+            (isinstance(v, str), f"{name} must be a str, got {got(v)}")
+            for name, v in (
+                ("hash_algo", self.hash_algo),
+                ("eviction_policy", self.eviction_policy),
+                ("cache_visibility", self.cache_visibility),
+            )
+        ]
         th = self.pressure_thresholds
         checks += [
-            (isinstance(self.enable_prefix_caching, bool),
-             f"enable_prefix_caching must be a bool, got {got(self.enable_prefix_caching)}"),
+            (
+                isinstance(self.enable_prefix_caching, bool),
+                f"enable_prefix_caching must be a bool, got {got(self.enable_prefix_caching)}",
+            ),
             (_is_real(self.watermark), f"watermark must be a number, got {got(self.watermark)}"),
-            (isinstance(th, (tuple, list)) and all(_is_real(t) for t in th),
-             f"pressure_thresholds must be 3 increasing fractions in (0, 1], got {th!r}"),
+            (
+                isinstance(th, (tuple, list)) and all(_is_real(t) for t in th),
+                f"pressure_thresholds must be 3 increasing fractions in (0, 1], got {th!r}",
+            ),
         ]
         return checks
 
@@ -117,43 +141,74 @@ class CacheConfig:
         th = self.pressure_thresholds
         return [
             (self.block_size > 0, f"block_size must be > 0, got {self.block_size}"),
-            (self.num_blocks > 1,
-             f"num_blocks must be > 1 (block 0 is the reserved null block), got {self.num_blocks}"),
-            (self.num_host_blocks >= 0,
-             f"num_host_blocks must be >= 0, got {self.num_host_blocks}"),
+            (
+                self.num_blocks > 1,
+                f"num_blocks must be > 1 (block 0 is the reserved null block), got "
+                f"{self.num_blocks}",
+            ),
+            (
+                self.num_host_blocks >= 0,
+                f"num_host_blocks must be >= 0, got {self.num_host_blocks}",
+            ),
             (0.0 <= self.watermark < 1.0, f"watermark must be in [0, 1), got {self.watermark}"),
-            (self.min_cache_tokens >= 0,
-             f"min_cache_tokens must be >= 0, got {self.min_cache_tokens}"),
-            (self.max_cached_blocks is None or self.max_cached_blocks >= 0,
-             f"max_cached_blocks must be >= 0 or None, got {self.max_cached_blocks}"),
-            (self.hash_algo in HASH_FUNCTIONS,
-             f"unknown hash_algo {self.hash_algo!r}; known: {sorted(HASH_FUNCTIONS)}"),
-            (self.eviction_policy in EVICTION_POLICIES,
-             f"unknown eviction_policy {self.eviction_policy!r}; "
-             f"known: {sorted(EVICTION_POLICIES)}"),
-            (self.cache_visibility == "commit",
-             f"cache_visibility must be 'commit' (blocks become findable once their KV is "
-             f"reported written; 'allocate' was removed), got {self.cache_visibility!r}"),
-            (len(th) == 3 and 0.0 < th[0] <= th[1] <= th[2] <= 1.0,
-             f"pressure_thresholds must be 3 increasing fractions in (0, 1], got {th}"),
-            (self.bytes_per_token is None or self.bytes_per_token > 0,
-             f"bytes_per_token must be > 0, got {self.bytes_per_token}"),
+            (
+                self.min_cache_tokens >= 0,
+                f"min_cache_tokens must be >= 0, got {self.min_cache_tokens}",
+            ),
+            (
+                self.max_cached_blocks is None or self.max_cached_blocks >= 0,
+                f"max_cached_blocks must be >= 0 or None, got {self.max_cached_blocks}",
+            ),
+            (
+                self.hash_algo in HASH_FUNCTIONS,
+                f"unknown hash_algo {self.hash_algo!r}; known: {sorted(HASH_FUNCTIONS)}",
+            ),
+            (
+                self.eviction_policy in EVICTION_POLICIES,
+                f"unknown eviction_policy {self.eviction_policy!r}; "
+                f"known: {sorted(EVICTION_POLICIES)}",
+            ),
+            (
+                self.cache_visibility == "commit",
+                f"cache_visibility must be 'commit' (blocks become findable once their KV is "
+                f"reported written; 'allocate' was removed), got {self.cache_visibility!r}",
+            ),
+            (
+                len(th) == 3 and 0.0 < th[0] <= th[1] <= th[2] <= 1.0,
+                f"pressure_thresholds must be 3 increasing fractions in (0, 1], got {th}",
+            ),
+            (
+                self.bytes_per_token is None or self.bytes_per_token > 0,
+                f"bytes_per_token must be > 0, got {self.bytes_per_token}",
+            ),
         ]
 
     @staticmethod
-    def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int,
-                           dtype: object = "float16") -> int:
+    def kv_bytes_per_token(
+        num_layers: int, num_kv_heads: int, head_dim: int, dtype: object = "float16"
+    ) -> int:
         """``2 (K and V) x num_layers x num_kv_heads x head_dim x dtype bytes``."""
-        for name, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads),
-                            ("head_dim", head_dim)):
+        for name, value in (
+            ("num_layers", num_layers),
+            ("num_kv_heads", num_kv_heads),
+            ("head_dim", head_dim),
+        ):
             if not is_int(value) or value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
         return 2 * num_layers * num_kv_heads * head_dim * dtype_nbytes(dtype)
 
     @classmethod
-    def from_memory_budget(cls, budget_bytes: int, *, block_size: int, num_layers: int,
-                           num_kv_heads: int, head_dim: int, dtype: object = "float16",
-                           **kwargs: Any) -> CacheConfig:
+    def from_memory_budget(
+        cls,
+        budget_bytes: int,
+        *,
+        block_size: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: object = "float16",
+        **kwargs: Any,
+    ) -> CacheConfig:
         """Size the pool from a KV memory budget: the budget pays for the usable blocks,
         ``num_usable_blocks = budget // bytes_per_block``, and ``num_blocks`` is one more (the
         null block 0, which only pads and never holds KV, is the one block beyond the budget).
@@ -167,9 +222,11 @@ class CacheConfig:
         if usable < 1:
             raise ConfigError(
                 f"budget of {budget_bytes} bytes holds {usable} blocks of "
-                f"{block_size * per_token} bytes; need at least 1")
-        return cls(block_size=block_size, num_blocks=int(usable) + 1,
-                   bytes_per_token=per_token, **kwargs)
+                f"{block_size * per_token} bytes; need at least 1"
+            )
+        return cls(
+            block_size=block_size, num_blocks=int(usable) + 1, bytes_per_token=per_token, **kwargs
+        )
 
     @property
     def bytes_per_block(self) -> int | None:

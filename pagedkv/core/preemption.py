@@ -21,8 +21,9 @@ VictimOrder = Callable[[list[SeqState]], list[SeqState]]
 PREEMPTION_POLICIES: Registry[VictimOrder] = Registry("preemption policy")
 
 
-def register_preemption_policy(name: str, *, replace: bool = False
-                               ) -> Callable[[VictimOrder], VictimOrder]:
+def register_preemption_policy(
+    name: str, *, replace: bool = False
+) -> Callable[[VictimOrder], VictimOrder]:
     """Decorator adding a victim order to ``PREEMPTION_POLICIES`` under ``name``. A taken name
     raises ``RegistryError`` unless ``replace=True``."""
     return PREEMPTION_POLICIES.register(name, replace=replace)

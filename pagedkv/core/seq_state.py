@@ -30,11 +30,13 @@ class SlidingWindow:
         if not (is_int(self.window_tokens) and is_int(self.sink_tokens)):
             raise InvalidArgumentError(
                 f"sliding window sizes must be ints, got window_tokens={self.window_tokens!r}, "
-                f"sink_tokens={self.sink_tokens!r}")
+                f"sink_tokens={self.sink_tokens!r}"
+            )
         if self.window_tokens <= 0 or self.sink_tokens < 0:
             raise InvalidArgumentError(
                 f"sliding window needs window_tokens > 0 and sink_tokens >= 0, got "
-                f"window_tokens={self.window_tokens}, sink_tokens={self.sink_tokens}")
+                f"window_tokens={self.window_tokens}, sink_tokens={self.sink_tokens}"
+            )
 
     def first_droppable_block(self, block_size: int) -> int:
         """Blocks before this index hold sink tokens and are never released."""
@@ -61,14 +63,40 @@ class SeqState:
     blocks it fills later with the prompt's own tokens (chunked prefill) reuse its hashes.
     """
 
-    __slots__ = ("arrival", "block_hashes", "block_table", "caching", "host_table", "last_used",
-                 "num_computed", "num_hashed", "num_tokens", "priority", "prompt", "root", "seq_id",
-                 "status", "tokens", "window", "window_next")
+    __slots__ = (
+        "arrival",
+        "block_hashes",
+        "block_table",
+        "caching",
+        "host_table",
+        "last_used",
+        "num_computed",
+        "num_hashed",
+        "num_tokens",
+        "priority",
+        "prompt",
+        "root",
+        "seq_id",
+        "status",
+        "tokens",
+        "window",
+        "window_next",
+    )
 
-    def __init__(self, seq_id: Hashable, tokens: array[int] | None, root: bytes | None,
-                 priority: int, arrival: int, window: SlidingWindow | None,
-                 block_table: list[int], num_tokens: int, block_hashes: list[Hashable],
-                 num_hashed: int, caching: bool) -> None:
+    def __init__(
+        self,
+        seq_id: Hashable,
+        tokens: array[int] | None,
+        root: bytes | None,
+        priority: int,
+        arrival: int,
+        window: SlidingWindow | None,
+        block_table: list[int],
+        num_tokens: int,
+        block_hashes: list[Hashable],
+        num_hashed: int,
+        caching: bool,
+    ) -> None:
         self.seq_id = seq_id
         self.block_table = block_table
         self.num_tokens = num_tokens
@@ -91,10 +119,19 @@ class SeqState:
         """A copy covering the first ``num_tokens`` tokens (block references not yet taken)."""
         num_blocks = -(-num_tokens // block_size)
         full = num_tokens // block_size
-        child = SeqState(seq_id, None if self.tokens is None else self.tokens[:num_tokens],
-                         self.root, self.priority, arrival, self.window,
-                         self.block_table[:num_blocks], num_tokens, self.block_hashes[:full],
-                         min(self.num_hashed, full), self.caching)
+        child = SeqState(
+            seq_id,
+            None if self.tokens is None else self.tokens[:num_tokens],
+            self.root,
+            self.priority,
+            arrival,
+            self.window,
+            self.block_table[:num_blocks],
+            num_tokens,
+            self.block_hashes[:full],
+            min(self.num_hashed, full),
+            self.caching,
+        )
         child.window_next = self.clamp_window_next(num_blocks, block_size)
         child.num_computed = min(self.num_computed, num_tokens)
         child.prompt = self.prompt
@@ -108,8 +145,10 @@ class SeqState:
         blocks are one contiguous run, ``[first droppable, window_next)``."""
         if self.window is None or end == 0:
             return None
-        lo = max(min(self.window.first_needed(end), end - 1) // block_size,
-                 self.window.first_droppable_block(block_size))
+        lo = max(
+            min(self.window.first_needed(end), end - 1) // block_size,
+            self.window.first_droppable_block(block_size),
+        )
         hi = min(-(-end // block_size), self.window_next)
         if lo >= hi:
             return None
@@ -120,5 +159,4 @@ class SeqState:
         before the sink blocks (which are never released)."""
         if self.window is None:
             return 0
-        return max(self.window.first_droppable_block(block_size),
-                   min(self.window_next, num_blocks))
+        return max(self.window.first_droppable_block(block_size), min(self.window_next, num_blocks))

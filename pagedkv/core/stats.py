@@ -78,7 +78,14 @@ class ManagerStats(Counters):
     def as_dict(self) -> dict[str, float | int | None]:
         """All fields and derived rates, for JSON output."""
         out: dict[str, float | int | None] = dict(asdict(self))
-        for name in ("hit_rate", "request_hit_rate", "usage", "peak_usage",
-                     "internal_fragmentation", "bytes_used", "bytes_total"):
+        for name in (
+            "hit_rate",
+            "request_hit_rate",
+            "usage",
+            "peak_usage",
+            "internal_fragmentation",
+            "bytes_used",
+            "bytes_total",
+        ):
             out[name] = getattr(self, name)
         return out

@@ -24,8 +24,10 @@ TokenIds = int | Sequence[int] | np.ndarray
 MAX_TOKEN_ID = 2**31 - 1
 _bit_or = np.bitwise_or.reduce
 _INT64 = np.dtype(np.int64)
-_EXPECTED = (f"token ids must be ints in [0, {MAX_TOKEN_ID}] (the int32 range; hashed as int64) "
-             f"given as an int, a list/tuple/range/array of ints or a 1-D integer numpy array")
+_EXPECTED = (
+    f"token ids must be ints in [0, {MAX_TOKEN_ID}] (the int32 range; hashed as int64) "
+    f"given as an int, a list/tuple/range/array of ints or a 1-D integer numpy array"
+)
 
 
 def _bad(detail: str) -> InvalidArgumentError:
@@ -75,7 +77,8 @@ def _as_list(token_ids: object) -> Sequence[Any]:
     if type(token_ids) in (list, tuple, range):
         return token_ids  # type: ignore[return-value]  # exact type checked
     if isinstance(token_ids, (str, bytes, bytearray, memoryview)) or not isinstance(
-            token_ids, Sequence):
+        token_ids, Sequence
+    ):
         raise _bad(f"{type(token_ids).__name__} {token_ids!r:.60}")
     return list(token_ids)
 
@@ -83,8 +86,12 @@ def _as_list(token_ids: object) -> Sequence[Any]:
 def as_token_array(token_ids: object) -> array[int]:
     """Validated token ids as ``array('q')`` (what a sequence stores)."""
     out = array("q")
-    if (type(token_ids) is np.ndarray and token_ids.dtype == _INT64 and token_ids.ndim == 1
-            and not int(_bit_or(token_ids)) >> 31):  # the common case, one reduction
+    if (
+        type(token_ids) is np.ndarray
+        and token_ids.dtype == _INT64
+        and token_ids.ndim == 1
+        and not int(_bit_or(token_ids)) >> 31
+    ):  # the common case, one reduction
         out.frombytes(token_ids.tobytes())
         return out
     if is_int(token_ids):
@@ -114,8 +121,13 @@ def few_plain_tokens(token_ids: object, limit: int) -> list[int] | None:
 
 def batch_token_list(token_ids: object, batch: int) -> list[int]:
     """One validated token id per sequence of a batch (``append_batch``), as Python ints."""
-    if (type(token_ids) is np.ndarray and token_ids.ndim == 1 and token_ids.dtype.kind in "iu"
-            and not int(_bit_or(token_ids)) >> 31 and len(token_ids) == batch):
+    if (
+        type(token_ids) is np.ndarray
+        and token_ids.ndim == 1
+        and token_ids.dtype.kind in "iu"
+        and not int(_bit_or(token_ids)) >> 31
+        and len(token_ids) == batch
+    ):
         return token_ids.tolist()  # type: ignore[no-any-return]  # the decode hot path
     arr = _as_array_like(token_ids)
     if arr is not None:

@@ -51,8 +51,7 @@ def optional_count(name: str, value: object, minimum: int = 0) -> int | None:
 def fraction(name: str, value: object, low: float = 0.0, high: float = 1.0) -> float:
     """A real number in ``[low, high]`` (not a bool, a string or NaN)."""
     if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
-        raise InvalidArgumentError(f"{name} must be a number in [{low}, {high}], got "
-                                   f"{_got(value)}")
+        raise InvalidArgumentError(f"{name} must be a number in [{low}, {high}], got {_got(value)}")
     x = float(value)
     if not low <= x <= high:
         raise InvalidArgumentError(f"{name} must be in [{low}, {high}], got {value}")
@@ -64,8 +63,7 @@ def seq_id(value: object) -> Hashable:
     try:
         hash(value)
     except TypeError:
-        raise InvalidArgumentError(
-            f"sequence ids must be hashable, got {_got(value)}") from None
+        raise InvalidArgumentError(f"sequence ids must be hashable, got {_got(value)}") from None
     return value  # hash() succeeded
 
 
@@ -102,25 +100,28 @@ def priority(value: object) -> int:
     return int(value)
 
 
-def block_hashes(values: object, num_full: int, num_tokens: int, block_size: int
-                 ) -> list[Hashable]:
+def block_hashes(values: object, num_full: int, num_tokens: int, block_size: int) -> list[Hashable]:
     """Caller-made block keys: one hashable key per full block (copied: the sequence owns
     its list)."""
-    if type(values) is not list and (isinstance(values, (str, bytes))
-                                     or not isinstance(values, (Sequence, np.ndarray))):
+    if type(values) is not list and (
+        isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray))
+    ):
         raise InvalidArgumentError(
-            f"block_hashes must be a list of hashable keys, got {_got(values)}")
+            f"block_hashes must be a list of hashable keys, got {_got(values)}"
+        )
     keys = list(values)
     if len(keys) != num_full:
         raise InvalidArgumentError(
             f"block_hashes has {len(keys)} entries; {num_tokens} tokens make {num_full} "
-            f"full blocks of {block_size}")
+            f"full blocks of {block_size}"
+        )
     try:
         hash(tuple(keys))  # hashes every key in C: one pass, no per-key Python call
     except TypeError:
         bad = next(k for k in keys if not _hashable(k))
         raise InvalidArgumentError(
-            f"block_hashes entries must be hashable, got {_got(bad)}") from None
+            f"block_hashes entries must be hashable, got {_got(bad)}"
+        ) from None
     return keys
 
 

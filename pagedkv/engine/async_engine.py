@@ -58,9 +58,15 @@ class AsyncLLMEngine:
     def is_running(self) -> bool:
         return self._thread.is_alive() and not self._stop
 
-    def submit(self, prompt: str | list[int], params: SamplingParams | None = None,
-               request_id: str | None = None, *, priority: int = 0,
-               cache_salt: str | None = None) -> RequestStream:
+    def submit(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> RequestStream:
         """Validate a request now (typed errors raise here, nothing queued) and hand it to the
         engine loop without waiting for a step; returns its stream. Call from an event loop."""
         if not self.is_running:
@@ -69,12 +75,12 @@ class AsyncLLMEngine:
         params = params if params is not None else SamplingParams()
         if not isinstance(rid, str) or rid in self._streams or rid in self.engine.requests:
             raise InvalidArgumentError(
-                f"request_id: expected a str not already running, got {rid!r}")
+                f"request_id: expected a str not already running, got {rid!r}"
+            )
         text, ids = validate_request(self.engine, prompt, params, priority, cache_salt)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._streams[rid] = (asyncio.get_running_loop(), queue)
-        self._inbox.append(("add", rid, text, ids, params, priority, cache_salt,
-                            time.monotonic()))
+        self._inbox.append(("add", rid, text, ids, params, priority, cache_salt, time.monotonic()))
         self._wake.set()
         return RequestStream(self, rid, queue)
 
@@ -90,14 +96,19 @@ class AsyncLLMEngine:
         (read without the lock; exact between steps, a moment old during one)."""
         return len(self._inbox) + len(self.engine.scheduler.waiting)
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
-                       request_id: str | None = None, *, priority: int = 0,
-                       cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
         """Yield the request's output after every step that changed it (``delta_text`` /
         ``delta_token_ids`` hold what is new); the last one has ``finished`` set. Leaving the
         loop early aborts the request."""
-        stream = self.submit(prompt, params, request_id, priority=priority,
-                             cache_salt=cache_salt)
+        stream = self.submit(prompt, params, request_id, priority=priority, cache_salt=cache_salt)
         try:
             async for out in stream:
                 yield out
@@ -159,8 +170,11 @@ class AsyncLLMEngine:
                 # delivered under the lock (call_soon_threadsafe does not block), so an abort's
                 # final output can never overtake this step's outputs on a stream
                 for o in outputs:
-                    stream = (self._streams.pop(o.request_id, None) if o.finished
-                              else self._streams.get(o.request_id))
+                    stream = (
+                        self._streams.pop(o.request_id, None)
+                        if o.finished
+                        else self._streams.get(o.request_id)
+                    )
                     if stream is not None:
                         _deliver(stream, o)
             if not busy:

@@ -74,20 +74,28 @@ class EngineConfig:
             raise ConfigError("give num_blocks or kv_cache_memory, not both")
         if self.preemption_mode not in ("recompute", "swap"):
             raise ConfigError(
-                f"preemption_mode: expected 'recompute' or 'swap', got {self.preemption_mode!r}")
+                f"preemption_mode: expected 'recompute' or 'swap', got {self.preemption_mode!r}"
+            )
         if self.preemption_policy is not None:
             from pagedkv.core.preemption import PREEMPTION_POLICIES
 
             if self.preemption_policy not in PREEMPTION_POLICIES:
-                raise ConfigError(f"preemption_policy: expected one of "
-                                  f"{sorted(PREEMPTION_POLICIES)}, got {self.preemption_policy!r}")
+                raise ConfigError(
+                    f"preemption_policy: expected one of "
+                    f"{sorted(PREEMPTION_POLICIES)}, got {self.preemption_policy!r}"
+                )
         if self.scheduling_policy not in ("fcfs", "priority"):
-            raise ConfigError(f"scheduling_policy: expected 'fcfs' or 'priority', got "
-                              f"{self.scheduling_policy!r}")
-        if isinstance(self.num_host_blocks, bool) or not isinstance(self.num_host_blocks, int) \
-                or self.num_host_blocks < 0:
-            raise ConfigError(f"num_host_blocks: expected an int >= 0, got "
-                              f"{self.num_host_blocks!r}")
+            raise ConfigError(
+                f"scheduling_policy: expected 'fcfs' or 'priority', got {self.scheduling_policy!r}"
+            )
+        if (
+            isinstance(self.num_host_blocks, bool)
+            or not isinstance(self.num_host_blocks, int)
+            or self.num_host_blocks < 0
+        ):
+            raise ConfigError(
+                f"num_host_blocks: expected an int >= 0, got {self.num_host_blocks!r}"
+            )
         if self.preemption_mode == "swap" and self.num_host_blocks == 0:
             raise ConfigError("preemption_mode='swap' needs num_host_blocks > 0")
         for name in ("kv_host_bytes", "kv_disk_bytes"):
@@ -95,8 +103,9 @@ class EngineConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: expected an int >= 0, got {value!r}")
         if self.kv_tier_write not in ("through", "evict"):
-            raise ConfigError(f"kv_tier_write: expected 'through' or 'evict', got "
-                              f"{self.kv_tier_write!r}")
+            raise ConfigError(
+                f"kv_tier_write: expected 'through' or 'evict', got {self.kv_tier_write!r}"
+            )
         if not 0.0 <= self.watermark < 1.0:
             raise ConfigError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
 
@@ -108,5 +117,6 @@ class EngineConfig:
             raise ConfigError(
                 f"max_num_batched_tokens: expected >= max_model_len ({max_model_len}) without "
                 f"chunked prefill (a prompt runs whole in one step), got "
-                f"{self.max_num_batched_tokens}")
+                f"{self.max_num_batched_tokens}"
+            )
         return self.max_num_batched_tokens

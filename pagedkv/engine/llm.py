@@ -20,13 +20,17 @@ def _as_prompt_list(prompts: object) -> list[Prompt]:
     """One prompt (text or token ids) or a list of them -> a list of prompts."""
     if isinstance(prompts, str):
         return [prompts]
-    if isinstance(prompts, list | tuple) and prompts and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in prompts):
+    if (
+        isinstance(prompts, list | tuple)
+        and prompts
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts)
+    ):
         return [list(prompts)]
     if isinstance(prompts, list | tuple) and prompts:
         return list(prompts)
     raise InvalidArgumentError(
-        f"prompts: expected text, token ids, or a non-empty list of them, got {prompts!r}")
+        f"prompts: expected text, token ids, or a non-empty list of them, got {prompts!r}"
+    )
 
 
 class LLM:
@@ -41,10 +45,14 @@ class LLM:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
-    def generate(self, prompts: Prompt | Sequence[Prompt],
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 *, cache_salt: str | None = None,
-                 priority: Sequence[int] | None = None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        cache_salt: str | None = None,
+        priority: Sequence[int] | None = None,
+    ) -> list[RequestOutput]:
         """Generate for every prompt in one continuously batched run; outputs in prompt order.
         If a prompt is refused, nothing is queued."""
         items = _as_prompt_list(prompts)
@@ -65,19 +73,28 @@ class LLM:
             raise
         return self._run(ids)
 
-    def chat(self, messages: list[Message] | list[list[Message]],
-             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-             *, add_generation_prompt: bool = True, **kwargs: Any) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        **kwargs: Any,
+    ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then
         :meth:`generate`."""
-        convs = cast("list[list[Message]]",
-                     [messages] if messages and isinstance(messages[0], dict) else messages)
-        prompts: list[Prompt] = [apply_chat_template(self.tokenizer, c, add_generation_prompt)
-                                 for c in convs]
+        convs = cast(
+            "list[list[Message]]",
+            [messages] if messages and isinstance(messages[0], dict) else messages,
+        )
+        prompts: list[Prompt] = [
+            apply_chat_template(self.tokenizer, c, add_generation_prompt) for c in convs
+        ]
         return self.generate(prompts, sampling_params, **kwargs)
 
-    def _params_list(self, sp: SamplingParams | Sequence[SamplingParams] | None,
-                     n: int) -> list[SamplingParams]:
+    def _params_list(
+        self, sp: SamplingParams | Sequence[SamplingParams] | None, n: int
+    ) -> list[SamplingParams]:
         if sp is None:
             return [SamplingParams() for _ in range(n)]
         if isinstance(sp, SamplingParams):
@@ -85,7 +102,8 @@ class LLM:
         lst = list(sp)
         if len(lst) != n:
             raise InvalidArgumentError(
-                f"sampling_params: expected one or {n} SamplingParams, got {len(lst)}")
+                f"sampling_params: expected one or {n} SamplingParams, got {len(lst)}"
+            )
         return lst
 
     def _run(self, ids: list[str]) -> list[RequestOutput]:
@@ -98,16 +116,20 @@ class LLM:
         return [final[r] for r in ids]
 
 
-def apply_chat_template(tokenizer: Any, messages: list[Message],
-                        add_generation_prompt: bool = True) -> list[int]:
+def apply_chat_template(
+    tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True
+) -> list[int]:
     """Token ids of a conversation rendered by the tokenizer's chat template."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise InvalidArgumentError("chat: this model's tokenizer has no chat template")
     if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str) for m in messages):
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
         raise InvalidArgumentError(
-            "messages: expected a list of {'role': str, 'content': str} dicts")
-    text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+            "messages: expected a list of {'role': str, 'content': str} dicts"
+        )
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
     return [int(t) for t in tokenizer.encode(text, add_special_tokens=False)]

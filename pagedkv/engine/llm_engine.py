@@ -46,40 +46,72 @@ class LLMEngine:
     """The synchronous engine. ``model``: a :class:`LoadedModel`, or what
     :func:`pagedkv.models.load_model` takes (None = the default SmolLM2-135M-Instruct)."""
 
-    def __init__(self, model: LoadedModel | str | None = None,
-                 config: EngineConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: LoadedModel | str | None = None,
+        config: EngineConfig | None = None,
+        **options: Any,
+    ) -> None:
         self.config = config if config is not None else EngineConfig(**options)
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
         cfg, hf = self.config, self.loaded.model
-        self.max_model_len = min(cfg.max_model_len or self.loaded.max_model_len,
-                                 self.loaded.max_model_len)
+        self.max_model_len = min(
+            cfg.max_model_len or self.loaded.max_model_len, self.loaded.max_model_len
+        )
         self.vocab_size = int(hf.config.vocab_size)
         dtype = next(hf.parameters()).dtype
-        usable = cfg.num_blocks or max(1, (cfg.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY)
-                                       // kv_bytes_per_block(hf.config, cfg.block_size, dtype))
+        usable = cfg.num_blocks or max(
+            1,
+            (cfg.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY)
+            // kv_bytes_per_block(hf.config, cfg.block_size, dtype),
+        )
         # usable blocks plus the null block, as CacheConfig.from_memory_budget sizes a budget
-        cache = CacheConfig(block_size=cfg.block_size, num_blocks=usable + 1,
-                            enable_prefix_caching=cfg.enable_prefix_caching,
-                            eviction_policy=cfg.eviction_policy,
-                            num_host_blocks=cfg.num_host_blocks, watermark=cfg.watermark)
+        cache = CacheConfig(
+            block_size=cfg.block_size,
+            num_blocks=usable + 1,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            eviction_policy=cfg.eviction_policy,
+            num_host_blocks=cfg.num_host_blocks,
+            watermark=cfg.watermark,
+        )
         self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend)
-        self.tiers = None if not cfg.uses_tiers else EngineTiers(
-            self.runner, self.loaded.name, host_bytes=cfg.kv_host_bytes,
-            disk_path=cfg.kv_disk_path, disk_bytes=cfg.kv_disk_bytes, remote=cfg.kv_remote,
-            write=cfg.kv_tier_write)
-        self.scheduler = Scheduler(self.runner, cfg, cfg.token_budget(self.max_model_len),
-                                   self.tiers)
+        self.tiers = (
+            None
+            if not cfg.uses_tiers
+            else EngineTiers(
+                self.runner,
+                self.loaded.name,
+                host_bytes=cfg.kv_host_bytes,
+                disk_path=cfg.kv_disk_path,
+                disk_bytes=cfg.kv_disk_bytes,
+                remote=cfg.kv_remote,
+                write=cfg.kv_tier_write,
+            )
+        )
+        self.scheduler = Scheduler(
+            self.runner, cfg, cfg.token_budget(self.max_model_len), self.tiers
+        )
         self.tokenizer = self.loaded.tokenizer
-        self.output_processor = OutputProcessor(self.tokenizer, self.loaded.eos_token_ids,
-                                                self.max_model_len)
+        self.output_processor = OutputProcessor(
+            self.tokenizer, self.loaded.eos_token_ids, self.max_model_len
+        )
         self.requests: dict[str, Request] = {}
         # Called with every request's final output (metrics exporters hook in here).
         self.on_finish: Callable[[RequestOutput], None] | None = None
         self._rng = random.Random(cfg.seed)
         self._arrivals = 0
         self.totals: dict[str, float] = dict.fromkeys(
-            ("steps", "step_time", "forward_time", "prompt_tokens", "computed_tokens",
-             "generation_tokens", "finished_requests"), 0)
+            (
+                "steps",
+                "step_time",
+                "forward_time",
+                "prompt_tokens",
+                "computed_tokens",
+                "generation_tokens",
+                "finished_requests",
+            ),
+            0,
+        )
 
     @property
     def manager(self) -> Any:
@@ -98,30 +130,49 @@ class LLMEngine:
         return min(self.max_model_len, fits * self.config.block_size)
 
     # ----------------------------------------------------------- requests
-    def add_request(self, request_id: str, prompt: str | list[int],
-                    params: SamplingParams | None = None, *, priority: int = 0,
-                    cache_salt: str | None = None, arrival_time: float | None = None
-                    ) -> Request:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+        arrival_time: float | None = None,
+    ) -> Request:
         """Queue a request. Everything is validated here (typed errors, nothing changed)."""
         params = params if params is not None else SamplingParams()
         if not isinstance(request_id, str) or request_id in self.requests:
             raise InvalidArgumentError(
-                f"request_id: expected a str not already running, got {request_id!r}")
+                f"request_id: expected a str not already running, got {request_id!r}"
+            )
         text, ids = validate_request(self, prompt, params, priority, cache_salt)
-        return self.add_validated(request_id, text, ids, params, priority, cache_salt,
-                                  arrival_time)
+        return self.add_validated(request_id, text, ids, params, priority, cache_salt, arrival_time)
 
-    def add_validated(self, request_id: str, text: str | None, ids: list[int],
-                      params: SamplingParams, priority: int, cache_salt: str | None,
-                      arrival_time: float | None = None) -> Request:
+    def add_validated(
+        self,
+        request_id: str,
+        text: str | None,
+        ids: list[int],
+        params: SamplingParams,
+        priority: int,
+        cache_salt: str | None,
+        arrival_time: float | None = None,
+    ) -> Request:
         """Queue a request that :func:`validate_request` already accepted (it reads only what
         never changes, so another thread may run it while the engine steps)."""
         self._arrivals += 1
-        req = Request(request_id, ids, params, text, self._arrivals,
-                      RequestMetrics(arrival_time if arrival_time is not None
-                                     else time.monotonic()),
-                      priority=priority,
-                      cache_salt=cache_salt, base_seed=self._rng.getrandbits(63))
+        req = Request(
+            request_id,
+            ids,
+            params,
+            text,
+            self._arrivals,
+            RequestMetrics(arrival_time if arrival_time is not None else time.monotonic()),
+            priority=priority,
+            cache_salt=cache_salt,
+            base_seed=self._rng.getrandbits(63),
+        )
         self.requests[request_id] = req
         self.totals["prompt_tokens"] += len(ids)
         self.scheduler.add(req.seqs[0])
@@ -166,8 +217,9 @@ class LLMEngine:
         self.totals["step_time"] += time.perf_counter() - t0
         return [self._snapshot(r) for r in touched.values()]
 
-    def _process(self, scheduled: list[ScheduledSeq], logits: torch.Tensor,
-                 touched: dict[str, Request]) -> None:
+    def _process(
+        self, scheduled: list[ScheduledSeq], logits: torch.Tensor, touched: dict[str, Request]
+    ) -> None:
         targets: list[tuple[int, EngineSeq]] = []
         for i, s in enumerate(scheduled):
             completes = s.completes
@@ -189,9 +241,15 @@ class LLMEngine:
             if req.error is not None:
                 continue
             try:
-                row = SampleRow(req.params, req.seed, seq.index, req.prompt_token_ids,
-                                seq.output_ids, self.output_processor.suppressed_ids(seq))
-                self.output_processor.add_token(seq, sample(logits[i:i + 1], [row])[0])
+                row = SampleRow(
+                    req.params,
+                    req.seed,
+                    seq.index,
+                    req.prompt_token_ids,
+                    seq.output_ids,
+                    self.output_processor.suppressed_ids(seq),
+                )
+                self.output_processor.add_token(seq, sample(logits[i : i + 1], [row])[0])
             except Exception as exc:
                 log.exception("sampling failed for request %s", req.request_id)
                 self._fail(req, exc)
@@ -242,13 +300,26 @@ class LLMEngine:
         ``consume`` is False)."""
         outs = []
         for o in req.outputs:
-            outs.append(dataclasses.replace(
-                o, token_ids=list(o.token_ids), delta_token_ids=list(o.delta_token_ids),
-                logprobs=None if o.logprobs is None else list(o.logprobs)))
+            outs.append(
+                dataclasses.replace(
+                    o,
+                    token_ids=list(o.token_ids),
+                    delta_token_ids=list(o.delta_token_ids),
+                    logprobs=None if o.logprobs is None else list(o.logprobs),
+                )
+            )
             if consume:
                 o.delta_text, o.delta_token_ids = "", []
-        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs,
-                             req.finished, req.metrics, req.metrics.num_cached_tokens, req.error)
+        return RequestOutput(
+            req.request_id,
+            req.prompt,
+            req.prompt_token_ids,
+            outs,
+            req.finished,
+            req.metrics,
+            req.metrics.num_cached_tokens,
+            req.error,
+        )
 
     def close(self) -> None:
         """Flush and close the KV tiers (stops an embedded Valkey)."""
@@ -261,10 +332,14 @@ class LLMEngine:
         """Manager, storage and queues agree; every live request's samples are queued."""
         self.runner.check_integrity()
         self.scheduler.check_integrity()
-        queued = {id(s) for q in (self.scheduler.waiting, self.scheduler.running,
-                                  self.scheduler.swapped) for s in q}
+        queued = {
+            id(s)
+            for q in (self.scheduler.waiting, self.scheduler.running, self.scheduler.swapped)
+            for s in q
+        }
         for req in self.requests.values():
             for seq in req.live_seqs():
                 assert id(seq) in queued, f"{seq.seq_id} is live but in no queue"
-        assert len(queued) == sum(len(r.live_seqs()) for r in self.requests.values()), \
+        assert len(queued) == sum(len(r.live_seqs()) for r in self.requests.values()), (
             "a queued sequence belongs to no live request"
+        )

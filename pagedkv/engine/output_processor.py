@@ -56,8 +56,9 @@ class OutputProcessor:
                     pos, stop = hit
                     text = text[: pos + len(stop)] if p.include_stop_str_in_output else text[:pos]
                     out.finish_reason, out.stop_reason = "stop", stop
-        if out.finish_reason is None and (n_out >= p.max_tokens
-                                          or len(seq.tokens) >= self.max_model_len):
+        if out.finish_reason is None and (
+            n_out >= p.max_tokens or len(seq.tokens) >= self.max_model_len
+        ):
             out.finish_reason = "length"
         self._emit(seq, text)
 
@@ -65,7 +66,8 @@ class OutputProcessor:
         if self.tokenizer is None:
             return ""
         text: str = self.tokenizer.decode(
-            seq.output_ids, skip_special_tokens=seq.request.params.skip_special_tokens)
+            seq.output_ids, skip_special_tokens=seq.request.params.skip_special_tokens
+        )
         return text
 
     @staticmethod
@@ -89,6 +91,6 @@ class OutputProcessor:
             safe = max(safe, seq.num_text_sent)
         else:
             safe = len(text)
-        out.delta_text += text[seq.num_text_sent:safe]
+        out.delta_text += text[seq.num_text_sent : safe]
         out.text = text[:safe]
         seq.num_text_sent = safe

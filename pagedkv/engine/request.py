@@ -55,7 +55,7 @@ class EngineSeq:
 
     @property
     def output_ids(self) -> list[int]:
-        return self.tokens[self.request.num_prompt_tokens:]
+        return self.tokens[self.request.num_prompt_tokens :]
 
     @property
     def output(self) -> CompletionOutput:

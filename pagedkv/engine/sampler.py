@@ -55,8 +55,9 @@ def apply_penalties(x: torch.Tensor, row: SampleRow) -> torch.Tensor:
         seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.output_ids)), dtype=torch.int64)
         if len(seen):
             vals = x[seen]
-            x[seen] = torch.where(vals > 0, vals / p.repetition_penalty,
-                                  vals * p.repetition_penalty)
+            x[seen] = torch.where(
+                vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty
+            )
     if (p.presence_penalty or p.frequency_penalty) and row.output_ids:
         ids = torch.tensor(row.output_ids, dtype=torch.int64)
         counts = torch.bincount(ids, minlength=x.numel())[: x.numel()].to(x.dtype)
@@ -109,8 +110,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[Sampled]:
         if p.greedy:
             token = int(torch.argmax(x))
         else:
-            gen = torch.Generator().manual_seed(mix_seed(row.seed, row.index,
-                                                         len(row.output_ids)))
+            gen = torch.Generator().manual_seed(mix_seed(row.seed, row.index, len(row.output_ids)))
             token = int(torch.multinomial(filtered_probs(x, p), 1, generator=gen))
         s = Sampled(token)
         if raw_logprobs is not None and p.logprobs is not None:

@@ -21,8 +21,9 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
     return value
 
 
-def _check_float(name: str, value: object, low: float, high: float, *,
-                 low_open: bool = False) -> float:
+def _check_float(
+    name: str, value: object, low: float, high: float, *, low_open: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgumentError(f"{name}: expected a number, got {value!r}")
     v = float(value)
@@ -75,21 +76,23 @@ class SamplingParams:
         _check_int("min_tokens", self.min_tokens, 0, self.max_tokens)
         given: object = self.stop
         stops = [given] if isinstance(given, str) else given
-        if not isinstance(stops, list | tuple) or not all(isinstance(s, str) and s
-                                                          for s in stops):
+        if not isinstance(stops, list | tuple) or not all(isinstance(s, str) and s for s in stops):
             raise InvalidArgumentError(f"stop: expected non-empty strings, got {self.stop!r}")
         self.stop = list(stops)
         if not isinstance(self.stop_token_ids, list | tuple):
             raise InvalidArgumentError(
-                f"stop_token_ids: expected a list of ints, got {self.stop_token_ids!r}")
+                f"stop_token_ids: expected a list of ints, got {self.stop_token_ids!r}"
+            )
         for t in self.stop_token_ids:
             _check_int("stop_token_ids[i]", t, 0, 2**31 - 1)
         self.stop_token_ids = list(self.stop_token_ids)
-        self.repetition_penalty = _check_float("repetition_penalty", self.repetition_penalty,
-                                               0.0, 10.0, low_open=True)
+        self.repetition_penalty = _check_float(
+            "repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True
+        )
         self.presence_penalty = _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        self.frequency_penalty = _check_float("frequency_penalty", self.frequency_penalty,
-                                              -2.0, 2.0)
+        self.frequency_penalty = _check_float(
+            "frequency_penalty", self.frequency_penalty, -2.0, 2.0
+        )
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, 0, 20)
 
@@ -99,5 +102,8 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0)
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )

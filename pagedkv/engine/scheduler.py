@@ -44,8 +44,13 @@ class ScheduledSeq:
 
 
 class Scheduler:
-    def __init__(self, runner: PagedModelRunner, config: EngineConfig, token_budget: int,
-                 tiers: EngineTiers | None = None) -> None:
+    def __init__(
+        self,
+        runner: PagedModelRunner,
+        config: EngineConfig,
+        token_budget: int,
+        tiers: EngineTiers | None = None,
+    ) -> None:
         self.runner = runner
         self.tiers = tiers
         self.manager = runner.manager
@@ -113,7 +118,7 @@ class Scheduler:
         start = seq.num_computed
         while True:
             try:
-                self.runner.append(seq.seq_id, seq.tokens[start:start + n])
+                self.runner.append(seq.seq_id, seq.tokens[start : start + n])
                 return True, victims
             except OutOfBlocksError:
                 victim = self._victim(index)
@@ -163,7 +168,7 @@ class Scheduler:
             self.runner.storage.swap_in(mgr.swap_in(seq.seq_id))
             self.swapped.pop(0)
             self.add_running(seq)
-            self.runner.append(seq.seq_id, seq.tokens[seq.num_computed:seq.num_computed + n])
+            self.runner.append(seq.seq_id, seq.tokens[seq.num_computed : seq.num_computed + n])
             out.append(ScheduledSeq(seq, n))
             budget -= n
         return budget
@@ -175,8 +180,11 @@ class Scheduler:
             seq = self.waiting[0]
             req = seq.request
             forks = req.params.n - 1 if (seq.index == 0 and not req.forked) else 0
-            owed = sum(s.request.params.n - 1 for s in self.running  # forks still to come
-                       if s.index == 0 and not s.request.forked)
+            owed = sum(
+                s.request.params.n - 1
+                for s in self.running  # forks still to come
+                if s.index == 0 and not s.request.forked
+            )
             if self.running and len(self.running) + owed + 1 + forks > self.config.max_num_seqs:
                 break
             hashed = self._hashed(seq)
@@ -223,18 +231,22 @@ class Scheduler:
         mgr = self.manager
         ids = [s.seq_id for q in (self.waiting, self.running, self.swapped) for s in q]
         assert len(ids) == len(set(ids)), "a sequence is queued twice"
-        for queue, state in ((self.waiting, SchedulingState.WAITING),
-                             (self.running, SchedulingState.RUNNING),
-                             (self.swapped, SchedulingState.SWAPPED)):
+        for queue, state in (
+            (self.waiting, SchedulingState.WAITING),
+            (self.running, SchedulingState.RUNNING),
+            (self.swapped, SchedulingState.SWAPPED),
+        ):
             keys = [s.sort_key() for s in queue]
             assert keys == sorted(keys), f"{state.value} queue out of order"
             for s in queue:
                 assert s.state is state, f"{s.seq_id} is {s.state} in the {state.value} queue"
         live = {s.seq_id for s in self.running} | {s.seq_id for s in self.swapped}
         assert set(mgr.seq_ids) == live, (
-            f"manager holds {sorted(map(str, mgr.seq_ids))}, queues {sorted(map(str, live))}")
+            f"manager holds {sorted(map(str, mgr.seq_ids))}, queues {sorted(map(str, live))}"
+        )
         for s in self.running + self.swapped:
             assert mgr.num_tokens(s.seq_id) == s.num_computed, (
                 f"{s.seq_id}: manager has {mgr.num_tokens(s.seq_id)} tokens, "
-                f"{s.num_computed} computed")
+                f"{s.num_computed} computed"
+            )
             assert s.num_remaining >= 1, f"{s.seq_id} is running with nothing to compute"

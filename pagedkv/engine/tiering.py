@@ -46,9 +46,17 @@ def weights_revision(model: Any) -> str:
 class EngineTiers:
     """Owns a ``TieredKVCache`` built from the engine's tier options."""
 
-    def __init__(self, runner: PagedModelRunner, model_name: str, *, host_bytes: int = 0,
-                 disk_path: str | None = None, disk_bytes: int = 64 << 30,
-                 remote: str | None = None, write: str = "through") -> None:
+    def __init__(
+        self,
+        runner: PagedModelRunner,
+        model_name: str,
+        *,
+        host_bytes: int = 0,
+        disk_path: str | None = None,
+        disk_bytes: int = 64 << 30,
+        remote: str | None = None,
+        write: str = "through",
+    ) -> None:
         from pagedkv.tiers import (
             DiskTier,
             HostTier,
@@ -73,8 +81,15 @@ class EngineTiers:
             tiers.append(RemoteTier(remote))
         layers, kv_heads, head_dim = model_kv_dims(runner.model.config)
         storage = runner.storage
-        fp = fingerprint_for(model_name, weights_revision(runner.model), storage.dtype,
-                             storage.block_size, layers, kv_heads, head_dim)
+        fp = fingerprint_for(
+            model_name,
+            weights_revision(runner.model),
+            storage.dtype,
+            storage.block_size,
+            layers,
+            kv_heads,
+            head_dim,
+        )
         self.cache = TieredKVCache(tiers, fp, storage, background=True)
         self.block_size = self.manager.config.block_size
         self.write = write
@@ -97,7 +112,7 @@ class EngineTiers:
         """Load blocks ``[first, first + count)`` of an admitted sequence into its own block
         ids; marks the loaded leading run computed. Returns the blocks loaded."""
         table = self.manager.block_table(seq_id)
-        got = self.cache.load(hashes[first:first + count], table[first:first + count])
+        got = self.cache.load(hashes[first : first + count], table[first : first + count])
         if got:
             self.runner.mark_loaded(seq_id, (first + got) * self.block_size)
         return got
@@ -113,7 +128,7 @@ class EngineTiers:
         seq = self.manager.seq(seq_id)
         keys = [h for h in seq.block_hashes[lo:hi] if isinstance(h, bytes)]
         if keys and len(keys) == len(seq.block_hashes[lo:hi]):
-            self.cache.store(keys, seq.block_table[lo:lo + len(keys)])
+            self.cache.store(keys, seq.block_table[lo : lo + len(keys)])
 
     def stats(self) -> dict[str, dict[str, float]]:
         return self.cache.stats()

@@ -24,23 +24,26 @@ def prompt_token_ids(engine: LLMEngine, prompt: object) -> tuple[str | None, lis
             raise InvalidArgumentError("prompt: this engine has no tokenizer; pass token ids")
         return prompt, [int(t) for t in engine.tokenizer.encode(prompt)]
     if isinstance(prompt, list | tuple) and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
         return None, [int(t) for t in prompt]
     raise InvalidArgumentError(
-        f"prompt: expected a str or a list of int token ids, got {type(prompt).__name__}")
+        f"prompt: expected a str or a list of int token ids, got {type(prompt).__name__}"
+    )
 
 
-def validate_request(engine: LLMEngine, prompt: object, params: SamplingParams, priority: object,
-                     cache_salt: object) -> tuple[str | None, list[int]]:
+def validate_request(
+    engine: LLMEngine, prompt: object, params: SamplingParams, priority: object, cache_salt: object
+) -> tuple[str | None, list[int]]:
     if not isinstance(params, SamplingParams):
-        raise InvalidArgumentError(
-            f"params: expected SamplingParams, got {type(params).__name__}")
+        raise InvalidArgumentError(f"params: expected SamplingParams, got {type(params).__name__}")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise InvalidArgumentError(f"priority: expected an int, got {priority!r}")
     if priority and engine.config.scheduling_policy != "priority":
         raise InvalidArgumentError(
             f"priority: got {priority}, but scheduling_policy is "
-            f"{engine.config.scheduling_policy!r} (use scheduling_policy='priority')")
+            f"{engine.config.scheduling_policy!r} (use scheduling_policy='priority')"
+        )
     if cache_salt is not None and not isinstance(cache_salt, str):
         raise InvalidArgumentError(f"cache_salt: expected a str, got {type(cache_salt).__name__}")
     text, ids = prompt_token_ids(engine, prompt)
@@ -49,20 +52,24 @@ def validate_request(engine: LLMEngine, prompt: object, params: SamplingParams, 
     bad = [t for t in ids if not 0 <= t < engine.vocab_size]
     if bad:
         raise InvalidArgumentError(
-            f"prompt: token ids must be in [0, {engine.vocab_size}), got {bad[:5]}")
+            f"prompt: token ids must be in [0, {engine.vocab_size}), got {bad[:5]}"
+        )
     total = len(ids) + params.max_tokens
     if total > engine.max_model_len:
         raise InvalidArgumentError(
             f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) = {total} exceeds "
-            f"the model's max_model_len ({engine.max_model_len})")
+            f"the model's max_model_len ({engine.max_model_len})"
+        )
     mgr = engine.manager
     blocks = -(-total // mgr.block_size)
     fits = engine.num_usable_blocks - int(engine.config.watermark * engine.num_usable_blocks)
     if blocks > fits:
         raise InvalidArgumentError(
             f"prompt + max_tokens = {total} tokens need {blocks} KV blocks of "
-            f"{mgr.block_size}; the pool admits at most {fits}")
+            f"{mgr.block_size}; the pool admits at most {fits}"
+        )
     if params.n > engine.config.max_num_seqs:
         raise InvalidArgumentError(
-            f"n: expected <= max_num_seqs ({engine.config.max_num_seqs}), got {params.n}")
+            f"n: expected <= max_num_seqs ({engine.config.max_num_seqs}), got {params.n}"
+        )
     return text, ids

@@ -33,10 +33,20 @@ from pagedkv.storage import KVStorage
 ATTN_IMPLEMENTATION = "pagedkv"
 STEP_KWARG = "pagedkv_step"
 # Keyword arguments transformers forwards to attention that change nothing for us.
-HARMLESS_KWARGS = frozenset({
-    "position_ids", "use_cache", "output_router_logits", "output_hidden_states", "return_dict",
-    "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "cache_position",
-})
+HARMLESS_KWARGS = frozenset(
+    {
+        "position_ids",
+        "use_cache",
+        "output_router_logits",
+        "output_hidden_states",
+        "return_dict",
+        "cu_seq_lens_q",
+        "cu_seq_lens_k",
+        "max_length_q",
+        "max_length_k",
+        "cache_position",
+    }
+)
 SINK_KWARGS = ("s_aux", "sinks")  # learned per-head sink logits (GPT-OSS style)
 _HANDLED_KWARGS = frozenset({"softcap", "is_causal", "output_attentions", *SINK_KWARGS})
 
@@ -63,7 +73,8 @@ class PagedStep:
         if bad.size:
             raise UnsupportedModelError(
                 f"attention of layers {bad.tolist()} did not go through pagedkv (ALiBi / custom "
-                f"attention?): paged attention calls per layer {self.layer_calls.tolist()}")
+                f"attention?): paged attention calls per layer {self.layer_calls.tolist()}"
+            )
 
 
 @dataclass(frozen=True)
@@ -108,26 +119,31 @@ def attention_extras(kwargs: Mapping[str, Any], num_heads: int) -> AttentionExtr
     if unknown:
         raise UnsupportedModelError(
             f"attention keyword arguments {unknown} are not implemented by pagedkv (e.g. "
-            "position_bias: relative or ALiBi biases); refusing rather than ignoring them")
+            "position_bias: relative or ALiBi biases); refusing rather than ignoring them"
+        )
     if kwargs.get("is_causal") is False:
         raise UnsupportedModelError("non-causal attention (is_causal=False)")
     if kwargs.get("output_attentions"):
-        raise UnsupportedModelError("output_attentions=True: pagedkv returns no attention "
-                                    "weights")
+        raise UnsupportedModelError("output_attentions=True: pagedkv returns no attention weights")
     softcap = kwargs.get("softcap")
-    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float))
-                                or not softcap > 0):
+    if softcap is not None and (
+        isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap > 0
+    ):
         raise UnsupportedModelError(f"attention softcap={softcap!r}: expected a float > 0")
     sinks = [kwargs[k] for k in SINK_KWARGS if kwargs.get(k) is not None]
     if len(sinks) > 1:
         raise UnsupportedModelError("both s_aux and sinks passed to attention")
     sink = sinks[0] if sinks else None
-    if sink is not None and (not isinstance(sink, torch.Tensor) or not sink.is_floating_point()
-                             or sink.shape != (num_heads,)):
+    if sink is not None and (
+        not isinstance(sink, torch.Tensor)
+        or not sink.is_floating_point()
+        or sink.shape != (num_heads,)
+    ):
         got = list(sink.shape) if isinstance(sink, torch.Tensor) else type(sink).__name__
         raise UnsupportedModelError(
             f"learned attention sinks of shape {got}: expected one float logit per head "
-            f"[{num_heads}]")
+            f"[{num_heads}]"
+        )
     return AttentionExtras(None if softcap is None else float(softcap), sink)
 
 
@@ -137,7 +153,8 @@ def resolve_window(spec: LayerAttention, kwarg: object) -> int | None:
     if kwarg is not None and kwarg != spec.window:
         raise UnsupportedModelError(
             f"layer {spec.layer_idx}: the model passes sliding_window={kwarg!r} to attention "
-            f"but its mask applies window {spec.window}")
+            f"but its mask applies window {spec.window}"
+        )
     return spec.window
 
 
@@ -169,13 +186,15 @@ def pagedkv_attention_forward(
         raise InvalidArgumentError(
             f"{ATTN_IMPLEMENTATION} attention: expected a PagedStep in the "
             f"'{STEP_KWARG}' model kwarg, got {type(step).__name__}; run the model through "
-            "pagedkv.integrations.PagedModelRunner")
+            "pagedkv.integrations.PagedModelRunner"
+        )
     if dropout:
         raise InvalidArgumentError(f"dropout: expected 0.0 (inference only), got {dropout}")
     if query.dim() != 4 or query.shape[0] != 1 or key.shape[0] != 1:
         raise ShapeError(
             f"query/key: expected packed batch [1, heads, T, head_dim], got {list(query.shape)} "
-            f"and {list(key.shape)}")
+            f"and {list(key.shape)}"
+        )
     extras = attention_extras(kwargs, query.shape[1])
     spec = _layer_spec(module, step, attention_mask)
     window = resolve_window(spec, sliding_window)
@@ -185,10 +204,12 @@ def pagedkv_attention_forward(
     if k.shape[1:] != (storage.num_kv_heads, storage.head_dim) or k.shape[0] != meta.num_tokens:
         raise ShapeError(
             f"key: expected [{meta.num_tokens}, {storage.num_kv_heads}, {storage.head_dim}], "
-            f"got {list(k.shape)}")
+            f"got {list(k.shape)}"
+        )
     if meta.max_block_id >= storage.num_blocks:
         raise InvalidArgumentError(
-            f"step metadata: expected block ids < {storage.num_blocks}, got {meta.max_block_id}")
+            f"step metadata: expected block ids < {storage.num_blocks}, got {meta.max_block_id}"
+        )
     if meta.write_index is not None:
         k, v = k.index_select(0, meta.write_index), v.index_select(0, meta.write_index)
     storage.write_rows(layer, meta.kv_rows, k.to(storage.dtype), v.to(storage.dtype))
@@ -199,30 +220,42 @@ def pagedkv_attention_forward(
     if extras.sink_logits is not None:
         opts["sink_logits"] = extras.sink_logits
     out = step.backend.forward(
-        query[0].transpose(0, 1), storage.layer(layer), meta, scale=scaling,
-        sliding_window=window, **opts)
+        query[0].transpose(0, 1),
+        storage.layer(layer),
+        meta,
+        scale=scaling,
+        sliding_window=window,
+        **opts,
+    )
     return out[None], None
 
 
-def _layer_spec(module: torch.nn.Module, step: PagedStep,
-                attention_mask: torch.Tensor | None) -> LayerAttention:
+def _layer_spec(
+    module: torch.nn.Module, step: PagedStep, attention_mask: torch.Tensor | None
+) -> LayerAttention:
     """The module's checked spec; refuses unchecked models and model-built masks."""
     layer = getattr(module, "layer_idx", None)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not (
-            0 <= layer < step.storage.num_layers):
+    if (
+        isinstance(layer, bool)
+        or not isinstance(layer, int)
+        or not (0 <= layer < step.storage.num_layers)
+    ):
         raise InvalidArgumentError(
             f"module.layer_idx: expected an int in [0, {step.storage.num_layers}), got "
-            f"{layer!r} ({type(module).__name__})")
+            f"{layer!r} ({type(module).__name__})"
+        )
     spec = layer_attention(module)
     if spec is None or spec.layer_idx != layer:
         raise UnsupportedModelError(
             f"{type(module).__name__} (layer {layer}) was not checked by "
             "pagedkv.integrations.hf_support.check_model_supported; run the model through "
-            "PagedModelRunner")
+            "PagedModelRunner"
+        )
     if attention_mask is not None:
         raise UnsupportedModelError(
             f"layer {layer}: the model passes its own attention mask (custom masking); pagedkv "
-            "builds the mask from its step metadata")
+            "builds the mask from its step metadata"
+        )
     if getattr(module, "is_causal", True) is False:
         raise UnsupportedModelError(f"layer {layer}: non-causal attention (is_causal=False)")
     return spec

@@ -79,16 +79,25 @@ class PagedModelRunner:
         self.model = model
         self.model_config: Any = model.config
         from pagedkv.integrations.hf_support import check_model_supported
+
         self.attention_spec = check_model_supported(model)  # refuse by name, before allocating
         num_layers, kv_heads, head_dim = model_kv_dims(model.config)
         if config is None:
-            config = CacheConfig(block_size=block_size, num_blocks=num_blocks,
-                                 enable_prefix_caching=enable_prefix_caching)
+            config = CacheConfig(
+                block_size=block_size,
+                num_blocks=num_blocks,
+                enable_prefix_caching=enable_prefix_caching,
+            )
         self.manager = BlockManager(config)
         param = next(model.parameters())
-        self.storage = KVStorage.from_config(config, num_layers=num_layers, num_kv_heads=kv_heads,
-                                             head_dim=head_dim, dtype=param.dtype,
-                                             device=param.device)
+        self.storage = KVStorage.from_config(
+            config,
+            num_layers=num_layers,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            dtype=param.dtype,
+            device=param.device,
+        )
         self.backend = get_attention_backend(backend)
         self.device = param.device
         model_cfg: Any = model.config
@@ -100,8 +109,13 @@ class PagedModelRunner:
         self._pending: dict[Hashable, tuple[int, list[int]]] = {}
 
     # ---------------------------------------------------------- bookkeeping
-    def admit(self, seq_id: Hashable, prompt: Sequence[int] | np.ndarray | HashedPrompt, *,
-              cache_salt: str | None = None) -> int:
+    def admit(
+        self,
+        seq_id: Hashable,
+        prompt: Sequence[int] | np.ndarray | HashedPrompt,
+        *,
+        cache_salt: str | None = None,
+    ) -> int:
         """Allocate blocks for a prompt; returns how many leading tokens were prefix-cache hits
         (their KV is reused, the rest is computed by the next :meth:`forward`). A
         ``HashedPrompt`` (from ``manager.hash_prompt``, with its salt) is not hashed again."""
@@ -110,8 +124,9 @@ class PagedModelRunner:
             hit = self.manager.admit(seq_id, prompt, sliding_window=self.sliding_window)
         else:
             ids = self._token_ids(prompt, "prompt")
-            hit = self.manager.admit(seq_id, ids, cache_salt=cache_salt,
-                                     sliding_window=self.sliding_window)
+            hit = self.manager.admit(
+                seq_id, ids, cache_salt=cache_salt, sliding_window=self.sliding_window
+            )
         self._pending[seq_id] = (hit, ids[hit:].tolist())
         return hit
 
@@ -122,8 +137,9 @@ class PagedModelRunner:
         start, toks = self._pending[seq_id]
         if not start <= num_tokens < start + len(toks):
             raise InvalidArgumentError(
-                f"num_tokens: expected in [{start}, {start + len(toks)}), got {num_tokens}")
-        self._pending[seq_id] = (num_tokens, toks[num_tokens - start:])
+                f"num_tokens: expected in [{start}, {start + len(toks)}), got {num_tokens}"
+            )
+        self._pending[seq_id] = (num_tokens, toks[num_tokens - start :])
         self.manager.register_prefix(seq_id, num_tokens)
 
     def append(self, seq_id: Hashable, token_ids: Sequence[int] | np.ndarray) -> None:
@@ -134,13 +150,15 @@ class PagedModelRunner:
         self.manager.append(seq_id, ids)
         self._pending[seq_id] = (start, ids.tolist())
 
-    def append_batch(self, seq_ids: Sequence[Hashable], token_ids: Sequence[int] | np.ndarray
-                     ) -> None:
+    def append_batch(
+        self, seq_ids: Sequence[Hashable], token_ids: Sequence[int] | np.ndarray
+    ) -> None:
         """Append one token to each sequence (the decode hot path)."""
         ids = self._token_ids(token_ids, "token_ids")
         if len(ids) != len(seq_ids):
             raise InvalidArgumentError(
-                f"token_ids: expected one per sequence ({len(seq_ids)}), got {len(ids)}")
+                f"token_ids: expected one per sequence ({len(seq_ids)}), got {len(ids)}"
+            )
         self._check_not_pending(seq_ids)
         starts = [self.manager.num_tokens(s) for s in seq_ids]
         self.manager.append_batch(seq_ids, ids)
@@ -167,7 +185,8 @@ class PagedModelRunner:
             bad = lo if lo < 0 else hi
             raise InvalidArgumentError(
                 f"{what}: expected token ids in [0, {self.vocab_size}) (the model's vocabulary), "
-                f"got {bad}")
+                f"got {bad}"
+            )
         return ids
 
     def _check_not_pending(self, seq_ids: Sequence[Hashable]) -> None:
@@ -175,11 +194,13 @@ class PagedModelRunner:
             if s in self._pending:
                 raise InvalidArgumentError(
                     f"sequence {s!r}: expected its pending tokens to be computed by forward() "
-                    "first, got uncomputed tokens")
+                    "first, got uncomputed tokens"
+                )
 
     # -------------------------------------------------------------- compute
-    def build_step(self, seq_ids: Sequence[Hashable]) -> tuple[PagedStep, torch.Tensor,
-                                                                 torch.Tensor]:
+    def build_step(
+        self, seq_ids: Sequence[Hashable]
+    ) -> tuple[PagedStep, torch.Tensor, torch.Tensor]:
         """Step metadata for the pending tokens of ``seq_ids``.
 
         Returns:
@@ -193,7 +214,8 @@ class PagedModelRunner:
         missing = [s for s in seq_ids if s not in self._pending]
         if missing:
             raise InvalidArgumentError(
-                f"forward: expected pending tokens for every sequence, got none for {missing}")
+                f"forward: expected pending tokens for every sequence, got none for {missing}"
+            )
         ids: list[int] = []
         pos: list[np.ndarray] = []
         slots: list[np.ndarray] = []
@@ -235,8 +257,13 @@ class PagedModelRunner:
         previous = cfg._attn_implementation
         cfg._attn_implementation = ATTN_IMPLEMENTATION
         try:
-            out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                             logits_to_keep=last, **{STEP_KWARG: step})
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=last,
+                **{STEP_KWARG: step},
+            )
             step.check_all_layers_ran()  # a layer that bypassed pagedkv: refuse, don't guess
         finally:
             cfg._attn_implementation = previous

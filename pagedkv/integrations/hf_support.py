@@ -45,10 +45,17 @@ PROBE_TOKENS = 8
 PROBE_WINDOW = 3
 _MARKER = "pagedkv_probe_marker"
 # Config attributes named like a window/chunk size that the probe accounts for.
-_KNOWN_WINDOW_KEYS = frozenset({
-    "sliding_window", "use_sliding_window", "max_window_layers", "sliding_window_pattern",
-    "_sliding_window_pattern", "prefix_dense_sliding_window_pattern", "chunk_size_feed_forward",
-})
+_KNOWN_WINDOW_KEYS = frozenset(
+    {
+        "sliding_window",
+        "use_sliding_window",
+        "max_window_layers",
+        "sliding_window_pattern",
+        "_sliding_window_pattern",
+        "prefix_dense_sliding_window_pattern",
+        "chunk_size_feed_forward",
+    }
+)
 _NAMED_FEATURES = (
     ("kv_lora_rank", "multi-head latent attention (MLA, config.kv_lora_rank)"),
     ("attention_chunk_size", "chunked attention (config.attention_chunk_size)"),
@@ -57,8 +64,7 @@ _NAMED_FEATURES = (
     ("is_encoder_decoder", "an encoder-decoder model (cross-attention)"),
     ("add_cross_attention", "cross-attention (config.add_cross_attention)"),
     ("cross_attention_layers", "cross-attention layers (config.cross_attention_layers)"),
-    ("use_bidirectional_attention", "bidirectional attention "
-                                    "(config.use_bidirectional_attention)"),
+    ("use_bidirectional_attention", "bidirectional attention (config.use_bidirectional_attention)"),
     ("num_kv_shared_layers", "cross-layer KV sharing (config.num_kv_shared_layers)"),
     ("dual_chunk_attention_config", "dual chunk attention (config.dual_chunk_attention_config)"),
 )
@@ -107,16 +113,28 @@ def check_config_supported(cfg: Any) -> None:
     for key, feature in _NAMED_FEATURES:
         if getattr(cfg, key, None):
             refuse(feature)
-    if name in ("bloom", "mpt") or getattr(cfg, "position_embedding_type", None) == "alibi" or (
-            getattr(getattr(cfg, "attn_config", None), "alibi", False)):
+    if (
+        name in ("bloom", "mpt")
+        or getattr(cfg, "position_embedding_type", None) == "alibi"
+        or (getattr(getattr(cfg, "attn_config", None), "alibi", False))
+    ):
         refuse("ALiBi position biases")
-    odd = sorted({t for t in getattr(cfg, "layer_types", None) or []
-                  if t not in ("full_attention", "sliding_attention")})
+    odd = sorted(
+        {
+            t
+            for t in getattr(cfg, "layer_types", None) or []
+            if t not in ("full_attention", "sliding_attention")
+        }
+    )
     if odd:
         refuse(f"layer types {odd} (only full and sliding-window attention layers are)")
     for key, value in cfg.to_dict().items():
-        if (re.search("window|chunk", key) and key not in _KNOWN_WINDOW_KEYS and value
-                and not isinstance(value, dict)):
+        if (
+            re.search("window|chunk", key)
+            and key not in _KNOWN_WINDOW_KEYS
+            and value
+            and not isinstance(value, dict)
+        ):
             refuse(f"config.{key}={value!r} (a window or chunk size pagedkv does not apply)")
 
 
@@ -147,7 +165,8 @@ def check_model_supported(model: torch.nn.Module) -> ModelAttention:
     if released is not None and found.uniform_window != released:
         raise UnsupportedModelError(
             f"config.sliding_window={released} but the layers' masks apply windows "
-            f"{list(found.windows)}: releasing blocks behind the window would lose keys")
+            f"{list(found.windows)}: releasing blocks behind the window would lose keys"
+        )
     for module, spec in specs:
         register_layer(module, spec)
     return found
@@ -157,9 +176,14 @@ def check_model_supported(model: torch.nn.Module) -> ModelAttention:
 _LOCAL = threading.local()
 
 
-def _probe_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                     value: torch.Tensor, attention_mask: torch.Tensor | None,
-                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+def _probe_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """Recording attention function: returns zeros ``[B, T, Hq, Dv]``."""
     got_marker = kwargs.pop(_MARKER, None) is True
     for k in ("dropout", "scaling"):
@@ -170,10 +194,17 @@ def _probe_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         mask = attention_mask[0] if attention_mask.dtype == torch.bool else attention_mask[0] == 0
     if getattr(module, "is_causal", True) is False:
         kwargs["is_causal"] = False
-    _LOCAL.calls.append(ProbeCall(
-        module=module, layer_idx=layer if type(layer) is int else -1,
-        shapes=(tuple(query.shape), tuple(key.shape), tuple(value.shape)), mask=mask,
-        sliding_window=kwargs.pop("sliding_window", None), kwargs=kwargs, got_marker=got_marker))
+    _LOCAL.calls.append(
+        ProbeCall(
+            module=module,
+            layer_idx=layer if type(layer) is int else -1,
+            shapes=(tuple(query.shape), tuple(key.shape), tuple(value.shape)),
+            mask=mask,
+            sliding_window=kwargs.pop("sliding_window", None),
+            kwargs=kwargs,
+            got_marker=got_marker,
+        )
+    )
     out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
     return out, None
 
@@ -207,12 +238,16 @@ def run_probe(model: torch.nn.Module, probe_window: int | None) -> list[ProbeCal
         if probe_window is not None:
             cfg.sliding_window = probe_window
         with torch.inference_mode():
-            model(input_ids=ids[None], position_ids=torch.arange(PROBE_TOKENS, device=device)[None],
-                  use_cache=False, **{_MARKER: True})
+            model(
+                input_ids=ids[None],
+                position_ids=torch.arange(PROBE_TOKENS, device=device)[None],
+                use_cache=False,
+                **{_MARKER: True},
+            )
     except Exception as exc:
         raise UnsupportedModelError(
-            f"{type(model).__name__}: probing its attention failed ({type(exc).__name__}: "
-            f"{exc})") from exc
+            f"{type(model).__name__}: probing its attention failed ({type(exc).__name__}: {exc})"
+        ) from exc
     finally:
         cfg._attn_implementation = previous
         if probe_window is not None:
@@ -227,13 +262,15 @@ def _check_layers_called(calls: list[ProbeCall], num_layers: int) -> None:
         if not 0 <= c.layer_idx < num_layers:
             raise UnsupportedModelError(
                 f"{type(c.module).__name__}: attention module without a layer_idx in "
-                f"[0, {num_layers})")
+                f"[0, {num_layers})"
+            )
         counts[c.layer_idx] += 1
     missing = [i for i, n in enumerate(counts) if n == 0]
     if missing:
         raise UnsupportedModelError(
             f"attention of layers {missing} does not go through transformers' attention "
-            "interface (ALiBi, recurrent/linear layers or a custom attention class?)")
+            "interface (ALiBi, recurrent/linear layers or a custom attention class?)"
+        )
     repeated = [i for i, n in enumerate(counts) if n > 1]
     if repeated:
         raise UnsupportedModelError(f"layers {repeated} call attention more than once")
@@ -241,7 +278,8 @@ def _check_layers_called(calls: list[ProbeCall], num_layers: int) -> None:
     if dropped:
         raise UnsupportedModelError(
             f"layers {sorted(dropped)} do not forward the model's keyword arguments to "
-            "attention, so pagedkv cannot pass them its step")
+            "attention, so pagedkv cannot pass them its step"
+        )
 
 
 def _check_call(call: ProbeCall, kv_heads: int, head_dim: int) -> None:
@@ -250,7 +288,8 @@ def _check_call(call: ProbeCall, kv_heads: int, head_dim: int) -> None:
         raise UnsupportedModelError(
             f"layer {call.layer_idx}: query/key/value heads ({hq}, {hk}, {hv}) and head dims "
             f"({dq}, {dk}, {dv}) do not match the cache layout ({kv_heads} KV heads of "
-            f"{head_dim})")
+            f"{head_dim})"
+        )
     attention_extras(call.kwargs, hq)
 
 
@@ -260,7 +299,8 @@ def _mask_window(call: ProbeCall, probe_window: int | None, real: int | None) ->
     if m is None or m.shape[-2:] != (PROBE_TOKENS, PROBE_TOKENS):
         raise UnsupportedModelError(
             f"layer {call.layer_idx}: no [T, T] attention mask from transformers' masking "
-            "utilities (the model masks attention its own way)")
+            "utilities (the model masks attention its own way)"
+        )
     pos = torch.arange(PROBE_TOKENS, device=m.device)
     dist = pos[:, None] - pos[None, :]  # [T, T] query position - key position
     if bool((m == (dist >= 0)).all()):
@@ -271,7 +311,9 @@ def _mask_window(call: ProbeCall, probe_window: int | None, real: int | None) ->
                 return real
             raise UnsupportedModelError(
                 f"layer {call.layer_idx}: a {w}-token attention window that does not come "
-                "from config.sliding_window")
+                "from config.sliding_window"
+            )
     raise UnsupportedModelError(
         f"layer {call.layer_idx}: attention mask is neither causal nor a causal sliding window "
-        "(chunked, bidirectional or custom masking)")
+        "(chunked, bidirectional or custom masking)"
+    )

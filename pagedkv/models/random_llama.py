@@ -33,22 +33,35 @@ CHAT_TEMPLATE = (
 )
 
 TINY_LLAMA: dict[str, Any] = {
-    "vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+    "vocab_size": 320,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
     "tie_word_embeddings": False,
 }
 # ~49M parameters, shaped like a small real Llama (GQA 8/2, head_dim 64).
 LLAMA_50M: dict[str, Any] = {
-    "vocab_size": 320, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 16,
-    "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+    "vocab_size": 320,
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
     "tie_word_embeddings": False,
 }
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map, the alphabet of the ByteLevel pre-tokenizer."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = list(keep)
     extra = 0
     for b in range(256):
@@ -62,8 +75,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 def byte_tokenizer(vocab_size: int = TINY_LLAMA["vocab_size"]) -> Any:
     """A ``PreTrainedTokenizerFast`` over bytes with SmolLM2-like specials and chat template."""
     if vocab_size < MIN_VOCAB:
-        raise InvalidArgumentError(f"vocab_size must be >= {MIN_VOCAB} for the byte tokenizer, "
-                                   f"got {vocab_size}")
+        raise InvalidArgumentError(
+            f"vocab_size must be >= {MIN_VOCAB} for the byte tokenizer, got {vocab_size}"
+        )
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast as FastTokenizer
 
@@ -75,19 +89,30 @@ def byte_tokenizer(vocab_size: int = TINY_LLAMA["vocab_size"]) -> Any:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t in (*SPECIAL_TOKENS, *reserved)])
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in (*SPECIAL_TOKENS, *reserved)]
+    )
     fast: Any = FastTokenizer  # untyped constructor
     tokenizer = fast(
-        tokenizer_object=tok, bos_token=SPECIAL_TOKENS[BOS_ID], eos_token=SPECIAL_TOKENS[EOS_ID],
-        pad_token=SPECIAL_TOKENS[PAD_ID], unk_token=SPECIAL_TOKENS[PAD_ID],
-        model_max_length=1 << 30)
+        tokenizer_object=tok,
+        bos_token=SPECIAL_TOKENS[BOS_ID],
+        eos_token=SPECIAL_TOKENS[EOS_ID],
+        pad_token=SPECIAL_TOKENS[PAD_ID],
+        unk_token=SPECIAL_TOKENS[PAD_ID],
+        model_max_length=1 << 30,
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def random_llama(seed: int = 0, *, name: str | None = None, dtype: Any = "float32",
-                 device: Any = "cpu", **config: Any) -> LoadedModel:
+def random_llama(
+    seed: int = 0,
+    *,
+    name: str | None = None,
+    dtype: Any = "float32",
+    device: Any = "cpu",
+    **config: Any,
+) -> LoadedModel:
     """A random-weight ``LlamaForCausalLM`` (config from ``config``) with the byte tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -104,26 +129,39 @@ def random_llama(seed: int = 0, *, name: str | None = None, dtype: Any = "float3
         model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id = cfg.eos_token_id
     model.generation_config.pad_token_id = cfg.pad_token_id
-    return finish_loaded(model, tokenizer, name or f"random-llama-seed{seed}", dtype=dtype,
-                         device=device)
+    return finish_loaded(
+        model, tokenizer, name or f"random-llama-seed{seed}", dtype=dtype, device=device
+    )
 
 
-def tiny_random_llama(seed: int = 0, *, dtype: Any = "float32", device: Any = "cpu",
-                      **overrides: Any) -> LoadedModel:
+def tiny_random_llama(
+    seed: int = 0, *, dtype: Any = "float32", device: Any = "cpu", **overrides: Any
+) -> LoadedModel:
     """Tiny (2 layers, hidden 64, vocab 320, ~115k parameters) seeded Llama for fast tests.
 
     ``overrides`` are ``LlamaConfig`` fields (e.g. ``num_hidden_layers=3``, ``vocab_size=400``).
     """
-    return random_llama(seed, name=f"tiny-random-llama-seed{seed}", dtype=dtype, device=device,
-                        **{**TINY_LLAMA, **overrides})
+    return random_llama(
+        seed,
+        name=f"tiny-random-llama-seed{seed}",
+        dtype=dtype,
+        device=device,
+        **{**TINY_LLAMA, **overrides},
+    )
 
 
-def random_llama_50m(seed: int = 0, *, dtype: Any = "float32", device: Any = "cpu",
-                     **overrides: Any) -> LoadedModel:
+def random_llama_50m(
+    seed: int = 0, *, dtype: Any = "float32", device: Any = "cpu", **overrides: Any
+) -> LoadedModel:
     """~49M-parameter seeded random Llama (16 layers, hidden 512, GQA 8/2) for benchmarks.
 
     Big enough that the model, not Python overhead, dominates a step; random weights keep it
     offline. ``overrides`` are ``LlamaConfig`` fields on top of :data:`LLAMA_50M`.
     """
-    return random_llama(seed, name=f"random-llama-50m-seed{seed}", dtype=dtype, device=device,
-                        **{**LLAMA_50M, **overrides})
+    return random_llama(
+        seed,
+        name=f"random-llama-50m-seed{seed}",
+        dtype=dtype,
+        device=device,
+        **{**LLAMA_50M, **overrides},
+    )

@@ -28,14 +28,27 @@ from pagedkv.server.protocol import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("pagedkv.server")
 
-_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
-          429: "rate_limit_error", 503: "server_overloaded", 500: "server_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_overloaded",
+    500: "server_error",
+}
 
 
-def error_response(status: int, message: str, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
-                      "param": param, "code": status}}
+def error_response(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": status,
+        }
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -102,18 +115,23 @@ def create_app(engine: AsyncLLMEngine, *, model_name: str, max_waiting: int = 25
 
     def admit(body: CompletionRequest | ChatCompletionRequest) -> serving.Job:
         if body.model != model_name:
-            raise ModelNotFoundError(f"model {body.model!r} does not exist; this server serves "
-                                f"{model_name!r}")
+            raise ModelNotFoundError(
+                f"model {body.model!r} does not exist; this server serves {model_name!r}"
+            )
         waiting = engine.num_waiting
         if waiting >= max_waiting:
-            raise OverloadedError(f"server overloaded: {waiting} requests waiting (limit "
-                             f"{max_waiting}); retry later")
+            raise OverloadedError(
+                f"server overloaded: {waiting} requests waiting (limit {max_waiting}); retry later"
+            )
         return serving.submit(engine, body, model_name)
 
     async def answer(job: serving.Job, stream: bool) -> Response:
         if stream:
-            return StreamingResponse(serving.stream_events(job), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                serving.stream_events(job),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         return JSONResponse(await serving.collect(job))
 
     @app.post("/v1/completions")
@@ -126,9 +144,18 @@ def create_app(engine: AsyncLLMEngine, *, model_name: str, max_waiting: int = 25
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": model_name, "object": "model", "created": int(time.time()),
-            "owned_by": "pagedkv", "max_model_len": engine.engine.max_model_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "pagedkv",
+                    "max_model_len": engine.engine.max_model_len,
+                }
+            ],
+        }
 
     @app.get("/health")
     async def health() -> Response:

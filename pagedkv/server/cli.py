@@ -19,20 +19,35 @@ from pagedkv.errors import InvalidArgumentError
 def add_serve_parser(sub: Any) -> None:
     from pagedkv.cli_options import add_engine_arguments, add_model_arguments
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with Prometheus metrics",
-                       description=__doc__,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server with Prometheus metrics",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    p.add_argument("--served-model-name", default=None,
-                   help="model id clients send (default: the model's name)")
-    p.add_argument("--max-waiting", type=int, default=256,
-                   help="refuse new requests with 503 while this many wait")
-    p.add_argument("--graceful-timeout", type=float, default=10.0,
-                   help="seconds in-flight requests get to finish on shutdown")
-    p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--served-model-name",
+        default=None,
+        help="model id clients send (default: the model's name)",
+    )
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="refuse new requests with 503 while this many wait",
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=10.0,
+        help="seconds in-flight requests get to finish on shutdown",
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     add_engine_arguments(p)
     p.set_defaults(handler=run_serve)
 
@@ -65,6 +80,11 @@ def run_serve(args: argparse.Namespace) -> int:
         # that was in place before it started (the default one would end us with -15): let
         # that one ignore it, so the command exits 0.
         signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.graceful_timeout)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
     return 0

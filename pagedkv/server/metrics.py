@@ -108,20 +108,28 @@ class ServerMetrics:
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(PREFIX + name, doc, buckets=buckets, registry=self.registry)
 
-        self.ttft = hist("time_to_first_token_seconds", "Arrival to first output token.",
-                         _LATENCY_BUCKETS)
-        self.tpot = hist("time_per_output_token_seconds",
-                         "Mean time per output token after the first, per request.", _TPOT_BUCKETS)
+        self.ttft = hist(
+            "time_to_first_token_seconds", "Arrival to first output token.", _LATENCY_BUCKETS
+        )
+        self.tpot = hist(
+            "time_per_output_token_seconds",
+            "Mean time per output token after the first, per request.",
+            _TPOT_BUCKETS,
+        )
         self.e2e = hist("e2e_request_latency_seconds", "Arrival to finish.", _LATENCY_BUCKETS)
-        self.queue = hist("request_queue_time_seconds", "Arrival to first scheduled.",
-                          _LATENCY_BUCKETS)
+        self.queue = hist(
+            "request_queue_time_seconds", "Arrival to first scheduled.", _LATENCY_BUCKETS
+        )
         engine.engine.on_finish = self.observe
 
     def observe(self, out: RequestOutput) -> None:
         m = out.metrics
         pairs: list[tuple[Any, float | None]] = [
-            (self.ttft, m.ttft), (self.e2e, m.e2e_latency), (self.queue, m.queue_time),
-            (self.tpot, m.tpot(max((len(o.token_ids) for o in out.outputs), default=0)))]
+            (self.ttft, m.ttft),
+            (self.e2e, m.e2e_latency),
+            (self.queue, m.queue_time),
+            (self.tpot, m.tpot(max((len(o.token_ids) for o in out.outputs), default=0))),
+        ]
         for hist, value in pairs:
             if value is not None:
                 hist.observe(value)

@@ -49,11 +49,22 @@ class _Common(BaseModel):
     def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
-            n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            min_p=self.min_p, seed=self.seed, max_tokens=max_tokens, min_tokens=self.min_tokens,
-            stop=stop, stop_token_ids=list(self.stop_token_ids), ignore_eos=self.ignore_eos,
-            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, logprobs=logprobs)
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            seed=self.seed,
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            stop=stop,
+            stop_token_ids=list(self.stop_token_ids),
+            ignore_eos=self.ignore_eos,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=logprobs,
+        )
 
     @property
     def salt(self) -> str | None:
@@ -89,8 +100,9 @@ class CompletionRequest(_Common):
         if self.suffix:
             raise InvalidArgumentError("suffix: not supported by this server")
         if self.best_of is not None and self.best_of != self.n:
-            raise InvalidArgumentError(f"best_of: only best_of == n is supported, got "
-                                       f"best_of={self.best_of}, n={self.n}")
+            raise InvalidArgumentError(
+                f"best_of: only best_of == n is supported, got best_of={self.best_of}, n={self.n}"
+            )
 
 
 class ChatMessage(BaseModel):
@@ -106,7 +118,8 @@ class ChatMessage(BaseModel):
         for part in self.content:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise InvalidArgumentError(
-                    f"messages: only text content parts are supported, got {part.get('type')!r}")
+                    f"messages: only text content parts are supported, got {part.get('type')!r}"
+                )
             parts.append(part["text"])
         return "".join(parts)
 

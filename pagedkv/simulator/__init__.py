@@ -14,7 +14,19 @@ from pagedkv.simulator.synthetic import SyntheticSpec, generate
 from pagedkv.simulator.trace import Request, Trace, load_azure, load_mooncake, load_trace
 
 __all__ = [
-    "BlockStream", "HitResult", "LinearCostModel", "Request", "SimulationConfig",
-    "SyntheticSpec", "Trace", "belady", "build_block_stream", "generate", "infinite_cache",
-    "load_azure", "load_mooncake", "load_trace", "run_simulation",
+    "BlockStream",
+    "HitResult",
+    "LinearCostModel",
+    "Request",
+    "SimulationConfig",
+    "SyntheticSpec",
+    "Trace",
+    "belady",
+    "build_block_stream",
+    "generate",
+    "infinite_cache",
+    "load_azure",
+    "load_mooncake",
+    "load_trace",
+    "run_simulation",
 ]

@@ -61,33 +61,45 @@ def _rate_hint(trace: Trace, offered: float, target: float, scale: float) -> str
 def _memory_hint(row: Mapping[str, Any], max_num_seqs: int) -> str:
     batch = float(row.get("mean_batch", 0.0))
     if batch >= SEQ_BOUND * max_num_seqs:
-        return (f"; more KV memory would not help (the batch is at --max-num-seqs "
-                f"{max_num_seqs}), a faster step (--cost) or a larger --max-num-seqs would")
+        return (
+            f"; more KV memory would not help (the batch is at --max-num-seqs "
+            f"{max_num_seqs}), a faster step (--cost) or a larger --max-num-seqs would"
+        )
     capacity = int(row.get("capacity_tokens", 0))
     return f", or more KV memory (mean batch {batch:.1f}; try --kv-tokens {2 * capacity})"
 
 
-def overload_warning(row: Mapping[str, Any], trace: Trace, alone_ms: float, scale: float,
-                     max_num_seqs: int) -> str:
+def overload_warning(
+    row: Mapping[str, Any], trace: Trace, alone_ms: float, scale: float, max_num_seqs: int
+) -> str:
     """One paragraph: what shows the overload, and what would fit."""
     span_s = _arrival_span_s(trace, scale)
     drain_s = float(row.get("makespan_s", 0.0)) - span_s
-    text = (f"{row.get('backend', '?')} is overloaded: median TTFT "
-            f"{format_ms(row['ttft_ms_p50'])} ({format_ms(alone_ms)} for a median prompt alone)")
+    text = (
+        f"{row.get('backend', '?')} is overloaded: median TTFT "
+        f"{format_ms(row['ttft_ms_p50'])} ({format_ms(alone_ms)} for a median prompt alone)"
+    )
     sustained = float(row.get("throughput_req_s", 0.0))
     if span_s > 0 and sustained > 0:
         offered = (len(trace) - 1) / span_s
         target = HEADROOM * sustained
-        text += (f"; it serves {sustained:.3g} of {offered:.3g} requests/s offered and finishes "
-                 f"{format_ms(1e3 * drain_s)} after the last arrival. What would fit: about "
-                 f"{target:.3g} requests/s (e.g. {_rate_hint(trace, offered, target, scale)})")
+        text += (
+            f"; it serves {sustained:.3g} of {offered:.3g} requests/s offered and finishes "
+            f"{format_ms(1e3 * drain_s)} after the last arrival. What would fit: about "
+            f"{target:.3g} requests/s (e.g. {_rate_hint(trace, offered, target, scale)})"
+        )
     else:
         text += "; every request arrives at once, so latency measures the batch's length"
     return text + _memory_hint(row, max_num_seqs) + "."
 
 
-def serving_warnings(rows: list[dict[str, Any]], trace: Trace, cost: LinearCostModel,
-                     scale: float = 1.0, max_num_seqs: int = 256) -> list[str]:
+def serving_warnings(
+    rows: list[dict[str, Any]],
+    trace: Trace,
+    cost: LinearCostModel,
+    scale: float = 1.0,
+    max_num_seqs: int = 256,
+) -> list[str]:
     """Mark each serving row ``overloaded`` (True/False) and return a warning per overloaded
     row and per row that rejected requests."""
     if not len(trace):
@@ -101,7 +113,9 @@ def serving_warnings(rows: list[dict[str, Any]], trace: Trace, cost: LinearCostM
         if row["overloaded"]:
             out.append(overload_warning(row, trace, alone, scale, max_num_seqs))
         if row.get("requests_rejected"):
-            out.append(f"{row.get('backend')}: {row['requests_rejected']:,} requests never fit "
-                       f"in {row.get('capacity_tokens', 0):,} KV tokens and were rejected "
-                       f"(longest prompt: {longest:,} tokens; see --kv-tokens)")
+            out.append(
+                f"{row.get('backend')}: {row['requests_rejected']:,} requests never fit "
+                f"in {row.get('capacity_tokens', 0):,} KV tokens and were rejected "
+                f"(longest prompt: {longest:,} tokens; see --kv-tokens)"
+            )
     return out

@@ -51,7 +51,8 @@ def int_list(text: str) -> tuple[int, ...]:
     parts = [x.strip() for x in text.split(",") if x.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers, got {text!r}")
+            f"expected comma-separated positive integers, got {text!r}"
+        )
     values = tuple(_integer(x) for x in parts)
     bad = [v for v in values if v <= 0]
     if bad:
@@ -59,8 +60,9 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def float_in(low: float, high: float = math.inf, *, open_low: bool = False,
-             open_high: bool = False) -> Callable[[str], float]:
+def float_in(
+    low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False
+) -> Callable[[str], float]:
     """A finite float between ``low`` and ``high`` (each bound included unless ``open_*``)."""
 
     def parse(text: str) -> float:
@@ -81,8 +83,9 @@ def float_in(low: float, high: float = math.inf, *, open_low: bool = False,
     return parse
 
 
-def word_list(known: Sequence[str] | None = None, what: str = "value"
-              ) -> Callable[[str], tuple[str, ...]]:
+def word_list(
+    known: Sequence[str] | None = None, what: str = "value"
+) -> Callable[[str], tuple[str, ...]]:
     """A non-empty comma-separated list of words (lower-cased), each in ``known`` if given."""
 
     def parse(text: str) -> tuple[str, ...]:
@@ -90,11 +93,13 @@ def word_list(known: Sequence[str] | None = None, what: str = "value"
         if not words:
             choices = f" ({', '.join(known)})" if known else ""
             raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {what}s{choices}, got {text!r}")
+                f"expected a comma-separated list of {what}s{choices}, got {text!r}"
+            )
         unknown = [w for w in words if known is not None and w not in known]
         if unknown and known is not None:
             raise argparse.ArgumentTypeError(
-                f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+                f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
+            )
         return words
 
     parse.__name__ = f"{what} list"

@@ -34,8 +34,11 @@ def check_output_file(flag: str, path: str) -> None:
         raise InvalidArgumentError(f"{flag} {path} is a directory; give a file name in it")
     folder = p.parent
     if not folder.is_dir():
-        what = f"{folder} is a file, not a folder" if folder.exists() else \
-            f"the folder {folder} does not exist"
+        what = (
+            f"{folder} is a file, not a folder"
+            if folder.exists()
+            else f"the folder {folder} does not exist"
+        )
         raise InvalidArgumentError(f"{flag} {path}: {what}")
     if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise InvalidArgumentError(f"{flag} {path}: permission denied")
@@ -48,10 +51,13 @@ def check_plot(path: str) -> None:
         got = f"'.{suffix}' is not an image type" if suffix else "the name has no extension"
         raise InvalidArgumentError(
             f"--plot {path}: {got}; end it in .png, .pdf or .svg "
-            f"(or {', '.join('.' + f for f in PLOT_FORMATS[3:])})")
+            f"(or {', '.join('.' + f for f in PLOT_FORMATS[3:])})"
+        )
     if importlib.util.find_spec("matplotlib") is None:
-        raise InvalidArgumentError("--plot needs matplotlib, which is not installed: "
-                                   "pip install 'pagedkv[plot]' (or drop --plot)")
+        raise InvalidArgumentError(
+            "--plot needs matplotlib, which is not installed: "
+            "pip install 'pagedkv[plot]' (or drop --plot)"
+        )
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -64,13 +70,16 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.plot:
         check_plot(args.plot)
     if args.json == "-" and args.csv == "-":
-        raise InvalidArgumentError("--json - and --csv - would both write to stdout; "
-                                   "send one of them to a file")
+        raise InvalidArgumentError(
+            "--json - and --csv - would both write to stdout; send one of them to a file"
+        )
     if args.json and args.json == args.csv and args.json != "-":
         raise InvalidArgumentError(f"--json and --csv both write {args.json}")
     if args.quiet and not given:
-        raise InvalidArgumentError("--quiet hides the table and no --json, --csv or --plot "
-                                   "was given: the run would show nothing")
+        raise InvalidArgumentError(
+            "--quiet hides the table and no --json, --csv or --plot "
+            "was given: the run would show nothing"
+        )
 
 
 def available_memory() -> int | None:
@@ -107,4 +116,5 @@ def check_workload_size(spec: SyntheticSpec, available: int | None = None) -> No
     raise InvalidArgumentError(
         f"--num-requests {spec.num_requests:,} needs about {need / 2**30:,.1f} GiB for the "
         f"workload alone and this machine has {free / 2**30:,.1f} GiB free; about "
-        f"{fits:,} requests would fit")
+        f"{fits:,} requests would fit"
+    )

@@ -57,8 +57,11 @@ def replay_manager(
         raise InvalidArgumentError(f"partial must be one of {PARTIAL_MODES}, got {partial!r}")
     bs = stream.block_size
     cfg = CacheConfig(
-        block_size=bs, num_blocks=capacity + 1, enable_prefix_caching=True,
-        eviction_policy=policy, watermark=0.0,
+        block_size=bs,
+        num_blocks=capacity + 1,
+        enable_prefix_caching=True,
+        eviction_policy=policy,
+        watermark=0.0,
     )
     mgr = BlockManager(cfg)
     nreq = stream.num_requests
@@ -96,8 +99,16 @@ def replay_manager(
     if progress is not None:
         progress(nreq, nreq)
     return HitResult(
-        policy, bs, capacity, hit_tokens, measured_tokens(stream, warm), warm, filled,
-        stream.num_refs, seconds, mgr.stats().evictions,
+        policy,
+        bs,
+        capacity,
+        hit_tokens,
+        measured_tokens(stream, warm),
+        warm,
+        filled,
+        stream.num_refs,
+        seconds,
+        mgr.stats().evictions,
     )
 
 

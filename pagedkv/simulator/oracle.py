@@ -81,8 +81,15 @@ def infinite_cache(stream: BlockStream, warmup_fraction: float = 0.5) -> HitResu
     lo = int(stream.starts[warm])
     hit = int(stream.weights[lo:][seen[lo:]].sum())
     return HitResult(
-        "infinite", stream.block_size, None, hit, measured_tokens(stream, warm), warm,
-        True, stream.num_refs, time.perf_counter() - t0,
+        "infinite",
+        stream.block_size,
+        None,
+        hit,
+        measured_tokens(stream, warm),
+        warm,
+        True,
+        stream.num_refs,
+        time.perf_counter() - t0,
     )
 
 
@@ -174,6 +181,14 @@ def belady(stream: BlockStream, capacity: int, warmup_fraction: float = 0.5) -> 
         if size >= capacity and r < warm:
             filled = True
     return HitResult(
-        "belady", stream.block_size, capacity, hit_tokens, measured_tokens(stream, warm), warm,
-        filled or warm == 0, stream.num_refs, time.perf_counter() - t0, evictions,
+        "belady",
+        stream.block_size,
+        capacity,
+        hit_tokens,
+        measured_tokens(stream, warm),
+        warm,
+        filled or warm == 0,
+        stream.num_refs,
+        time.perf_counter() - t0,
+        evictions,
     )

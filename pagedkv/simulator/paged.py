@@ -40,10 +40,15 @@ class PagedBackend:
             raise InvalidArgumentError(f"capacity must be positive, got {capacity_blocks} blocks")
         bs = stream.block_size
         self.block_size = bs
-        self.mgr = BlockManager(CacheConfig(
-            block_size=bs, num_blocks=capacity_blocks + 1,
-            enable_prefix_caching=prefix_caching, eviction_policy=policy, watermark=watermark,
-        ))
+        self.mgr = BlockManager(
+            CacheConfig(
+                block_size=bs,
+                num_blocks=capacity_blocks + 1,
+                enable_prefix_caching=prefix_caching,
+                eviction_policy=policy,
+                watermark=watermark,
+            )
+        )
         self.name = f"paged-bs{bs}" + ("+prefix" if prefix_caching else "")
         self.capacity_tokens = capacity_blocks * bs
         self._usable = capacity_blocks - int(watermark * capacity_blocks)
@@ -65,7 +70,9 @@ class PagedBackend:
     def admit(self, rid: int, num_tokens: int) -> int | None:
         try:
             return self.mgr.admit(
-                rid, num_tokens=num_tokens, block_hashes=self._hashes(rid, num_tokens),
+                rid,
+                num_tokens=num_tokens,
+                block_hashes=self._hashes(rid, num_tokens),
                 compute_last_token=True,
             )
         except OutOfBlocksError:

@@ -39,8 +39,9 @@ def resolve_jobs(jobs: int) -> int:
     return jobs or os.cpu_count() or 1
 
 
-def run_points(fn: Callable[[Any, P], R], shared: Any, points: Sequence[P], jobs: int,
-               done: Done | None = None) -> list[R]:
+def run_points(
+    fn: Callable[[Any, P], R], shared: Any, points: Sequence[P], jobs: int, done: Done | None = None
+) -> list[R]:
     """``[fn(shared, p) for p in points]``, in up to ``jobs`` processes.
 
     ``fn`` must be a module-level function (workers import it by name); ``shared`` and each

@@ -21,8 +21,13 @@ def _hitrate_axes(ax: Any, results: Sequence[Mapping[str, Any]]) -> None:
     for r in results:
         if r["policy"] == "infinite":
             ax.axhline(100 * r["hit_rate"], ls="--", lw=1, color="gray")
-            ax.annotate(f"infinite (bs {r['block_size']})", (0.01, 100 * r["hit_rate"]),
-                        xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+            ax.annotate(
+                f"infinite (bs {r['block_size']})",
+                (0.01, 100 * r["hit_rate"]),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                va="bottom",
+            )
             continue
         tokens = r["capacity_blocks"] * r["block_size"]
         series.setdefault((r["policy"], r["block_size"]), []).append((tokens, r["hit_rate"]))
@@ -39,8 +44,13 @@ def _hitrate_axes(ax: Any, results: Sequence[Mapping[str, Any]]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _memory_axes(ax: Any, name: str, tl: Mapping[str, np.ndarray], capacity: float,
-                 reference: tuple[str, Mapping[str, np.ndarray]] | None) -> None:
+def _memory_axes(
+    ax: Any,
+    name: str,
+    tl: Mapping[str, np.ndarray],
+    capacity: float,
+    reference: tuple[str, Mapping[str, np.ndarray]] | None,
+) -> None:
     """One backend's panel: allocated KV and token states (% of capacity) over time; the
     paged backend's allocation drawn faintly behind the others for comparison."""
     if reference is not None and len(reference[1]["t_ms"]):
@@ -63,8 +73,9 @@ def _thin(tl: Mapping[str, np.ndarray], key: str) -> tuple[np.ndarray, np.ndarra
     return np.asarray(tl["t_ms"])[::step] / 1e3, np.asarray(tl[key])[::step]
 
 
-def _paged_reference(timelines: Mapping[str, Mapping[str, np.ndarray]]
-                     ) -> tuple[str, Mapping[str, np.ndarray]] | None:
+def _paged_reference(
+    timelines: Mapping[str, Mapping[str, np.ndarray]],
+) -> tuple[str, Mapping[str, np.ndarray]] | None:
     """The paged backend the others are compared with (without prefix sharing if present)."""
     paged = [n for n in timelines if n.startswith("paged")]
     plain = [n for n in paged if "+" not in n]
@@ -94,8 +105,7 @@ def build_figure(
     ref = _paged_reference(timelines)
     first = None
     for i, (name, tl) in enumerate(timelines.items()):
-        ax = fig.add_subplot(grid[bool(hitrate) + i // cols, i % cols], sharex=first,
-                             sharey=first)
+        ax = fig.add_subplot(grid[bool(hitrate) + i // cols, i % cols], sharex=first, sharey=first)
         first = first or ax
         _memory_axes(ax, name, tl, capacity_tokens, ref if ref and ref[0] != name else None)
         if i % cols == 0:
@@ -103,10 +113,19 @@ def build_figure(
         if i // cols == mem_rows - 1:
             ax.set_xlabel("time (s)", fontsize=8)
     if first is not None:
-        handles = {lbl: h for a in fig.axes[bool(hitrate):]
-                   for h, lbl in zip(*a.get_legend_handles_labels(), strict=True)}
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
-                   fontsize=8, frameon=False)
+        handles = {
+            lbl: h
+            for a in fig.axes[bool(hitrate) :]
+            for h, lbl in zip(*a.get_legend_handles_labels(), strict=True)
+        }
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="lower center",
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout(rect=(0, 0.05 if timelines else 0, 1, 1))
     return fig
 
@@ -124,9 +143,7 @@ def save_plot(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # checked before the run by the CLI; kept for library callers
-        raise InvalidArgumentError(
-            "--plot needs matplotlib: pip install 'pagedkv[plot]'"
-        ) from exc
+        raise InvalidArgumentError("--plot needs matplotlib: pip install 'pagedkv[plot]'") from exc
     fig = build_figure(hitrate, timelines, capacity_tokens)
     out = Path(path)
     try:

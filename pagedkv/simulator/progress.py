@@ -31,8 +31,14 @@ class ProgressBar:
     """
 
     def __init__(
-        self, enabled: bool | None = None, stream: TextIO | None = None, width: int = 30,
-        hz: float = 10.0, *, lines: bool | None = None, line_period: float = LINE_PERIOD_S,
+        self,
+        enabled: bool | None = None,
+        stream: TextIO | None = None,
+        width: int = 30,
+        hz: float = 10.0,
+        *,
+        lines: bool | None = None,
+        line_period: float = LINE_PERIOD_S,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -77,8 +83,9 @@ class ProgressBar:
 
     def _line(self, frac: float, elapsed: float, eta: float, finished: bool) -> None:
         tail = "done" if finished else f"about {_seconds(eta)} left"
-        self.stream.write(f"pagedkv simulate: {self.label}: {100 * frac:.0f}% after "
-                          f"{_seconds(elapsed)}, {tail}\n")
+        self.stream.write(
+            f"pagedkv simulate: {self.label}: {100 * frac:.0f}% after {_seconds(elapsed)}, {tail}\n"
+        )
         self._drawn = not finished
 
     def _bar(self, frac: float, elapsed: float, eta: float, finished: bool) -> None:

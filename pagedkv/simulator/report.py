@@ -48,8 +48,9 @@ def format_ms(ms: object) -> str:
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     rows = [list(r) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -86,8 +87,10 @@ def hitrate_table(results: Sequence[Mapping[str, Any]]) -> str:
     if rows:
         lines.append(_table(["block", "cap blocks", "cap tokens", *policies], rows))
     if underfilled:
-        lines.append("* cache never filled before the measurement window (capacity exceeds "
-                     "the warm-up working set)")
+        lines.append(
+            "* cache never filled before the measurement window (capacity exceeds "
+            "the warm-up working set)"
+        )
     speed = _replay_speed(finite)
     if speed:
         lines.append(_wrap(speed, "", "  "))
@@ -100,8 +103,10 @@ def _replay_speed(results: Sequence[Mapping[str, Any]]) -> str:
     for r in results:
         if r.get("refs_per_second"):
             by_policy.setdefault(r["policy"], []).append(r["refs_per_second"] / 1e6)
-    parts = [f"{p} {min(v):.2f}" + (f"-{max(v):.2f}" if max(v) > min(v) + 0.005 else "")
-             for p, v in by_policy.items()]
+    parts = [
+        f"{p} {min(v):.2f}" + (f"-{max(v):.2f}" if max(v) > min(v) + 0.005 else "")
+        for p, v in by_policy.items()
+    ]
     return "replay speed (million block refs/s): " + ", ".join(parts) if parts else ""
 
 
@@ -112,8 +117,9 @@ def _glue(m: re.Match[str]) -> str:
 def _wrap(text: str, first: str, rest: str) -> str:
     """Wrap at ``WIDTH``, never parting a number from its unit or a flag from its value."""
     glued = re.sub(r"(\d) (ms|s|min|h)\b|(--[\w-]+) (?=\w)", _glue, text)
-    return textwrap.fill(glued, width=WIDTH, initial_indent=first, subsequent_indent=rest,
-                         break_on_hyphens=False).replace("\u00a0", " ")
+    return textwrap.fill(
+        glued, width=WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
+    ).replace("\u00a0", " ")
 
 
 SERVING_COLUMNS = [
@@ -139,8 +145,15 @@ def serving_table(results: list[Mapping[str, Any]]) -> str:
         row = []
         for _, key, fmt in SERVING_COLUMNS:
             v = s.get(key)
-            row.append(_pct(v) if fmt == "pct" else format_ms(v) if fmt == "ms"
-                       else _num(v, fmt) if isinstance(fmt, int) else str(v))
+            row.append(
+                _pct(v)
+                if fmt == "pct"
+                else format_ms(v)
+                if fmt == "ms"
+                else _num(v, fmt)
+                if isinstance(fmt, int)
+                else str(v)
+            )
         rows.append(row)
     return _table([c[0] for c in SERVING_COLUMNS], rows)
 
@@ -154,13 +167,19 @@ def render_text(report: Report) -> str:
     ]
     if report.get("hitrate"):
         cfg = report.get("config", {})
-        parts += ["", f"== prefix hit rate (token-weighted, longest prefix, last "
-                      f"{100 * (1 - cfg.get('warmup', 0.5)):.0f}% of requests, file order) ==",
-                  hitrate_table(report["hitrate"])]
+        parts += [
+            "",
+            f"== prefix hit rate (token-weighted, longest prefix, last "
+            f"{100 * (1 - cfg.get('warmup', 0.5)):.0f}% of requests, file order) ==",
+            hitrate_table(report["hitrate"]),
+        ]
     if report.get("serving"):
         cfg = report.get("config", {})
-        parts += ["", f"== serving replay ({cfg.get('cost_model', '')}) ==",
-                  serving_table(report["serving"])]
+        parts += [
+            "",
+            f"== serving replay ({cfg.get('cost_model', '')}) ==",
+            serving_table(report["serving"]),
+        ]
     notes = [*report.get("notes", []), *report.get("warnings", [])]
     if notes:
         parts.append("")

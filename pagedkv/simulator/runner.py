@@ -66,8 +66,9 @@ class SimulationConfig:
         if unknown:
             raise InvalidArgumentError(f"unknown policy {unknown}; known: {known}")
         if self.serve_policy not in manager_policies():
-            raise InvalidArgumentError(f"unknown serving policy {self.serve_policy!r}; known: "
-                                       f"{list(manager_policies())}")
+            raise InvalidArgumentError(
+                f"unknown serving policy {self.serve_policy!r}; known: {list(manager_policies())}"
+            )
         for bs in self.block_sizes:  # token capacities that hold no block fail before the run
             capacities_for(bs, self.capacities, self.capacity_tokens)
 
@@ -107,8 +108,11 @@ def _hitrate(trace: Trace, cfg: SimulationConfig, bar: ProgressBar) -> list[dict
         bar.update(1, 1)
         out.append(infinite_cache(stream, cfg.warmup).to_dict())  # the ceiling, then the points
         caps = capacities_for(bs, cfg.capacities, cfg.capacity_tokens)
-        mine = [(bs, cap, policy, cfg.warmup, cfg.partial)
-                for cap in caps or default_capacities(stream) for policy in policies]
+        mine = [
+            (bs, cap, policy, cfg.warmup, cfg.partial)
+            for cap in caps or default_capacities(stream)
+            for policy in policies
+        ]
         if parallel:  # run every block size's points together at the end
             streams[bs] = stream
             points += mine
@@ -129,8 +133,9 @@ def _hitrate(trace: Trace, cfg: SimulationConfig, bar: ProgressBar) -> list[dict
 def _scaled(trace: Trace, scale: float) -> Trace:
     if scale == 1.0:
         return trace
-    reqs = [Request(r.arrival_ms / scale, r.input_len, r.output_len, r.hash_ids)
-            for r in trace.requests]
+    reqs = [
+        Request(r.arrival_ms / scale, r.input_len, r.output_len, r.hash_ids) for r in trace.requests
+    ]
     return Trace(reqs, trace.hash_block_size, trace.name, dict(trace.meta))
 
 
@@ -143,7 +148,8 @@ def serving_blocks(kv_tokens: int, block_size: int, *, given: bool) -> int:
         raise InvalidArgumentError(
             f"{what} of {kv_tokens:,} tokens holds 0 blocks of {block_size:,} tokens, so the "
             f"serving replay would have no KV memory: use --block-size <= {kv_tokens:,}, "
-            f"--kv-tokens >= {block_size:,}, or --mode hitrate")
+            f"--kv-tokens >= {block_size:,}, or --mode hitrate"
+        )
     return blocks
 
 
@@ -155,22 +161,25 @@ def _backend(inputs: ServeInputs, spec: BackendSpec) -> MemoryBackend:
     trace, stream, blocks, cfg = inputs
     kind, arg = spec
     if kind == "paged":
-        return PagedBackend(stream, blocks, policy=cfg.serve_policy, prefix_caching=arg,
-                            watermark=cfg.watermark)
+        return PagedBackend(
+            stream, blocks, policy=cfg.serve_policy, prefix_caching=arg, watermark=cfg.watermark
+        )
     max_len = cfg.max_model_len or default_max_model_len(trace)
     return ContiguousBackend(trace, blocks * stream.block_size, arg, max_len)
 
 
-def _serve_point(inputs: ServeInputs, spec: BackendSpec
-                 ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+def _serve_point(
+    inputs: ServeInputs, spec: BackendSpec
+) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
     """One serving replay (module level, so worker processes can run it)."""
     be = _backend(inputs, spec)
     res = replay(inputs[0], be, inputs[3].cost, inputs[3].limits)
     return be.name, dict(res.summary), res.timeline
 
 
-def _serve(trace: Trace, cfg: SimulationConfig, blocks: int, bar: ProgressBar
-           ) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], int]:
+def _serve(
+    trace: Trace, cfg: SimulationConfig, blocks: int, bar: ProgressBar
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], int]:
     trace = _scaled(trace, cfg.arrival_scale)
     bs = cfg.block_sizes[0]
     inputs: ServeInputs = (trace, build_block_stream(trace, bs), blocks, cfg)
@@ -198,8 +207,9 @@ def _serve(trace: Trace, cfg: SimulationConfig, blocks: int, bar: ProgressBar
     return summaries, timelines, blocks * bs
 
 
-def run_simulation(trace: Trace, cfg: SimulationConfig, progress: ProgressBar | None = None
-                   ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+def run_simulation(
+    trace: Trace, cfg: SimulationConfig, progress: ProgressBar | None = None
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Run the configured modes; return the report and the serving timelines (for plots)."""
     cfg.validate()
     bar = progress or ProgressBar(enabled=False)
@@ -219,7 +229,8 @@ def run_simulation(trace: Trace, cfg: SimulationConfig, progress: ProgressBar | 
     if serving:
         report["serving"], timelines, kv = _serve(trace, cfg, blocks, bar)
         report["config"]["kv_tokens_used"] = kv
-        report["warnings"] = serving_warnings(report["serving"], trace, cfg.cost,
-                                              cfg.arrival_scale, cfg.limits.max_num_seqs)
+        report["warnings"] = serving_warnings(
+            report["serving"], trace, cfg.cost, cfg.arrival_scale, cfg.limits.max_num_seqs
+        )
     bar.close()
     return report, timelines

@@ -111,15 +111,34 @@ def replay(
     s = ReplayScheduler(trace, backend, cost or LinearCostModel(), limits or SchedulerLimits())
     s.run(progress)
     return _summarize(
-        backend, s.arrival, s.first_sched, s.first_tok, s.finish, s.out, s.steps, s.preemptions,
-        s.rejected, s.hit_tokens, s.prefill_total, s.timeline_arrays(),
+        backend,
+        s.arrival,
+        s.first_sched,
+        s.first_tok,
+        s.finish,
+        s.out,
+        s.steps,
+        s.preemptions,
+        s.rejected,
+        s.hit_tokens,
+        s.prefill_total,
+        s.timeline_arrays(),
     )
 
 
 def _summarize(
-    backend: MemoryBackend, arrival: np.ndarray, first_sched: np.ndarray, first_tok: np.ndarray,
-    finish: np.ndarray, out: list[int], steps: int, preemptions: int, rejected: int,
-    hit_tokens: int, prefill_tokens: int, timeline: dict[str, np.ndarray],
+    backend: MemoryBackend,
+    arrival: np.ndarray,
+    first_sched: np.ndarray,
+    first_tok: np.ndarray,
+    finish: np.ndarray,
+    out: list[int],
+    steps: int,
+    preemptions: int,
+    rejected: int,
+    hit_tokens: int,
+    prefill_tokens: int,
+    timeline: dict[str, np.ndarray],
 ) -> ServingResult:
     ok = ~np.isnan(finish)
     outs = np.array(out, dtype=np.float64)
@@ -145,7 +164,8 @@ def _summarize(
         "throughput_out_tok_s": float(outs[ok].sum()) / span_s if span_s else 0.0,
         "mean_batch": float(timeline["running"].mean()) if steps else 0.0,
         "kv_utilization": alloc_area / (float(dt.sum()) * backend.capacity_tokens)
-        if steps else 0.0,
+        if steps
+        else 0.0,
         "token_state_fraction": float((tokens * dt).sum()) / alloc_area if alloc_area else 0.0,
         "prefix_hit_tokens": hit_tokens,
         "prefill_tokens": prefill_tokens,

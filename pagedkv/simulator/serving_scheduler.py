@@ -118,8 +118,11 @@ class ReplayScheduler:
         behind it is admitted. Memory for the whole prompt is taken here, even when chunked."""
         chunked = self.limits.chunked_prefill
         chunks: list[Chunk] = []
-        while (self.waiting and (budget > 0 or not chunked)
-               and len(self.running) + len(self.prefilling) < self.limits.max_num_seqs):
+        while (
+            self.waiting
+            and (budget > 0 or not chunked)
+            and len(self.running) + len(self.prefilling) < self.limits.max_num_seqs
+        ):
             rid = self.waiting[0]
             ntok = self.inp[rid] + self.gen[rid]  # a preempted request recomputes its output
             if not chunked and chunks and ntok > budget:
@@ -160,8 +163,10 @@ class ReplayScheduler:
         self.now += self.cost.step_ms(prefill, len(self.running))
         self.prefill_total += prefill
         self.steps += 1
-        self.backend.commit([(rid, self.kv[rid] + 1) for rid in self.running]
-                            + [(rid, self.kv[rid] + c) for rid, c in chunks])
+        self.backend.commit(
+            [(rid, self.kv[rid] + 1) for rid in self.running]
+            + [(rid, self.kv[rid] + c) for rid, c in chunks]
+        )
 
     def _account(self, chunks: list[Chunk]) -> None:
         """Credit the tokens the batch produced; a prompt's last chunk yields its first

@@ -59,18 +59,26 @@ class SyntheticSpec:
 
     def validate(self) -> None:
         checks = [
-            (self.dataset in DATASETS,
-             f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}"),
+            (
+                self.dataset in DATASETS,
+                f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}",
+            ),
             (self.num_requests > 0, f"num_requests must be > 0, got {self.num_requests}"),
             (self.rate > 0, f"rate must be > 0 requests/s, got {self.rate}"),
             (self.mean_turns >= 1.0, f"mean_turns must be >= 1, got {self.mean_turns}"),
             (self.think_time_s >= 0, f"think_time_s must be >= 0, got {self.think_time_s}"),
-            (self.system_prompt_tokens >= 0,
-             f"system_prompt_tokens must be >= 0, got {self.system_prompt_tokens}"),
-            (self.max_len > self.system_prompt_tokens + 1,
-             f"max_len {self.max_len} must exceed system prompt {self.system_prompt_tokens} + 1"),
-            (0 < self.granularity < 4096,
-             f"granularity must be in [1, 4095], got {self.granularity}"),
+            (
+                self.system_prompt_tokens >= 0,
+                f"system_prompt_tokens must be >= 0, got {self.system_prompt_tokens}",
+            ),
+            (
+                self.max_len > self.system_prompt_tokens + 1,
+                f"max_len {self.max_len} must exceed system prompt {self.system_prompt_tokens} + 1",
+            ),
+            (
+                0 < self.granularity < 4096,
+                f"granularity must be in [1, 4095], got {self.granularity}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:

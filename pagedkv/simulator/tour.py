@@ -23,8 +23,9 @@ TOUR_PROMPTS = 6  # shared prompts (few-shot templates), popularity ~ 1/rank**1.
 TOUR_DOCUMENT_EVERY = 4  # every 4th request is a one-off 320-token document (never reused)
 
 
-def _tour_prompt(rng: np.random.Generator, r: int, shared: list[list[int]]
-                 ) -> tuple[list[int], str]:
+def _tour_prompt(
+    rng: np.random.Generator, r: int, shared: list[list[int]]
+) -> tuple[list[int], str]:
     if r % TOUR_DOCUMENT_EVERY == TOUR_DOCUMENT_EVERY - 1:
         return rng.integers(0, 32000, 320).tolist(), "one-off document"
     weights = 1 / np.arange(1, len(shared) + 1) ** 1.2
@@ -40,22 +41,29 @@ def _tour_preempt(mgr: BlockManager, running: list[str], say: Callable[..., None
     say(f"  preempted {victim} to make room")
 
 
-def _tour_decode(mgr: BlockManager, running: list[str], rng: np.random.Generator,
-                 say: Callable[..., None]) -> None:
+def _tour_decode(
+    mgr: BlockManager, running: list[str], rng: np.random.Generator, say: Callable[..., None]
+) -> None:
     for _ in range(int(rng.integers(4, 40))):
         tokens = rng.integers(0, 32000, len(running))
         while True:
             try:
-                mgr.append_batch(list(running), tokens[:len(running)])
+                mgr.append_batch(list(running), tokens[: len(running)])
                 break
             except OutOfBlocksError:  # the failed call changed nothing: make room, retry
                 _tour_preempt(mgr, running, say)
         mgr.commit(list(running))  # the decode step's forward wrote their KV
 
 
-def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 120,
-             policy: str = "lru", seed: int = 0,
-             verbose: bool = True) -> dict[str, float | int | None]:
+def run_demo(
+    *,
+    num_requests: int = 48,
+    block_size: int = 16,
+    num_blocks: int = 120,
+    policy: str = "lru",
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, float | int | None]:
     """Run the block manager's built-in workload; returns the final statistics as a dict.
 
     Requests use one of six shared prompts of skewed popularity, and every fourth is a one-off
@@ -65,15 +73,25 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
         raise InvalidArgumentError(f"--requests must be positive, got {num_requests}")
     rng = np.random.default_rng(seed)
     cfg = CacheConfig.from_memory_budget(  # pays for num_blocks - 1 usable + the null block
-        (num_blocks - 1) * block_size * 2 * 4 * 8 * 64 * 2, block_size=block_size, num_layers=4,
-        num_kv_heads=8, head_dim=64, dtype="float16", eviction_policy=policy)
+        (num_blocks - 1) * block_size * 2 * 4 * 8 * 64 * 2,
+        block_size=block_size,
+        num_layers=4,
+        num_kv_heads=8,
+        head_dim=64,
+        dtype="float16",
+        eviction_policy=policy,
+    )
     mgr = BlockManager(cfg)
     say: Callable[..., None] = print if verbose else (lambda *a, **k: None)
-    say(f"pool: {cfg.num_usable_blocks} usable blocks x {block_size} tokens "
+    say(
+        f"pool: {cfg.num_usable_blocks} usable blocks x {block_size} tokens "
         f"({(cfg.total_bytes or 0) / 2**20:.1f} MiB of fp16 KV for a 4-layer, 8-head, "
-        f"64-dim model), eviction={policy}")
-    shared = [rng.integers(0, 32000, int(rng.integers(6, 11)) * block_size).tolist()
-              for _ in range(TOUR_PROMPTS)]
+        f"64-dim model), eviction={policy}"
+    )
+    shared = [
+        rng.integers(0, 32000, int(rng.integers(6, 11)) * block_size).tolist()
+        for _ in range(TOUR_PROMPTS)
+    ]
     running: list[str] = []
     for r in range(num_requests):
         prompt, what = _tour_prompt(rng, r, shared)
@@ -84,8 +102,10 @@ def run_demo(*, num_requests: int = 48, block_size: int = 16, num_blocks: int = 
         mgr.commit([sid])  # the prefill wrote its KV: its full blocks become findable
         running.append(sid)
         if r < 4 or r % 12 == 0:
-            say(f"{sid}: {what}, {len(prompt)} tokens, {hit} from cache, blocks "
-                f"{mgr.block_table(sid)[:6]}{'...' if mgr.num_tokens(sid) > 96 else ''}")
+            say(
+                f"{sid}: {what}, {len(prompt)} tokens, {hit} from cache, blocks "
+                f"{mgr.block_table(sid)[:6]}{'...' if mgr.num_tokens(sid) > 96 else ''}"
+            )
         if r % 8 == 0:  # parallel sampling: two continuations share everything so far
             mgr.fork(sid, f"{sid}.b")
             running.append(f"{sid}.b")
@@ -107,11 +127,14 @@ def _tour_summary(mgr: BlockManager, say: Callable[..., None]) -> None:
     st = mgr.stats()
     say("\nstatistics")
     for name, value in [
-            ("prefix hit rate (tokens)", f"{st.hit_rate:.1%}"),
-            ("prefix hit rate (requests)", f"{st.request_hit_rate:.1%}"),
-            ("blocks allocated / released", f"{st.allocations} / {st.frees}"),
-            ("evictions", st.evictions), ("copy-on-write copies", st.cow_copies),
-            ("forks", st.forks), ("peak usage", f"{st.peak_usage:.1%}"),
-            ("cached blocks left", st.blocks_cached)]:
+        ("prefix hit rate (tokens)", f"{st.hit_rate:.1%}"),
+        ("prefix hit rate (requests)", f"{st.request_hit_rate:.1%}"),
+        ("blocks allocated / released", f"{st.allocations} / {st.frees}"),
+        ("evictions", st.evictions),
+        ("copy-on-write copies", st.cow_copies),
+        ("forks", st.forks),
+        ("peak usage", f"{st.peak_usage:.1%}"),
+        ("cached blocks left", st.blocks_cached),
+    ]:
         say(f"  {name:<28} {value}")
     say("(the same workload under another eviction policy: --policy lru, fifo, lfu or s3fifo)")

@@ -114,17 +114,19 @@ def _text_lines(path: Path) -> Iterator[str]:
     try:
         with path.open("rb") as raw:
             gzipped = raw.read(2) == GZIP_MAGIC
-        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as fh:
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as fh:
             if b"\x00" in fh.read(4096):
                 raise InvalidArgumentError(
-                    f"trace {path} is a binary file, not a Mooncake JSONL or Azure CSV trace")
+                    f"trace {path} is a binary file, not a Mooncake JSONL or Azure CSV trace"
+                )
         with gzip.open(path, "rb") if gzipped else path.open("rb") as lines:
             for raw_line in lines:  # decoded line by line, so an error names its line
                 lineno += 1
                 yield raw_line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgumentError(
-            f"{path}:{lineno}: not UTF-8 text ({exc.reason}); is this a trace?") from exc
+            f"{path}:{lineno}: not UTF-8 text ({exc.reason}); is this a trace?"
+        ) from exc
     except (OSError, EOFError, zlib.error) as exc:  # unreadable; a corrupt or truncated gzip
         raise InvalidArgumentError(f"cannot read trace {path}: {exc}") from exc
 
@@ -142,7 +144,8 @@ class _ArrivalOrder:
         if t < self.last:
             raise InvalidArgumentError(
                 f"{self.path}:{lineno}: timestamp {t:g} is earlier than the previous request's "
-                f"{self.last:g}; the trace must be sorted by arrival time")
+                f"{self.last:g}; the trace must be sorted by arrival time"
+            )
         self.last = t
 
 
@@ -193,8 +196,11 @@ def _azure_row(row: dict[str, str | None]) -> tuple[float, int, int]:
     for name in AZURE_FIELDS:
         if row.get(name) is None:
             raise ValueError(f"missing field {name!r}")
-    return (_parse_azure_time(str(row["TIMESTAMP"])), int(str(row["ContextTokens"])),
-            int(str(row["GeneratedTokens"])))
+    return (
+        _parse_azure_time(str(row["TIMESTAMP"])),
+        int(str(row["ContextTokens"])),
+        int(str(row["GeneratedTokens"])),
+    )
 
 
 def load_azure(path: str | Path, *, limit: int = 0) -> Trace:
@@ -214,7 +220,8 @@ def load_azure(path: str | Path, *, limit: int = 0) -> Trace:
             t, ctx, gen = _azure_row(row)
         except (ValueError, TypeError) as exc:
             raise InvalidArgumentError(
-                f"{path}:{reader.line_num}: bad Azure record: {exc}") from exc
+                f"{path}:{reader.line_num}: bad Azure record: {exc}"
+            ) from exc
         order.check(reader.line_num, t)
         if ctx <= 0:
             continue  # a zero-length prompt cannot occupy KV memory; skip like the trace docs

@@ -23,8 +23,7 @@ def check_int(value: object, name: str, low: int | None = None, high: int | None
     """``value`` as a Python int; :class:`InvalidArgumentError` unless it is an integer (numpy
     integers included; bool, float, str and None are not) with ``low <= value < high``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgumentError(f"{name}: expected an int, got {type(value).__name__} "
-                                   f"{value!r}")
+        raise InvalidArgumentError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     v = int(value)
     if (low is not None and v < low) or (high is not None and v >= high):
         if high is None:
@@ -71,8 +70,9 @@ def int_array(x: object, name: str, ndim: int) -> np.ndarray:
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as e:
-        raise ShapeError(f"{name}: expected a {ndim}-D integer array, got ragged or mixed "
-                         f"input ({e})") from None
+        raise ShapeError(
+            f"{name}: expected a {ndim}-D integer array, got ragged or mixed input ({e})"
+        ) from None
     if arr.ndim != ndim:
         raise ShapeError(f"{name}: expected a {ndim}-D index, got shape {list(arr.shape)}")
     if arr.size == 0:
@@ -80,8 +80,7 @@ def int_array(x: object, name: str, ndim: int) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise ShapeError(f"{name}: expected an integer dtype, got {arr.dtype}")
     if arr.dtype == np.uint64 and int(arr.max()) > _INT64_MAX:
-        raise InvalidArgumentError(f"{name}: expected values <= {_INT64_MAX}, got "
-                                   f"{int(arr.max())}")
+        raise InvalidArgumentError(f"{name}: expected values <= {_INT64_MAX}, got {int(arr.max())}")
     return arr.astype(np.int64, copy=False)
 
 
@@ -101,8 +100,9 @@ def as_index_tensor(x: IndexLike, name: str, device: torch.device) -> torch.Tens
     return t.to(device=device, dtype=torch.int64)
 
 
-def block_pairs(pairs: object, n_src: int, n_dst: int, what: str
-                ) -> tuple[np.ndarray, np.ndarray] | None:
+def block_pairs(
+    pairs: object, n_src: int, n_dst: int, what: str
+) -> tuple[np.ndarray, np.ndarray] | None:
     """``(src, dst)`` int64 block ids of ``[(src, dst), ...]`` pairs, or None when empty.
 
     Sources must lie in ``[0, n_src)``, destinations in ``[0, n_dst)`` and be distinct (a batched
@@ -120,7 +120,8 @@ def block_pairs(pairs: object, n_src: int, n_dst: int, what: str
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= bound:
             raise InvalidArgumentError(
-                f"{what} {name} blocks: expected ids in [0, {bound}), got [{lo}, {hi}]")
+                f"{what} {name} blocks: expected ids in [0, {bound}), got [{lo}, {hi}]"
+            )
     if len(np.unique(dst)) != len(dst):
         raise InvalidArgumentError(f"{what}: expected distinct destination blocks")
     return src, dst

@@ -44,17 +44,25 @@ class PagedKVCache:
         """``sliding_window`` applies to every sequence this cache creates (blocks wholly behind
         the window of the first token of an append are released)."""
         if sliding_window is not None and not isinstance(sliding_window, SlidingWindow):
-            raise InvalidArgumentError(f"sliding_window: expected a SlidingWindow or None, got "
-                                       f"{type(sliding_window).__name__} {sliding_window!r}")
+            raise InvalidArgumentError(
+                f"sliding_window: expected a SlidingWindow or None, got "
+                f"{type(sliding_window).__name__} {sliding_window!r}"
+            )
         self.sliding_window = sliding_window
         if config is None:
-            config = CacheConfig(block_size=block_size, num_blocks=num_blocks,
-                                 enable_prefix_caching=False)
+            config = CacheConfig(
+                block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=False
+            )
         self.config = config
         self.manager = BlockManager(config)
-        self.storage = KVStorage.from_config(config, num_layers=num_layers,
-                                             num_kv_heads=num_kv_heads, head_dim=head_dim,
-                                             dtype=dtype, device=device)
+        self.storage = KVStorage.from_config(
+            config,
+            num_layers=num_layers,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            dtype=dtype,
+            device=device,
+        )
 
     # ------------------------------------------------------------- writes
     def append(
@@ -97,18 +105,19 @@ class PagedKVCache:
             if token_ids is None and mgr.seq(seq_id).tokens is not None:
                 raise InvalidArgumentError(
                     f"token_ids: expected {n} ids for sequence {seq_id!r} (it was created with "
-                    "token ids), got None")
+                    "token ids), got None"
+                )
             slots = mgr.append(seq_id, np.zeros(n, np.int64) if ids is None else ids)
             write_from = 0
         st.copy_blocks(mgr.take_copies())
         for layer in range(st.num_layers):
-            st.write(layer, key[layer, write_from:], value[layer, write_from:],
-                     slots[write_from:])
+            st.write(layer, key[layer, write_from:], value[layer, write_from:], slots[write_from:])
         mgr.commit([seq_id])  # KV written: its full blocks may now serve prefix hits
         return slots
 
-    def write_kv(self, seq_id: Hashable, layer: int, start: int, key: torch.Tensor,
-                 value: torch.Tensor) -> None:
+    def write_kv(
+        self, seq_id: Hashable, layer: int, start: int, key: torch.Tensor, value: torch.Tensor
+    ) -> None:
         """Overwrite one layer's K/V at existing positions ``[start, start + n)``.
 
         Args:
@@ -123,12 +132,14 @@ class PagedKVCache:
         if not all(mgr.is_block_writable(b) for b in blocks.tolist()):
             raise InvalidArgumentError(
                 f"write_kv: expected positions [{start}, {end}) in private blocks of "
-                f"{seq_id!r}, got shared or cached blocks")
+                f"{seq_id!r}, got shared or cached blocks"
+            )
         st.write(layer, key, value, slots)
 
     # -------------------------------------------------------------- reads
-    def read_kv(self, seq_id: Hashable, layer: int, start: int = 0, end: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_kv(
+        self, seq_id: Hashable, layer: int, start: int = 0, end: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer's K/V at positions ``[start, end)`` as contiguous ``[n, H, D]`` each."""
         slots = self._live_slots(seq_id, start, end)
         return self.storage.gather_slots(layer, slots)
@@ -142,8 +153,9 @@ class PagedKVCache:
         k, v = self.materialize(seq_id, position % n, position % n + 1)
         return k[:, 0], v[:, 0]
 
-    def materialize(self, seq_id: Hashable, start: int = 0, end: int | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def materialize(
+        self, seq_id: Hashable, start: int = 0, end: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The sequence's K/V for positions ``[start, end)``, contiguous ``[L, n, H, D]`` each
         (one gather over all layers)."""
         st = self.storage
@@ -164,7 +176,8 @@ class PagedKVCache:
             runs = ", ".join(f"[{int(r[0])}, {int(r[-1]) + 1})" for r in np.split(pos, cuts))
             raise InvalidArgumentError(
                 f"positions of sequence {seq_id!r}: expected positions with KV, got {runs} "
-                "released by the sliding window")
+                "released by the sliding window"
+            )
         return slots
 
     def num_tokens(self, seq_id: Hashable) -> int:
@@ -195,5 +208,6 @@ class PagedKVCache:
         self.manager.check_integrity()
         self.storage.check_integrity()
         if self.manager.num_pending_copies:
-            raise PagedKVError(f"{self.manager.num_pending_copies} copy-on-write copies were "
-                               "left unexecuted")
+            raise PagedKVError(
+                f"{self.manager.num_pending_copies} copy-on-write copies were left unexecuted"
+            )

@@ -116,7 +116,7 @@ class FastRespParser(BaseParser):
         while True:
             end = self._buf.find(_CRLF, self._pos)
             if end >= 0:
-                line = bytes(self._buf[self._pos:end])
+                line = bytes(self._buf[self._pos : end])
                 self._pos = end + 2
                 return line
             self._fill()
@@ -126,13 +126,13 @@ class FastRespParser(BaseParser):
         if n < _BIG:
             while len(self._buf) - self._pos < n + 2:
                 self._fill()
-            data = bytes(self._buf[self._pos:self._pos + n])
+            data = bytes(self._buf[self._pos : self._pos + n])
             self._pos += n + 2
             return data
         out = bytearray(n)
         got = min(n, len(self._buf) - self._pos)
         with memoryview(self._buf) as buffered:  # a view: no temporary copy of the slice
-            out[:got] = buffered[self._pos:self._pos + got]
+            out[:got] = buffered[self._pos : self._pos + got]
         self._pos += got
         view = memoryview(out)
         assert self._sock is not None, "not connected"

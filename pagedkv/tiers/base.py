@@ -140,9 +140,12 @@ class KVTier(ABC):
             self._count(dropped_writes=len(items))
             return
         nbytes = sum(len(items[i][1]) for i in written)
-        self._count(bytes_stored=nbytes, blocks_stored=len(written),
-                    dropped_writes=len(items) - len(written),
-                    store_seconds=time.perf_counter() - t0)
+        self._count(
+            bytes_stored=nbytes,
+            blocks_stored=len(written),
+            dropped_writes=len(items) - len(written),
+            store_seconds=time.perf_counter() - t0,
+        )
 
     def evict(self, nbytes: int) -> int:
         """Free at least ``nbytes`` (least recently used first); returns bytes freed."""
@@ -181,8 +184,13 @@ class KVTier(ABC):
         tag = f"{op}:{type(exc).__name__}"
         if tag not in self._logged:
             self._logged.add(tag)
-            log.warning("kv tier %s: %s failed (%s: %s); answering with misses",
-                        self.name, op, type(exc).__name__, exc)
+            log.warning(
+                "kv tier %s: %s failed (%s: %s); answering with misses",
+                self.name,
+                op,
+                type(exc).__name__,
+                exc,
+            )
 
     def clear_logged(self) -> None:
         """Re-arm log-once after a recovery, so the next outage is logged again."""

@@ -51,15 +51,25 @@ class TieredKVCache:
         promote: copy blocks loaded from a slower tier into the faster ones.
     """
 
-    def __init__(self, tiers: Sequence[KVTier], fingerprint: bytes, storage: KVStorage,
-                 block_size: int | None = None, *, background: bool = False,
-                 max_queue: int = 64, promote: bool = True) -> None:
+    def __init__(
+        self,
+        tiers: Sequence[KVTier],
+        fingerprint: bytes,
+        storage: KVStorage,
+        block_size: int | None = None,
+        *,
+        background: bool = False,
+        max_queue: int = 64,
+        promote: bool = True,
+    ) -> None:
         if len(fingerprint) != FINGERPRINT_BYTES:
             raise InvalidArgumentError(
-                f"fingerprint: expected {FINGERPRINT_BYTES} bytes, got {len(fingerprint)}")
+                f"fingerprint: expected {FINGERPRINT_BYTES} bytes, got {len(fingerprint)}"
+            )
         if block_size is not None and block_size != storage.block_size:
             raise InvalidArgumentError(
-                f"block_size: expected storage.block_size={storage.block_size}, got {block_size}")
+                f"block_size: expected storage.block_size={storage.block_size}, got {block_size}"
+            )
         self.tiers = list(tiers)
         self.fingerprint = bytes(fingerprint)
         self.storage = storage
@@ -72,8 +82,15 @@ class TieredKVCache:
         self._kv_np = kv.view(torch.uint8).numpy() if kv.device.type == "cpu" else None
         self._writer = BackgroundWriter(max_queue) if background else None
         self._logged: set[str] = set()
-        self.counters = {"lookups": 0, "lookup_blocks": 0, "loads": 0, "loaded_blocks": 0,
-                         "stores": 0, "stored_blocks": 0, "dropped_stores": 0}
+        self.counters = {
+            "lookups": 0,
+            "lookup_blocks": 0,
+            "loads": 0,
+            "loaded_blocks": 0,
+            "stores": 0,
+            "stored_blocks": 0,
+            "dropped_stores": 0,
+        }
 
     # ------------------------------------------------------------------ API
     def keys(self, chain_hashes: Sequence[bytes]) -> list[bytes]:
@@ -106,13 +123,13 @@ class TieredKVCache:
             run = tier.contains_prefix(keys[done:])
             if not run:
                 continue
-            values = tier.get_many(keys[done:done + run])
+            values = tier.get_many(keys[done : done + run])
             payloads, tokens, end = self._validate(tier, chain_hashes[done:], values)
             if payloads:
-                self._write_blocks(block_ids[done:done + len(payloads)], payloads)
+                self._write_blocks(block_ids[done : done + len(payloads)], payloads)
                 tier.record_hits(len(payloads), tokens)
                 if self.promote and ti:
-                    self._promote(ti, keys[done:done + len(payloads)], values[:len(payloads)])
+                    self._promote(ti, keys[done : done + len(payloads)], values[: len(payloads)])
                 done += len(payloads)
             if end:
                 break
@@ -120,8 +137,9 @@ class TieredKVCache:
         self.counters["loaded_blocks"] += done
         return done
 
-    def store(self, chain_hashes: Sequence[bytes], block_ids: Sequence[int],
-              num_tokens: int | None = None) -> int:
+    def store(
+        self, chain_hashes: Sequence[bytes], block_ids: Sequence[int], num_tokens: int | None = None
+    ) -> int:
         """Write blocks to every tier (write-through). ``num_tokens``: valid tokens of the last
         block (default: full). The bytes are copied out of storage before this returns, so the
         caller may overwrite the blocks at once; encoding and writing may run in the background.
@@ -175,8 +193,9 @@ class TieredKVCache:
         if any(not 0 <= int(b) < n for b in block_ids):
             raise InvalidArgumentError(f"{op}: block ids must be in [0, {n}), got {block_ids}")
 
-    def _validate(self, tier: KVTier, hashes: Sequence[bytes], values: Sequence[Value | None]
-                  ) -> tuple[list[memoryview], int, bool]:
+    def _validate(
+        self, tier: KVTier, hashes: Sequence[bytes], values: Sequence[Value | None]
+    ) -> tuple[list[memoryview], int, bool]:
         """Leading valid payloads, their token count, and whether the chain ends here (a
         partial block can only be the last one)."""
         payloads: list[memoryview] = []
@@ -184,13 +203,20 @@ class TieredKVCache:
         for chain_hash, value in zip(hashes, values, strict=False):  # hashes may be longer
             if value is None:
                 return payloads, tokens, False
-            got = decode_block(value, fingerprint=self.fingerprint, chain_hash=chain_hash,
-                               dtype=self._dtype, payload_len=self._payload_len,
-                               max_tokens=self.block_size)
+            got = decode_block(
+                value,
+                fingerprint=self.fingerprint,
+                chain_hash=chain_hash,
+                dtype=self._dtype,
+                payload_len=self._payload_len,
+                max_tokens=self.block_size,
+            )
             if isinstance(got, Rejection):
                 tier.record_rejected()
-                self._log_once(f"{tier.name}:{got.reason.name}",
-                               f"kv tier {tier.name}: rejected a value ({got.reason.value})")
+                self._log_once(
+                    f"{tier.name}:{got.reason.name}",
+                    f"kv tier {tier.name}: rejected a value ({got.reason.value})",
+                )
                 return payloads, tokens, False
             payloads.append(got.payload)
             tokens += got.num_tokens
@@ -213,8 +239,9 @@ class TieredKVCache:
                 np.copyto(dst, np.frombuffer(payload, dtype=np.uint8).reshape(dst.shape))
             return
         n = len(payloads)
-        stage = torch.empty((n, self._payload_len), dtype=torch.uint8,
-                            pin_memory=s.device.type == "cuda")
+        stage = torch.empty(
+            (n, self._payload_len), dtype=torch.uint8, pin_memory=s.device.type == "cuda"
+        )
         stage_np = stage.numpy()
         for i, payload in enumerate(payloads):
             stage_np[i] = np.frombuffer(payload, dtype=np.uint8)
@@ -223,8 +250,9 @@ class TieredKVCache:
         ids = torch.as_tensor(list(block_ids), dtype=torch.int64, device=s.device)
         s.kv_cache.index_copy_(1, ids, blocks.transpose(0, 1))
 
-    def _copy_out(self, hashes: Sequence[bytes], block_ids: Sequence[int],
-                  tokens: Sequence[int]) -> list[bytearray]:
+    def _copy_out(
+        self, hashes: Sequence[bytes], block_ids: Sequence[int], tokens: Sequence[int]
+    ) -> list[bytearray]:
         """Synchronously copy each block out of storage into a new, unsealed value (header +
         payload; ``seal`` adds the checksum later). The payload is the block's C-order
         ``[L, 2, T, H, D]`` bytes. CPU: one copy per block, storage -> value; other devices:
@@ -247,8 +275,7 @@ class TieredKVCache:
         return values
 
     def _write_tiers(self, keys: list[bytes], values: list[bytearray]) -> None:
-        items: list[tuple[bytes, Value]] = [
-            (k, seal(v)) for k, v in zip(keys, values, strict=True)]
+        items: list[tuple[bytes, Value]] = [(k, seal(v)) for k, v in zip(keys, values, strict=True)]
         for tier in self.tiers:
             tier.put_many(items)
 

@@ -52,8 +52,9 @@ class DiskTier(LocalTier):
 
     name = "disk"
 
-    def __init__(self, path: str | os.PathLike[str], capacity_bytes: int = 64 << 30, *,
-                 fsync: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], capacity_bytes: int = 64 << 30, *, fsync: bool = False
+    ) -> None:
         super().__init__(capacity_bytes)
         self.root = Path(path)
         self._data = self.root / "v1"

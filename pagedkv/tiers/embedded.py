@@ -31,13 +31,22 @@ class EmbeddedValkey:
     def __enter__(self) -> EmbeddedValkey:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
-def embedded_valkey(*, maxmemory: str | int = "2gb", policy: str = "allkeys-lru",
-                    port: int | None = None, **config: Any) -> EmbeddedValkey:
+def embedded_valkey(
+    *,
+    maxmemory: str | int = "2gb",
+    policy: str = "allkeys-lru",
+    port: int | None = None,
+    **config: Any,
+) -> EmbeddedValkey:
     """Start Valkey on 127.0.0.1 and return its handle (``.url``, ``.stop()``).
 
     Args:

@@ -49,7 +49,11 @@ _FIXED = struct.Struct("<4sHBBIQ16s")
 
 #: Dtype name (``str(torch_dtype)`` without ``torch.``) -> code stored in the header.
 DTYPE_CODES: dict[str, int] = {
-    "float32": 1, "float16": 2, "bfloat16": 3, "float8_e4m3fn": 4, "float8_e5m2": 5,
+    "float32": 1,
+    "float16": 2,
+    "bfloat16": 3,
+    "float8_e4m3fn": 4,
+    "float8_e5m2": 5,
 }
 
 
@@ -97,9 +101,16 @@ def dtype_code(dtype: object) -> int:
     return DTYPE_CODES[name]
 
 
-def fingerprint_for(model_name: str, revision: str | None, dtype: object, block_size: int,
-                    num_layers: int, num_kv_heads: int, head_dim: int,
-                    layout: str = LAYOUT_V1) -> bytes:
+def fingerprint_for(
+    model_name: str,
+    revision: str | None,
+    dtype: object,
+    block_size: int,
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    layout: str = LAYOUT_V1,
+) -> bytes:
     """16 bytes naming a KV byte format: sha256 over a canonical JSON of every input.
 
     Two engines share blocks iff their fingerprints are equal, so include everything that
@@ -107,10 +118,17 @@ def fingerprint_for(model_name: str, revision: str | None, dtype: object, block_
     ``None`` two checkpoints of one name would share (wrong) blocks. The cache salt is not an
     input: it is per request and already inside every chain hash (its root).
     """
-    ident = {"format": VERSION, "model": model_name, "revision": revision,
-             "dtype": dtype_name(dtype), "block_size": int(block_size),
-             "num_layers": int(num_layers), "num_kv_heads": int(num_kv_heads),
-             "head_dim": int(head_dim), "layout": layout}
+    ident = {
+        "format": VERSION,
+        "model": model_name,
+        "revision": revision,
+        "dtype": dtype_name(dtype),
+        "block_size": int(block_size),
+        "num_layers": int(num_layers),
+        "num_kv_heads": int(num_kv_heads),
+        "head_dim": int(head_dim),
+        "layout": layout,
+    }
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(b"pagedkv-fingerprint|" + blob).digest()[:FINGERPRINT_BYTES]
 
@@ -120,26 +138,32 @@ def block_key(fingerprint: bytes, chain_hash: bytes) -> bytes:
     return KEY_PREFIX + fingerprint.hex().encode() + b":" + chain_hash.hex().encode()
 
 
-def header_bytes(fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload_len: int,
-                 dtype: int) -> bytes:
+def header_bytes(
+    fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload_len: int, dtype: int
+) -> bytes:
     """The header of a value (see module docstring)."""
     if len(fingerprint) != FINGERPRINT_BYTES or not 0 < len(chain_hash) <= MAX_HASH_BYTES:
-        raise TierConfigError(f"fingerprint must be {FINGERPRINT_BYTES} bytes and chain hash "
-                              f"1..{MAX_HASH_BYTES}; got {len(fingerprint)}, {len(chain_hash)}")
-    return _FIXED.pack(MAGIC, VERSION, dtype, len(chain_hash), num_tokens, payload_len,
-                       fingerprint) + chain_hash
+        raise TierConfigError(
+            f"fingerprint must be {FINGERPRINT_BYTES} bytes and chain hash "
+            f"1..{MAX_HASH_BYTES}; got {len(fingerprint)}, {len(chain_hash)}"
+        )
+    return (
+        _FIXED.pack(MAGIC, VERSION, dtype, len(chain_hash), num_tokens, payload_len, fingerprint)
+        + chain_hash
+    )
 
 
-def new_value(fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload_len: int,
-              dtype: int) -> tuple[bytearray, memoryview]:
+def new_value(
+    fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload_len: int, dtype: int
+) -> tuple[bytearray, memoryview]:
     """An unsealed value with its header written, and a view of its payload region to fill.
 
     Why: the store path copies a block out of storage straight into the value (one copy, no
     concatenation); :func:`seal` then appends the checksum, possibly on another thread."""
     header = header_bytes(fingerprint, chain_hash, num_tokens, payload_len, dtype)
     value = bytearray(len(header) + payload_len + CHECKSUM_BYTES)
-    value[:len(header)] = header
-    return value, memoryview(value)[len(header):len(header) + payload_len]
+    value[: len(header)] = header
+    return value, memoryview(value)[len(header) : len(header) + payload_len]
 
 
 def seal(value: bytearray) -> bytearray:
@@ -150,8 +174,9 @@ def seal(value: bytearray) -> bytearray:
     return value
 
 
-def encode_block(fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload: Value,
-                 dtype: int) -> bytearray:
+def encode_block(
+    fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload: Value, dtype: int
+) -> bytearray:
     """header + payload + xxh3_128(header + payload). ``payload``: the block's raw KV bytes."""
     src = memoryview(payload).cast("B")
     value, region = new_value(fingerprint, chain_hash, num_tokens, len(src), dtype)
@@ -160,8 +185,15 @@ def encode_block(fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload
     return seal(value)
 
 
-def decode_block(value: Value, *, fingerprint: bytes, chain_hash: bytes, dtype: int,
-                 payload_len: int, max_tokens: int) -> DecodedBlock | Rejection:
+def decode_block(
+    value: Value,
+    *,
+    fingerprint: bytes,
+    chain_hash: bytes,
+    dtype: int,
+    payload_len: int,
+    max_tokens: int,
+) -> DecodedBlock | Rejection:
     """Validate ``value`` as the block ``chain_hash`` of format ``fingerprint``.
 
     Cheap structural and identity checks first, the checksum last. Never raises on bad data.
@@ -181,7 +213,7 @@ def decode_block(value: Value, *, fingerprint: bytes, chain_hash: bytes, dtype: 
         return Rejection(reason, f"{len(mv)} bytes, header says {total}")
     checks = (
         (fp == fingerprint, RejectReason.FINGERPRINT),
-        (mv[_FIXED.size:head] == chain_hash, RejectReason.CHAIN_HASH),
+        (mv[_FIXED.size : head] == chain_hash, RejectReason.CHAIN_HASH),
         (code == dtype, RejectReason.DTYPE),
         (plen == payload_len, RejectReason.PAYLOAD_SIZE),
         (0 < ntok <= max_tokens, RejectReason.NUM_TOKENS),
@@ -189,6 +221,6 @@ def decode_block(value: Value, *, fingerprint: bytes, chain_hash: bytes, dtype: 
     for ok, reason in checks:
         if not ok:
             return Rejection(reason)
-    if xxhash.xxh3_128_digest(mv[:head + plen]) != mv[head + plen:]:
+    if xxhash.xxh3_128_digest(mv[: head + plen]) != mv[head + plen :]:
         return Rejection(RejectReason.CHECKSUM)
-    return DecodedBlock(num_tokens=ntok, payload=mv[head:head + plen])
+    return DecodedBlock(num_tokens=ntok, payload=mv[head : head + plen])

@@ -106,4 +106,3 @@ class HostTier(LocalTier):
         with self._lock:
             self._values.clear()
             self._used = 0
-

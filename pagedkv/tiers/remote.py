@@ -54,10 +54,18 @@ class RemoteTier(KVTier):
 
     name = "remote"
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379", *, timeout_s: float = 2.0,
-                 connect_timeout_s: float = 1.0, backoff_s: float = 0.5,
-                 max_backoff_s: float = 30.0, ttl_s: int | None = None,
-                 max_keys_per_call: int = 128, key_prefix: bytes = KEY_PREFIX) -> None:
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379",
+        *,
+        timeout_s: float = 2.0,
+        connect_timeout_s: float = 1.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        ttl_s: int | None = None,
+        max_keys_per_call: int = 128,
+        key_prefix: bytes = KEY_PREFIX,
+    ) -> None:
         super().__init__()
         if not url.startswith(SCHEMES):
             raise TierConfigError(f"remote tier url: expected one of {SCHEMES}, got {url!r}")
@@ -75,8 +83,13 @@ class RemoteTier(KVTier):
         try:
             # Any: the client's stubs type every reply as ``Awaitable | Any``.
             self._client: Any = valkey.Valkey.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s,
-                parser_class=FastRespParser, protocol=2, health_check_interval=0)
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=connect_timeout_s,
+                parser_class=FastRespParser,
+                protocol=2,
+                health_check_interval=0,
+            )
         except (ValueError, valkey.ValkeyError) as exc:
             raise TierConfigError(f"remote tier url {url!r}: {exc}") from exc
 
@@ -104,7 +117,7 @@ class RemoteTier(KVTier):
             log.warning("kv tier remote: %s reachable again", self.url)
 
     def _chunks(self, seq: Sequence[Any]) -> list[Sequence[Any]]:
-        return [seq[i:i + self._batch] for i in range(0, len(seq), self._batch)]
+        return [seq[i : i + self._batch] for i in range(0, len(seq), self._batch)]
 
     # ------------------------------------------------------------------ hooks
     def _contains_prefix(self, keys: Sequence[bytes]) -> int:
@@ -141,7 +154,7 @@ class RemoteTier(KVTier):
         written: list[int] = []
         for start in range(0, len(items), self._batch):
             pipe = self._client.pipeline(transaction=False)
-            for key, value in items[start:start + self._batch]:
+            for key, value in items[start : start + self._batch]:
                 # memoryview: the client refuses bytearray, and sends a view without a copy
                 pipe.set(key, memoryview(value), ex=self.ttl_s)
             for i, result in enumerate(pipe.execute(raise_on_error=False)):

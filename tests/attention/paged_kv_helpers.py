@@ -14,8 +14,9 @@ TOL = {
 }
 
 
-def make_paged_kv(seq_lens, *, hq=4, hkv=2, d=8, bs=4, dtype=torch.float32, share_prefix_blocks=0,
-                  seed=0):
+def make_paged_kv(
+    seq_lens, *, hq=4, hkv=2, d=8, bs=4, dtype=torch.float32, share_prefix_blocks=0, seed=0
+):
     """Random contiguous K/V per sequence written into a paged storage with shuffled tables.
 
     Sequences may share their first ``share_prefix_blocks`` blocks (a forked / prefix-hit
@@ -24,8 +25,14 @@ def make_paged_kv(seq_lens, *, hq=4, hkv=2, d=8, bs=4, dtype=torch.float32, shar
     need = [-(-s // bs) for s in seq_lens]
     num_blocks = 1 + sum(need) + 2
     perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-    store = KVStorage(num_layers=1, num_blocks=num_blocks, block_size=bs, num_kv_heads=hkv,
-                      head_dim=d, dtype=dtype)
+    store = KVStorage(
+        num_layers=1,
+        num_blocks=num_blocks,
+        block_size=bs,
+        num_kv_heads=hkv,
+        head_dim=d,
+        dtype=dtype,
+    )
     tables, ks, vs = [], [], []
     shared = perm[:share_prefix_blocks]
     perm = perm[share_prefix_blocks:]

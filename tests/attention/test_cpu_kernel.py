@@ -41,16 +41,23 @@ def _sdpa_decode(q, k, v, *, window=None, sink=0, scale=None):
         j = torch.arange(length)
         mask = ((length - 1 - j < window) | (j < sink))[None, None, None]
     out = nnf.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-        attn_mask=mask, scale=scale, enable_gqa=hq != hkv)
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=hq != hkv,
+    )
     return out[0].transpose(0, 1)
 
 
 def _both(q, store, tables, seq_lens, **kw):
-    cpu = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                          backend="cpu", **kw)
-    ref = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                          backend="torch", **kw)
+    cpu = paged_attention(
+        q, store.layer(0), block_tables=tables, seq_lens=seq_lens, backend="cpu", **kw
+    )
+    ref = paged_attention(
+        q, store.layer(0), block_tables=tables, seq_lens=seq_lens, backend="torch", **kw
+    )
     return cpu, ref
 
 
@@ -65,8 +72,9 @@ def test_decode_matches_reference_and_sdpa(dtype, hq, hkv):
     assert cpu.dtype == dtype
     torch.testing.assert_close(cpu, ref, **TOL[dtype])
     for b in range(len(seq_lens)):
-        torch.testing.assert_close(cpu[b : b + 1], _sdpa_decode(q[b : b + 1], ks[b], vs[b]),
-                                   **TOL[dtype])
+        torch.testing.assert_close(
+            cpu[b : b + 1], _sdpa_decode(q[b : b + 1], ks[b], vs[b]), **TOL[dtype]
+        )
 
 
 @pytest.mark.parametrize("use_avx2", [True, False])
@@ -77,13 +85,21 @@ def test_isa_paths_and_task_splits_agree(use_avx2, heads_per_task):
     seq_lens = [1, 15, 16, 17, 100]
     store, tables, ks, vs = make_paged_kv(seq_lens, hq=32, hkv=8, d=128, bs=16, seed=2)
     q = torch.randn(len(seq_lens), 32, 128)
-    meta = AttentionMetadata.build(block_size=16, block_tables=tables, seq_lens=seq_lens,
-                                   query_lens=[1] * len(seq_lens))
-    out = cpu_kernel.paged_decode(q, store.layer(0), meta.block_tables, meta.seq_lens_t,
-                                  heads_per_task=heads_per_task, use_avx2=use_avx2)
+    meta = AttentionMetadata.build(
+        block_size=16, block_tables=tables, seq_lens=seq_lens, query_lens=[1] * len(seq_lens)
+    )
+    out = cpu_kernel.paged_decode(
+        q,
+        store.layer(0),
+        meta.block_tables,
+        meta.seq_lens_t,
+        heads_per_task=heads_per_task,
+        use_avx2=use_avx2,
+    )
     for b in range(len(seq_lens)):
-        torch.testing.assert_close(out[b : b + 1], _sdpa_decode(q[b : b + 1], ks[b], vs[b]),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            out[b : b + 1], _sdpa_decode(q[b : b + 1], ks[b], vs[b]), **TOL[torch.float32]
+        )
 
 
 def test_scale_and_uniform_lengths():
@@ -93,9 +109,11 @@ def test_scale_and_uniform_lengths():
     cpu, ref = _both(q, store, tables, seq_lens, scale=0.3)
     torch.testing.assert_close(cpu, ref, **TOL[torch.float32])
     for b in range(3):
-        torch.testing.assert_close(cpu[b : b + 1],
-                                   _sdpa_decode(q[b : b + 1], ks[b], vs[b], scale=0.3),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            cpu[b : b + 1],
+            _sdpa_decode(q[b : b + 1], ks[b], vs[b], scale=0.3),
+            **TOL[torch.float32],
+        )
 
 
 @pytest.mark.parametrize(("window", "sink"), [(1, 0), (3, 0), (5, 2), (6, 7), (100, 0), (4, 40)])
@@ -107,8 +125,10 @@ def test_sliding_window_with_sinks(window, sink):
     torch.testing.assert_close(cpu, ref, **TOL[torch.float32])
     for b in range(len(seq_lens)):
         torch.testing.assert_close(
-            cpu[b : b + 1], _sdpa_decode(q[b : b + 1], ks[b], vs[b], window=window, sink=sink),
-            **TOL[torch.float32])
+            cpu[b : b + 1],
+            _sdpa_decode(q[b : b + 1], ks[b], vs[b], window=window, sink=sink),
+            **TOL[torch.float32],
+        )
 
 
 def test_released_null_blocks_are_never_read():
@@ -135,8 +155,9 @@ def test_padded_table_columns_and_shared_blocks():
     cpu, ref = _both(q, store, padded, seq_lens)
     torch.testing.assert_close(cpu, ref, **TOL[torch.float32])
     for b in range(3):
-        torch.testing.assert_close(cpu[b : b + 1], _sdpa_decode(q[b : b + 1], ks[b], vs[b]),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            cpu[b : b + 1], _sdpa_decode(q[b : b + 1], ks[b], vs[b]), **TOL[torch.float32]
+        )
 
 
 def test_prefill_delegates_to_reference():
@@ -155,30 +176,37 @@ def test_backend_selection_and_supports():
     assert backend.name == "cpu"
     assert cpu_kernel.kernel_available()
     store, tables, _, _ = make_paged_kv([5, 6])
-    meta = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=[5, 6],
-                                   query_lens=[1, 1])
+    meta = AttentionMetadata.build(
+        block_size=4, block_tables=tables, seq_lens=[5, 6], query_lens=[1, 1]
+    )
     q = torch.randn(2, 4, 8)
     assert backend.supports(q, store.layer(0), meta)
     assert not backend.supports(q, store.layer(0), meta, sliding_window=0)
     strided = store.layer(0).transpose(3, 4).contiguous().transpose(3, 4)
     assert not backend.supports(q, strided, meta)
-    torch.testing.assert_close(backend.forward(q, strided, meta),
-                               backend.forward(q, store.layer(0), meta), **TOL[torch.float32])
+    torch.testing.assert_close(
+        backend.forward(q, strided, meta),
+        backend.forward(q, store.layer(0), meta),
+        **TOL[torch.float32],
+    )
 
 
 def test_out_of_range_block_id_raises():
     store, _, _, _ = make_paged_kv([5])
-    meta = AttentionMetadata.build(block_size=4, block_tables=[[1, 999]], seq_lens=[5],
-                                   query_lens=[1])
+    meta = AttentionMetadata.build(
+        block_size=4, block_tables=[[1, 999]], seq_lens=[5], query_lens=[1]
+    )
     with pytest.raises(RuntimeError, match="block id out of range"):
-        cpu_kernel.paged_decode(torch.randn(1, 4, 8), store.layer(0), meta.block_tables,
-                                meta.seq_lens_t)
+        cpu_kernel.paged_decode(
+            torch.randn(1, 4, 8), store.layer(0), meta.block_tables, meta.seq_lens_t
+        )
 
 
 def test_build_failure_is_a_library_error(monkeypatch):
     """A failed build raises CpuKernelUnavailableError at selection and is remembered."""
-    monkeypatch.setattr(cpu_kernel, "_STATE", {"module": None, "error": "no compiler",
-                                               "build_s": None})
+    monkeypatch.setattr(
+        cpu_kernel, "_STATE", {"module": None, "error": "no compiler", "build_s": None}
+    )
     with pytest.raises(cpu_kernel.CpuKernelUnavailableError, match="no compiler"):
         CpuDecodeBackend()
     assert not cpu_kernel.kernel_available()

@@ -55,8 +55,12 @@ def test_bad_query_lens_and_tables():
     with pytest.raises(ShapeError, match="columns"):
         _call(store, [[1]], [10**12])
     with pytest.raises(InvalidArgumentError, match="block_size"):
-        AttentionMetadata.build(block_size=2.5, block_tables=[[1]], seq_lens=[1],  # type: ignore[arg-type]
-                                query_lens=[1])
+        AttentionMetadata.build(
+            block_size=2.5,
+            block_tables=[[1]],
+            seq_lens=[1],  # type: ignore[arg-type]
+            query_lens=[1],
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,23 +80,29 @@ def test_block_id_past_the_pool_is_typed(backend):
 def test_slot_mapping_validation():
     build = AttentionMetadata.build
     with pytest.raises(InvalidArgumentError, match="slot_mapping: expected integers"):
-        build(block_size=4, block_tables=[[1]], seq_lens=[2], query_lens=[2],
-              slot_mapping=[4.0, 5.5])
+        build(
+            block_size=4, block_tables=[[1]], seq_lens=[2], query_lens=[2], slot_mapping=[4.0, 5.5]
+        )
     with pytest.raises(InvalidArgumentError, match=">= -1"):
-        build(block_size=4, block_tables=[[1]], seq_lens=[2], query_lens=[2],
-              slot_mapping=[4, -2])
+        build(block_size=4, block_tables=[[1]], seq_lens=[2], query_lens=[2], slot_mapping=[4, -2])
     with pytest.raises(ShapeError, match="slot_mapping: expected shape"):
         build(block_size=4, block_tables=[[1]], seq_lens=[2], query_lens=[2], slot_mapping=[4])
-    meta = build(block_size=4, block_tables=[[1]], seq_lens=[2], query_lens=[2],
-                 slot_mapping=torch.tensor([-1, 37]))
+    meta = build(
+        block_size=4,
+        block_tables=[[1]],
+        seq_lens=[2],
+        query_lens=[2],
+        slot_mapping=torch.tensor([-1, 37]),
+    )
     assert meta.max_block_id == 9  # slot 37 lies in block 9: checked against the pool later
     assert meta.write_index is not None
     assert meta.write_index.tolist() == [1]
 
 
 def test_default_slot_mapping_is_vectorised_and_right():
-    meta = AttentionMetadata.build(block_size=2, block_tables=[[5, 6, 7], [8, 9]],
-                                   seq_lens=[5, 3], query_lens=[3, 3])
+    meta = AttentionMetadata.build(
+        block_size=2, block_tables=[[5, 6, 7], [8, 9]], seq_lens=[5, 3], query_lens=[3, 3]
+    )
     # seq 0: positions 2,3,4 -> blocks 6,6,7; seq 1: positions 0,1,2 -> blocks 8,8,9
     assert meta.slot_mapping.tolist() == [12, 13, 14, 16, 17, 18]
 

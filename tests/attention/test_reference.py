@@ -30,8 +30,9 @@ def _sdpa_ref(q, k, v, *, window=None, sink=0, scale=None):
         mask &= (p - j < window) | (j < sink)
     kk = k.repeat_interleave(hq // hkv, dim=1).transpose(0, 1)[None]
     vv = v.repeat_interleave(hq // hkv, dim=1).transpose(0, 1)[None]
-    out = nnf.scaled_dot_product_attention(q.transpose(0, 1)[None], kk, vv, attn_mask=mask,
-                                         scale=scale)
+    out = nnf.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], kk, vv, attn_mask=mask, scale=scale
+    )
     return out[0].transpose(0, 1)
 
 
@@ -55,8 +56,9 @@ def test_decode_uniform_lengths_no_mask_path():
     q = torch.randn(3, 4, 8)
     out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens, scale=0.3)
     for b in range(3):
-        torch.testing.assert_close(out[b : b + 1], _sdpa_ref(q[b : b + 1], ks[b], vs[b], scale=0.3),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            out[b : b + 1], _sdpa_ref(q[b : b + 1], ks[b], vs[b], scale=0.3), **TOL[torch.float32]
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -66,8 +68,9 @@ def test_prefill_and_extend_varlen_causal(dtype):
     query_lens = [7, 3, 1, 16]
     store, tables, ks, vs = make_paged_kv(seq_lens, dtype=dtype, seed=3)
     q = torch.randn(sum(query_lens), 4, 8).to(dtype)
-    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                          query_lens=query_lens)
+    out = paged_attention(
+        q, store.layer(0), block_tables=tables, seq_lens=seq_lens, query_lens=query_lens
+    )
     cu = np.concatenate([[0], np.cumsum(query_lens)])
     for b in range(len(seq_lens)):
         ref = _sdpa_ref(q[cu[b] : cu[b + 1]], ks[b], vs[b])
@@ -80,8 +83,15 @@ def test_sliding_window_with_sinks(window, sink):
     query_lens = [1, 5, 4]
     store, tables, ks, vs = make_paged_kv(seq_lens, seed=5)
     q = torch.randn(sum(query_lens), 4, 8)
-    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                          query_lens=query_lens, sliding_window=window, sink_tokens=sink)
+    out = paged_attention(
+        q,
+        store.layer(0),
+        block_tables=tables,
+        seq_lens=seq_lens,
+        query_lens=query_lens,
+        sliding_window=window,
+        sink_tokens=sink,
+    )
     cu = np.concatenate([[0], np.cumsum(query_lens)])
     for b in range(3):
         ref = _sdpa_ref(q[cu[b] : cu[b + 1]], ks[b], vs[b], window=window, sink=sink)
@@ -93,11 +103,13 @@ def test_sliding_window_ignores_released_null_blocks():
     seq_lens = [14]
     store, tables, ks, vs = make_paged_kv(seq_lens, seed=7)
     q = torch.randn(1, 4, 8)
-    full = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                           sliding_window=4)
+    full = paged_attention(
+        q, store.layer(0), block_tables=tables, seq_lens=seq_lens, sliding_window=4
+    )
     released = [[0, 0, *tables[0][2:]]]  # positions 0..7 dropped; window covers 10..13
-    out = paged_attention(q, store.layer(0), block_tables=released, seq_lens=seq_lens,
-                          sliding_window=4)
+    out = paged_attention(
+        q, store.layer(0), block_tables=released, seq_lens=seq_lens, sliding_window=4
+    )
     torch.testing.assert_close(out, full, rtol=0, atol=0)
     torch.testing.assert_close(out, _sdpa_ref(q, ks[0], vs[0], window=4), **TOL[torch.float32])
 
@@ -109,13 +121,15 @@ def test_shared_prefix_blocks():
     q = torch.randn(3, 4, 8)
     out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens)
     for b in range(3):
-        torch.testing.assert_close(out[b : b + 1], _sdpa_ref(q[b : b + 1], ks[b], vs[b]),
-                                   **TOL[torch.float32])
+        torch.testing.assert_close(
+            out[b : b + 1], _sdpa_ref(q[b : b + 1], ks[b], vs[b]), **TOL[torch.float32]
+        )
 
 
 def test_metadata_mask_and_padding_indices():
-    meta = AttentionMetadata.build(block_size=4, block_tables=[[1, 2], [3]], seq_lens=[6, 3],
-                                   query_lens=[2, 1])
+    meta = AttentionMetadata.build(
+        block_size=4, block_tables=[[1, 2], [3]], seq_lens=[6, 3], query_lens=[2, 1]
+    )
     assert meta.slot_mapping.tolist() == [8, 9, 14]
     assert meta.cu_seqlens_q.tolist() == [0, 2, 3]
     assert meta.q_pad_index is not None
@@ -126,8 +140,9 @@ def test_metadata_mask_and_padding_indices():
     assert m is not None
     assert m[0, 0].tolist() == [[True] * 5 + [False], [True] * 6]
     assert m[1, 0, 0].tolist() == [True, True, True, False, False, False]
-    uniform = AttentionMetadata.build(block_size=4, block_tables=[[1], [2]], seq_lens=[3, 3],
-                                      query_lens=[1, 1])
+    uniform = AttentionMetadata.build(
+        block_size=4, block_tables=[[1], [2]], seq_lens=[3, 3], query_lens=[1, 1]
+    )
     assert uniform.mask(2) is None
 
 
@@ -142,8 +157,9 @@ def test_bad_inputs_raise_typed_errors():
     with pytest.raises(ShapeError, match="columns"):
         paged_attention(torch.randn(1, 4, 8), store.layer(0), block_tables=[[1]], seq_lens=[5])
     with pytest.raises(InvalidArgumentError, match="query_len <= seq_len"):
-        paged_attention(torch.randn(6, 4, 8), store.layer(0), block_tables=tables, seq_lens=[5],
-                        query_lens=[6])
+        paged_attention(
+            torch.randn(6, 4, 8), store.layer(0), block_tables=tables, seq_lens=[5], query_lens=[6]
+        )
     with pytest.raises(ShapeError, match="num_blocks, 2"):
         paged_attention(torch.randn(1, 4, 8), store.kv_cache, block_tables=tables, seq_lens=[5])
 
@@ -182,8 +198,9 @@ def test_mixed_decode_and_long_prefill_split_into_parts(window, softcap):
     seq_lens = [30, 9, 41, 17, 40, 5, 33]
     query_lens = [1, 1, 1, 1, 28, 1, 19]
     store, tables, ks, vs = make_paged_kv(seq_lens, seed=5)
-    meta = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=seq_lens,
-                                   query_lens=query_lens)
+    meta = AttentionMetadata.build(
+        block_size=4, block_tables=tables, seq_lens=seq_lens, query_lens=query_lens
+    )
     parts = meta.padding_parts()
     assert parts is not None
     assert [len(i) for i, _ in parts] == [5, 28, 19]
@@ -192,21 +209,25 @@ def test_mixed_decode_and_long_prefill_split_into_parts(window, softcap):
     backend = get_attention_backend("torch")
     out = backend.forward(q, store.layer(0), meta, sliding_window=window, softcap=softcap)
     # The same batch without splitting (every row padded): identical up to float rounding.
-    whole = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=seq_lens,
-                                    query_lens=query_lens)
+    whole = AttentionMetadata.build(
+        block_size=4, block_tables=tables, seq_lens=seq_lens, query_lens=query_lens
+    )
     whole._parts_done = True  # force the padded path
     ref = backend.forward(q, store.layer(0), whole, sliding_window=window, softcap=softcap)
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
     cu = np.concatenate([[0], np.cumsum(query_lens)])
     if softcap is None:
         for b in range(len(seq_lens)):
-            torch.testing.assert_close(out[cu[b]:cu[b + 1]],
-                                       _sdpa_ref(q[cu[b]:cu[b + 1]], ks[b], vs[b], window=window),
-                                       **TOL[torch.float32])
+            torch.testing.assert_close(
+                out[cu[b] : cu[b + 1]],
+                _sdpa_ref(q[cu[b] : cu[b + 1]], ks[b], vs[b], window=window),
+                **TOL[torch.float32],
+            )
 
 
 def test_uniform_batches_are_not_split():
     _store, tables, _, _ = make_paged_kv([12, 12, 13])
-    meta = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=[12, 12, 13],
-                                   query_lens=[1, 1, 1])
+    meta = AttentionMetadata.build(
+        block_size=4, block_tables=tables, seq_lens=[12, 12, 13], query_lens=[1, 1, 1]
+    )
     assert meta.padding_parts() is None

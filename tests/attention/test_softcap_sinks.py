@@ -64,12 +64,25 @@ def test_reference_prefill_extend_decode(dtype, hq, hkv, case):
     q = (3 * torch.randn(sum(query_lens), hq, 8, generator=g)).to(dtype)  # large logits: cap bites
     sinks = torch.randn(hq, generator=g) if case.get("sinks") else None
     kw = {"softcap": case.get("softcap"), "sinks": sinks, "window": case.get("window")}
-    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                          query_lens=query_lens, softcap=kw["softcap"], sink_logits=sinks,
-                          sliding_window=kw["window"])
+    out = paged_attention(
+        q,
+        store.layer(0),
+        block_tables=tables,
+        seq_lens=seq_lens,
+        query_lens=query_lens,
+        softcap=kw["softcap"],
+        sink_logits=sinks,
+        sliding_window=kw["window"],
+    )
     _check(out, q, ks, vs, seq_lens, query_lens, dtype, **kw)
-    plain = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                            query_lens=query_lens, sliding_window=kw["window"])
+    plain = paged_attention(
+        q,
+        store.layer(0),
+        block_tables=tables,
+        seq_lens=seq_lens,
+        query_lens=query_lens,
+        sliding_window=kw["window"],
+    )
     assert (out.float() - plain.float()).abs().max() > 1e-2  # the feature changes the result
 
 
@@ -79,8 +92,9 @@ def test_sinks_with_scale_match_eager_and_need_no_keys_weight():
     store, tables, ks, vs = make_paged_kv(seq_lens, seed=4)
     q = torch.randn(2, 4, 8)
     sinks = torch.tensor([0.0, 1.0, -2.0, 30.0])
-    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens, scale=0.2,
-                          sink_logits=sinks)
+    out = paged_attention(
+        q, store.layer(0), block_tables=tables, seq_lens=seq_lens, scale=0.2, sink_logits=sinks
+    )
     _check(out, q, ks, vs, seq_lens, [1, 1], torch.float32, scale=0.2, sinks=sinks)
     assert out[:, 3].abs().max() < 1e-6
 
@@ -96,18 +110,33 @@ def test_cpu_kernel_decode_matches_reference_and_eager(dtype, hq, hkv, case):
     g = torch.Generator().manual_seed(6)
     q = (3 * torch.randn(len(seq_lens), hq, 8, generator=g)).to(dtype)
     sinks = torch.randn(hq, generator=g) if case.get("sinks") else None
-    kw = {"softcap": case.get("softcap"), "sink_logits": sinks,
-          "sliding_window": case.get("window")}
+    kw = {
+        "softcap": case.get("softcap"),
+        "sink_logits": sinks,
+        "sliding_window": case.get("window"),
+    }
     backend = get_attention_backend("cpu")
-    meta = AttentionMetadata.build(block_size=4, block_tables=tables, seq_lens=seq_lens,
-                                   query_lens=[1] * len(seq_lens))
+    meta = AttentionMetadata.build(
+        block_size=4, block_tables=tables, seq_lens=seq_lens, query_lens=[1] * len(seq_lens)
+    )
     assert backend.supports(q, store.layer(0), meta, case.get("window"), 0, kw["softcap"], sinks)
-    out = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens,
-                          backend="cpu", **kw)
+    out = paged_attention(
+        q, store.layer(0), block_tables=tables, seq_lens=seq_lens, backend="cpu", **kw
+    )
     ref = paged_attention(q, store.layer(0), block_tables=tables, seq_lens=seq_lens, **kw)
     torch.testing.assert_close(out, ref, **TOL[dtype])
-    _check(out, q, ks, vs, seq_lens, [1] * len(seq_lens), dtype, softcap=kw["softcap"],
-           sinks=sinks, window=case.get("window"))
+    _check(
+        out,
+        q,
+        ks,
+        vs,
+        seq_lens,
+        [1] * len(seq_lens),
+        dtype,
+        softcap=kw["softcap"],
+        sinks=sinks,
+        window=case.get("window"),
+    )
 
 
 @pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler: the cpu kernel cannot be built")
@@ -116,8 +145,13 @@ def test_cpu_backend_prefill_with_softcap_delegates_exactly():
     seq_lens, query_lens = [7, 12], [7, 3]
     store, tables, _, _ = make_paged_kv(seq_lens, seed=8)
     q = torch.randn(10, 4, 8)
-    kw = {"block_tables": tables, "seq_lens": seq_lens, "query_lens": query_lens,
-          "softcap": 0.5, "sink_logits": torch.randn(4)}
+    kw = {
+        "block_tables": tables,
+        "seq_lens": seq_lens,
+        "query_lens": query_lens,
+        "softcap": 0.5,
+        "sink_logits": torch.randn(4),
+    }
     cpu = paged_attention(q, store.layer(0), backend="cpu", **kw)
     ref = paged_attention(q, store.layer(0), backend="torch", **kw)
     torch.testing.assert_close(cpu, ref, rtol=0, atol=0)
@@ -132,9 +166,18 @@ def test_cpu_backend_generates_like_hf(family):
     from pagedkv.integrations import PagedModelRunner
 
     cpu_kernel.load_kernel()
-    kw = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 128,
-          "sliding_window": 4, "pad_token_id": 0, "eos_token_id": None}
+    kw = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 128,
+        "sliding_window": 4,
+        "pad_token_id": 0,
+        "eos_token_id": None,
+    }
     if family == "gemma2":
         cfg = transformers.Gemma2Config(**kw, attn_logit_softcapping=1.0, query_pre_attn_scalar=16)
         cls = transformers.Gemma2ForCausalLM
@@ -151,6 +194,12 @@ def test_cpu_backend_generates_like_hf(family):
     got = runner.generate(prompts, 8)
     for p, toks in zip(prompts, got, strict=True):
         ids = torch.tensor([p])
-        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                              do_sample=False, pad_token_id=0, eos_token_id=None)
-        assert toks == want[0, len(p):].tolist()
+        want = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+        assert toks == want[0, len(p) :].tolist()

@@ -20,8 +20,7 @@ def snapshot(mgr: BlockManager) -> dict[str, Any]:
     """Everything observable about a manager, deep-copied: ``BlockManager.snapshot()`` (every
     role's state) plus the eviction policy's internals and the public counts."""
     state = mgr.snapshot()
-    state["policy_state"] = {k: copy.deepcopy(v)
-                             for k, v in vars(mgr.prefix_cache.evictor).items()}
+    state["policy_state"] = {k: copy.deepcopy(v) for k, v in vars(mgr.prefix_cache.evictor).items()}
     state["pressure_bounds"] = (mgr.pressure.low_bound, mgr.pressure.high_bound)
     state["num_free_blocks"] = mgr.num_free_blocks
     state["num_used_blocks"] = mgr.num_used_blocks
@@ -29,8 +28,9 @@ def snapshot(mgr: BlockManager) -> dict[str, Any]:
     return state
 
 
-def fails_atomically(mgr: BlockManager, exc_type: type[PagedKVError], fn: Any, *args: Any,
-                     **kwargs: Any) -> PagedKVError:
+def fails_atomically(
+    mgr: BlockManager, exc_type: type[PagedKVError], fn: Any, *args: Any, **kwargs: Any
+) -> PagedKVError:
     """Call ``fn``; it must raise exactly ``exc_type`` and leave ``mgr`` untouched."""
     mgr.check_integrity()
     before = snapshot(mgr)
@@ -53,12 +53,25 @@ def assert_oob(err: PagedKVError, requested: int, available: int, what: str = "b
 
 
 # --------------------------------------------------------------------------- busy managers
-def busy(policy: str = "lru", *, block_size: int = 2,
-         num_blocks: int = 24, num_host_blocks: int = 4, **kw: Any) -> BlockManager:
+def busy(
+    policy: str = "lru",
+    *,
+    block_size: int = 2,
+    num_blocks: int = 24,
+    num_host_blocks: int = 4,
+    **kw: Any,
+) -> BlockManager:
     """A manager with cached, shared, pinned, windowed, swapped state, a pending CoW copy and
     uncommitted sequences."""
-    mgr = BlockManager(CacheConfig(block_size=block_size, num_blocks=num_blocks,
-                                   eviction_policy=policy, num_host_blocks=num_host_blocks, **kw))
+    mgr = BlockManager(
+        CacheConfig(
+            block_size=block_size,
+            num_blocks=num_blocks,
+            eviction_policy=policy,
+            num_host_blocks=num_host_blocks,
+            **kw,
+        )
+    )
     mgr.admit("a", [1, 2, 3, 4, 5, 6, 7])  # 3 full blocks + a partial one
     mgr.register_prefix("a")
     assert mgr.admit("b", [1, 2, 3, 4, 5, 6, 50, 51]) == 6  # shares a's 3 full blocks
@@ -102,11 +115,33 @@ def identities(tokens: list[int], salt: str | None) -> list[int]:
 # --------------------------------------------------------------------------- random operations
 PREFIXES = ((1, 2, 3, 4, 5, 6), (7, 8, 9, 10), (1, 2, 3, 4, 9, 9), ())
 # admissions and frees weighted up: they fill the cache and force evictions
-KINDS = ("admit",) * 4 + ("free",) * 3 + ("append", "decode", "decode", "fork", "truncate",
-                                          "evict", "pin", "unpin", "reset", "register",
-                                          "admit_keys", "admit_batch", "commit", "commit")
-OPS = st.tuples(st.sampled_from(KINDS), st.integers(0, 9), st.integers(0, 12),
-                st.lists(st.integers(0, 2), max_size=7), st.booleans())
+KINDS = (
+    ("admit",) * 4
+    + ("free",) * 3
+    + (
+        "append",
+        "decode",
+        "decode",
+        "fork",
+        "truncate",
+        "evict",
+        "pin",
+        "unpin",
+        "reset",
+        "register",
+        "admit_keys",
+        "admit_batch",
+        "commit",
+        "commit",
+    )
+)
+OPS = st.tuples(
+    st.sampled_from(KINDS),
+    st.integers(0, 9),
+    st.integers(0, 12),
+    st.lists(st.integers(0, 2), max_size=7),
+    st.booleans(),
+)
 
 
 def generic(mgr: BlockManager) -> BlockManager:
@@ -153,14 +188,13 @@ def apply(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: list
     elif kind == "reset" and flag:
         mgr.reset_prefix_cache()
     elif kind == "commit" and ids:  # the step wrote every token of some sequences
-        mgr.commit(ids[a % len(ids):])
+        mgr.commit(ids[a % len(ids) :])
     elif kind == "register" and ids:  # chunked prefill: KV of the first b tokens is written
         sid = ids[a % len(ids)]
         mgr.register_prefix(sid, min(b, mgr.num_tokens(sid)))
     elif kind == "admit_keys":  # caller-made block keys (the simulator's path)
         keys = [("k", a % 3, i) for i in range(len(tokens) // 2)]
-        mgr.admit(next_id[0], num_tokens=len(tokens), block_hashes=keys,
-                  compute_last_token=flag)
+        mgr.admit(next_id[0], num_tokens=len(tokens), block_hashes=keys, compute_last_token=flag)
         mgr.commit([next_id[0]])
         next_id[0] += 1
     elif kind == "admit_batch":
@@ -173,8 +207,13 @@ def apply(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: list
 Apply = Callable[[BlockManager, tuple[Any, ...], list[Any], list[int]], None]
 
 
-def run_lockstep(fast: BlockManager, slow: BlockManager, ops: list[tuple[Any, ...]],
-                 compare: Callable[[BlockManager], Any], apply_op: Apply = apply) -> None:
+def run_lockstep(
+    fast: BlockManager,
+    slow: BlockManager,
+    ops: list[tuple[Any, ...]],
+    compare: Callable[[BlockManager], Any],
+    apply_op: Apply = apply,
+) -> None:
     """Apply each op to both managers: they must raise the same errors, pass their integrity
     checks, and agree on ``compare(manager)`` after every step."""
     state: dict[int, tuple[list[Any], list[int]]] = {id(fast): ([], [0]), id(slow): ([], [0])}

@@ -23,11 +23,23 @@ from pagedkv.core import BlockManager, CacheConfig, export
 from pagedkv.core.tokens import MAX_TOKEN_ID
 from pagedkv.errors import InvalidArgumentError
 
-BAD_TOKENS: tuple[Any, ...] = (-1, MAX_TOKEN_ID + 1, True, [1, -1], [1, MAX_TOKEN_ID + 1],
-                               [1, True], [1.0], "a")
-OPS = st.tuples(st.sampled_from((*KINDS, "step", "step", "one", "long", "bad")),
-                st.integers(0, 9), st.integers(0, 12), st.lists(st.integers(0, 2), max_size=7),
-                st.booleans())
+BAD_TOKENS: tuple[Any, ...] = (
+    -1,
+    MAX_TOKEN_ID + 1,
+    True,
+    [1, -1],
+    [1, MAX_TOKEN_ID + 1],
+    [1, True],
+    [1.0],
+    "a",
+)
+OPS = st.tuples(
+    st.sampled_from((*KINDS, "step", "step", "one", "long", "bad")),
+    st.integers(0, 9),
+    st.integers(0, 12),
+    st.lists(st.integers(0, 2), max_size=7),
+    st.booleans(),
+)
 
 
 class Recording(BlockManager):
@@ -43,14 +55,17 @@ class Recording(BlockManager):
         n = self.num_tokens(seq_id) if seq_id in self.seq_ids else 0
         if self.general and type(token_ids) is int and 0 <= token_ids <= MAX_TOKEN_ID:
             token_ids = np.int64(token_ids)
-        elif self.general and type(token_ids) is list and all(
-                type(t) is int and 0 <= t <= MAX_TOKEN_ID for t in token_ids):
-            token_ids = (array("q", token_ids) if len(token_ids) % 2
-                         else np.array(token_ids, dtype=np.int64))
+        elif (
+            self.general
+            and type(token_ids) is list
+            and all(type(t) is int and 0 <= t <= MAX_TOKEN_ID for t in token_ids)
+        ):
+            token_ids = (
+                array("q", token_ids) if len(token_ids) % 2 else np.array(token_ids, dtype=np.int64)
+            )
         slots = super().append(seq_id, token_ids)
         assert slots.dtype == np.int64
-        expected = export.slot_mapping(self.block_table(seq_id), self.block_size, n,
-                                       n + len(slots))
+        expected = export.slot_mapping(self.block_table(seq_id), self.block_size, n, n + len(slots))
         assert slots.tolist() == expected.tolist()
         self.returned.append(slots.tolist())
         return slots
@@ -81,13 +96,19 @@ def comparable(mgr: BlockManager) -> dict[str, Any]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(OPS, min_size=20, max_size=60), num_blocks=st.integers(4, 12),
-       block_size=st.sampled_from([1, 2, 3, 4]), policy=st.sampled_from(["lru", "s3fifo"]))
-def test_append_fast_path_matches_the_general_path(ops: list[tuple[Any, ...]], num_blocks: int,
-                                                   block_size: int, policy: str) -> None:
+@given(
+    ops=st.lists(OPS, min_size=20, max_size=60),
+    num_blocks=st.integers(4, 12),
+    block_size=st.sampled_from([1, 2, 3, 4]),
+    policy=st.sampled_from(["lru", "s3fifo"]),
+)
+def test_append_fast_path_matches_the_general_path(
+    ops: list[tuple[Any, ...]], num_blocks: int, block_size: int, policy: str
+) -> None:
     cfg = CacheConfig(block_size=block_size, num_blocks=num_blocks, eviction_policy=policy)
-    run_lockstep(Recording(cfg, general=False), Recording(cfg, general=True), ops, comparable,
-                 apply_op)
+    run_lockstep(
+        Recording(cfg, general=False), Recording(cfg, general=True), ops, comparable, apply_op
+    )
 
 
 def test_bad_tokens_raise_and_change_nothing() -> None:

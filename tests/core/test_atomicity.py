@@ -33,9 +33,6 @@ from pagedkv.errors import (
 POLICIES = sorted(EVICTION_POLICIES)
 
 
-
-
-
 @pytest.fixture(params=POLICIES)
 def mgr(request: pytest.FixtureRequest) -> BlockManager:
     return busy(request.param)
@@ -80,8 +77,13 @@ def test_admit_out_of_blocks_counts_reclaimed_prefix_hits(mgr):
     available for the new blocks: ``available`` must discount it."""
     bs = mgr.block_size
     prefix = [1, 2, 3, 4, 5, 6, 50, 51]  # b's prompt: 4 full blocks cached, the last unused
-    hashes = chain_hashes(mgr.prefix_cache.hash_fn, root_hash(mgr.prefix_cache.hash_fn, None, None),
-                          token_bytes(array("q", prefix)), bs * 8, len(prefix) // bs)
+    hashes = chain_hashes(
+        mgr.prefix_cache.hash_fn,
+        root_hash(mgr.prefix_cache.hash_fn, None, None),
+        token_bytes(array("q", prefix)),
+        bs * 8,
+        len(prefix) // bs,
+    )
     blocks = [mgr.prefix_cache.cached[h] for h in hashes]
     assert mgr.lookup_prefix(prefix) == len(prefix)
     reclaimed = sum(1 for b in blocks if mgr.pool.ref_cnt[b] == 0)
@@ -106,9 +108,14 @@ def test_admit_watermark(policy):
     need = free - wm + 1
     assert mgr.can_admit(need * mgr.block_size) is False
     assert mgr.can_admit((need - 1) * mgr.block_size) is True
-    err = fails_atomically(mgr, OutOfBlocksError, mgr.admit, "new",
-                           [900 + i for i in range(need * mgr.block_size)],
-                           compute_last_token=False)
+    err = fails_atomically(
+        mgr,
+        OutOfBlocksError,
+        mgr.admit,
+        "new",
+        [900 + i for i in range(need * mgr.block_size)],
+        compute_last_token=False,
+    )
     assert_oob(err, need, free - wm)
     # growth of running sequences may use the reserve
     mgr.append("d", [5] * ((free - 1) * mgr.block_size))
@@ -147,19 +154,22 @@ def test_admit_duplicate_id(mgr):
     fails_atomically(mgr, DuplicateSequenceError, mgr.admit, "a", list(range(1000)))
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"token_ids": [1, 2], "num_tokens": 2}, "not both"),
-    ({"token_ids": [1, 2], "block_hashes": [b"x"]}, "not both"),
-    ({}, "got None"),
-    ({"num_tokens": -3}, "got -3"),
-    ({"num_tokens": 5, "block_hashes": [b"x"]}, "block_hashes has 1 entries; 5 tokens make 2"),
-    ({"num_tokens": 4, "block_hashes": [b"x", b"y", b"z"]}, "has 3 entries; 4 tokens make 2"),
-    ({"token_ids": [1.5, 2.0]}, "int64"),
-    ({"token_ids": [1, 2**70]}, "int64"),
-    ({"token_ids": ["a"]}, "int64"),
-    ({"token_ids": np.zeros((2, 2), dtype=np.int64)}, "shape (2, 2)"),
-    ({"token_ids": np.zeros(3, dtype=np.float32)}, "dtype float32"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"token_ids": [1, 2], "num_tokens": 2}, "not both"),
+        ({"token_ids": [1, 2], "block_hashes": [b"x"]}, "not both"),
+        ({}, "got None"),
+        ({"num_tokens": -3}, "got -3"),
+        ({"num_tokens": 5, "block_hashes": [b"x"]}, "block_hashes has 1 entries; 5 tokens make 2"),
+        ({"num_tokens": 4, "block_hashes": [b"x", b"y", b"z"]}, "has 3 entries; 4 tokens make 2"),
+        ({"token_ids": [1.5, 2.0]}, "int64"),
+        ({"token_ids": [1, 2**70]}, "int64"),
+        ({"token_ids": ["a"]}, "int64"),
+        ({"token_ids": np.zeros((2, 2), dtype=np.int64)}, "shape (2, 2)"),
+        ({"token_ids": np.zeros(3, dtype=np.float32)}, "dtype float32"),
+    ],
+)
 def test_admit_bad_arguments(mgr, kwargs, needle):
     err = fails_atomically(mgr, InvalidArgumentError, mgr.admit, "new", **kwargs)
     assert needle in str(err)
@@ -183,8 +193,9 @@ def test_admit_batch_failures(mgr):
     assert_oob(err, free + 1, free)
     assert "x" not in mgr
     # a later admit of the batch that fails on its own must not leave earlier ones admitted
-    fails_atomically(mgr, InvalidArgumentError, mgr.admit_batch, ["x", "y"], [[1], [2]],
-                     num_tokens=1)
+    fails_atomically(
+        mgr, InvalidArgumentError, mgr.admit_batch, ["x", "y"], [[1], [2]], num_tokens=1
+    )
 
 
 # --------------------------------------------------------------------------- append
@@ -232,12 +243,12 @@ def test_append_batch_failures(mgr):
     assert err.seq_id == "nope"
     err = fails_atomically(mgr, InvalidArgumentError, mgr.append_batch, ["d", "a"], [1])
     assert "2 sequences but 1 token ids" in str(err)
-    err = fails_atomically(mgr, InvalidArgumentError, mgr.append_batch, ["d", "a", "d"],
-                           [1, 2, 3])
+    err = fails_atomically(mgr, InvalidArgumentError, mgr.append_batch, ["d", "a", "d"], [1, 2, 3])
     assert "twice" in str(err)
     # the swapped sequence is last: the running ones before it must not have been appended to
-    err = fails_atomically(mgr, SequenceStateError, mgr.append_batch, ["d", "a", "w", "s"],
-                           np.array([1, 2, 3, 4]))
+    err = fails_atomically(
+        mgr, SequenceStateError, mgr.append_batch, ["d", "a", "w", "s"], np.array([1, 2, 3, 4])
+    )
     assert "'s' is swapped" in str(err)
 
 
@@ -420,26 +431,29 @@ def test_query_failures(mgr):
 
 
 # --------------------------------------------------------------------------- configuration
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"block_size": 0}, "block_size must be > 0, got 0"),
-    ({"block_size": -4}, "got -4"),
-    ({"num_blocks": 1}, "num_blocks must be > 1"),
-    ({"num_blocks": 0}, "got 0"),
-    ({"num_host_blocks": -1}, "num_host_blocks must be >= 0, got -1"),
-    ({"watermark": 1.0}, "watermark must be in [0, 1), got 1.0"),
-    ({"watermark": -0.5}, "got -0.5"),
-    ({"min_cache_tokens": -1}, "min_cache_tokens must be >= 0, got -1"),
-    ({"max_cached_blocks": -2}, "max_cached_blocks must be >= 0 or None, got -2"),
-    ({"hash_algo": "md5"}, "unknown hash_algo 'md5'"),
-    ({"eviction_policy": "random"}, "unknown eviction_policy 'random'"),
-    ({"cache_visibility": "eager"}, "got 'eager'"),
-    ({"cache_visibility": "allocate"}, "'allocate' was removed), got 'allocate'"),
-    ({"pressure_thresholds": (0.9, 0.8, 0.95)}, "(0.9, 0.8, 0.95)"),
-    ({"pressure_thresholds": (0.0, 0.5, 0.9)}, "3 increasing fractions"),
-    ({"pressure_thresholds": (0.5, 0.9)}, "3 increasing fractions"),
-    ({"pressure_thresholds": (0.5, 0.9, 1.1)}, "1.1"),
-    ({"bytes_per_token": 0}, "bytes_per_token must be > 0, got 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"block_size": 0}, "block_size must be > 0, got 0"),
+        ({"block_size": -4}, "got -4"),
+        ({"num_blocks": 1}, "num_blocks must be > 1"),
+        ({"num_blocks": 0}, "got 0"),
+        ({"num_host_blocks": -1}, "num_host_blocks must be >= 0, got -1"),
+        ({"watermark": 1.0}, "watermark must be in [0, 1), got 1.0"),
+        ({"watermark": -0.5}, "got -0.5"),
+        ({"min_cache_tokens": -1}, "min_cache_tokens must be >= 0, got -1"),
+        ({"max_cached_blocks": -2}, "max_cached_blocks must be >= 0 or None, got -2"),
+        ({"hash_algo": "md5"}, "unknown hash_algo 'md5'"),
+        ({"eviction_policy": "random"}, "unknown eviction_policy 'random'"),
+        ({"cache_visibility": "eager"}, "got 'eager'"),
+        ({"cache_visibility": "allocate"}, "'allocate' was removed), got 'allocate'"),
+        ({"pressure_thresholds": (0.9, 0.8, 0.95)}, "(0.9, 0.8, 0.95)"),
+        ({"pressure_thresholds": (0.0, 0.5, 0.9)}, "3 increasing fractions"),
+        ({"pressure_thresholds": (0.5, 0.9)}, "3 increasing fractions"),
+        ({"pressure_thresholds": (0.5, 0.9, 1.1)}, "1.1"),
+        ({"bytes_per_token": 0}, "bytes_per_token must be > 0, got 0"),
+    ],
+)
 def test_config_validation(kwargs, needle):
     base: dict[str, Any] = {"block_size": 4, "num_blocks": 8}
     with pytest.raises(PagedKVError) as info:
@@ -455,11 +469,13 @@ def test_config_helpers_validation():
     with pytest.raises(ConfigError, match="unknown dtype 'float13'"):
         dtype_nbytes("float13")
     with pytest.raises(ConfigError, match="block_size must be > 0, got 0"):
-        CacheConfig.from_memory_budget(1 << 20, block_size=0, num_layers=1, num_kv_heads=1,
-                                       head_dim=8)
+        CacheConfig.from_memory_budget(
+            1 << 20, block_size=0, num_layers=1, num_kv_heads=1, head_dim=8
+        )
     with pytest.raises(ConfigError, match="unknown eviction_policy"):
-        CacheConfig.from_memory_budget(1 << 20, block_size=4, num_layers=1, num_kv_heads=1,
-                                       head_dim=8, eviction_policy="nope")
+        CacheConfig.from_memory_budget(
+            1 << 20, block_size=4, num_layers=1, num_kv_heads=1, head_dim=8, eviction_policy="nope"
+        )
 
 
 @pytest.mark.parametrize("budget", [0, 1, 1000, 4 * 256 - 1])
@@ -467,14 +483,17 @@ def test_from_memory_budget_too_small(budget):
     # 2 (K, V) x 1 layer x 1 head x 64 dims x 2 bytes = 256 bytes/token; 1024 bytes/block
     per_block = 4 * 256
     with pytest.raises(PagedKVError) as info:
-        CacheConfig.from_memory_budget(budget, block_size=4, num_layers=1, num_kv_heads=1,
-                                       head_dim=64, dtype="float16")
+        CacheConfig.from_memory_budget(
+            budget, block_size=4, num_layers=1, num_kv_heads=1, head_dim=64, dtype="float16"
+        )
     assert type(info.value) is ConfigError
     msg = str(info.value)
-    assert f"budget of {budget} bytes holds {budget // per_block} blocks of {per_block} bytes" \
-        in msg
-    ok = CacheConfig.from_memory_budget(per_block, block_size=4, num_layers=1,
-                                        num_kv_heads=1, head_dim=64, dtype="float16")
+    assert (
+        f"budget of {budget} bytes holds {budget // per_block} blocks of {per_block} bytes" in msg
+    )
+    ok = CacheConfig.from_memory_budget(
+        per_block, block_size=4, num_layers=1, num_kv_heads=1, head_dim=64, dtype="float16"
+    )
     assert (ok.num_usable_blocks, ok.num_blocks, ok.bytes_per_token) == (1, 2, 256)
 
 

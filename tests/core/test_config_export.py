@@ -8,23 +8,27 @@ import pytest
 from pagedkv import BlockManager, CacheConfig, ConfigError, InvalidArgumentError
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"block_size": 0, "num_blocks": 8}, "block_size must be > 0, got 0"),
-    ({"block_size": 4, "num_blocks": 1}, "num_blocks must be > 1"),
-    ({"block_size": 4, "num_blocks": 8, "hash_algo": "md5"}, "unknown hash_algo 'md5'"),
-    ({"block_size": 4, "num_blocks": 8, "eviction_policy": "rand"}, "unknown eviction_policy"),
-    ({"block_size": 4, "num_blocks": 8, "watermark": 1.5}, r"watermark must be in \[0, 1\)"),
-    ({"block_size": 4, "num_blocks": 8, "cache_visibility": "x"}, "cache_visibility"),
-    ({"block_size": 4, "num_blocks": 8, "pressure_thresholds": (0.9, 0.5, 0.95)}, "increasing"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"block_size": 0, "num_blocks": 8}, "block_size must be > 0, got 0"),
+        ({"block_size": 4, "num_blocks": 1}, "num_blocks must be > 1"),
+        ({"block_size": 4, "num_blocks": 8, "hash_algo": "md5"}, "unknown hash_algo 'md5'"),
+        ({"block_size": 4, "num_blocks": 8, "eviction_policy": "rand"}, "unknown eviction_policy"),
+        ({"block_size": 4, "num_blocks": 8, "watermark": 1.5}, r"watermark must be in \[0, 1\)"),
+        ({"block_size": 4, "num_blocks": 8, "cache_visibility": "x"}, "cache_visibility"),
+        ({"block_size": 4, "num_blocks": 8, "pressure_thresholds": (0.9, 0.5, 0.95)}, "increasing"),
+    ],
+)
 def test_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CacheConfig(**kwargs)
 
 
 def test_from_memory_budget_sizes_pool():
-    cfg = CacheConfig.from_memory_budget(1 << 20, block_size=16, num_layers=2, num_kv_heads=2,
-                                         head_dim=8, dtype="float16")
+    cfg = CacheConfig.from_memory_budget(
+        1 << 20, block_size=16, num_layers=2, num_kv_heads=2, head_dim=8, dtype="float16"
+    )
     assert cfg.bytes_per_token == 2 * 2 * 2 * 8 * 2
     # the budget pays for the usable blocks; the null block is the one block beyond it
     assert cfg.num_usable_blocks == (1 << 20) // (16 * 128) == cfg.num_blocks - 1
@@ -33,8 +37,9 @@ def test_from_memory_budget_sizes_pool():
     assert (stats.num_blocks, stats.num_usable_blocks) == (cfg.num_blocks, cfg.num_usable_blocks)
     assert stats.bytes_total == 1 << 20  # what the budget paid for
     with pytest.raises(ConfigError, match="holds 0 blocks"):
-        CacheConfig.from_memory_budget(2000, block_size=16, num_layers=2, num_kv_heads=2,
-                                       head_dim=8)
+        CacheConfig.from_memory_budget(
+            2000, block_size=16, num_layers=2, num_kv_heads=2, head_dim=8
+        )
 
 
 def test_stats_usage_fragmentation_and_bytes(make_mgr):

@@ -115,6 +115,6 @@ def test_prefix_keeps_the_hashes_of_its_full_blocks(n, make_mgr):
     hashed = make_mgr(num_blocks=16).hash_prompt(PROMPT)
     part = hashed.prefix(n)
     assert list(part.tokens) == PROMPT[:n]
-    assert part.hashes == hashed.hashes[:n // 4]
+    assert part.hashes == hashed.hashes[: n // 4]
     assert part.whole is hashed
     assert part.prefix(1).whole is hashed

@@ -41,8 +41,12 @@ BAD_TOKENS = [
 @pytest.mark.parametrize("bad", BAD_TOKENS)
 def test_bad_token_ids_are_refused_everywhere(bad: Any) -> None:
     mgr = busy()
-    for call, args in ((mgr.admit, ("new", bad)), (mgr.append, ("d", bad)),
-                       (mgr.lookup_prefix, (bad,)), (mgr.pin_prefix, (bad,))):
+    for call, args in (
+        (mgr.admit, ("new", bad)),
+        (mgr.append, ("d", bad)),
+        (mgr.lookup_prefix, (bad,)),
+        (mgr.pin_prefix, (bad,)),
+    ):
         err = fails_atomically(mgr, InvalidArgumentError, call, *args)
         assert "token ids must be ints in [0, 2147483647]" in str(err)
         assert "got" in str(err)
@@ -74,11 +78,19 @@ def test_largest_token_id_and_other_int_containers_are_accepted() -> None:
 @pytest.mark.parametrize("bad", [["list"], {"a": 1}, {1}])
 def test_unhashable_sequence_ids_are_refused(bad: Any) -> None:
     mgr = busy()
-    for call, args in ((mgr.admit, (bad, [1])), (mgr.fork, ("d", bad)), (mgr.free, (bad,)),
-                       (mgr.append, (bad, [1])), (mgr.append_batch, (["d", bad], [1, 2])),
-                       (mgr.commit, ([bad],)), (mgr.truncate, (bad, 0)),
-                       (mgr.admit_batch, ([bad], [[1]])), (mgr.free_batch, ([bad],)),
-                       (mgr.swap_out, (bad,)), (mgr.num_tokens, (bad,))):
+    for call, args in (
+        (mgr.admit, (bad, [1])),
+        (mgr.fork, ("d", bad)),
+        (mgr.free, (bad,)),
+        (mgr.append, (bad, [1])),
+        (mgr.append_batch, (["d", bad], [1, 2])),
+        (mgr.commit, ([bad],)),
+        (mgr.truncate, (bad, 0)),
+        (mgr.admit_batch, ([bad], [[1]])),
+        (mgr.free_batch, ([bad],)),
+        (mgr.swap_out, (bad,)),
+        (mgr.num_tokens, (bad,)),
+    ):
         err = fails_atomically(mgr, InvalidArgumentError, call, *args)
         assert "sequence ids must be hashable" in str(err)
 
@@ -103,11 +115,11 @@ def test_issue_repro_fork_and_admit_with_float_counts_keep_the_clock() -> None:
     mgr = busy()
     fails_atomically(mgr, InvalidArgumentError, mgr.fork, "a", "b", 0.0)
     fails_atomically(mgr, InvalidArgumentError, mgr.admit, "x", num_tokens=2.5)
-    err = fails_atomically(mgr, InvalidArgumentError, mgr.admit, "x", num_tokens=4,
-                           block_hashes=[[1], [2]])
+    err = fails_atomically(
+        mgr, InvalidArgumentError, mgr.admit, "x", num_tokens=4, block_hashes=[[1], [2]]
+    )
     assert "hashable" in str(err)
-    fails_atomically(mgr, InvalidArgumentError, mgr.admit, "x", num_tokens=4,
-                     block_hashes="ab")
+    fails_atomically(mgr, InvalidArgumentError, mgr.admit, "x", num_tokens=4, block_hashes="ab")
 
 
 @pytest.mark.parametrize("bad", ["0.5", float("nan"), True, None, 1.5, -0.1])
@@ -123,11 +135,11 @@ def test_evict_cached_nan_is_refused_not_returned() -> None:
 
 def test_issue_repro_sliding_window_must_be_a_sliding_window() -> None:
     mgr = busy()
-    err = fails_atomically(mgr, InvalidArgumentError, mgr.admit, "x", [1, 2, 3],
-                           sliding_window=4)
+    err = fails_atomically(mgr, InvalidArgumentError, mgr.admit, "x", [1, 2, 3], sliding_window=4)
     assert "sliding_window must be SlidingWindow | None, got 4 (int)" in str(err)
-    fails_atomically(mgr, InvalidArgumentError, mgr.admit_batch, ["x", "y"], [[1], [2]],
-                     sliding_window=4)
+    fails_atomically(
+        mgr, InvalidArgumentError, mgr.admit_batch, ["x", "y"], [[1], [2]], sliding_window=4
+    )
     for args in ((2.5,), (4, 1.5), (True,)):
         with pytest.raises(InvalidArgumentError, match="must be ints"):
             SlidingWindow(*args)
@@ -147,19 +159,22 @@ def test_keys_priority_and_pins_are_typed() -> None:
     assert "pin must be PrefixPin, got None" in str(err)
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"block_size": 4.0}, "block_size must be an int, got 4.0 (float)"),
-    ({"num_blocks": 8.5}, "num_blocks must be an int"),
-    ({"num_host_blocks": 2.0}, "num_host_blocks must be an int"),
-    ({"num_blocks": True}, "num_blocks must be an int"),
-    ({"min_cache_tokens": "4"}, "min_cache_tokens must be an int"),
-    ({"max_cached_blocks": 1.5}, "max_cached_blocks must be an int or None"),
-    ({"watermark": "0.1"}, "watermark must be a number"),
-    ({"watermark": float("nan")}, "watermark must be a number"),
-    ({"hash_algo": ["sha256"]}, "hash_algo must be a str"),
-    ({"enable_prefix_caching": 1}, "enable_prefix_caching must be a bool"),
-    ({"pressure_thresholds": ("a", 0.5, 0.9)}, "pressure_thresholds must be 3"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"block_size": 4.0}, "block_size must be an int, got 4.0 (float)"),
+        ({"num_blocks": 8.5}, "num_blocks must be an int"),
+        ({"num_host_blocks": 2.0}, "num_host_blocks must be an int"),
+        ({"num_blocks": True}, "num_blocks must be an int"),
+        ({"min_cache_tokens": "4"}, "min_cache_tokens must be an int"),
+        ({"max_cached_blocks": 1.5}, "max_cached_blocks must be an int or None"),
+        ({"watermark": "0.1"}, "watermark must be a number"),
+        ({"watermark": float("nan")}, "watermark must be a number"),
+        ({"hash_algo": ["sha256"]}, "hash_algo must be a str"),
+        ({"enable_prefix_caching": 1}, "enable_prefix_caching must be a bool"),
+        ({"pressure_thresholds": ("a", 0.5, 0.9)}, "pressure_thresholds must be 3"),
+    ],
+)
 def test_config_types(kwargs: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         CacheConfig(**{"block_size": 4, "num_blocks": 8, **kwargs})

@@ -53,9 +53,13 @@ def test_dropping_a_sequence_before_its_commit_leaves_nothing_cached(abort):
     prompt = list(range(9))
     mgr.admit("a", prompt)
     mgr.append("a", [9, 10, 11])  # a third full block, hashed but not computed either
-    {"free": lambda: mgr.free("a"), "truncate": lambda: mgr.truncate("a", 0),
-     "preempt": lambda: mgr.preempt("a"), "swap_out": lambda: mgr.swap_out("a"),
-     "preempt_swap": lambda: mgr.preempt("a", "swap")}[abort]()
+    {
+        "free": lambda: mgr.free("a"),
+        "truncate": lambda: mgr.truncate("a", 0),
+        "preempt": lambda: mgr.preempt("a"),
+        "swap_out": lambda: mgr.swap_out("a"),
+        "preempt_swap": lambda: mgr.preempt("a", "swap"),
+    }[abort]()
     assert mgr.prefix_cache.cached == {}
     assert mgr.lookup_prefix([*prompt, 9, 10, 11]) == 0
     mgr.check_integrity()
@@ -299,8 +303,12 @@ def test_register_prefix_after_its_chain_was_evicted_reports_truthfully():
 
 
 def test_pressure_thresholds_are_exact():
-    mgr = make(block_size=1, num_blocks=101, pressure_thresholds=(0.55, 0.9, 0.95),
-               enable_prefix_caching=False)
+    mgr = make(
+        block_size=1,
+        num_blocks=101,
+        pressure_thresholds=(0.55, 0.9, 0.95),
+        enable_prefix_caching=False,
+    )
     mgr.admit("a", [0] * 54)
     assert mgr.pressure_level is PressureLevel.LOW
     mgr.append("a", [0])  # 55 of 100 blocks used: 0.55

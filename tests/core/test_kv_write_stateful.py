@@ -60,16 +60,28 @@ class KVWriteMachine(RuleBasedStateMachine):
         self.known: dict[object, list[int]] = {}
         self.next_id = 0
 
-    @initialize(bs=st.sampled_from([1, 2, 2, 3, 4]), blocks=st.integers(6, 16),
-                host=st.sampled_from([0, 6, 12, 12]),
-                policy=st.sampled_from(sorted(EVICTION_POLICIES)),
-                first=st.lists(st.tuples(st.sampled_from(PREFIXES), TOKENS), max_size=3))
-    def setup(self, bs: int, blocks: int, host: int, policy: str,
-              first: list[tuple[tuple[int, ...], list[int]]]) -> None:
+    @initialize(
+        bs=st.sampled_from([1, 2, 2, 3, 4]),
+        blocks=st.integers(6, 16),
+        host=st.sampled_from([0, 6, 12, 12]),
+        policy=st.sampled_from(sorted(EVICTION_POLICIES)),
+        first=st.lists(st.tuples(st.sampled_from(PREFIXES), TOKENS), max_size=3),
+    )
+    def setup(
+        self,
+        bs: int,
+        blocks: int,
+        host: int,
+        policy: str,
+        first: list[tuple[tuple[int, ...], list[int]]],
+    ) -> None:
         """A pool, and a few sequences already computed (so most runs start with state)."""
         self.bs = bs
-        self.mgr = BlockManager(CacheConfig(block_size=bs, num_blocks=blocks,
-                                            num_host_blocks=host, eviction_policy=policy))
+        self.mgr = BlockManager(
+            CacheConfig(
+                block_size=bs, num_blocks=blocks, num_host_blocks=host, eviction_policy=policy
+            )
+        )
         self.mem = {b: [None] * bs for b in range(blocks)}
         self.host = {h: [None] * bs for h in range(host)}
         for prefix, tail in first:
@@ -102,7 +114,7 @@ class KVWriteMachine(RuleBasedStateMachine):
     def check_hit(self, tokens: list[int], salt: str | None, blocks: list[int]) -> None:
         ids = identities(tokens, salt)
         for i, b in enumerate(blocks):
-            want = ids[i * self.bs:(i + 1) * self.bs]
+            want = ids[i * self.bs : (i + 1) * self.bs]
             assert self.read(b, self.mem) == want, f"prefix hit serves wrong KV in block {b}"
 
     @staticmethod
@@ -113,27 +125,46 @@ class KVWriteMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ allocation
     @precondition(lambda self: self.ready() and len(self.seqs) < 6)
-    @rule(prefix=st.sampled_from(PREFIXES), cut=st.integers(0, 8), tail=TOKENS,
-          salt=st.sampled_from(SALTS), last=st.booleans(), window=st.sampled_from([None, 3]))
-    def admit(self, prefix: tuple[int, ...], cut: int, tail: list[int], salt: str | None,
-              last: bool, window: int | None) -> None:
+    @rule(
+        prefix=st.sampled_from(PREFIXES),
+        cut=st.integers(0, 8),
+        tail=TOKENS,
+        salt=st.sampled_from(SALTS),
+        last=st.booleans(),
+        window=st.sampled_from([None, 3]),
+    )
+    def admit(
+        self,
+        prefix: tuple[int, ...],
+        cut: int,
+        tail: list[int],
+        salt: str | None,
+        last: bool,
+        window: int | None,
+    ) -> None:
         tokens = [*prefix[:cut], *tail]
         self.next_id += 1
         sid = self.next_id
         sw = None if window is None else SlidingWindow(window)
         try:
-            hit = self.m.admit(sid, tokens, cache_salt=salt, compute_last_token=last,
-                               sliding_window=sw)
+            hit = self.m.admit(
+                sid, tokens, cache_salt=salt, compute_last_token=last, sliding_window=sw
+            )
         except OutOfBlocksError:
             return
-        self.check_hit(tokens, salt, self.m.block_table(sid)[:hit // self.bs])
+        self.check_hit(tokens, salt, self.m.block_table(sid)[: hit // self.bs])
         self.seqs[sid] = Seq(tokens, salt, hit)
 
     @precondition(lambda self: self.ready() and len(self.seqs) < 6)
-    @rule(prefix=st.sampled_from(PREFIXES), tail=TOKENS, salt=st.sampled_from(SALTS),
-          chunk=st.integers(1, 9))
-    def admit_hashed_chunk(self, prefix: tuple[int, ...], tail: list[int], salt: str | None,
-                           chunk: int) -> None:
+    @rule(
+        prefix=st.sampled_from(PREFIXES),
+        tail=TOKENS,
+        salt=st.sampled_from(SALTS),
+        chunk=st.integers(1, 9),
+    )
+    def admit_hashed_chunk(
+        self, prefix: tuple[int, ...], tail: list[int], salt: str | None, chunk: int
+    ) -> None:
         """Chunked prefill the engine's way: the whole prompt hashed once, its first chunk
         admitted; ``continue_prompt`` appends the rest, reusing the prompt's hashes."""
         tokens = [*prefix, *tail]
@@ -145,7 +176,7 @@ class KVWriteMachine(RuleBasedStateMachine):
             hit = self.m.admit(sid, hashed.prefix(first))
         except OutOfBlocksError:
             return
-        self.check_hit(tokens, salt, self.m.block_table(sid)[:hit // self.bs])
+        self.check_hit(tokens, salt, self.m.block_table(sid)[: hit // self.bs])
         self.seqs[sid] = Seq(tokens[:first], salt, hit, rest=tokens[first:])
 
     @precondition(lambda self: any(q.rest and not q.swapped for q in self.seqs.values()))
@@ -159,7 +190,7 @@ class KVWriteMachine(RuleBasedStateMachine):
         except OutOfBlocksError:
             return
         q.tokens += new
-        del q.rest[:len(new)]
+        del q.rest[: len(new)]
 
     @precondition(lambda self: self.has())
     @rule(data=st.data(), new=TOKENS)
@@ -279,8 +310,11 @@ class KVWriteMachine(RuleBasedStateMachine):
     def write(self, sid: int, upto: int) -> None:
         q = self.seqs[sid]
         ids = identities(q.tokens, q.salt)
-        for p, slot in zip(range(q.computed, upto),
-                           self.m.slot_mapping(sid, q.computed, upto).tolist(), strict=True):
+        for p, slot in zip(
+            range(q.computed, upto),
+            self.m.slot_mapping(sid, q.computed, upto).tolist(),
+            strict=True,
+        ):
             if slot >= 0:
                 self.mem[slot // self.bs][slot % self.bs] = ids[p]
         q.computed = max(q.computed, upto)
@@ -321,15 +355,20 @@ class KVWriteMachine(RuleBasedStateMachine):
         fn = mgr.prefix_cache.hash_fn
         for sid, q in self.seqs.items():
             assert mgr.num_computed(sid) == q.computed
-            hashes = chain_hashes(fn, root_hash(fn, q.salt, None),
-                                  token_bytes(as_token_array(q.tokens)), bs * 8,
-                                  q.computed // bs)
+            hashes = chain_hashes(
+                fn,
+                root_hash(fn, q.salt, None),
+                token_bytes(as_token_array(q.tokens)),
+                bs * 8,
+                q.computed // bs,
+            )
             ids = identities(q.tokens, q.salt)
             for i, h in enumerate(hashes):
-                self.known.setdefault(h, ids[i * bs:(i + 1) * bs])
+                self.known.setdefault(h, ids[i * bs : (i + 1) * bs])
             seq = mgr.seq(sid)
-            table, store, null = ((seq.host_table, self.host, -1) if q.swapped
-                                  else (seq.block_table, self.mem, 0))
+            table, store, null = (
+                (seq.host_table, self.host, -1) if q.swapped else (seq.block_table, self.mem, 0)
+            )
             for p in range(q.computed):
                 b = table[p // bs]
                 if b != null:
@@ -339,9 +378,13 @@ class KVWriteMachine(RuleBasedStateMachine):
             assert self.mem[b] == self.known[h], f"cached block {b} does not hold its KV"
 
 
-SETTINGS = settings(max_examples=200, stateful_step_count=40, deadline=None,
-                    phases=(Phase.explicit, Phase.reuse, Phase.generate),
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def test_kv_writes_deferred_to_the_step() -> None:

@@ -160,8 +160,7 @@ def test_admit_by_length_with_caller_block_hashes(make_mgr):
     mgr.admit("a", num_tokens=9, block_hashes=["x", ("x", 1)])
     mgr.commit(["a"])
     assert mgr.block_table("a") == [1, 2, 3]
-    assert mgr.admit("b", num_tokens=8, block_hashes=["x", ("x", 1)],
-                     compute_last_token=False) == 8
+    assert mgr.admit("b", num_tokens=8, block_hashes=["x", ("x", 1)], compute_last_token=False) == 8
     assert mgr.admit("c", num_tokens=8, block_hashes=["y", ("y", 1)]) == 0
     mgr.append("a", [0, 0, 0])  # decode blocks of caller-hashed sequences are not cached
     mgr.commit(["a"])
@@ -215,8 +214,9 @@ def test_admit_batch_hashes_each_prompt_once_and_matches_admit(make_mgr):
         assert hits.tolist() == [8, 8, 0]
         # each full block once; the root of salt "s" is remembered from admitting "p"
         assert len(calls) == 2 + 3 + 0
-        assert hits.tolist() == [one_by_one.admit(sid, p, cache_salt="s")
-                                 for sid, p in zip("abc", prompts, strict=True)]
+        assert hits.tolist() == [
+            one_by_one.admit(sid, p, cache_salt="s") for sid, p in zip("abc", prompts, strict=True)
+        ]
         for sid in "abc":
             assert batch.block_table(sid) == one_by_one.block_table(sid)
             assert batch.seq(sid).block_hashes == one_by_one.seq(sid).block_hashes

@@ -28,10 +28,13 @@ FAST_PATHS = ("pop_leaves", "insert_many")
 # test_queue_fast_path's operations plus "cycle" (admit, then free at once: the hit-rate
 # replay's pattern), "window" (makes parents evictable before their children) and more
 # evictions and frees, so that most examples evict often, often stopping at a non-leaf
-OPS = st.tuples(st.sampled_from((*KINDS, "cycle", "cycle", "cycle", "window", "evict", "free",
-                                 "free")),
-                st.integers(0, 9), st.integers(0, 12), st.lists(st.integers(0, 2), max_size=9),
-                st.booleans())
+OPS = st.tuples(
+    st.sampled_from((*KINDS, "cycle", "cycle", "cycle", "window", "evict", "free", "free")),
+    st.integers(0, 9),
+    st.integers(0, 12),
+    st.lists(st.integers(0, 2), max_size=9),
+    st.booleans(),
+)
 
 
 def apply_op(mgr: BlockManager, op: tuple[Any, ...], pins: list[Any], next_id: list[int]) -> None:
@@ -110,8 +113,11 @@ def test_fast_paths_match_the_generic_protocol(policy: str) -> None:
     calls: Counter[str] = Counter()
 
     @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(ops=st.lists(OPS, min_size=20, max_size=60), num_blocks=st.integers(4, 10),
-           compact_slack=st.sampled_from([0, 2, 64]))
+    @given(
+        ops=st.lists(OPS, min_size=20, max_size=60),
+        num_blocks=st.integers(4, 10),
+        compact_slack=st.sampled_from([0, 2, 64]),
+    )
     def run(ops: list[tuple[Any, ...]], num_blocks: int, compact_slack: int) -> None:
         cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy=policy)
         fast, slow = counted(BlockManager(cfg), calls), generic(BlockManager(cfg))

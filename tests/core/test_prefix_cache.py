@@ -44,15 +44,24 @@ def test_chained_hash_depends_on_the_whole_prefix(make_mgr):
 
 
 def test_block_hashes_are_deterministic_across_processes():
-    code = ("from pagedkv.core import BlockManager, CacheConfig;"
-            "m = BlockManager(CacheConfig(block_size=4, num_blocks=8));"
-            "m.admit(0, list(range(12)), cache_salt='s');"
-            "print([h.hex() for h in m.seq(0).block_hashes])")
+    code = (
+        "from pagedkv.core import BlockManager, CacheConfig;"
+        "m = BlockManager(CacheConfig(block_size=4, num_blocks=8));"
+        "m.admit(0, list(range(12)), cache_salt='s');"
+        "print([h.hex() for h in m.seq(0).block_hashes])"
+    )
     # Keep the environment (PYTHONPATH included: the test must pass from an uninstalled
     # checkout too); vary only the hash seed.
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
-            for seed in ("1", "2")}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(outs) == 1
     assert len(outs.pop()) > 100
 

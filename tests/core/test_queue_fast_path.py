@@ -25,10 +25,15 @@ def comparable(mgr: BlockManager) -> dict[str, Any]:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(OPS, min_size=20, max_size=60), num_blocks=st.integers(4, 12),
-       cap=st.sampled_from([None, None, 0, 1, 3]))
-def test_queue_fast_path_matches_the_generic_protocol(ops: list[tuple[Any, ...]],
-                                                      num_blocks: int, cap: int | None) -> None:
-    cfg = CacheConfig(block_size=2, num_blocks=num_blocks, eviction_policy="lru",
-                      max_cached_blocks=cap)
+@given(
+    ops=st.lists(OPS, min_size=20, max_size=60),
+    num_blocks=st.integers(4, 12),
+    cap=st.sampled_from([None, None, 0, 1, 3]),
+)
+def test_queue_fast_path_matches_the_generic_protocol(
+    ops: list[tuple[Any, ...]], num_blocks: int, cap: int | None
+) -> None:
+    cfg = CacheConfig(
+        block_size=2, num_blocks=num_blocks, eviction_policy="lru", max_cached_blocks=cap
+    )
     run_lockstep(BlockManager(cfg), generic(BlockManager(cfg)), ops, comparable)

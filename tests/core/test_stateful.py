@@ -51,16 +51,18 @@ SALTS = (None, None, None, "tenant-b")
 TOKEN = st.integers(0, 3)  # a tiny alphabet: random tails collide often
 # append's inputs: a plain int and short lists take its fast path, the rest the general one
 APPEND_FORMS: dict[str, Any] = {
-    "int": lambda t: t[0], "list": list, "numpy": lambda t: np.array(t, dtype=np.int64),
-    "array": lambda t: array("q", t), "tuple": tuple,
+    "int": lambda t: t[0],
+    "list": list,
+    "numpy": lambda t: np.array(t, dtype=np.int64),
+    "array": lambda t: array("q", t),
+    "tuple": tuple,
 }
 WINDOWS = st.one_of(
-    st.just(None), st.just(None), st.just(None),
+    st.just(None),
+    st.just(None),
+    st.just(None),
     st.builds(SlidingWindow, st.integers(1, 6), st.integers(0, 3)),
 )
-
-
-
 
 
 @dataclass
@@ -97,17 +99,32 @@ class ManagerMachine(RuleBasedStateMachine):
         self.next_id = 0
 
     # ------------------------------------------------------------------ setup
-    @initialize(block_size=st.integers(2, 4), num_blocks=st.integers(8, 24),
-                num_host_blocks=st.sampled_from([0, 0, 6, 16]),
-                max_cached_blocks=st.sampled_from([None, None, None, 0, 3]),
-                watermark=st.sampled_from([0.0, 0.0, 0.0, 0.2]))
-    def setup(self, block_size: int, num_blocks: int, num_host_blocks: int,
-              max_cached_blocks: int | None, watermark: float) -> None:
+    @initialize(
+        block_size=st.integers(2, 4),
+        num_blocks=st.integers(8, 24),
+        num_host_blocks=st.sampled_from([0, 0, 6, 16]),
+        max_cached_blocks=st.sampled_from([None, None, None, 0, 3]),
+        watermark=st.sampled_from([0.0, 0.0, 0.0, 0.2]),
+    )
+    def setup(
+        self,
+        block_size: int,
+        num_blocks: int,
+        num_host_blocks: int,
+        max_cached_blocks: int | None,
+        watermark: float,
+    ) -> None:
         self.bs = block_size
-        self.mgr = BlockManager(CacheConfig(
-            block_size=block_size, num_blocks=num_blocks, eviction_policy=self.POLICY,
-            num_host_blocks=num_host_blocks,
-            max_cached_blocks=max_cached_blocks, watermark=watermark))
+        self.mgr = BlockManager(
+            CacheConfig(
+                block_size=block_size,
+                num_blocks=num_blocks,
+                eviction_policy=self.POLICY,
+                num_host_blocks=num_host_blocks,
+                max_cached_blocks=max_cached_blocks,
+                watermark=watermark,
+            )
+        )
         self.wm = int(watermark * (num_blocks - 1))
         self.mem = {b: [None] * block_size for b in range(num_blocks)}
         self.host = {h: [None] * block_size for h in range(num_host_blocks)}
@@ -150,8 +167,9 @@ class ManagerMachine(RuleBasedStateMachine):
         self.history.append((list(tokens), salt))
         del self.history[:-12]
 
-    def run_copies(self, copies: list[tuple[int, int]], src: dict[int, list[Any]],
-                   dst: dict[int, list[Any]]) -> None:
+    def run_copies(
+        self, copies: list[tuple[int, int]], src: dict[int, list[Any]], dst: dict[int, list[Any]]
+    ) -> None:
         for a, b in copies:
             dst[b] = list(src[a])
 
@@ -187,8 +205,14 @@ class ManagerMachine(RuleBasedStateMachine):
         diff = sorted(k for k in before if before[k] != after[k])
         assert not diff, f"a failing call changed {diff}"
 
-    def out_of_blocks(self, before: dict[str, Any], err: OutOfBlocksError, *, fits: bool,
-                      exact: tuple[int, int] | None = None) -> None:
+    def out_of_blocks(
+        self,
+        before: dict[str, Any],
+        err: OutOfBlocksError,
+        *,
+        fits: bool,
+        exact: tuple[int, int] | None = None,
+    ) -> None:
         """An allowed OutOfBlocksError: nothing changed, the numbers say it did not fit, and
         the request really did not fit by the model's count."""
         self.unchanged(before)
@@ -201,8 +225,9 @@ class ManagerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ rules
     @precondition(lambda self: self.room())
     @rule(data=st.data(), window=WINDOWS, compute_last=st.booleans(), commit=st.booleans())
-    def admit(self, data: st.DataObject, window: SlidingWindow | None, compute_last: bool,
-              commit: bool) -> None:
+    def admit(
+        self, data: st.DataObject, window: SlidingWindow | None, compute_last: bool, commit: bool
+    ) -> None:
         self.do_admit(self.draw_prompt(data), window, compute_last, commit)
 
     @precondition(lambda self: self.room() and bool(self.history))
@@ -214,8 +239,13 @@ class ManagerMachine(RuleBasedStateMachine):
         tail = data.draw(st.lists(TOKEN, max_size=3), label="tail")
         self.do_admit(([*tokens[:cut], *tail], salt), None, compute_last, True)
 
-    def do_admit(self, prompt: tuple[list[int], str | None], window: SlidingWindow | None,
-                 compute_last: bool, commit: bool) -> None:
+    def do_admit(
+        self,
+        prompt: tuple[list[int], str | None],
+        window: SlidingWindow | None,
+        compute_last: bool,
+        commit: bool,
+    ) -> None:
         mgr, bs = self.m, self.bs
         tokens, salt = prompt
         n = len(tokens)
@@ -225,8 +255,9 @@ class ManagerMachine(RuleBasedStateMachine):
         free = mgr.num_free_blocks
         before = snapshot(mgr)
         try:
-            hit = mgr.admit(sid, tokens, cache_salt=salt, sliding_window=window,
-                            compute_last_token=compute_last)
+            hit = mgr.admit(
+                sid, tokens, cache_salt=salt, sliding_window=window, compute_last_token=compute_last
+            )
         except OutOfBlocksError as err:
             self.out_of_blocks(before, err, fits=-(-n // bs) <= free - self.wm)
             return
@@ -248,8 +279,7 @@ class ManagerMachine(RuleBasedStateMachine):
         free = mgr.num_free_blocks
         before = snapshot(mgr)
         try:
-            hits = mgr.admit_batch(ids, [t1, t2], cache_salt=salt,
-                                   compute_last_token=compute_last)
+            hits = mgr.admit_batch(ids, [t1, t2], cache_salt=salt, compute_last_token=compute_last)
         except OutOfBlocksError as err:
             need = -(-len(t1) // bs) + -(-len(t2) // bs)
             self.out_of_blocks(before, err, fits=need <= free - self.wm)
@@ -264,8 +294,12 @@ class ManagerMachine(RuleBasedStateMachine):
             mgr.commit(ids)
 
     @precondition(lambda self: self.has_running())
-    @rule(data=st.data(), new=st.lists(TOKEN, min_size=1, max_size=10), commit=st.booleans(),
-          form=st.sampled_from(sorted(APPEND_FORMS)))
+    @rule(
+        data=st.data(),
+        new=st.lists(TOKEN, min_size=1, max_size=10),
+        commit=st.booleans(),
+        form=st.sampled_from(sorted(APPEND_FORMS)),
+    )
     def append(self, data: st.DataObject, new: list[int], commit: bool, form: str) -> None:
         mgr, bs = self.m, self.bs
         sid = data.draw(st.sampled_from(self.running()), label="sid")
@@ -293,8 +327,9 @@ class ManagerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), commit=st.booleans())
     def append_batch(self, data: st.DataObject, commit: bool) -> None:
         mgr = self.m
-        ids = data.draw(st.lists(st.sampled_from(self.running()), min_size=1, unique=True),
-                        label="batch")
+        ids = data.draw(
+            st.lists(st.sampled_from(self.running()), min_size=1, unique=True), label="batch"
+        )
         toks = data.draw(st.lists(TOKEN, min_size=len(ids), max_size=len(ids)), label="toks")
         starts = [mgr.num_tokens(s) for s in ids]
         free = mgr.num_free_blocks
@@ -508,11 +543,16 @@ class ManagerMachine(RuleBasedStateMachine):
             if ms.swapped:
                 continue
             full = len(ms.tokens) // bs
-            hashes = chain_hashes(fn, root_hash(fn, ms.salt, None),
-                                  token_bytes(as_token_array(ms.tokens)), bs * 8, full)
+            hashes = chain_hashes(
+                fn,
+                root_hash(fn, ms.salt, None),
+                token_bytes(as_token_array(ms.tokens)),
+                bs * 8,
+                full,
+            )
             ids = identities(ms.tokens, ms.salt)
             for i, h in enumerate(hashes):
-                self.known.setdefault(h, ids[i * bs:(i + 1) * bs])
+                self.known.setdefault(h, ids[i * bs : (i + 1) * bs])
 
     @invariant()
     def consistent(self) -> None:
@@ -551,8 +591,9 @@ class ManagerMachine(RuleBasedStateMachine):
                     assert i != len(table) - 1, f"seq {sid}: block of its last token released"
                     continue
                 got = store[b][: min(bs, n - i * bs)]
-                assert got == ids[i * bs:(i + 1) * bs], (
-                    f"seq {sid} reads wrong KV in logical block {i} (physical {b})")
+                assert got == ids[i * bs : (i + 1) * bs], (
+                    f"seq {sid} reads wrong KV in logical block {i} (physical {b})"
+                )
         cap = mgr.config.max_cached_blocks
         assert cap is None or len(mgr.prefix_cache.cached) <= cap, "prefix cache above its cap"
         for h, b in mgr.prefix_cache.cached.items():
@@ -562,7 +603,7 @@ class ManagerMachine(RuleBasedStateMachine):
             ids = identities(mp.tokens, mp.salt)
             for i, b in enumerate(mp.blocks):
                 assert mgr.pool.ref_cnt[b] > 0
-                assert self.mem[b] == ids[i * bs:(i + 1) * bs], f"pinned block {b} changed"
+                assert self.mem[b] == ids[i * bs : (i + 1) * bs], f"pinned block {b} changed"
 
 
 def make_machine(policy: str) -> type[ManagerMachine]:
@@ -572,11 +613,19 @@ def make_machine(policy: str) -> type[ManagerMachine]:
 # Shrinking a failure of this machine can take minutes per parametrisation, so it is off by
 # default (a failing run then stops at once and prints the unshrunk steps); set
 # PAGEDKV_SHRINK=1 to get a minimal reproduction.
-_PHASES = tuple(Phase) if os.environ.get("PAGEDKV_SHRINK") else (
-    Phase.explicit, Phase.reuse, Phase.generate)
-SETTINGS = settings(max_examples=80, stateful_step_count=60, deadline=None,
-                    report_multiple_bugs=False, phases=_PHASES,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+_PHASES = (
+    tuple(Phase)
+    if os.environ.get("PAGEDKV_SHRINK")
+    else (Phase.explicit, Phase.reuse, Phase.generate)
+)
+SETTINGS = settings(
+    max_examples=80,
+    stateful_step_count=60,
+    deadline=None,
+    report_multiple_bugs=False,
+    phases=_PHASES,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @pytest.mark.parametrize("policy", sorted(EVICTION_POLICIES))

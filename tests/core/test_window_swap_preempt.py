@@ -72,12 +72,15 @@ def test_swap_out_needs_host_room(make_mgr):
     mgr.check_integrity()
 
 
-@pytest.mark.parametrize(("policy", "expected"), [
-    ("priority", ["low", "mid"]),
-    ("newest", ["low", "mid"]),
-    ("lru", ["old", "mid"]),
-    ("longest", ["old", "low"]),  # low and mid both hold 2 blocks: the newer goes first
-])
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("priority", ["low", "mid"]),
+        ("newest", ["low", "mid"]),
+        ("lru", ["old", "mid"]),
+        ("longest", ["old", "low"]),  # low and mid both hold 2 blocks: the newer goes first
+    ],
+)
 def test_victim_selection_orders(make_mgr, policy, expected):
     mgr = make_mgr(num_blocks=20)
     mgr.admit("old", list(range(12)), priority=0)  # 3 blocks, arrived first

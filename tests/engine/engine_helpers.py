@@ -34,9 +34,16 @@ def _greedy(prompt: tuple[int, ...], n: int, repetition_penalty: float) -> tuple
     model = tiny_model().model
     ids = torch.tensor([list(prompt)])
     extra = {} if repetition_penalty == 1.0 else {"repetition_penalty": repetition_penalty}
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                         do_sample=False, eos_token_id=None, pad_token_id=0, **extra)
-    return tuple(out[0, len(prompt):].tolist())
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        **extra,
+    )
+    return tuple(out[0, len(prompt) :].tolist())
 
 
 def greedy_ref(prompt: Iterable[int], n: int, repetition_penalty: float = 1.0) -> list[int]:
@@ -78,8 +85,13 @@ class Run:
     steps: int
 
 
-def drive(engine: LLMEngine, submissions: Iterable[tuple[Any, ...]] = (), *,
-          max_steps: int = 5000, on_step: Any = None) -> Run:
+def drive(
+    engine: LLMEngine,
+    submissions: Iterable[tuple[Any, ...]] = (),
+    *,
+    max_steps: int = 5000,
+    on_step: Any = None,
+) -> Run:
     """Submit requests and step the engine until nothing is left, checking integrity after
     every step. A submission is ``(rid, prompt, params)`` (submitted before the first step) or
     ``(at_step, rid, prompt, params)`` (submitted before step ``at_step``)."""

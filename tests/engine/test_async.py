@@ -51,7 +51,7 @@ def _check_stream(outs):
         assert [t for d in deltas for t in d.delta_token_ids] == c.token_ids
         # cumulative fields only grow
         for a, b in itertools.pairwise(deltas):
-            assert b.token_ids[:len(a.token_ids)] == a.token_ids
+            assert b.token_ids[: len(a.token_ids)] == a.token_ids
             assert b.text.startswith(a.text)
     return final
 
@@ -69,14 +69,17 @@ def test_stream_deltas_add_up(aengine, n):
 def test_stream_with_stop_string_holds_back_text(aengine):
     ref = greedy_ref(PROMPTS[2], 24)
     text = decode(ref)
-    stop = next(text[i:i + 3] for i in range(2, len(text) - 2)
-                if all(" " <= ch <= "~" for ch in text[i:i + 3]) and text.find(text[i:i + 3]) > 0)
+    stop = next(
+        text[i : i + 3]
+        for i in range(2, len(text) - 2)
+        if all(" " <= ch <= "~" for ch in text[i : i + 3]) and text.find(text[i : i + 3]) > 0
+    )
     outs = asyncio.run(_collect(aengine, PROMPTS[2], greedy(24, stop=[stop])))
     final = _check_stream(outs)
     c = final.outputs[0]
     assert c.finish_reason == "stop"
     assert c.stop_reason == stop
-    assert c.text == text[:text.find(stop)]
+    assert c.text == text[: text.find(stop)]
     # no partial stop string was ever streamed: the text shown is always a prefix of the final
     for o in outs:
         assert c.text.startswith(o.outputs[0].text)

@@ -24,8 +24,14 @@ POOL = [*_base, [*_shared, 7], [*_shared, 8, 9, 10], _shared]
 def _params(kind: int, n: int, max_tokens: int) -> SamplingParams:
     if kind == 0:
         return SamplingParams(temperature=0.0, n=n, max_tokens=max_tokens, ignore_eos=True)
-    return SamplingParams(temperature=0.9, top_k=50 if kind == 2 else 0, seed=kind * 101, n=n,
-                          max_tokens=max_tokens, ignore_eos=True)
+    return SamplingParams(
+        temperature=0.9,
+        top_k=50 if kind == 2 else 0,
+        seed=kind * 101,
+        n=n,
+        max_tokens=max_tokens,
+        ignore_eos=True,
+    )
 
 
 @functools.cache
@@ -34,8 +40,10 @@ def _alone(prompt_idx: int, kind: int, n: int, max_tokens: int) -> tuple[tuple[i
     prompt = POOL[prompt_idx]
     if kind == 0:
         return tuple(tuple(greedy_ref(prompt, max_tokens)) for _ in range(n))
-    run = drive(make_engine(block_size=BLOCK, num_blocks=64),
-                [("alone", prompt, _params(kind, n, max_tokens))])
+    run = drive(
+        make_engine(block_size=BLOCK, num_blocks=64),
+        [("alone", prompt, _params(kind, n, max_tokens))],
+    )
     return tuple(tuple(c.token_ids) for c in run.final["alone"].outputs)
 
 
@@ -60,14 +68,26 @@ class EngineMachine(RuleBasedStateMachine):
         chunked = budget is not None
         self.host = 24 if mode == "swap" else 0
         self.engine = make_engine(
-            block_size=BLOCK, num_blocks=num_blocks, preemption_mode=mode,
-            num_host_blocks=self.host, enable_chunked_prefill=chunked,
-            max_num_batched_tokens=budget if chunked else 64, max_model_len=64,
-            max_num_seqs=max_num_seqs, enable_prefix_caching=prefix, scheduling_policy=policy)
+            block_size=BLOCK,
+            num_blocks=num_blocks,
+            preemption_mode=mode,
+            num_host_blocks=self.host,
+            enable_chunked_prefill=chunked,
+            max_num_batched_tokens=budget if chunked else 64,
+            max_model_len=64,
+            max_num_seqs=max_num_seqs,
+            enable_prefix_caching=prefix,
+            scheduling_policy=policy,
+        )
         self.capacity = num_blocks * BLOCK
 
-    @rule(prompt_idx=st.integers(0, len(POOL) - 1), kind=st.sampled_from([0, 0, 1, 2]),
-          n=st.integers(1, 3), max_tokens=st.integers(1, 12), priority=st.integers(0, 2))
+    @rule(
+        prompt_idx=st.integers(0, len(POOL) - 1),
+        kind=st.sampled_from([0, 0, 1, 2]),
+        n=st.integers(1, 3),
+        max_tokens=st.integers(1, 12),
+        priority=st.integers(0, 2),
+    )
     def submit(self, prompt_idx, kind, n, max_tokens, priority):
         rid = f"r{self.count}"
         self.count += 1
@@ -77,12 +97,14 @@ class EngineMachine(RuleBasedStateMachine):
         if eng.config.scheduling_policy != "priority":
             priority = 0  # priorities need priority scheduling (refused otherwise)
         try:
-            eng.add_request(rid, POOL[prompt_idx], _params(kind, n, max_tokens),
-                            priority=priority)
+            eng.add_request(rid, POOL[prompt_idx], _params(kind, n, max_tokens), priority=priority)
         except InvalidArgumentError:
             assert not fits
-            assert (set(eng.requests), len(eng.scheduler.waiting),
-                    eng.manager.num_used_blocks) == before
+            assert (
+                set(eng.requests),
+                len(eng.scheduler.waiting),
+                eng.manager.num_used_blocks,
+            ) == before
             return
         assert fits
         self.submitted[rid] = (prompt_idx, kind, n, max_tokens)
@@ -137,7 +159,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert len(out.outputs) == n
             for c, want in zip(out.outputs, ref, strict=True):
                 if rid in self.aborted and c.finish_reason == "abort":
-                    assert tuple(c.token_ids) == want[:len(c.token_ids)], rid
+                    assert tuple(c.token_ids) == want[: len(c.token_ids)], rid
                 else:
                     assert c.finish_reason == "length", rid
                     assert tuple(c.token_ids) == want, (rid, c.index)
@@ -147,7 +169,9 @@ class EngineMachine(RuleBasedStateMachine):
 
 
 EngineMachine.TestCase.settings = settings(
-    max_examples=15, stateful_step_count=30, deadline=None,
+    max_examples=15,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestEngineStateful = EngineMachine.TestCase

@@ -148,8 +148,16 @@ def test_host_tier_brings_back_blocks_evicted_from_the_device():
 
 
 def test_serve_cli_accepts_tier_options(tmp_path):
-    cmd = [sys.executable, "-m", "pagedkv.cli", "serve", "--model", "tiny-random",
-           "--kv-host-bytes", "-5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pagedkv.cli",
+        "serve",
+        "--model",
+        "tiny-random",
+        "--kv-host-bytes",
+        "-5",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "kv_host_bytes" in res.stderr
@@ -157,8 +165,7 @@ def test_serve_cli_accepts_tier_options(tmp_path):
 
 
 def test_write_on_evict_stores_only_what_the_device_lets_go():
-    eng = make_engine(block_size=4, num_blocks=20, kv_host_bytes=64 << 20,
-                      kv_tier_write="evict")
+    eng = make_engine(block_size=4, num_blocks=20, kv_host_bytes=64 << 20, kv_tier_write="evict")
     first = _run(eng, LONG)
     eng.tiers.cache.flush()
     assert eng.tiers.stats()["connector"]["stored_blocks"] == 0  # nothing evicted yet

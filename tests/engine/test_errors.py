@@ -17,16 +17,24 @@ PROMPTS = random_prompts([5, 9, 14], seed=51)
 
 def _state(eng):
     sch = eng.scheduler
-    return (dict(eng.requests), [s.seq_id for s in sch.waiting], [s.seq_id for s in sch.running],
-            [s.seq_id for s in sch.swapped], eng.manager.num_used_blocks,
-            sorted(map(str, eng.manager.seq_ids)), eng.totals["prompt_tokens"], eng._arrivals)
+    return (
+        dict(eng.requests),
+        [s.seq_id for s in sch.waiting],
+        [s.seq_id for s in sch.running],
+        [s.seq_id for s in sch.swapped],
+        eng.manager.num_used_blocks,
+        sorted(map(str, eng.manager.seq_ids)),
+        eng.totals["prompt_tokens"],
+        eng._arrivals,
+    )
 
 
 @pytest.fixture
 def busy_engine():
     """An engine part-way through serving two requests (one waiting on a small budget)."""
-    eng = make_engine(block_size=4, num_blocks=16, max_model_len=128, max_num_batched_tokens=6,
-                      max_num_seqs=4)
+    eng = make_engine(
+        block_size=4, num_blocks=16, max_model_len=128, max_num_batched_tokens=6, max_num_seqs=4
+    )
     eng.add_request("a", PROMPTS[0], greedy(8))
     eng.add_request("b", PROMPTS[2], greedy(8))
     eng.step()
@@ -104,23 +112,60 @@ def test_request_id_reusable_after_finish():
 
 
 BAD_PARAMS = [
-    {"temperature": -1}, {"temperature": math.nan}, {"temperature": math.inf},
-    {"temperature": True}, {"temperature": "0.5"}, {"temperature": None},
-    {"top_p": 0}, {"top_p": 1.5}, {"top_p": math.nan}, {"top_p": -0.1},
-    {"top_k": -2}, {"top_k": 2.0}, {"top_k": "3"}, {"top_k": True},
-    {"min_p": -0.1}, {"min_p": 1.1}, {"min_p": math.nan},
-    {"n": 0}, {"n": -1}, {"n": 1.0}, {"n": True}, {"n": "2"}, {"n": 65},
-    {"max_tokens": 0}, {"max_tokens": -3}, {"max_tokens": True}, {"max_tokens": 2.5},
+    {"temperature": -1},
+    {"temperature": math.nan},
+    {"temperature": math.inf},
+    {"temperature": True},
+    {"temperature": "0.5"},
+    {"temperature": None},
+    {"top_p": 0},
+    {"top_p": 1.5},
+    {"top_p": math.nan},
+    {"top_p": -0.1},
+    {"top_k": -2},
+    {"top_k": 2.0},
+    {"top_k": "3"},
+    {"top_k": True},
+    {"min_p": -0.1},
+    {"min_p": 1.1},
+    {"min_p": math.nan},
+    {"n": 0},
+    {"n": -1},
+    {"n": 1.0},
+    {"n": True},
+    {"n": "2"},
+    {"n": 65},
+    {"max_tokens": 0},
+    {"max_tokens": -3},
+    {"max_tokens": True},
+    {"max_tokens": 2.5},
     {"max_tokens": None},
-    {"min_tokens": -1}, {"min_tokens": 5, "max_tokens": 4},
-    {"seed": -1}, {"seed": 1.5}, {"seed": "1"}, {"seed": True},
-    {"stop": [""]}, {"stop": [1]}, {"stop": ""}, {"stop": 5}, {"stop": ["ok", None]},
-    {"stop_token_ids": [-1]}, {"stop_token_ids": ["2"]}, {"stop_token_ids": 2},
+    {"min_tokens": -1},
+    {"min_tokens": 5, "max_tokens": 4},
+    {"seed": -1},
+    {"seed": 1.5},
+    {"seed": "1"},
+    {"seed": True},
+    {"stop": [""]},
+    {"stop": [1]},
+    {"stop": ""},
+    {"stop": 5},
+    {"stop": ["ok", None]},
+    {"stop_token_ids": [-1]},
+    {"stop_token_ids": ["2"]},
+    {"stop_token_ids": 2},
     {"stop_token_ids": [True]},
-    {"repetition_penalty": 0}, {"repetition_penalty": -1}, {"repetition_penalty": math.nan},
-    {"presence_penalty": 2.5}, {"presence_penalty": math.nan},
-    {"frequency_penalty": -3}, {"frequency_penalty": "1"},
-    {"logprobs": -1}, {"logprobs": 21}, {"logprobs": 1.0}, {"logprobs": True},
+    {"repetition_penalty": 0},
+    {"repetition_penalty": -1},
+    {"repetition_penalty": math.nan},
+    {"presence_penalty": 2.5},
+    {"presence_penalty": math.nan},
+    {"frequency_penalty": -3},
+    {"frequency_penalty": "1"},
+    {"logprobs": -1},
+    {"logprobs": 21},
+    {"logprobs": 1.0},
+    {"logprobs": True},
 ]
 
 
@@ -152,8 +197,10 @@ def test_llm_generate_refuses_batch_atomically():
     with pytest.raises(InvalidArgumentError):
         llm.generate([])
     outs = llm.generate([PROMPTS[0], PROMPTS[1]], greedy(4))
-    assert [o.outputs[0].token_ids for o in outs] == [greedy_ref(PROMPTS[0], 4),
-                                                      greedy_ref(PROMPTS[1], 4)]
+    assert [o.outputs[0].token_ids for o in outs] == [
+        greedy_ref(PROMPTS[0], 4),
+        greedy_ref(PROMPTS[1], 4),
+    ]
 
 
 # --------------------------------------------------------------- failures inside a step
@@ -191,8 +238,14 @@ def test_forward_failure_fails_its_requests_only(monkeypatch, where):
     assert not eng.requests
     assert eng.manager.num_used_blocks == 0
     # later requests succeed, including the very same prompts (no half-written cache hits)
-    run = drive(eng, [("a2", PROMPTS[1], greedy(6, n=2)), ("b2", PROMPTS[2], greedy(6)),
-                      ("c", PROMPTS[0], greedy(6))])
+    run = drive(
+        eng,
+        [
+            ("a2", PROMPTS[1], greedy(6, n=2)),
+            ("b2", PROMPTS[2], greedy(6)),
+            ("c", PROMPTS[0], greedy(6)),
+        ],
+    )
     for rid, p in (("a2", PROMPTS[1]), ("b2", PROMPTS[2]), ("c", PROMPTS[0])):
         for c in run.final[rid].outputs:
             assert c.token_ids == greedy_ref(p, 6), rid
@@ -233,8 +286,14 @@ def test_sampler_failure_fails_one_request(monkeypatch):
 
     monkeypatch.setattr(le, "sample", flaky)
     eng = make_engine(block_size=4, num_blocks=32)
-    run = drive(eng, [("ok1", PROMPTS[0], greedy(6)), ("bad", PROMPTS[1], bad),
-                      ("ok2", PROMPTS[2], greedy(6, n=2))])
+    run = drive(
+        eng,
+        [
+            ("ok1", PROMPTS[0], greedy(6)),
+            ("bad", PROMPTS[1], bad),
+            ("ok2", PROMPTS[2], greedy(6, n=2)),
+        ],
+    )
     b = run.final["bad"]
     assert b.error is not None
     assert "sampler exploded" in b.error
@@ -248,8 +307,13 @@ def test_sampler_failure_fails_one_request(monkeypatch):
 
 
 def test_abort_in_every_state():
-    eng = make_engine(block_size=4, num_blocks=14, preemption_mode="swap", num_host_blocks=64,
-                      max_num_batched_tokens=4)
+    eng = make_engine(
+        block_size=4,
+        num_blocks=14,
+        preemption_mode="swap",
+        num_host_blocks=64,
+        max_num_batched_tokens=4,
+    )
     prompts = random_prompts([9, 11, 6, 14], seed=52)
     for i, p in enumerate(prompts):
         eng.add_request(f"r{i}", p, greedy(16, n=2 if i == 1 else 1))
@@ -261,8 +325,11 @@ def test_abort_in_every_state():
         eng.step()
         eng.check_integrity()
         sch = eng.scheduler
-        for state, queue in (("waiting", sch.waiting), ("running", sch.running),
-                             ("swapped", sch.swapped)):
+        for state, queue in (
+            ("waiting", sch.waiting),
+            ("running", sch.running),
+            ("swapped", sch.swapped),
+        ):
             if queue and state not in seen and queue[-1].request.request_id not in aborted:
                 seen.add(state)
                 rid = queue[-1].request.request_id
@@ -281,11 +348,19 @@ def test_abort_in_every_state():
 
 
 BAD_CONFIGS = [
-    {"block_size": 0}, {"block_size": True}, {"num_blocks": 0}, {"num_blocks": 2.5},
-    {"num_blocks": 8, "kv_cache_memory": 1 << 20}, {"max_num_seqs": 0},
-    {"max_num_batched_tokens": 0}, {"preemption_mode": "drop"},
-    {"preemption_mode": "swap"}, {"num_host_blocks": -1}, {"scheduling_policy": "lifo"},
-    {"watermark": 1.0}, {"watermark": -0.1},
+    {"block_size": 0},
+    {"block_size": True},
+    {"num_blocks": 0},
+    {"num_blocks": 2.5},
+    {"num_blocks": 8, "kv_cache_memory": 1 << 20},
+    {"max_num_seqs": 0},
+    {"max_num_batched_tokens": 0},
+    {"preemption_mode": "drop"},
+    {"preemption_mode": "swap"},
+    {"num_host_blocks": -1},
+    {"scheduling_policy": "lifo"},
+    {"watermark": 1.0},
+    {"watermark": -0.1},
     {"enable_chunked_prefill": False, "max_num_batched_tokens": 16},  # < max_model_len
 ]
 

@@ -60,8 +60,14 @@ def test_prefix_hits_resubmit_and_shared_prefix():
     first = drive(eng, [("r0", prompts[0], greedy(8))])
     assert first.final["r0"].num_cached_tokens == 0
     # same prompt again and two more sharing its first 13 tokens (3 full blocks)
-    run = drive(eng, [("again", prompts[0], greedy(8)), ("r1", prompts[1], greedy(8)),
-                      ("r2", prompts[2], greedy(8))])
+    run = drive(
+        eng,
+        [
+            ("again", prompts[0], greedy(8)),
+            ("r1", prompts[1], greedy(8)),
+            ("r2", prompts[2], greedy(8)),
+        ],
+    )
     for rid, p in (("again", prompts[0]), ("r1", prompts[1]), ("r2", prompts[2])):
         out = run.final[rid]
         assert out.num_cached_tokens > 0, rid
@@ -127,8 +133,9 @@ def test_n3_greedy_forks_share_prompt(prompt_len):
 @pytest.mark.parametrize("budget", [3, 8, 64])
 def test_chunked_prefill_budgets(budget):
     prompts = random_prompts([1, 7, 19, 26], seed=11)
-    eng = make_engine(block_size=4, num_blocks=128, max_num_batched_tokens=budget,
-                      enable_chunked_prefill=True)
+    eng = make_engine(
+        block_size=4, num_blocks=128, max_num_batched_tokens=budget, enable_chunked_prefill=True
+    )
     sizes = []
     real_forward = eng.runner.forward
 
@@ -146,8 +153,13 @@ def test_chunked_prefill_budgets(budget):
 
 def test_without_chunked_prefill():
     prompts = random_prompts([2, 14, 29], seed=12)
-    eng = make_engine(block_size=4, num_blocks=128, enable_chunked_prefill=False,
-                      max_num_batched_tokens=512, max_model_len=512)
+    eng = make_engine(
+        block_size=4,
+        num_blocks=128,
+        enable_chunked_prefill=False,
+        max_num_batched_tokens=512,
+        max_model_len=512,
+    )
     run = drive(eng, [(f"r{i}", p, greedy(6)) for i, p in enumerate(prompts)])
     _check_exact(run, prompts, 6)
 
@@ -156,8 +168,11 @@ def test_max_num_seqs_limits_batch():
     prompts = random_prompts([3, 4, 5, 6, 7], seed=13)
     eng = make_engine(block_size=4, num_blocks=128, max_num_seqs=2)
     widths = []
-    run = drive(eng, [(f"r{i}", p, greedy(5)) for i, p in enumerate(prompts)],
-                on_step=lambda e, _: widths.append(len(e.scheduler.running)))
+    run = drive(
+        eng,
+        [(f"r{i}", p, greedy(5)) for i, p in enumerate(prompts)],
+        on_step=lambda e, _: widths.append(len(e.scheduler.running)),
+    )
     _check_exact(run, prompts, 5)
     assert max(widths) <= 2
 
@@ -168,9 +183,14 @@ def test_max_num_seqs_counts_forks_still_to_come():
     prompts = random_prompts([10, 2, 2, 2], seed=14)
     eng = make_engine(block_size=4, num_blocks=128, max_num_seqs=3, max_num_batched_tokens=8)
     widths = []
-    run = drive(eng, [("r0", prompts[0], greedy(4, n=3)),
-                      *[(f"r{i}", p, greedy(12)) for i, p in enumerate(prompts) if i]],
-                on_step=lambda e, _: widths.append(len(e.scheduler.running)))
+    run = drive(
+        eng,
+        [
+            ("r0", prompts[0], greedy(4, n=3)),
+            *[(f"r{i}", p, greedy(12)) for i, p in enumerate(prompts) if i],
+        ],
+        on_step=lambda e, _: widths.append(len(e.scheduler.running)),
+    )
     _check_exact(run, prompts[:1], 4)
     for i in (1, 2, 3):
         assert run.final[f"r{i}"].outputs[0].token_ids == greedy_ref(prompts[i], 12)
@@ -184,8 +204,9 @@ def test_max_num_seqs_counts_forks_still_to_come():
 @pytest.mark.parametrize("budget", [5, 64])
 def test_forced_preemption_exact(mode, extra, budget):
     prompts = random_prompts([9, 11, 6, 14, 3], seed=21)
-    eng = make_engine(block_size=4, num_blocks=14, preemption_mode=mode,
-                      max_num_batched_tokens=budget, **extra)
+    eng = make_engine(
+        block_size=4, num_blocks=14, preemption_mode=mode, max_num_batched_tokens=budget, **extra
+    )
     run = drive(eng, [(f"r{i}", p, greedy(16)) for i, p in enumerate(prompts)])
     _check_exact(run, prompts, 16)
     assert eng.scheduler.num_preemptions > 0
@@ -234,8 +255,9 @@ def test_swap_falls_back_to_recompute_when_host_pool_is_small():
     assert eng.scheduler.num_preemptions > 0
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("priority", ["r1", "r2", "r0"]),
-                                                  ("fcfs", ["r0", "r1", "r2"])])
+@pytest.mark.parametrize(
+    ("policy", "expected"), [("priority", ["r1", "r2", "r0"]), ("fcfs", ["r0", "r1", "r2"])]
+)
 def test_scheduling_policy_orders_requests(policy, expected):
     prompts = random_prompts([5, 5, 5], seed=24)
     eng = make_engine(block_size=4, num_blocks=64, scheduling_policy=policy, max_num_seqs=1)
@@ -292,8 +314,9 @@ def test_each_prompt_block_is_hashed_once_through_chunked_prefill():
     """The scheduler hashes a prompt once (lookup, admission of the first chunk, and the blocks
     later chunks fill all use that ``HashedPrompt``): a prompt of ``k`` full blocks costs ``k``
     block hashes plus its root, however many chunks it is computed in."""
-    eng = make_engine(block_size=4, num_blocks=64, enable_chunked_prefill=True,
-                      max_num_batched_tokens=6)
+    eng = make_engine(
+        block_size=4, num_blocks=64, enable_chunked_prefill=True, max_num_batched_tokens=6
+    )
     cache = eng.manager.prefix_cache
     digests: list[bytes] = []
     real = cache.hash_fn

@@ -23,8 +23,9 @@ VARIANTS = [
 
 
 def _seeded(n: int = 1, max_tokens: int = 12, **kw) -> SamplingParams:
-    return SamplingParams(temperature=0.9, seed=1234, n=n, max_tokens=max_tokens,
-                          ignore_eos=True, **kw)
+    return SamplingParams(
+        temperature=0.9, seed=1234, n=n, max_tokens=max_tokens, ignore_eos=True, **kw
+    )
 
 
 def _tokens(run, rid):
@@ -34,24 +35,38 @@ def _tokens(run, rid):
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v) or "plain")
 def test_seeded_sampling_independent_of_batch(variant):
     params = _seeded(n=2, **variant)
-    alone = _tokens(drive(make_engine(block_size=4, num_blocks=64),
-                          [("s", PROMPT, params)]), "s")
+    alone = _tokens(drive(make_engine(block_size=4, num_blocks=64), [("s", PROMPT, params)]), "s")
     assert alone[0] != greedy_ref(PROMPT, 12)  # really sampled, not greedy
     assert alone[0] != alone[1]  # sample index is part of the seed
     # with other (seeded and unseeded) requests arriving before and after
-    others = [(i, f"o{i}", p, SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True,
-                                             seed=None if i % 2 else i))
-              for i, p in enumerate(OTHERS)]
-    run = drive(make_engine(block_size=4, num_blocks=64, seed=99),
-                [*others, (2, "s", PROMPT, params)])
+    others = [
+        (
+            i,
+            f"o{i}",
+            p,
+            SamplingParams(
+                temperature=1.0, max_tokens=8, ignore_eos=True, seed=None if i % 2 else i
+            ),
+        )
+        for i, p in enumerate(OTHERS)
+    ]
+    run = drive(
+        make_engine(block_size=4, num_blocks=64, seed=99), [*others, (2, "s", PROMPT, params)]
+    )
     assert _tokens(run, "s") == alone
     # under preemption (recompute and swap) on a tiny pool, with a small chunk budget
     for mode in ("recompute", "swap"):
-        eng = make_engine(block_size=4, num_blocks=14, preemption_mode=mode,
-                          num_host_blocks=64, max_num_batched_tokens=6)
-        more = [(i, f"p{i}", p, SamplingParams(temperature=1.0, max_tokens=16, seed=i,
-                                               ignore_eos=True))
-                for i, p in enumerate(OTHERS)]
+        eng = make_engine(
+            block_size=4,
+            num_blocks=14,
+            preemption_mode=mode,
+            num_host_blocks=64,
+            max_num_batched_tokens=6,
+        )
+        more = [
+            (i, f"p{i}", p, SamplingParams(temperature=1.0, max_tokens=16, seed=i, ignore_eos=True))
+            for i, p in enumerate(OTHERS)
+        ]
         run = drive(eng, [*more, ("s", PROMPT, params)])
         assert eng.scheduler.num_preemptions > 0, mode
         assert _tokens(run, "s") == alone, mode
@@ -60,12 +75,13 @@ def test_seeded_sampling_independent_of_batch(variant):
 def test_seeded_sampling_survives_own_preemption():
     """The seeded request itself is preempted (it arrives last: lowest FCFS priority)."""
     params = _seeded(max_tokens=16)
-    alone = _tokens(drive(make_engine(block_size=4, num_blocks=64), [("s", PROMPT, params)]),
-                    "s")
+    alone = _tokens(drive(make_engine(block_size=4, num_blocks=64), [("s", PROMPT, params)]), "s")
     for mode in ("recompute", "swap"):
         eng = make_engine(block_size=4, num_blocks=14, preemption_mode=mode, num_host_blocks=64)
-        run = drive(eng, [*[(f"g{i}", p, greedy(16)) for i, p in enumerate(OTHERS[:2])],
-                          ("s", PROMPT, params)])
+        run = drive(
+            eng,
+            [*[(f"g{i}", p, greedy(16)) for i, p in enumerate(OTHERS[:2])], ("s", PROMPT, params)],
+        )
         assert run.final["s"].metrics.num_preemptions > 0, mode
         assert _tokens(run, "s") == alone, mode
 
@@ -79,8 +95,9 @@ def test_unseeded_samples_differ_and_engine_seed_reproduces():
     a, b = runs[0]
     assert a != b  # 10 draws from ~uniform over 320 tokens: equal with prob ~0
     assert runs[0] == runs[1]  # same engine seed, same submissions -> same draws
-    other = _tokens(drive(make_engine(block_size=4, num_blocks=64, seed=8),
-                          [("u", PROMPT, params)]), "u")
+    other = _tokens(
+        drive(make_engine(block_size=4, num_blocks=64, seed=8), [("u", PROMPT, params)]), "u"
+    )
     assert other != runs[0]
 
 
@@ -124,7 +141,7 @@ def test_top_k_one_is_greedy():
 @torch.inference_mode()
 def _model_logprobs(model, prompt, out):
     ids = torch.tensor([prompt + out])
-    logits = model(ids).logits[0, len(prompt) - 1: len(prompt) + len(out) - 1]
+    logits = model(ids).logits[0, len(prompt) - 1 : len(prompt) + len(out) - 1]
     return torch.log_softmax(logits.float(), -1)
 
 
@@ -150,8 +167,7 @@ def test_logprobs_greedy_match_model(lm, k):
 
 
 def test_logprobs_sampled_token_outside_top_k(lm):
-    params = SamplingParams(temperature=1.0, seed=11, max_tokens=10, logprobs=2,
-                            ignore_eos=True)
+    params = SamplingParams(temperature=1.0, seed=11, max_tokens=10, logprobs=2, ignore_eos=True)
     run = drive(make_engine(block_size=4, num_blocks=64), [("l", PROMPT, params)])
     c = run.final["l"].outputs[0]
     ref = _model_logprobs(lm.model, PROMPT, c.token_ids)
@@ -183,9 +199,14 @@ def test_repetition_penalty_matches_hf_and_reduces_repeats():
     base = greedy_ref(REPEAT_PROMPT, 20)
     assert _repeats(base) > 5  # this prompt sends the tiny model into a loop
     eng = make_engine(block_size=4, num_blocks=64)
-    run = drive(eng, [("p", REPEAT_PROMPT, greedy(20, repetition_penalty=1.5)),
-                      ("q", REPEAT_PROMPT, greedy(20, repetition_penalty=10.0)),
-                      ("plain", REPEAT_PROMPT, greedy(20))])
+    run = drive(
+        eng,
+        [
+            ("p", REPEAT_PROMPT, greedy(20, repetition_penalty=1.5)),
+            ("q", REPEAT_PROMPT, greedy(20, repetition_penalty=10.0)),
+            ("plain", REPEAT_PROMPT, greedy(20)),
+        ],
+    )
     assert run.final["plain"].outputs[0].token_ids == base
     got = run.final["p"].outputs[0].token_ids
     assert got == greedy_ref(REPEAT_PROMPT, 20, repetition_penalty=1.5)  # HF's processor
@@ -197,9 +218,13 @@ def test_repetition_penalty_matches_hf_and_reduces_repeats():
 @pytest.mark.parametrize("kind", ["presence_penalty", "frequency_penalty"])
 def test_presence_and_frequency_penalties_reduce_repeats(kind):
     base = greedy_ref(REPEAT_PROMPT, 20)
-    run = drive(make_engine(block_size=4, num_blocks=64),
-                [("p", REPEAT_PROMPT, greedy(20, **{kind: 2.0})),
-                 ("neg", REPEAT_PROMPT, greedy(20, **{kind: -2.0}))])
+    run = drive(
+        make_engine(block_size=4, num_blocks=64),
+        [
+            ("p", REPEAT_PROMPT, greedy(20, **{kind: 2.0})),
+            ("neg", REPEAT_PROMPT, greedy(20, **{kind: -2.0})),
+        ],
+    )
     got = run.final["p"].outputs[0].token_ids
     # logits of this model span well under 2.0: a 2.0 penalty forbids any repeat
     assert _repeats(got) == 0 < _repeats(base)

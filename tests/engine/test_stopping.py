@@ -35,7 +35,7 @@ def _stop_case(length: int, skip: int = 0):
         ref = greedy_ref(p, N)
         text = decode(ref)
         for i in range(1, len(text) - length + 1):
-            s = text[i:i + length]
+            s = text[i : i + length]
             if all(_printable(c) for c in s) and text.find(s) > 0:
                 if found == skip:
                     return p, ref, text, s
@@ -65,15 +65,19 @@ def test_stop_string_spanning_tokens(length, skip, include):
     k = _first_stop_token(ref, stop)
     assert c.token_ids == ref[:k]
     assert len(c.token_ids) < N
-    assert c.text == (text[:pos + len(stop)] if include else text[:pos])
+    assert c.text == (text[: pos + len(stop)] if include else text[:pos])
     assert c.text.endswith(stop) == include
 
 
 def test_earliest_of_several_stop_strings_wins():
     p, _ref, text, stop = _stop_case(2)
     pos = text.find(stop)
-    later = next(text[i:i + n] for n in (2, 3, 1) for i in range(pos + 1, len(text) - n + 1)
-                 if text.find(text[i:i + n]) > pos and "\ufffd" not in text[i:i + n])
+    later = next(
+        text[i : i + n]
+        for n in (2, 3, 1)
+        for i in range(pos + 1, len(text) - n + 1)
+        if text.find(text[i : i + n]) > pos and "\ufffd" not in text[i : i + n]
+    )
     params = greedy(N, stop=[later, stop])
     c = drive(make_engine(block_size=4, num_blocks=64), [("s", p, params)]).final["s"].outputs[0]
     assert c.stop_reason == stop
@@ -83,8 +87,13 @@ def test_earliest_of_several_stop_strings_wins():
 def test_stop_string_not_in_output_runs_to_length():
     p = CANDIDATES[0]
     ref = greedy_ref(p, 10)
-    c = drive(make_engine(block_size=4, num_blocks=64),
-              [("s", p, greedy(10, stop=["\x00never\x00"]))]).final["s"].outputs[0]
+    c = (
+        drive(
+            make_engine(block_size=4, num_blocks=64), [("s", p, greedy(10, stop=["\x00never\x00"]))]
+        )
+        .final["s"]
+        .outputs[0]
+    )
     assert c.finish_reason == "length"
     assert c.stop_reason is None
     assert c.token_ids == ref
@@ -97,13 +106,15 @@ def test_stop_token_ids():
     k = 5
     stop_tok = ref[k]
     first = ref.index(stop_tok)
-    run = drive(make_engine(block_size=4, num_blocks=64),
-                [("s", p, greedy(N, stop_token_ids=[stop_tok, 319]))])
+    run = drive(
+        make_engine(block_size=4, num_blocks=64),
+        [("s", p, greedy(N, stop_token_ids=[stop_tok, 319]))],
+    )
     c = run.final["s"].outputs[0]
     assert c.finish_reason == "stop"
     assert c.stop_reason == stop_tok
-    assert c.token_ids == ref[:first + 1]  # the stop token is kept in the ids
-    assert c.text == decode(ref[:first + 1])
+    assert c.token_ids == ref[: first + 1]  # the stop token is kept in the ids
+    assert c.text == decode(ref[: first + 1])
 
 
 def _eos_case():
@@ -121,13 +132,17 @@ def test_eos_stops_unless_ignored(lm):
     model = with_eos(lm, [eos])
     eng = make_engine(model, block_size=4, num_blocks=64)
     plain = SamplingParams(temperature=0.0, max_tokens=N)
-    run = drive(eng, [("eos", p, plain),
-                      ("ignore", p, SamplingParams(temperature=0.0, max_tokens=N,
-                                                   ignore_eos=True))])
+    run = drive(
+        eng,
+        [
+            ("eos", p, plain),
+            ("ignore", p, SamplingParams(temperature=0.0, max_tokens=N, ignore_eos=True)),
+        ],
+    )
     c = run.final["eos"].outputs[0]
     assert c.finish_reason == "stop"
     assert c.stop_reason is None
-    assert c.token_ids == ref[:k + 1]  # EOS is the last id ...
+    assert c.token_ids == ref[: k + 1]  # EOS is the last id ...
     assert c.text == decode(ref[:k])  # ... and shows no text
     ig = run.final["ignore"].outputs[0]
     assert ig.finish_reason == "length"
@@ -147,8 +162,10 @@ def test_min_tokens_suppresses_eos_and_stops(lm):
     assert len(c.token_ids) >= min_tokens
     # a stop token id is banned before min_tokens too
     stop_tok = ref[1]
-    c2 = drive(make_engine(block_size=4, num_blocks=64),
-               [("m", p, greedy(N, stop_token_ids=[stop_tok], min_tokens=4))]).final["m"]
+    c2 = drive(
+        make_engine(block_size=4, num_blocks=64),
+        [("m", p, greedy(N, stop_token_ids=[stop_tok], min_tokens=4))],
+    ).final["m"]
     out = c2.outputs[0].token_ids
     assert out[:1] == ref[:1]
     assert out[1] != stop_tok
@@ -164,21 +181,24 @@ def test_min_tokens_delays_stop_string():
     params = greedy(N, stop=[stop], min_tokens=min(k + 1, N))
     c = drive(make_engine(block_size=4, num_blocks=64), [("s", p, params)]).final["s"].outputs[0]
     assert len(c.token_ids) > k  # not checked before min_tokens ...
-    assert c.token_ids == ref[:len(c.token_ids)]
+    assert c.token_ids == ref[: len(c.token_ids)]
     # ... and the occurrence completed before min_tokens never counts later: the text is not
     # cut back behind what was already streamed (drive() checks the deltas add up)
     full = decode(c.token_ids)
     assert full.startswith(c.text)
     assert len(c.text) > text.find(stop)
     if c.finish_reason == "stop":
-        assert full[len(c.text):].startswith(stop)
+        assert full[len(c.text) :].startswith(stop)
 
 
 @pytest.mark.parametrize("max_tokens", [1, 2, 7])
 def test_max_tokens_is_length(max_tokens):
     p = CANDIDATES[2]
-    c = drive(make_engine(block_size=4, num_blocks=64),
-              [("s", p, greedy(max_tokens))]).final["s"].outputs[0]
+    c = (
+        drive(make_engine(block_size=4, num_blocks=64), [("s", p, greedy(max_tokens))])
+        .final["s"]
+        .outputs[0]
+    )
     assert c.finish_reason == "length"
     assert c.stop_reason is None
     assert c.token_ids == greedy_ref(p, max_tokens)
@@ -186,7 +206,13 @@ def test_max_tokens_is_length(max_tokens):
 
 def test_skip_special_tokens_false_shows_specials():
     p, ref, k, eos = _eos_case()
-    c = drive(make_engine(block_size=4, num_blocks=64),
-              [("s", p, greedy(k + 1, skip_special_tokens=False))]).final["s"].outputs[0]
-    assert c.token_ids == ref[:k + 1]
+    c = (
+        drive(
+            make_engine(block_size=4, num_blocks=64),
+            [("s", p, greedy(k + 1, skip_special_tokens=False))],
+        )
+        .final["s"]
+        .outputs[0]
+    )
+    assert c.token_ids == ref[: k + 1]
     assert c.text.endswith(f"<|reserved_{eos - 259}|>")

@@ -16,8 +16,14 @@ from pagedkv.integrations import PagedModelRunner
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "vocab_size": 160, "max_position_embeddings": 256}
+SMALL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 160,
+    "max_position_embeddings": 256,
+}
 
 
 def _model(family: str, **over):
@@ -33,9 +39,10 @@ def _model(family: str, **over):
 
 def _hf_greedy(model, prompt, n):
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                         do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 def _prompts(lengths, seed=0, vocab=160):
@@ -161,8 +168,9 @@ def test_logits_match_hf_full_forward(family):
 
 def test_budget_config_and_misuse_errors():
     model = _model("llama", num_key_value_heads=2)
-    cfg = CacheConfig.from_memory_budget(64 * 1024, block_size=4, num_layers=2, num_kv_heads=2,
-                                         head_dim=16, dtype=torch.float32)
+    cfg = CacheConfig.from_memory_budget(
+        64 * 1024, block_size=4, num_layers=2, num_kv_heads=2, head_dim=16, dtype=torch.float32
+    )
     runner = PagedModelRunner(model, config=cfg)
     assert runner.storage.num_blocks == cfg.num_blocks
     per_block = runner.storage.kv_cache.numel() * 4 // cfg.num_blocks
@@ -238,8 +246,17 @@ def test_uncomputed_twin_prompt_is_never_read():
 
 
 @pytest.mark.parametrize(
-    "bad", [[1, 256], [-1, 2], [1.5, 2.0], ["1", "2"], [], None, [True, False],
-            np.array([2**64 - 1], dtype=np.uint64)],
+    "bad",
+    [
+        [1, 256],
+        [-1, 2],
+        [1.5, 2.0],
+        ["1", "2"],
+        [],
+        None,
+        [True, False],
+        np.array([2**64 - 1], dtype=np.uint64),
+    ],
 )
 def test_token_ids_validated_against_vocab_before_any_change(bad):
     model = _tiny_llama()

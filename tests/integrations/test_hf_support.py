@@ -24,41 +24,94 @@ from pagedkv.integrations.hf_support import check_config_supported, check_model_
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 256,
-         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": None}
+SMALL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 128,
+    "max_position_embeddings": 256,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": None,
+}
 SW = {"sliding_window": 4}
 MOE = {"num_experts_per_tok": 2}
 FAMILIES = {
     # name: (config class, model class, overrides, expected per-layer windows)
     "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 2}, (None, None)),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
-              {"num_key_value_heads": 1, **SW, "use_sliding_window": True,
-               "max_window_layers": 1}, (None, 4)),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        {"num_key_value_heads": 1, **SW, "use_sliding_window": True, "max_window_layers": 1},
+        (None, 4),
+    ),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"num_key_value_heads": 2, **SW}, (4, 4)),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
-               {"num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 16, **SW,
-                "attn_logit_softcapping": 1.0}, (4, None)),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
-               {"num_key_value_heads": 2, "head_dim": 16, **SW,
-                "layer_types": ["sliding_attention", "full_attention"]}, (4, None)),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            **SW,
+            "attn_logit_softcapping": 1.0,
+        },
+        (4, None),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            **SW,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        (4, None),
+    ),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"num_key_value_heads": 2, **SW}, (4, 4)),
-    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
-                {"num_key_value_heads": 2, "head_dim": 16, **SW, "num_local_experts": 4, **MOE},
-                (4, None)),
-    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM",
-                {"num_key_value_heads": 2, **SW,
-                 "layer_types": ["sliding_attention", "full_attention"]}, (4, None)),
-    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM",
-                   {"num_key_value_heads": 2, **SW}, (4, 4)),
+    "gpt_oss": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        {"num_key_value_heads": 2, "head_dim": 16, **SW, "num_local_experts": 4, **MOE},
+        (4, None),
+    ),
+    "cohere2": (
+        "Cohere2Config",
+        "Cohere2ForCausalLM",
+        {"num_key_value_heads": 2, **SW, "layer_types": ["sliding_attention", "full_attention"]},
+        (4, None),
+    ),
+    "starcoder2": (
+        "Starcoder2Config",
+        "Starcoder2ForCausalLM",
+        {"num_key_value_heads": 2, **SW},
+        (4, 4),
+    ),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {"num_key_value_heads": 2}, (None, None)),
     # the window reaches attention only through the mask (no sliding_window= argument):
-    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
-                  {"num_key_value_heads": 2, **SW, "use_sliding_window": True,
-                   "max_window_layers": 2, "num_experts": 4, **MOE, "moe_intermediate_size": 32,
-                   "shared_expert_intermediate_size": 32}, (4, None)),
-    "phimoe": ("PhimoeConfig", "PhimoeForCausalLM",
-               {"num_key_value_heads": 2, **SW, "num_local_experts": 4, **MOE}, (4, 4)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            **SW,
+            "use_sliding_window": True,
+            "max_window_layers": 2,
+            "num_experts": 4,
+            **MOE,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 32,
+        },
+        (4, None),
+    ),
+    "phimoe": (
+        "PhimoeConfig",
+        "PhimoeForCausalLM",
+        {"num_key_value_heads": 2, **SW, "num_local_experts": 4, **MOE},
+        (4, 4),
+    ),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", {}, (None, None)),
 }
 
@@ -77,9 +130,10 @@ def _model(name: str, **over):
 
 def _hf_greedy(model, prompt, n):
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                         do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 def _prompts(lengths, seed=0):
@@ -109,10 +163,13 @@ def _hf_logits(model, prompts):
         return torch.stack([model(torch.tensor([p])).logits[0, -1] for p in prompts])
 
 
-@pytest.mark.parametrize(("name", "disable"), [
-    ("gemma2", lambda attn: setattr(attn, "attn_logit_softcapping", None)),
-    ("gpt_oss", lambda attn: attn.sinks.data.fill_(-1e4)),
-])
+@pytest.mark.parametrize(
+    ("name", "disable"),
+    [
+        ("gemma2", lambda attn: setattr(attn, "attn_logit_softcapping", None)),
+        ("gpt_oss", lambda attn: attn.sinks.data.fill_(-1e4)),
+    ],
+)
 def test_softcap_and_sinks_are_applied(name, disable):
     """The configs exercise the feature (disabling it changes HF's logits) and pagedkv matches."""
     model = _model(name)
@@ -150,17 +207,30 @@ REFUSED = [
     ("MptConfig", "MptForCausalLM", {"d_model": 64, "n_heads": 4}, "ALiBi"),
     ("DeepseekV3Config", "DeepseekV3ForCausalLM", {"num_key_value_heads": 2}, "MLA"),
     ("Llama4TextConfig", "Llama4ForCausalLM", {"num_key_value_heads": 2}, "chunked attention"),
-    ("StableLmConfig", "StableLmForCausalLM", {"num_key_value_heads": 2},
-     "do not forward the model's keyword arguments"),
-    ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "use_bidirectional_attention": True},
-     "bidirectional"),
-    ("GPTNeoConfig", "GPTNeoForCausalLM",
-     {"attention_types": [[["global", "local"], 1]], "window_size": 4}, "config.window_size"),
+    (
+        "StableLmConfig",
+        "StableLmForCausalLM",
+        {"num_key_value_heads": 2},
+        "do not forward the model's keyword arguments",
+    ),
+    (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {"head_dim": 16, "use_bidirectional_attention": True},
+        "bidirectional",
+    ),
+    (
+        "GPTNeoConfig",
+        "GPTNeoForCausalLM",
+        {"attention_types": [[["global", "local"], 1]], "window_size": 4},
+        "config.window_size",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("cfg_cls", "model_cls", "over", "match"), REFUSED,
-                         ids=[f"{r[1]}-{r[3][:12]}" for r in REFUSED])
+@pytest.mark.parametrize(
+    ("cfg_cls", "model_cls", "over", "match"), REFUSED, ids=[f"{r[1]}-{r[3][:12]}" for r in REFUSED]
+)
 def test_unsupported_models_are_refused_by_name(cfg_cls, model_cls, over, match):
     cfg = getattr(transformers, cfg_cls)(**{**SMALL, **over})
     model = getattr(transformers, model_cls)(cfg).eval()
@@ -168,14 +238,17 @@ def test_unsupported_models_are_refused_by_name(cfg_cls, model_cls, over, match)
         PagedModelRunner(model, block_size=4, num_blocks=10**9)  # refused before allocating
 
 
-@pytest.mark.parametrize(("cfg_cls", "over", "match"), [
-    ("T5Config", {}, "encoder-decoder"),
-    ("MllamaTextConfig", {"cross_attention_layers": [1]}, "cross-attention"),
-    ("Gemma3nTextConfig", {}, "KV sharing|layer types"),
-    ("JambaConfig", {}, "layer types"),
-    ("DeepseekV2Config", {}, "MLA"),
-    ("LlamaConfig", {"attention_chunk_size": 8}, "chunked"),
-])
+@pytest.mark.parametrize(
+    ("cfg_cls", "over", "match"),
+    [
+        ("T5Config", {}, "encoder-decoder"),
+        ("MllamaTextConfig", {"cross_attention_layers": [1]}, "cross-attention"),
+        ("Gemma3nTextConfig", {}, "KV sharing|layer types"),
+        ("JambaConfig", {}, "layer types"),
+        ("DeepseekV2Config", {}, "MLA"),
+        ("LlamaConfig", {"attention_chunk_size": 8}, "chunked"),
+    ],
+)
 def test_config_level_refusals(cfg_cls, over, match):
     with pytest.raises(UnsupportedModelError, match=match):
         check_config_supported(getattr(transformers, cfg_cls)(**over))
@@ -241,14 +314,19 @@ def test_unchecked_model_is_refused():
 
 def test_attention_kwargs_and_window_rules():
     assert attention_extras({"position_ids": 1, "use_cache": False, "is_causal": True}, 4) == (
-        attention_extras({}, 4))
+        attention_extras({}, 4)
+    )
     extras = attention_extras({"softcap": 30, "s_aux": torch.zeros(4)}, 4)
     assert extras.softcap == 30.0
     assert extras.sink_logits is not None
-    bad = [({"position_bias": 0}, "position_bias"), ({"is_causal": False}, "non-causal"),
-           ({"output_attentions": True}, "output_attentions"), ({"softcap": 0}, "softcap"),
-           ({"sinks": torch.zeros(2)}, r"shape \[2\]"),
-           ({"s_aux": torch.zeros(4), "sinks": torch.zeros(4)}, "both")]
+    bad = [
+        ({"position_bias": 0}, "position_bias"),
+        ({"is_causal": False}, "non-causal"),
+        ({"output_attentions": True}, "output_attentions"),
+        ({"softcap": 0}, "softcap"),
+        ({"sinks": torch.zeros(2)}, r"shape \[2\]"),
+        ({"s_aux": torch.zeros(4), "sinks": torch.zeros(4)}, "both"),
+    ]
     for kwargs, match in bad:
         with pytest.raises(UnsupportedModelError, match=match):
             attention_extras(kwargs, 4)

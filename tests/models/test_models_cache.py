@@ -30,6 +30,7 @@ def _writer(payload: str, delay: float = 0.0):
         time.sleep(delay)
         (tmp / "config.json").write_text("{}")
         return {"name": payload}
+
     return write
 
 
@@ -59,8 +60,7 @@ def test_publish_and_marker(tmp_path) -> None:
     assert atomic_write_folder(final, "fp1", _writer("one")) == final
     assert is_valid_cache(final, "fp1")
     assert not is_valid_cache(final, "fp2")
-    assert read_marker(final) == {"name": "one", "format": cache.CACHE_FORMAT,
-                                  "fingerprint": "fp1"}
+    assert read_marker(final) == {"name": "one", "format": cache.CACHE_FORMAT, "fingerprint": "fp1"}
     expected = sorted(["config.json", MARKER, "model.safetensors"])
     assert sorted(p.name for p in final.iterdir()) == expected
     assert [p.name for p in final.parent.iterdir()] == ["m"]

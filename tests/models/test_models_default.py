@@ -54,9 +54,16 @@ def default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         t0 = time.perf_counter()
         lm = load_model("smollm2")
         second_s = time.perf_counter() - t0
-        yield {"lm": lm, "gguf": gguf, "cache": cache, "folder": folder, "first_s": first_s,
-               "second_s": second_s, "stamp": stamp,
-               "reconverted": weights.stat().st_mtime_ns != stamp}
+        yield {
+            "lm": lm,
+            "gguf": gguf,
+            "cache": cache,
+            "folder": folder,
+            "first_s": first_s,
+            "second_s": second_s,
+            "stamp": stamp,
+            "reconverted": weights.stat().st_mtime_ns != stamp,
+        }
 
 
 def check_loaded_model_facts(default: dict[str, Any]) -> None:
@@ -67,8 +74,12 @@ def check_loaded_model_facts(default: dict[str, Any]) -> None:
     assert lm.max_model_len == 8192
     assert lm.has_chat_template
     cfg = lm.model.config
-    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
-            cfg.num_key_value_heads) == (30, 576, 9, 3)
+    assert (
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+    ) == (30, 576, 9, 3)
     assert not lm.model.training
     assert lm.model.dtype == torch.float32
     assert default["gguf"].name == "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,10 +89,13 @@ def check_greedy_chat_answer(default: dict[str, Any]) -> None:
     lm = default["lm"]
     enc = lm.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     with torch.inference_mode():
         out = lm.model.generate(**enc, max_new_tokens=7, do_sample=False)
-    text = lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = lm.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert text.startswith("The capital of France is Paris"), text
 
 
@@ -92,12 +106,14 @@ def check_cache_env_var_honoured_and_second_load_cached(default: dict[str, Any])
     assert marker is not None
     assert marker["name"] == DEFAULT_MODEL_NAME
     assert {"config.json", "model.safetensors", "tokenizer.json", MARKER} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     assert not [p for p in default["cache"].iterdir() if p.name.startswith(".tmp-")]
     assert not default["reconverted"]
     assert default["second_s"] < CACHED_LOAD_LIMIT_S, default
-    print(f"default model: first load {default['first_s']:.1f} s, "
-          f"cached {default['second_s']:.1f} s")
+    print(
+        f"default model: first load {default['first_s']:.1f} s, cached {default['second_s']:.1f} s"
+    )
 
 
 def check_gguf_path_and_cache_folder_load_the_same_model(default: dict[str, Any]) -> None:

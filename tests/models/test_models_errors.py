@@ -56,8 +56,10 @@ def test_file_that_is_not_a_model(tmp_path) -> None:
     txt.write_bytes(b"\0" * 16)
     with pytest.raises(NotAModelError, match=r"not a \.gguf"):
         load_model(txt)
-    for name, data in [("random.gguf", bytes(range(256)) * 8),
-                       ("truncated.gguf", b"GGUF\x03\x00\x00\x00garbage")]:
+    for name, data in [
+        ("random.gguf", bytes(range(256)) * 8),
+        ("truncated.gguf", b"GGUF\x03\x00\x00\x00garbage"),
+    ]:
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(NotAModelError, match="cannot convert"):
@@ -80,8 +82,9 @@ def test_default_model_package_missing(monkeypatch) -> None:
 
 def test_gguf_dependency_missing(monkeypatch, tmp_path) -> None:
     real = loader.importlib.util.find_spec
-    monkeypatch.setattr(loader.importlib.util, "find_spec",
-                        lambda name: None if name == "gguf" else real(name))
+    monkeypatch.setattr(
+        loader.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name)
+    )
     path = tmp_path / "m.gguf"
     path.write_bytes(b"GGUF")
     with pytest.raises(ModelDependencyError, match="pip install gguf"):

@@ -38,8 +38,9 @@ def test_tiny_fields(tiny: LoadedModel) -> None:
     assert len(tiny.tokenizer) == tiny.model.config.vocab_size == 320
 
 
-@pytest.mark.parametrize("text", ["Hello, world!", "  two  spaces\nnew line\t", "wörld 🌍 日本",
-                                  ""])
+@pytest.mark.parametrize(
+    "text", ["Hello, world!", "  two  spaces\nnew line\t", "wörld 🌍 日本", ""]
+)
 def test_byte_tokenizer_round_trips(tiny: LoadedModel, text: str) -> None:
     ids = tiny.tokenizer.encode(text, add_special_tokens=False)
     assert ids == [b + BYTE_OFFSET for b in text.encode()]
@@ -49,13 +50,17 @@ def test_byte_tokenizer_round_trips(tiny: LoadedModel, text: str) -> None:
 def test_chat_template_and_special_tokens(tiny: LoadedModel) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     text = tiny.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     ids = tiny.tokenizer.encode(text, add_special_tokens=False)
     assert ids[0] == 1
     assert EOS_ID in ids
-    assert tiny.tokenizer.decode(ids, skip_special_tokens=True) == "system\nBe brief.\nuser\nhi\n" \
+    assert (
+        tiny.tokenizer.decode(ids, skip_special_tokens=True) == "system\nBe brief.\nuser\nhi\n"
         "assistant\n"
+    )
 
 
 def test_seeded_and_leaves_global_rng_alone() -> None:
@@ -64,16 +69,20 @@ def test_seeded_and_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)
     a, b, c = tiny_random_llama(seed=7), tiny_random_llama(seed=7), tiny_random_llama(seed=8)
     assert torch.equal(torch.rand(1), before)  # global RNG untouched by model building
-    for (_, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(),
-                                strict=True):
+    for (_, pa), (_, pb) in zip(
+        a.model.named_parameters(), b.model.named_parameters(), strict=True
+    ):
         assert torch.equal(pa, pb)
     assert not torch.equal(a.model.lm_head.weight, c.model.lm_head.weight)
 
 
 def test_greedy_generate_is_deterministic(tiny: LoadedModel) -> None:
-    enc = tiny.tokenizer.apply_chat_template([{"role": "user", "content": "hello"}],
-                                             add_generation_prompt=True, return_dict=True,
-                                             return_tensors="pt")
+    enc = tiny.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hello"}],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     outs = [tiny.model.generate(**enc, max_new_tokens=6, do_sample=False) for _ in range(2)]
     assert torch.equal(outs[0], outs[1])
     assert outs[0].shape[1] <= enc["input_ids"].shape[1] + 6

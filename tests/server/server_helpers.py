@@ -36,8 +36,17 @@ MAX_MODEL_LEN = 512  # the tiny Llama's max_position_embeddings
 ENGINE_DEFAULTS: dict[str, Any] = {"block_size": 16, "num_blocks": 192, "seed": 0}
 ERROR_KEYS = {"message", "type", "param", "code"}
 
-__all__ = ["BYTE_OFFSET", "ERROR_KEYS", "MAX_MODEL_LEN", "MODEL", "Server", "httpx",
-           "parse_metrics", "running_server", "sse_events"]
+__all__ = [
+    "BYTE_OFFSET",
+    "ERROR_KEYS",
+    "MAX_MODEL_LEN",
+    "MODEL",
+    "Server",
+    "httpx",
+    "parse_metrics",
+    "running_server",
+    "sse_events",
+]
 
 
 def free_port() -> int:
@@ -59,12 +68,22 @@ class Server:
         return f"{self.url}/v1"
 
     def client(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0,
-                             timeout=kw.pop("timeout", 30.0), **kw)
+        return openai.OpenAI(
+            base_url=self.base_url,
+            api_key="unused",
+            max_retries=0,
+            timeout=kw.pop("timeout", 30.0),
+            **kw,
+        )
 
     def aclient(self, **kw: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key="unused", max_retries=0,
-                                  timeout=kw.pop("timeout", 30.0), **kw)
+        return openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key="unused",
+            max_retries=0,
+            timeout=kw.pop("timeout", 30.0),
+            **kw,
+        )
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30.0)
@@ -79,22 +98,28 @@ class Server:
         deadline = time.monotonic() + timeout
         while self.state() != (0, used_blocks):
             if time.monotonic() > deadline:
-                raise AssertionError(f"engine not idle after {timeout} s: (requests, used "
-                                     f"blocks) = {self.state()}, expected (0, {used_blocks})")
+                raise AssertionError(
+                    f"engine not idle after {timeout} s: (requests, used "
+                    f"blocks) = {self.state()}, expected (0, {used_blocks})"
+                )
             time.sleep(0.02)
         self.engine.call(lambda e: e.check_integrity())
 
 
 @contextlib.contextmanager
-def running_server(*, max_waiting: int = 256, model_seed: int = 0,
-                   **engine_options: Any) -> Iterator[Server]:
+def running_server(
+    *, max_waiting: int = 256, model_seed: int = 0, **engine_options: Any
+) -> Iterator[Server]:
     """Start the real app on uvicorn (127.0.0.1, a free port) in a thread; stop it after."""
     options = {**ENGINE_DEFAULTS, **engine_options}
     engine = AsyncLLMEngine(LLMEngine(tiny_random_llama(model_seed), **options))
     app = create_app(engine, model_name=MODEL, max_waiting=max_waiting)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
+        )
+    )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30.0
@@ -116,7 +141,7 @@ def sse_events(lines: Iterator[str]) -> Iterator[Any]:
     for line in lines:
         if not line.startswith("data:"):
             continue
-        data = line[len("data:"):].strip()
+        data = line[len("data:") :].strip()
         yield data if data == "[DONE]" else json.loads(data)
 
 

@@ -40,8 +40,9 @@ def test_models_and_health(server):
 
 
 def test_completion_not_streamed(server):
-    r = server.client().completions.create(model=MODEL, prompt="Hello there", max_tokens=7,
-                                           temperature=0, extra_body=IGNORE_EOS)
+    r = server.client().completions.create(
+        model=MODEL, prompt="Hello there", max_tokens=7, temperature=0, extra_body=IGNORE_EOS
+    )
     assert r.object == "text_completion"
     assert r.model == MODEL
     assert r.id.startswith("cmpl-")
@@ -57,8 +58,12 @@ def test_completion_not_streamed(server):
 
 def test_chat_not_streamed(server):
     r = server.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "system", "content": "Be brief."}, *user("Hi!")],
-        max_tokens=6, temperature=0, extra_body=IGNORE_EOS)
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, *user("Hi!")],
+        max_tokens=6,
+        temperature=0,
+        extra_body=IGNORE_EOS,
+    )
     assert r.object == "chat.completion"
     assert r.id.startswith("chatcmpl-")
     [c] = r.choices
@@ -72,18 +77,28 @@ def test_chat_not_streamed(server):
 
 def test_max_completion_tokens(server):
     r = server.client().chat.completions.create(
-        model=MODEL, messages=user("count"), max_completion_tokens=3, temperature=0,
-        extra_body=IGNORE_EOS)
+        model=MODEL,
+        messages=user("count"),
+        max_completion_tokens=3,
+        temperature=0,
+        extra_body=IGNORE_EOS,
+    )
     assert r.usage.completion_tokens == 3
 
 
 def test_completion_streamed_matches_whole(server):
     client = server.client()
-    kw = {"model": MODEL, "prompt": "Streaming test prompt", "max_tokens": 20,
-          "temperature": 0, "extra_body": IGNORE_EOS}
+    kw = {
+        "model": MODEL,
+        "prompt": "Streaming test prompt",
+        "max_tokens": 20,
+        "temperature": 0,
+        "extra_body": IGNORE_EOS,
+    }
     whole = client.completions.create(**kw)
-    chunks = list(client.completions.create(stream=True,
-                                            stream_options={"include_usage": True}, **kw))
+    chunks = list(
+        client.completions.create(stream=True, stream_options={"include_usage": True}, **kw)
+    )
     text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
     assert text == whole.choices[0].text
     finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
@@ -100,8 +115,13 @@ def test_completion_streamed_matches_whole(server):
 
 def test_chat_streamed_matches_whole(server):
     client = server.client()
-    kw = {"model": MODEL, "messages": user("Tell me a story"), "max_tokens": 16,
-          "temperature": 0, "extra_body": IGNORE_EOS}
+    kw = {
+        "model": MODEL,
+        "messages": user("Tell me a story"),
+        "max_tokens": 16,
+        "temperature": 0,
+        "extra_body": IGNORE_EOS,
+    }
     whole = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(stream=True, **kw))
     assert chunks[0].object == "chat.completion.chunk"
@@ -113,8 +133,15 @@ def test_chat_streamed_matches_whole(server):
 
 
 def test_raw_sse_framing(server):
-    body = {"model": MODEL, "prompt": "sse", "max_tokens": 4, "stream": True,
-            "stream_options": {"include_usage": True}, "temperature": 0, **IGNORE_EOS}
+    body = {
+        "model": MODEL,
+        "prompt": "sse",
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+        **IGNORE_EOS,
+    }
     with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -127,31 +154,54 @@ def test_raw_sse_framing(server):
 # ------------------------------------------------------------------------------------- n > 1
 def test_n_and_several_prompts(server):
     prompts = ["first prompt", "the second one"]
-    r = server.client().completions.create(model=MODEL, prompt=prompts, n=3, max_tokens=5,
-                                           temperature=0.8, seed=1, extra_body=IGNORE_EOS)
+    r = server.client().completions.create(
+        model=MODEL,
+        prompt=prompts,
+        n=3,
+        max_tokens=5,
+        temperature=0.8,
+        seed=1,
+        extra_body=IGNORE_EOS,
+    )
     assert [c.index for c in r.choices] == list(range(6))
     assert all(c.finish_reason == "length" for c in r.choices)
     assert r.usage.prompt_tokens == sum(len(p) for p in prompts)
     assert r.usage.completion_tokens == 6 * 5
     # choice p * n + i is sample i of prompt p: the same as asking for prompt p alone
-    alone = server.client().completions.create(model=MODEL, prompt=prompts[1], n=3,
-                                               max_tokens=5, temperature=0.8, seed=1,
-                                               extra_body=IGNORE_EOS)
+    alone = server.client().completions.create(
+        model=MODEL,
+        prompt=prompts[1],
+        n=3,
+        max_tokens=5,
+        temperature=0.8,
+        seed=1,
+        extra_body=IGNORE_EOS,
+    )
     assert [c.text for c in r.choices[3:]] == [c.text for c in alone.choices]
 
 
 def test_n_token_id_prompts(server):
     ids = [[BYTE + 3 for BYTE in b"abc"], [BYTE + 3 for BYTE in b"defgh"]]
-    r = server.client().completions.create(model=MODEL, prompt=ids, max_tokens=2,
-                                           temperature=0, extra_body=IGNORE_EOS)
+    r = server.client().completions.create(
+        model=MODEL, prompt=ids, max_tokens=2, temperature=0, extra_body=IGNORE_EOS
+    )
     assert [c.index for c in r.choices] == [0, 1]
     assert r.usage.prompt_tokens == 8
 
 
 def test_n_streamed_chat(server):
-    chunks = list(server.client().chat.completions.create(
-        model=MODEL, messages=user("two answers"), n=2, max_tokens=6, temperature=0,
-        stream=True, stream_options={"include_usage": True}, extra_body=IGNORE_EOS))
+    chunks = list(
+        server.client().chat.completions.create(
+            model=MODEL,
+            messages=user("two answers"),
+            n=2,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=IGNORE_EOS,
+        )
+    )
     texts = {0: "", 1: ""}
     finished = []
     roles = []
@@ -171,14 +221,18 @@ def test_n_streamed_chat(server):
 # ------------------------------------------------------------------------------------ stop
 def test_stop_strings(server):
     client = server.client()
-    kw = {"model": MODEL, "prompt": "Stop me if you can", "temperature": 0,
-          "extra_body": IGNORE_EOS}
+    kw = {
+        "model": MODEL,
+        "prompt": "Stop me if you can",
+        "temperature": 0,
+        "extra_body": IGNORE_EOS,
+    }
     full = client.completions.create(max_tokens=40, **kw).choices[0].text
     # two complete characters from the middle of the greedy text are the stop string
-    spots = [i for i in range(3, len(full) - 1) if "\ufffd" not in full[i:i + 2]]
+    spots = [i for i in range(3, len(full) - 1) if "\ufffd" not in full[i : i + 2]]
     assert spots, f"no stop candidate in the greedy text {full!r}"
-    stop = full[spots[0]:spots[0] + 2]
-    expected = full[:full.find(stop)]
+    stop = full[spots[0] : spots[0] + 2]
+    expected = full[: full.find(stop)]
     r = client.completions.create(max_tokens=40, stop=[stop, "\x00never"], **kw)
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].text == expected
@@ -190,8 +244,13 @@ def test_stop_strings(server):
 # ----------------------------------------------------------------------------------- seeds
 def test_seed_reproducible(server):
     client = server.client()
-    kw = {"model": MODEL, "messages": user("Surprise me"), "max_tokens": 16,
-          "temperature": 1.0, "extra_body": IGNORE_EOS}
+    kw = {
+        "model": MODEL,
+        "messages": user("Surprise me"),
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "extra_body": IGNORE_EOS,
+    }
     a = client.chat.completions.create(seed=1234, n=2, **kw)
     b = client.chat.completions.create(seed=1234, n=2, **kw)
     c = client.chat.completions.create(seed=4321, n=2, **kw)
@@ -205,9 +264,14 @@ def test_seed_reproducible(server):
 
 # -------------------------------------------------------------------------------- logprobs
 def test_completion_logprobs_shape(server):
-    r = server.client().completions.create(model=MODEL, prompt="logprobs please",
-                                           max_tokens=6, temperature=0, logprobs=3,
-                                           extra_body=IGNORE_EOS)
+    r = server.client().completions.create(
+        model=MODEL,
+        prompt="logprobs please",
+        max_tokens=6,
+        temperature=0,
+        logprobs=3,
+        extra_body=IGNORE_EOS,
+    )
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
     for lp_value, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
@@ -220,8 +284,14 @@ def test_completion_logprobs_shape(server):
 
 def test_chat_logprobs_shape(server):
     r = server.client().chat.completions.create(
-        model=MODEL, messages=user("logprobs"), max_tokens=5, temperature=0, logprobs=True,
-        top_logprobs=3, extra_body=IGNORE_EOS)
+        model=MODEL,
+        messages=user("logprobs"),
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body=IGNORE_EOS,
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == 5
     for entry in content:
@@ -230,26 +300,45 @@ def test_chat_logprobs_shape(server):
         assert values == sorted(values, reverse=True)
         assert entry.logprob == pytest.approx(values[0])  # greedy picks the top token
         assert entry.bytes == list(entry.token.encode())
-    no_lp = server.client().chat.completions.create(model=MODEL, messages=user("logprobs"),
-                                                    max_tokens=2, temperature=0)
+    no_lp = server.client().chat.completions.create(
+        model=MODEL, messages=user("logprobs"), max_tokens=2, temperature=0
+    )
     assert no_lp.choices[0].logprobs is None
 
 
 def test_streamed_logprobs_cover_every_token(server):
-    chunks = list(server.client().completions.create(
-        model=MODEL, prompt="stream logprobs", max_tokens=24, temperature=0, logprobs=2,
-        stream=True, stream_options={"include_usage": True}, extra_body=IGNORE_EOS))
-    tokens = [t for ch in chunks if ch.choices and ch.choices[0].logprobs
-              for t in ch.choices[0].logprobs.token_logprobs]
+    chunks = list(
+        server.client().completions.create(
+            model=MODEL,
+            prompt="stream logprobs",
+            max_tokens=24,
+            temperature=0,
+            logprobs=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=IGNORE_EOS,
+        )
+    )
+    tokens = [
+        t
+        for ch in chunks
+        if ch.choices and ch.choices[0].logprobs
+        for t in ch.choices[0].logprobs.token_logprobs
+    ]
     assert len(tokens) == chunks[-1].usage.completion_tokens == 24
 
 
 # ------------------------------------------------------------------------------- penalties
 def test_penalties_accepted(server):
     r = server.client().completions.create(
-        model=MODEL, prompt="repeat repeat repeat", max_tokens=8, temperature=0,
-        presence_penalty=0.5, frequency_penalty=0.7,
-        extra_body={"repetition_penalty": 1.3, "top_k": 20, "min_p": 0.01, **IGNORE_EOS})
+        model=MODEL,
+        prompt="repeat repeat repeat",
+        max_tokens=8,
+        temperature=0,
+        presence_penalty=0.5,
+        frequency_penalty=0.7,
+        extra_body={"repetition_penalty": 1.3, "top_k": 20, "min_p": 0.01, **IGNORE_EOS},
+    )
     assert r.usage.completion_tokens == 8
 
 
@@ -269,8 +358,7 @@ def test_cached_tokens_chat_system_prompt(server):
     system = {"role": "system", "content": unique_text(150)}
     client = server.client()
     client.chat.completions.create(model=MODEL, messages=[system, *user("one")], max_tokens=1)
-    r = client.chat.completions.create(model=MODEL, messages=[system, *user("two")],
-                                       max_tokens=1)
+    r = client.chat.completions.create(model=MODEL, messages=[system, *user("two")], max_tokens=1)
     assert r.usage.prompt_tokens_details.cached_tokens >= 144
 
 
@@ -282,8 +370,7 @@ def test_tenants_do_not_share_cache(server, how):
     def cached(tenant: str | None) -> int:
         kw = {"model": MODEL, "prompt": prompt, "max_tokens": 1}
         if tenant is not None:
-            kw.update({"user": tenant} if how == "user" else
-                      {"extra_body": {"cache_salt": tenant}})
+            kw.update({"user": tenant} if how == "user" else {"extra_body": {"cache_salt": tenant}})
         return client.completions.create(**kw).usage.prompt_tokens_details.cached_tokens
 
     assert cached("alice") == 0
@@ -302,8 +389,11 @@ def offline() -> LLM:
 
 @pytest.mark.parametrize("penalties", [False, True])
 def test_greedy_equals_offline_engine(server, offline, penalties):
-    extra = ({"repetition_penalty": 1.2, "presence_penalty": 0.3, "frequency_penalty": 0.4}
-             if penalties else {})
+    extra = (
+        {"repetition_penalty": 1.2, "presence_penalty": 0.3, "frequency_penalty": 0.4}
+        if penalties
+        else {}
+    )
     params = SamplingParams(temperature=0.0, max_tokens=24, **extra)
     api_extra = {"repetition_penalty": extra["repetition_penalty"]} if penalties else {}
     api_kw = {k: v for k, v in extra.items() if k != "repetition_penalty"}
@@ -311,23 +401,28 @@ def test_greedy_equals_offline_engine(server, offline, penalties):
     prompts = ["Hello, paged world", "The KV cache is", [BYTE + 3 for BYTE in b"token ids!"]]
     for prompt in prompts:
         [ref] = offline.generate(prompt, params)
-        r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24,
-                                      temperature=0, extra_body=api_extra, **api_kw)
+        r = client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=24, temperature=0, extra_body=api_extra, **api_kw
+        )
         assert r.choices[0].text == ref.outputs[0].text, prompt
         assert r.usage.completion_tokens == len(ref.outputs[0].token_ids)
         assert r.choices[0].finish_reason == ref.outputs[0].finish_reason
     messages = [{"role": "system", "content": "You are a tiny model."}, *user("Hi there")]
     [ref] = offline.chat(messages, params)
-    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24,
-                                       temperature=0, extra_body=api_extra, **api_kw)
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=24, temperature=0, extra_body=api_extra, **api_kw
+    )
     assert r.choices[0].message.content == ref.outputs[0].text
     assert r.usage.prompt_tokens == len(ref.prompt_token_ids)
 
 
 def test_raw_httpx_request_without_client(server):
     """curl-style: a plain JSON POST, no SDK."""
-    r = httpx.post(f"{server.url}/v1/completions", timeout=30,
-                   json={"model": MODEL, "prompt": "curl", "max_tokens": 3, "ignore_eos": True})
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        timeout=30,
+        json={"model": MODEL, "prompt": "curl", "max_tokens": 3, "ignore_eos": True},
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["usage"]["completion_tokens"] == 3

@@ -15,8 +15,7 @@ COMPLETIONS = "/v1/completions"
 
 
 def chat_body(**kw):
-    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-            **kw}
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **kw}
 
 
 def completion_body(**kw):
@@ -24,8 +23,18 @@ def completion_body(**kw):
 
 
 # ----------------------------------------------------------------------- malformed bodies
-@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'"a string"', b"\xff\xfe\x00",
-                                 b'{"model": "tiny-random", "prompt": "x"', b"null"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"a string"',
+        b"\xff\xfe\x00",
+        b'{"model": "tiny-random", "prompt": "x"',
+        b"null",
+    ],
+)
 @pytest.mark.parametrize("path", [COMPLETIONS, CHAT])
 def test_malformed_json_is_400(server, path, raw):
     with server.http() as http:
@@ -78,8 +87,9 @@ BAD_COMPLETIONS = [
 ]
 
 
-@pytest.mark.parametrize(("fields", "name"), BAD_COMPLETIONS,
-                         ids=[f"{n}={f[n]!r}"[:40] for f, n in BAD_COMPLETIONS])
+@pytest.mark.parametrize(
+    ("fields", "name"), BAD_COMPLETIONS, ids=[f"{n}={f[n]!r}"[:40] for f, n in BAD_COMPLETIONS]
+)
 def test_bad_completion_fields_are_400(server, fields, name):
     with server.http() as http:
         r = http.post(COMPLETIONS, json=completion_body(**fields))
@@ -92,8 +102,10 @@ BAD_CHAT = [
     ({"messages": "hi"}, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
     ({"messages": [{"content": "x"}]}, "role"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-     "messages"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        "messages",
+    ),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages"),
     ({"top_logprobs": 30, "logprobs": True}, "top_logprobs"),
     ({"logprobs": "yes please"}, "logprobs"),
@@ -103,8 +115,9 @@ BAD_CHAT = [
 ]
 
 
-@pytest.mark.parametrize(("fields", "name"), BAD_CHAT,
-                         ids=[f"{n}-{i}" for i, (_, n) in enumerate(BAD_CHAT)])
+@pytest.mark.parametrize(
+    ("fields", "name"), BAD_CHAT, ids=[f"{n}-{i}" for i, (_, n) in enumerate(BAD_CHAT)]
+)
 def test_bad_chat_fields_are_400(server, fields, name):
     with server.http() as http:
         r = http.post(CHAT, json=chat_body(**fields))
@@ -125,9 +138,11 @@ def test_non_finite_numbers_from_lenient_json_are_400(server, field, value):
     # Python's json module (and so the server) reads NaN and Infinity; they must still be
     # refused cleanly
     with server.http() as http:
-        r = http.post(COMPLETIONS, content=b'{"model": "tiny-random", "prompt": "x", "'
-                                           + field + b'": ' + value + b"}",
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            COMPLETIONS,
+            content=b'{"model": "tiny-random", "prompt": "x", "' + field + b'": ' + value + b"}",
+            headers={"content-type": "application/json"},
+        )
     err = check_error(r, 400)
     assert field.decode() in err["message"]
 
@@ -145,8 +160,7 @@ def test_bad_input_through_openai_client(server):
 def test_unknown_model_is_404(server):
     client = server.client()
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="gpt-17", messages=[{"role": "user",
-                                                                   "content": "x"}])
+        client.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "x"}])
     body = info.value.body
     assert info.value.status_code == 404
     assert set(body) == ERROR_KEYS
@@ -157,9 +171,16 @@ def test_unknown_model_is_404(server):
         client.completions.create(model="other", prompt="x", stream=True)
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/v1/nothing", 404), ("POST", "/v2/completions", 404), ("GET", "/", 404),
-    ("GET", COMPLETIONS, 405), ("DELETE", "/v1/models", 405)])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/nothing", 404),
+        ("POST", "/v2/completions", 404),
+        ("GET", "/", 404),
+        ("GET", COMPLETIONS, 405),
+        ("DELETE", "/v1/models", 405),
+    ],
+)
 def test_unknown_route(server, method, path, status):
     with server.http() as http:
         r = http.request(method, path)
@@ -180,7 +201,8 @@ def test_prompt_alone_over_the_limit(server):
     # chat without max_tokens: the room left for the answer is what the limit leaves
     with pytest.raises(openai.BadRequestError) as info:
         server.client().chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "y" * 600}])
+            model=MODEL, messages=[{"role": "user", "content": "y" * 600}]
+        )
     msg = info.value.body["message"]
     assert str(MAX_MODEL_LEN) in msg, msg
     assert "tokens" in msg, msg
@@ -191,8 +213,11 @@ def test_prompt_alone_over_the_limit(server):
 
 def test_chat_without_max_tokens_fills_the_room(server):
     r = server.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "w" * 480}], temperature=0,
-        extra_body={"ignore_eos": True})
+        model=MODEL,
+        messages=[{"role": "user", "content": "w" * 480}],
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert r.usage.prompt_tokens + r.usage.completion_tokens == MAX_MODEL_LEN
     assert r.choices[0].finish_reason == "length"
 
@@ -211,8 +236,9 @@ def test_overloaded_is_503_and_recovers():
         async def flood() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as http:
                 body = completion_body(max_tokens=30, ignore_eos=True)
-                return list(await asyncio.gather(*(http.post(COMPLETIONS, json=body)
-                                                   for _ in range(16))))
+                return list(
+                    await asyncio.gather(*(http.post(COMPLETIONS, json=body) for _ in range(16)))
+                )
 
         responses = asyncio.run(asyncio.wait_for(flood(), 60))
         codes = sorted(r.status_code for r in responses)

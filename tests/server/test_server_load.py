@@ -35,8 +35,14 @@ def test_disconnect_mid_stream_aborts(server, monkeypatch):
     _slow_steps(server, monkeypatch)
     max_tokens = 480
     before = totals(server)
-    body = {"model": MODEL, "prompt": "disconnect me", "max_tokens": max_tokens,
-            "stream": True, "ignore_eos": True, "temperature": 0}
+    body = {
+        "model": MODEL,
+        "prompt": "disconnect me",
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
     with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         events = sse_events(r.iter_lines())
@@ -60,14 +66,21 @@ def test_disconnect_before_first_token_and_chat(server):
 
     async def drop(kind: str) -> None:
         path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-        body: dict[str, Any] = {"model": MODEL, "max_tokens": 400, "stream": True, "n": 2,
-                                "ignore_eos": True}
+        body: dict[str, Any] = {
+            "model": MODEL,
+            "max_tokens": 400,
+            "stream": True,
+            "n": 2,
+            "ignore_eos": True,
+        }
         if kind == "chat":
             body["messages"] = [{"role": "user", "content": "bye " * 20}]
         else:
             body["prompt"] = "bye " * 20
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http, \
-                http.stream("POST", path, json=body) as r:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+            http.stream("POST", path, json=body) as r,
+        ):
             assert r.status_code == 200
 
     async def main() -> None:
@@ -88,26 +101,37 @@ def make_jobs(n: int, seed: int = 0) -> list[dict[str, Any]]:
     for i in range(n):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(2, 30)))
         job: dict[str, Any] = {
-            "i": i, "kind": rng.choice(["chat", "completion"]),
-            "system": rng.random() < 0.5, "text": text,
-            "max_tokens": rng.randint(1, 24), "n": 2 if rng.random() < 0.1 else 1,
-            "greedy": rng.random() < 0.4, "drop": rng.random() < 0.1,
-            "usage": rng.random() < 0.7}
+            "i": i,
+            "kind": rng.choice(["chat", "completion"]),
+            "system": rng.random() < 0.5,
+            "text": text,
+            "max_tokens": rng.randint(1, 24),
+            "n": 2 if rng.random() < 0.1 else 1,
+            "greedy": rng.random() < 0.4,
+            "drop": rng.random() < 0.1,
+            "usage": rng.random() < 0.7,
+        }
         jobs.append(job)
     return jobs
 
 
 async def run_job(client, job: dict[str, Any]) -> dict[str, Any]:
     common: dict[str, Any] = {
-        "model": MODEL, "max_tokens": job["max_tokens"], "n": job["n"], "stream": True,
-        "temperature": 0 if job["greedy"] else 0.9, "seed": job["i"],
-        "extra_body": {"ignore_eos": True}}
+        "model": MODEL,
+        "max_tokens": job["max_tokens"],
+        "n": job["n"],
+        "stream": True,
+        "temperature": 0 if job["greedy"] else 0.9,
+        "seed": job["i"],
+        "extra_body": {"ignore_eos": True},
+    }
     if job["usage"]:
         common["stream_options"] = {"include_usage": True}
     if job["kind"] == "chat":
-        messages = ([{"role": "system", "content": SYSTEM}] if job["system"] else [])
+        messages = [{"role": "system", "content": SYSTEM}] if job["system"] else []
         stream = await client.chat.completions.create(
-            messages=[*messages, {"role": "user", "content": job["text"]}], **common)
+            messages=[*messages, {"role": "user", "content": job["text"]}], **common
+        )
     else:
         prompt = (SYSTEM if job["system"] else "") + job["text"]
         stream = await client.completions.create(prompt=prompt, **common)
@@ -184,17 +208,21 @@ def test_greedy_exact_under_load(server):
     prompts = [("prefix " * 10) + f"question {k}" for k in range(6)]
 
     async def ask(client, prompt: str, max_tokens: int) -> str:
-        r = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens,
-                                            temperature=0, extra_body={"ignore_eos": True})
+        r = await client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
         return str(r.choices[0].text)
 
     async def main() -> tuple[list[str], list[str]]:
         async with server.aclient(timeout=60) as client:
             alone = [await ask(client, p, 20) for p in prompts]
-            noise = [ask(client, "noise " * random.Random(k).randint(5, 60), 30)
-                     for k in range(40)]
+            noise = [ask(client, "noise " * random.Random(k).randint(5, 60), 30) for k in range(40)]
             crowd = await asyncio.gather(*(ask(client, p, 20) for p in prompts), *noise)
-        return alone, list(crowd[:len(prompts)])
+        return alone, list(crowd[: len(prompts)])
 
     alone, crowd = asyncio.run(asyncio.wait_for(main(), 60))
     assert crowd == alone
@@ -209,24 +237,37 @@ def test_metrics_match_the_engine():
         usages = []
         prompt = "metrics " * 6  # 48 tokens: 3 full blocks, of which 2 are reusable
         for _ in range(2):
-            r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5,
-                                          extra_body={"ignore_eos": True})
+            r = client.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=5, extra_body={"ignore_eos": True}
+            )
             usages.append(r.usage)
         assert usages[1].prompt_tokens_details.cached_tokens == 32
-        r = client.completions.create(model=MODEL, prompt=["one", "two two"], n=2,
-                                      max_tokens=3, extra_body={"ignore_eos": True})
+        r = client.completions.create(
+            model=MODEL,
+            prompt=["one", "two two"],
+            n=2,
+            max_tokens=3,
+            extra_body={"ignore_eos": True},
+        )
         usages.append(r.usage)
-        chunks = list(client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "stream"}], max_tokens=4,
-            stream=True, stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "stream"}],
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+        )
         usages.append(chunks[-1].usage)
         num_requests = 1 + 1 + 2 + 1  # engine requests: one per prompt, n samples each
         # refused requests change nothing
-        assert http.post("/v1/completions", json={"model": MODEL, "prompt": [99999]}
-                         ).status_code == 400
-        assert http.post("/v1/completions", json={"model": "x", "prompt": "y"}
-                         ).status_code == 404
+        assert (
+            http.post("/v1/completions", json={"model": MODEL, "prompt": [99999]}).status_code
+            == 400
+        )
+        assert http.post("/v1/completions", json={"model": "x", "prompt": "y"}).status_code == 404
         srv.wait_idle()
         resp = http.get("/metrics")
         assert resp.status_code == 200
@@ -241,23 +282,39 @@ def test_metrics_match_the_engine():
     hits = sum(u.prompt_tokens_details.cached_tokens for u in usages)
     assert m["pagedkv:prefix_cache_hits_total"] == hits >= 32
     assert m["pagedkv:num_preemptions_total"] == 0
-    for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds",
-                 "request_queue_time_seconds", "time_per_output_token_seconds"):
+    for name in (
+        "time_to_first_token_seconds",
+        "e2e_request_latency_seconds",
+        "request_queue_time_seconds",
+        "time_per_output_token_seconds",
+    ):
         assert m[f"pagedkv:{name}_count"] == num_requests, name
         assert m[f"pagedkv:{name}_bucket{{le=+Inf}}"] == num_requests, name
         assert m[f"pagedkv:{name}_sum"] >= 0.0, name
-    assert (m["pagedkv:e2e_request_latency_seconds_sum"]
-            >= m["pagedkv:time_to_first_token_seconds_sum"] > 0.0)
-    for gauge in ("num_requests_running", "num_requests_waiting", "num_requests_swapped",
-                  "kv_cache_usage_perc"):
+    assert (
+        m["pagedkv:e2e_request_latency_seconds_sum"]
+        >= m["pagedkv:time_to_first_token_seconds_sum"]
+        > 0.0
+    )
+    for gauge in (
+        "num_requests_running",
+        "num_requests_waiting",
+        "num_requests_swapped",
+        "kv_cache_usage_perc",
+    ):
         assert m[f"pagedkv:{gauge}"] == 0.0, gauge
 
 
 def test_metrics_gauges_while_busy(server, monkeypatch):
     """While a long request streams, the running gauge and KV usage are non-zero."""
     _slow_steps(server, monkeypatch)
-    body = {"model": MODEL, "prompt": "busy " * 10, "max_tokens": 450, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "prompt": "busy " * 10,
+        "max_tokens": 450,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:
         events = sse_events(r.iter_lines())
         next(events)

@@ -22,8 +22,9 @@ def serve_registered() -> bool:
     from pagedkv.cli import build_parser
 
     parser = build_parser()
-    sub = next((a for a in parser._actions if hasattr(a, "choices")
-                and isinstance(a.choices, dict)), None)
+    sub = next(
+        (a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)), None
+    )
     return sub is not None and "serve" in sub.choices
 
 
@@ -35,8 +36,9 @@ class ServeProcess:
     """``pagedkv serve`` in a subprocess; its stderr is read by a thread (kept for messages)."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(serve_command(*args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            serve_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -72,8 +74,14 @@ def stream_then_signal(server: ServeProcess, sig: signal.Signals) -> None:
     port = server.wait_port()
     url = f"http://127.0.0.1:{port}"
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
-    body = {"model": MODEL, "prompt": "shutdown", "max_tokens": 300, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "prompt": "shutdown",
+        "max_tokens": 300,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
         assert r.status_code == 200
         events = sse_events(r.iter_lines())
@@ -92,8 +100,20 @@ def stream_then_signal(server: ServeProcess, sig: signal.Signals) -> None:
 def test_graceful_shutdown_with_stream_in_flight():
     if not serve_registered():
         pytest.skip("`pagedkv serve` is not registered in pagedkv/cli.py yet")
-    args = ("--model", "tiny-random", "--port", "0", "--num-blocks", "64",
-            "--served-model-name", MODEL, "--graceful-timeout", "20", "--log-level", "info")
+    args = (
+        "--model",
+        "tiny-random",
+        "--port",
+        "0",
+        "--num-blocks",
+        "64",
+        "--served-model-name",
+        MODEL,
+        "--graceful-timeout",
+        "20",
+        "--log-level",
+        "info",
+    )
     # both start at once (a process start is most of this test's time)
     servers = {sig: ServeProcess(*args) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -10,13 +10,16 @@ def test_tier_metrics_match_what_the_tier_did():
     long_prompt = list(range(10, 10 + 90))
     with running_server(num_blocks=14, kv_host_bytes=32 << 20) as srv:
         client = srv.client()
-        first = client.completions.create(model=srv.model, prompt=long_prompt, max_tokens=4,
-                                          temperature=0)
+        first = client.completions.create(
+            model=srv.model, prompt=long_prompt, max_tokens=4, temperature=0
+        )
         for i in range(4):  # push the long prompt's blocks out of the device cache
-            client.completions.create(model=srv.model, prompt=list(range(200 + i, 290 + i)),
-                                      max_tokens=4, temperature=0)
-        again = client.completions.create(model=srv.model, prompt=long_prompt, max_tokens=4,
-                                          temperature=0)
+            client.completions.create(
+                model=srv.model, prompt=list(range(200 + i, 290 + i)), max_tokens=4, temperature=0
+            )
+        again = client.completions.create(
+            model=srv.model, prompt=long_prompt, max_tokens=4, temperature=0
+        )
         assert again.choices[0].text == first.choices[0].text
         assert again.usage.prompt_tokens_details.cached_tokens > 0
         stats = srv.engine.call(lambda e: e.tiers.stats()["host"])

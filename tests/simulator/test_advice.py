@@ -17,9 +17,15 @@ TRACE = from_lengths([(100, 10)] * 101, arrivals_ms=[1000.0 * i for i in range(1
 
 
 def row(ttft_ms: float, makespan_s: float, **extra: Any) -> dict[str, Any]:
-    return {"backend": "paged-bs16", "ttft_ms_p50": ttft_ms, "makespan_s": makespan_s,
-            "throughput_req_s": 101 / makespan_s, "mean_batch": 3.0, "capacity_tokens": 4096,
-            **extra}
+    return {
+        "backend": "paged-bs16",
+        "ttft_ms_p50": ttft_ms,
+        "makespan_s": makespan_s,
+        "throughput_req_s": 101 / makespan_s,
+        "mean_batch": 3.0,
+        "capacity_tokens": 4096,
+        **extra,
+    }
 
 
 def test_overloaded_needs_long_queues_and_an_undrained_backlog() -> None:
@@ -43,21 +49,31 @@ def test_warning_says_what_would_fit() -> None:
 
 
 def test_batch_limited_overload_does_not_ask_for_memory() -> None:
-    (text,) = serving_warnings([row(9000.0, 250.0, mean_batch=250.0)], TRACE,
-                               LinearCostModel(), max_num_seqs=256)
+    (text,) = serving_warnings(
+        [row(9000.0, 250.0, mean_batch=250.0)], TRACE, LinearCostModel(), max_num_seqs=256
+    )
     assert "more KV memory would not help" in text
     assert "--max-num-seqs" in text
 
 
 def test_rejected_requests_are_explained() -> None:
-    (text,) = serving_warnings([row(30.0, 100.2, requests_rejected=3)], TRACE,
-                               LinearCostModel())
+    (text,) = serving_warnings([row(30.0, 100.2, requests_rejected=3)], TRACE, LinearCostModel())
     assert "3 requests never fit in 4,096 KV tokens" in text
 
 
 def test_cli_reports_an_overloaded_replay(capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["simulate", "--num-requests", "120", "--no-progress", "--mode", "serve",
-            "--kv-tokens", "4096", "--turns", "1"]
+    base = [
+        "simulate",
+        "--num-requests",
+        "120",
+        "--no-progress",
+        "--mode",
+        "serve",
+        "--kv-tokens",
+        "4096",
+        "--turns",
+        "1",
+    ]
     assert main([*base, "--rate", "50"]) == 0
     out = capsys.readouterr().out
     assert "note: paged-bs16+prefix is overloaded" in out

@@ -26,8 +26,9 @@ def test_split_weights_and_counts() -> None:
 
 
 def test_512_keys_follow_the_hash_ids() -> None:
-    tr = Trace([Request(0, 1024, 1, (0, 1)), Request(0, 1024, 1, (0, 2)),
-                Request(0, 1024, 1, (0, 1))], 512)
+    tr = Trace(
+        [Request(0, 1024, 1, (0, 1)), Request(0, 1024, 1, (0, 2)), Request(0, 1024, 1, (0, 1))], 512
+    )
     k = build_block_stream(tr, 512).keys.reshape(3, 2)
     assert k[0, 0] == k[1, 0] == k[2, 0]
     assert k[0, 1] != k[1, 1]
@@ -67,7 +68,8 @@ def test_512_to_16_split_preserves_identity(ps: list[list[int]], data: st.DataOb
                 # never shares more than the common hash-id prefix covers
                 assert shared * 16 <= 512 * same_atoms
             assert _common_prefix(s512.request_keys(a), s512.request_keys(b)) * 512 >= min(
-                shared * 16 // 512 * 512, 512 * same_atoms)
+                shared * 16 // 512 * 512, 512 * same_atoms
+            )
     # infinite-cache hit tokens are the same at both granularities when prompts are 512-aligned
     aligned = Trace([Request(0, 512 * len(p), 1, tuple(p)) for p in ps], 512)
     h16 = infinite_cache(build_block_stream(aligned, 16), 0.0)

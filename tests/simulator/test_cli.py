@@ -9,8 +9,20 @@ import pytest
 
 from pagedkv.cli import main
 
-SMALL = ["simulate", "--num-requests", "120", "--rate", "20", "--no-progress",
-         "--block-size", "16,32", "--capacity-tokens", "2048,8192", "--kv-tokens", "8192"]
+SMALL = [
+    "simulate",
+    "--num-requests",
+    "120",
+    "--rate",
+    "20",
+    "--no-progress",
+    "--block-size",
+    "16,32",
+    "--capacity-tokens",
+    "2048,8192",
+    "--kv-tokens",
+    "8192",
+]
 
 
 def test_help_documents_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
@@ -18,9 +30,22 @@ def test_help_documents_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
         main(["simulate", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for word in ("hitrate", "serve", "baselines", "--trace", "--capacity", "--policy",
-                 "--warmup", "--cost", "--json", "--csv", "--plot", "belady", "--kv-tokens",
-                 "--jobs"):
+    for word in (
+        "hitrate",
+        "serve",
+        "baselines",
+        "--trace",
+        "--capacity",
+        "--policy",
+        "--warmup",
+        "--cost",
+        "--json",
+        "--csv",
+        "--plot",
+        "belady",
+        "--kv-tokens",
+        "--jobs",
+    ):
         assert word in text
 
 
@@ -37,16 +62,16 @@ def test_default_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert {r["block_size"] for r in rows} == {16, 32}
     for r in rows:
         if r["policy"] != "infinite":
-            ceil = next(c for c in rows if c["policy"] == "infinite"
-                        and c["block_size"] == r["block_size"])
+            ceil = next(
+                c for c in rows if c["policy"] == "infinite" and c["block_size"] == r["block_size"]
+            )
             assert r["hit_rate"] <= ceil["hit_rate"] + 1e-12
 
 
 def test_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     png, out = tmp_path / "o.png", tmp_path / "o.csv"
-    assert main([*SMALL, "--policy", "lru", "--csv", str(out), "--plot", str(png),
-                 "--quiet"]) == 0
+    assert main([*SMALL, "--policy", "lru", "--csv", str(out), "--plot", str(png), "--quiet"]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert {r["kind"] for r in rows} == {"hitrate", "serving"}
     assert png.stat().st_size > 1000
@@ -104,8 +129,10 @@ def test_progress_bar_draws_only_when_enabled() -> None:
 def test_demo_policy_changes_the_tour_hit_rate(capsys: pytest.CaptureFixture[str]) -> None:
     from pagedkv.simulator.tour import run_demo
 
-    rates = {p: float(run_demo(policy=p, verbose=False)["hit_rate"] or 0.0)
-             for p in ("lru", "fifo", "lfu", "s3fifo")}
+    rates = {
+        p: float(run_demo(policy=p, verbose=False)["hit_rate"] or 0.0)
+        for p in ("lru", "fifo", "lfu", "s3fifo")
+    }
     assert len(set(rates.values())) >= 2, rates
     assert rates["fifo"] < rates["lru"] < rates["lfu"]  # skewed reuse: frequency wins
     assert main(["demo", "--blocks", "--policy", "fifo"]) == 0

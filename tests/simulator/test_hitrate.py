@@ -72,8 +72,12 @@ def test_partial_last_block_modes() -> None:
 
 
 def test_request_longer_than_cache_is_truncated() -> None:
-    r = run_policy(build_block_stream(block_trace([[1, 2, 3, 4], [1, 2, 3, 4]]), 4), "lru", 2,
-                   warmup_fraction=0.0)
+    r = run_policy(
+        build_block_stream(block_trace([[1, 2, 3, 4], [1, 2, 3, 4]]), 4),
+        "lru",
+        2,
+        warmup_fraction=0.0,
+    )
     assert r.hit_tokens == 8  # the first 2 blocks stayed cached
 
 

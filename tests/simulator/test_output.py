@@ -50,10 +50,19 @@ def test_durations_switch_units_past_ten_seconds() -> None:
 
 
 def test_serving_table_and_notes_use_units_and_wrap() -> None:
-    row = {"backend": "paged-bs16", "ttft_ms_p50": 6_120_000.0, "ttft_ms_p99": 25.0,
-           "queue_ms_mean": 12_345.0}
-    text = render_text({"serving": [row], "config": {"cost_model": "c"},
-                        "warnings": ["word " * 60 + "ends 347.8 s after; --kv-tokens 16384."]})
+    row = {
+        "backend": "paged-bs16",
+        "ttft_ms_p50": 6_120_000.0,
+        "ttft_ms_p99": 25.0,
+        "queue_ms_mean": 12_345.0,
+    }
+    text = render_text(
+        {
+            "serving": [row],
+            "config": {"cost_model": "c"},
+            "warnings": ["word " * 60 + "ends 347.8 s after; --kv-tokens 16384."],
+        }
+    )
     assert "102.0 min" in text
     assert "12.3 s" in text
     assert "25.0 ms" in text
@@ -66,20 +75,31 @@ def test_serving_table_and_notes_use_units_and_wrap() -> None:
 
 
 def hit(policy: str, cap: int, rate: float, speed: float) -> dict[str, Any]:
-    return {"policy": policy, "block_size": 16, "capacity_blocks": cap, "hit_rate": rate,
-            "filled_before_window": True, "refs_per_second": speed, "total_tokens": 10,
-            "block_refs": 5}
+    return {
+        "policy": policy,
+        "block_size": 16,
+        "capacity_blocks": cap,
+        "hit_rate": rate,
+        "filled_before_window": True,
+        "refs_per_second": speed,
+        "total_tokens": 10,
+        "block_refs": 5,
+    }
 
 
 def test_replay_speed_is_one_short_line_per_policy_range() -> None:
     rows = [hit("infinite", 0, 0.5, 0.0)]
-    rows += [hit(p, c, 0.1, s * 1e6) for c in (10, 20, 40, 80, 160)
-             for p, s in (("lru", 1.5), ("fifo", 0.5), ("lfu", 0.4), ("s3fifo", 0.3))]
+    rows += [
+        hit(p, c, 0.1, s * 1e6)
+        for c in (10, 20, 40, 80, 160)
+        for p, s in (("lru", 1.5), ("fifo", 0.5), ("lfu", 0.4), ("s3fifo", 0.3))
+    ]
     rows[1]["refs_per_second"] = 1.2e6
     text = hitrate_table(rows)
     speed = [line for line in text.splitlines() if "replay speed" in line]
-    assert speed == ["replay speed (million block refs/s): lru 1.20-1.50, fifo 0.50, lfu 0.40, "
-                     "s3fifo 0.30"]
+    assert speed == [
+        "replay speed (million block refs/s): lru 1.20-1.50, fifo 0.50, lfu 0.40, s3fifo 0.30"
+    ]
     assert all(len(line) <= WIDTH for line in text.splitlines())
 
 
@@ -101,9 +121,11 @@ def test_progress_lines_on_a_non_terminal() -> None:
         bar.update(step, 12)
     bar.close()
     lines = buf.getvalue().splitlines()
-    assert lines == ["pagedkv simulate: hit rate lru: 42% after 5 s, about 7 s left",
-                     "pagedkv simulate: hit rate lru: 83% after 10 s, about 2 s left",
-                     "pagedkv simulate: hit rate lru: 100% after 12 s, done"]
+    assert lines == [
+        "pagedkv simulate: hit rate lru: 42% after 5 s, about 7 s left",
+        "pagedkv simulate: hit rate lru: 83% after 10 s, about 2 s left",
+        "pagedkv simulate: hit rate lru: 100% after 12 s, done",
+    ]
     assert "\r" not in buf.getvalue()
     quiet = io.StringIO()
     ProgressBar(enabled=False, stream=quiet, clock=clock).task("x").update(1, 2)

@@ -23,8 +23,9 @@ def _square_plus(shared: int, point: int) -> tuple[int, int]:
 
 def test_run_points_keeps_point_order_and_reports_progress() -> None:
     seen: list[tuple[int, int]] = []
-    out = run_points(_square_plus, 10, list(range(7)), jobs=2,
-                     done=lambda k, n: seen.append((k, n)))
+    out = run_points(
+        _square_plus, 10, list(range(7)), jobs=2, done=lambda k, n: seen.append((k, n))
+    )
     assert out == [(p, p * p + 10) for p in range(7)]
     assert seen == [(k, 7) for k in range(1, 8)]
     assert run_points(_square_plus, 1, [3], jobs=4) == [(3, 10)]
@@ -51,9 +52,11 @@ def test_jobs_must_not_be_negative() -> None:
 
 def test_parallel_report_equals_sequential_report() -> None:
     trace = generate(SyntheticSpec(num_requests=120, seed=3, max_len=1024))
+
     def cfg(jobs: int) -> SimulationConfig:
-        return SimulationConfig(block_sizes=(16, 32), capacities=(20, 60), kv_tokens=8192,
-                                jobs=jobs)
+        return SimulationConfig(
+            block_sizes=(16, 32), capacities=(20, 60), kv_tokens=8192, jobs=jobs
+        )
 
     seq, seq_tl = run_simulation(trace, cfg(1))
     par, par_tl = run_simulation(trace, cfg(2))

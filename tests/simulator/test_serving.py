@@ -71,8 +71,9 @@ def test_contiguous_reservations() -> None:
         be.free(0)
         be.free(1)
         assert be.allocated_tokens() == 0
-    with pytest.raises(InvalidArgumentError,
-                       match=r"max_model_len 100 is shorter than .* \(128 tokens"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"max_model_len 100 is shorter than .* \(128 tokens"
+    ):
         ContiguousBackend(tr, 10_000, "max", 100)
 
 
@@ -127,8 +128,12 @@ def test_chunked_prefill_shares_the_step_budget_with_decode() -> None:
     assert res.ttft_ms.tolist() == pytest.approx([1.3, 6.6])
     assert res.summary["makespan_s"] == pytest.approx(0.0086)
     assert res.summary["steps"] == 5
-    unchunked = replay(tr, PagedBackend(build_block_stream(tr, 16), 64), COST,
-                       SchedulerLimits(max_batched_tokens=30))
+    unchunked = replay(
+        tr,
+        PagedBackend(build_block_stream(tr, 16), 64),
+        COST,
+        SchedulerLimits(max_batched_tokens=30),
+    )
     # without chunking B's 100-token prompt runs as one step after A's admission step
     assert unchunked.ttft_ms.tolist() == pytest.approx([1.1, 3.6])
 
@@ -153,8 +158,9 @@ def test_shared_prefix_tokens_count_once_in_token_states() -> None:
     # first arrives alone, the other 7 while its prefill step runs (1.8 ms): they are admitted
     # in step 2, once step 1 has committed the prefix's KV
     arrivals = [0.0] + [1.0] * 7
-    tr = Trace([Request(t, 80, 20, (1, 2, 3, 4, 100 + i)) for i, t in enumerate(arrivals)], 16,
-               "shared")
+    tr = Trace(
+        [Request(t, 80, 20, (1, 2, 3, 4, 100 + i)) for i, t in enumerate(arrivals)], 16, "shared"
+    )
     be = PagedBackend(build_block_stream(tr, 16), 200)
     res = replay(tr, be, COST)
     assert res.summary["prefix_hit_tokens"] == 7 * 64
@@ -222,8 +228,13 @@ def test_scheduler_steps_a_chunked_prefill_within_the_token_budget() -> None:
         assert sched.step()
         states.append((sched.prefill_total, sched.todo[1], [*sched.prefilling], [*sched.running]))
     # A's whole prompt and 20 of B's fill step 1; then A's decode token leaves 29 for B
-    assert states == [(30, 80, [1], [0]), (59, 51, [1], [0]), (88, 22, [1], [0]),
-                      (110, 0, [], [0, 1]), (110, 0, [], [])]
+    assert states == [
+        (30, 80, [1], [0]),
+        (59, 51, [1], [0]),
+        (88, 22, [1], [0]),
+        (110, 0, [], [0, 1]),
+        (110, 0, [], []),
+    ]
     assert not sched.step()
     assert (sched.done, sched.steps, sched.gen) == (2, 5, [5, 2])
 

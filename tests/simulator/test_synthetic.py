@@ -11,8 +11,9 @@ from pagedkv.simulator.oracle import infinite_cache
 from pagedkv.simulator.synthetic import SyntheticSpec, generate
 
 
-@pytest.mark.parametrize(("dataset", "mean_in", "mean_out"),
-                         [("sharegpt", 161, 338), ("alpaca", 19, 58)])
+@pytest.mark.parametrize(
+    ("dataset", "mean_in", "mean_out"), [("sharegpt", 161, 338), ("alpaca", 19, 58)]
+)
 def test_length_means_match_the_datasets(dataset: str, mean_in: float, mean_out: float) -> None:
     tr = generate(SyntheticSpec(dataset=dataset, num_requests=20000, max_len=1 << 16, seed=1))
     ins = np.array([r.input_len for r in tr.requests])

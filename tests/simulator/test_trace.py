@@ -25,8 +25,9 @@ def test_mooncake_jsonl_roundtrip(tmp_path: Path) -> None:
 
 def test_mooncake_too_few_hash_ids_reports_numbers(tmp_path: Path) -> None:
     f = tmp_path / "t.jsonl"
-    f.write_text(json.dumps({"timestamp": 0, "input_length": 1025, "output_length": 1,
-                             "hash_ids": [0, 1]}))
+    f.write_text(
+        json.dumps({"timestamp": 0, "input_length": 1025, "output_length": 1, "hash_ids": [0, 1]})
+    )
     with pytest.raises(InvalidArgumentError, match=r"2 hash ids .* 1025 \(need 3"):
         load_trace(f)
 
@@ -40,10 +41,12 @@ def test_bad_json_record_names_line(tmp_path: Path) -> None:
 
 def test_azure_csv(tmp_path: Path) -> None:
     f = tmp_path / "a.csv"
-    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                 "2023-11-16 18:17:03.9799600,4808,10\n"
-                 "2023-11-16 18:17:04.0319600,3180,8\n"
-                 "2023-11-16 18:17:05.0000000,0,8\n")
+    f.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:17:03.9799600,4808,10\n"
+        "2023-11-16 18:17:04.0319600,3180,8\n"
+        "2023-11-16 18:17:05.0000000,0,8\n"
+    )
     tr = load_trace(f)
     assert not tr.has_prefix_info
     assert [(r.input_len, r.output_len) for r in tr.requests] == [(4808, 10), (3180, 8)]
@@ -72,27 +75,33 @@ def test_gzipped_trace_reads_like_the_plain_one(tmp_path: Path) -> None:
     import gzip
 
     plain = tmp_path / "t.jsonl"
-    plain.write_text(json.dumps({"timestamp": 3, "input_length": 600, "output_length": 2,
-                                 "hash_ids": [0, 1]}) + "\n")
+    plain.write_text(
+        json.dumps({"timestamp": 3, "input_length": 600, "output_length": 2, "hash_ids": [0, 1]})
+        + "\n"
+    )
     packed = tmp_path / "t.jsonl.gz"
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     assert load_trace(packed).requests == load_trace(plain).requests
     csv_gz = tmp_path / "a.csv.gz"
-    csv_gz.write_bytes(gzip.compress(b"TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                                     b"2023-11-16 18:17:03.9799600,48,1\n"))
+    csv_gz.write_bytes(
+        gzip.compress(
+            b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,48,1\n"
+        )
+    )
     assert load_trace(csv_gz).requests[0].input_len == 48  # .csv under .gz: Azure
 
 
 def test_azure_errors_name_the_file_line_and_field(tmp_path: Path) -> None:
     f = tmp_path / "a.csv"
-    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                 "2023-11-16 18:17:03.9799600,4808,10\n"
-                 "\n"  # a blank line still counts as a line of the file
-                 "2023-11-16 18:17:04.0319600,x,8\n")
+    f.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:17:03.9799600,4808,10\n"
+        "\n"  # a blank line still counts as a line of the file
+        "2023-11-16 18:17:04.0319600,x,8\n"
+    )
     with pytest.raises(InvalidArgumentError, match=r"a.csv:4: bad Azure record: .*'x'"):
         load_trace(f)
-    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                 "2023-11-16 18:17:03.9799600,4808\n")
+    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808\n")
     with pytest.raises(InvalidArgumentError, match=r"a.csv:2: .*missing field 'GeneratedTokens'"):
         load_trace(f)
 

@@ -11,8 +11,15 @@ from pagedkv.storage import KVStorage
 
 
 def _store(dtype=torch.float32, **kw):
-    args = {"num_layers": 2, "num_blocks": 8, "block_size": 4, "num_kv_heads": 2, "head_dim": 3,
-            "dtype": dtype, "num_host_blocks": 4}
+    args = {
+        "num_layers": 2,
+        "num_blocks": 8,
+        "block_size": 4,
+        "num_kv_heads": 2,
+        "head_dim": 3,
+        "dtype": dtype,
+        "num_host_blocks": 4,
+    }
     args.update(kw)
     return KVStorage(**args)
 
@@ -114,8 +121,7 @@ def test_from_config_and_sizes():
         block_size = 2
         num_host_blocks = 3
 
-    s = KVStorage.from_config(Cfg(), num_layers=3, num_kv_heads=1, head_dim=4,
-                              dtype=torch.float16)
+    s = KVStorage.from_config(Cfg(), num_layers=3, num_kv_heads=1, head_dim=4, dtype=torch.float16)
     assert tuple(s.kv_cache.shape) == (3, 6, 2, 2, 1, 4)
     assert s.host_cache.shape[1] == 3
     assert s.bytes_per_block == 3 * 2 * 2 * 1 * 4 * 2
@@ -145,8 +151,21 @@ def test_layer_must_be_an_int(layer):
 
 @pytest.mark.parametrize(
     "slots",
-    [["5"], None, [None], "5", [5.0], [5.7], np.array([5.9]), torch.tensor([5.5]), 5, [[5]],
-     [True], np.array([2**64 - 1], dtype=np.uint64), [5, [6]]],
+    [
+        ["5"],
+        None,
+        [None],
+        "5",
+        [5.0],
+        [5.7],
+        np.array([5.9]),
+        torch.tensor([5.5]),
+        5,
+        [[5]],
+        [True],
+        np.array([2**64 - 1], dtype=np.uint64),
+        [5, [6]],
+    ],
 )
 def test_malformed_slot_mappings_rejected_not_coerced(slots):
     s = _store()
@@ -161,9 +180,22 @@ def test_malformed_slot_mappings_rejected_not_coerced(slots):
 
 @pytest.mark.parametrize(
     "pairs",
-    [(1.5, 2), [(1.5, 2)], [(float("nan"), 2)], [(1, 2.0)], [("1", 2)], [(None, 2)],
-     [(1, 8)], [(-1, 2)], [(1, -1)], [(2**63, 2)], np.array([[1, 2**64 - 1]], dtype=np.uint64),
-     [(1, 2), (3,)], "12", [(1, 2, 3)]],
+    [
+        (1.5, 2),
+        [(1.5, 2)],
+        [(float("nan"), 2)],
+        [(1, 2.0)],
+        [("1", 2)],
+        [(None, 2)],
+        [(1, 8)],
+        [(-1, 2)],
+        [(1, -1)],
+        [(2**63, 2)],
+        np.array([[1, 2**64 - 1]], dtype=np.uint64),
+        [(1, 2), (3,)],
+        "12",
+        [(1, 2, 3)],
+    ],
 )
 def test_malformed_block_pairs_rejected(pairs):
     s = _store()
@@ -197,9 +229,18 @@ def test_gather_range_must_be_ints(start, end):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"num_blocks": True}, {"num_blocks": 8.0}, {"block_size": 4.5}, {"num_layers": "2"},
-     {"num_kv_heads": None}, {"head_dim": False}, {"num_host_blocks": True},
-     {"num_host_blocks": 1.0}, {"num_host_blocks": -1}, {"dtype": "float32"}],
+    [
+        {"num_blocks": True},
+        {"num_blocks": 8.0},
+        {"block_size": 4.5},
+        {"num_layers": "2"},
+        {"num_kv_heads": None},
+        {"head_dim": False},
+        {"num_host_blocks": True},
+        {"num_host_blocks": 1.0},
+        {"num_host_blocks": -1},
+        {"dtype": "float32"},
+    ],
 )
 def test_constructor_sizes_must_be_ints(bad):
     with pytest.raises(InvalidArgumentError, match=next(iter(bad))):

@@ -131,8 +131,14 @@ def test_swap_roundtrip():
 def test_sliding_window_released_positions_raise_typed_error():
     # window 3, 1 sink token, block_size 2: appending one token at a time releases the blocks
     # wholly behind the window, keeping the sink block [0, 2).
-    c = PagedKVCache(num_layers=L, num_kv_heads=H, head_dim=D, block_size=2, num_blocks=16,
-                     sliding_window=SlidingWindow(3, sink_tokens=1))
+    c = PagedKVCache(
+        num_layers=L,
+        num_kv_heads=H,
+        head_dim=D,
+        block_size=2,
+        num_blocks=16,
+        sliding_window=SlidingWindow(3, sink_tokens=1),
+    )
     k, v = _kv(12)
     c.append("a", k[:, :4], v[:, :4])
     for i in range(4, 12):

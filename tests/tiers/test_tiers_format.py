@@ -17,8 +17,14 @@ F16 = DTYPE_CODES["float16"]
 
 
 def decode(value: bytes | bytearray, **over: object) -> DecodedBlock | Rejection:
-    kw: dict = {"fingerprint": FP, "chain_hash": HASH, "dtype": F16,
-                "payload_len": len(PAYLOAD), "max_tokens": 16, **over}
+    kw: dict = {
+        "fingerprint": FP,
+        "chain_hash": HASH,
+        "dtype": F16,
+        "payload_len": len(PAYLOAD),
+        "max_tokens": 16,
+        **over,
+    }
     return decode_block(value, **kw)
 
 
@@ -40,15 +46,29 @@ def test_key_layout() -> None:
     assert len(FP) == 16
 
 
-@pytest.mark.parametrize("what", ["model", "revision", "dtype", "block_size", "layers", "heads",
-                                  "head_dim", "layout"])
+@pytest.mark.parametrize(
+    "what", ["model", "revision", "dtype", "block_size", "layers", "heads", "head_dim", "layout"]
+)
 def test_fingerprint_separates_everything_that_changes_bytes(what: str) -> None:
-    base = {"model_name": "m", "revision": "rev", "dtype": torch.float16, "block_size": 16,
-            "num_layers": 2, "num_kv_heads": 2, "head_dim": 8}
-    change = {"model": ("model_name", "m2"), "revision": ("revision", "rev2"),
-              "dtype": ("dtype", torch.bfloat16), "block_size": ("block_size", 32),
-              "layers": ("num_layers", 3), "heads": ("num_kv_heads", 1),
-              "head_dim": ("head_dim", 16), "layout": ("layout", "other")}[what]
+    base = {
+        "model_name": "m",
+        "revision": "rev",
+        "dtype": torch.float16,
+        "block_size": 16,
+        "num_layers": 2,
+        "num_kv_heads": 2,
+        "head_dim": 8,
+    }
+    change = {
+        "model": ("model_name", "m2"),
+        "revision": ("revision", "rev2"),
+        "dtype": ("dtype", torch.bfloat16),
+        "block_size": ("block_size", 32),
+        "layers": ("num_layers", 3),
+        "heads": ("num_kv_heads", 1),
+        "head_dim": ("head_dim", 16),
+        "layout": ("layout", "other"),
+    }[what]
     other = fingerprint_for(**{**base, change[0]: change[1]})  # type: ignore[arg-type]
     assert other != fingerprint_for(**base)  # type: ignore[arg-type]
     assert fingerprint_for(**base) == FP  # type: ignore[arg-type]  (deterministic)

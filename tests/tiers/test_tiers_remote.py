@@ -127,7 +127,8 @@ def test_full_store_drops_writes_but_serves_reads(own_server: EmbeddedValkey) ->
 
 
 def test_lru_eviction_under_load_never_yields_a_hole_or_wrong_block(
-        own_server: EmbeddedValkey) -> None:
+    own_server: EmbeddedValkey,
+) -> None:
     admin = valkey.Valkey.from_url(own_server.url)
     admin.config_set("maxmemory", 3 << 20)
     admin.config_set("maxmemory-policy", "allkeys-lru")
@@ -146,7 +147,7 @@ def test_lru_eviction_under_load_never_yields_a_hole_or_wrong_block(
         n = cache.load(hashes, list(range(11, 19)))
         assert n == present.index(False) if False in present else n == 8
         assert blocks_equal(st, list(range(11, 11 + n)), ref, src[:n])
-        assert bool((st.kv_cache[:, 11 + n:19] == 3.0).all())
+        assert bool((st.kv_cache[:, 11 + n : 19] == 3.0).all())
     assert holes > 0, "the server evicted no chain's middle: the test did not bite"
     assert int(admin.info("stats")["evicted_keys"]) > 0
     admin.close()
@@ -170,8 +171,9 @@ def test_reply_parser_round_trips_all_reply_kinds(valkey_url: str) -> None:
     url = valkey_url.replace("redis://", "valkey://")
     client = valkey.Valkey.from_url(url, parser_class=FastRespParser)
     sizes = [0, 1, 65534, 65535, 65536, 65537, 1 << 20]
-    values = {f"k{n}".encode(): bytes(range(256)) * (n // 256) + b"\r\n"[: n % 256 % 3]
-              for n in sizes}
+    values = {
+        f"k{n}".encode(): bytes(range(256)) * (n // 256) + b"\r\n"[: n % 256 % 3] for n in sizes
+    }
     for k, v in values.items():
         assert client.set(k, v) is True
     keys = list(values)

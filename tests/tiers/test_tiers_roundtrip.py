@@ -85,8 +85,9 @@ def bad_values(st: KVStorage, h: bytes, good: bytes) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", ["corrupted", "truncated", "foreign fingerprint",
-                                  "foreign chain hash", "garbage"])
+@pytest.mark.parametrize(
+    "case", ["corrupted", "truncated", "foreign fingerprint", "foreign chain hash", "garbage"]
+)
 def test_bad_values_are_rejected_and_counted(tier: KVTier, case: str) -> None:
     st = make_storage()
     ref = st.kv_cache.clone()

@@ -13,8 +13,9 @@ from pagedkv.tiers import KVTier, RemoteTier, TieredKVCache, fingerprint_for
 GEOMETRY = {"num_layers": 2, "block_size": 4, "num_kv_heads": 2, "head_dim": 8}
 
 
-def make_storage(num_blocks: int = 16, dtype: torch.dtype = torch.float32, seed: int = 0,
-                 **geometry: int) -> KVStorage:
+def make_storage(
+    num_blocks: int = 16, dtype: torch.dtype = torch.float32, seed: int = 0, **geometry: int
+) -> KVStorage:
     """A small storage filled with seeded random KV (block 0, the null block, stays zero)."""
     g = {**GEOMETRY, **geometry}
     st = KVStorage(num_blocks=num_blocks, dtype=dtype, **g)
@@ -24,8 +25,9 @@ def make_storage(num_blocks: int = 16, dtype: torch.dtype = torch.float32, seed:
 
 
 def fingerprint(st: KVStorage, model: str = "test-model", revision: str = "r1") -> bytes:
-    return fingerprint_for(model, revision, st.dtype, st.block_size, st.num_layers,
-                           st.num_kv_heads, st.head_dim)
+    return fingerprint_for(
+        model, revision, st.dtype, st.block_size, st.num_layers, st.num_kv_heads, st.head_dim
+    )
 
 
 def chain(n: int, tag: str = "p") -> list[bytes]:
@@ -43,8 +45,10 @@ def cache_for(st: KVStorage, tiers: list, **kwargs: object) -> TieredKVCache:
 
 def blocks_equal(st: KVStorage, a: list[int], ref: torch.Tensor, b: list[int]) -> bool:
     """``st`` blocks ``a`` hold exactly the bytes of ``ref`` blocks ``b`` (ref: a kv_cache copy)."""
-    return all(torch.equal(st.kv_cache[:, x].view(torch.uint8), ref[:, y].view(torch.uint8))
-               for x, y in zip(a, b, strict=True))
+    return all(
+        torch.equal(st.kv_cache[:, x].view(torch.uint8), ref[:, y].view(torch.uint8))
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def child_share(url: str, seed: int, load_tag: str, store_tag: str, n: int) -> tuple[int, bool]:

@@ -47,8 +47,8 @@ class BlockPool:
         free = self.free_stack
         num_free = len(free)
         if n <= num_free:
-            ids = free[num_free - n:]
-            del free[num_free - n:]
+            ids = free[num_free - n :]
+            del free[num_free - n :]
             ids.reverse()
         else:
             ids = free[::-1]
@@ -164,5 +164,9 @@ class BlockPool:
 
     def snapshot(self) -> dict[str, Any]:
         """Copies of the pool's state (the free stack in order: allocation pops its end)."""
-        return {"ref_cnt": list(self.ref_cnt), "free_stack": list(self.free_stack),
-                "num_used": self.num_used, **self.cache.snapshot()}
+        return {
+            "ref_cnt": list(self.ref_cnt),
+            "free_stack": list(self.free_stack),
+            "num_used": self.num_used,
+            **self.cache.snapshot(),
+        }

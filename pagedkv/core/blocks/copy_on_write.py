@@ -47,7 +47,8 @@ class PendingCopies:
         copy first: it is cached (cached blocks are immutable) or another sequence or pin
         holds it (pending-copy holds do not count). The one copy-on-write condition."""
         return self._block_hash[block_id] is not None or (
-            self._ref_cnt[block_id] > 1 and self.shared(block_id))
+            self._ref_cnt[block_id] > 1 and self.shared(block_id)
+        )
 
     def shared(self, block_id: int) -> bool:
         """More than one sequence or pin holds ``block_id`` (pending-copy holds do not count)."""

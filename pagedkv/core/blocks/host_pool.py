@@ -28,8 +28,8 @@ class HostPool:
         if n > len(self.free_stack):
             raise OutOfBlocksError(n, len(self.free_stack), what="host blocks")
         free = self.free_stack
-        ids = free[len(free) - n:]
-        del free[len(free) - n:]
+        ids = free[len(free) - n :]
+        del free[len(free) - n :]
         ids.reverse()
         return ids
 
@@ -42,5 +42,7 @@ class HostPool:
         pool."""
         every = used + self.free_stack
         if len(every) != len(set(every)) or len(every) != self.num_blocks:
-            raise PagedKVError(f"host pool integrity: {len(used)} used + "
-                               f"{len(self.free_stack)} free != {self.num_blocks}")
+            raise PagedKVError(
+                f"host pool integrity: {len(used)} used + "
+                f"{len(self.free_stack)} free != {self.num_blocks}"
+            )

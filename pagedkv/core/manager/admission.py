@@ -28,17 +28,31 @@ class Prompt:
 
     __slots__ = ("hashed", "hashes", "n", "root", "tokens")
 
-    def __init__(self, tokens: array[int] | None, n: int, root: bytes | None,
-                 hashes: list[Hashable], hashed: HashedPrompt | None = None) -> None:
+    def __init__(
+        self,
+        tokens: array[int] | None,
+        n: int,
+        root: bytes | None,
+        hashes: list[Hashable],
+        hashed: HashedPrompt | None = None,
+    ) -> None:
         self.tokens, self.n, self.root, self.hashes, self.hashed = tokens, n, root, hashes, hashed
 
 
 class Admission:
     """Creates sequences from prompts, reusing their longest cached prefix."""
 
-    def __init__(self, table: SequenceTable, pool: BlockPool, counters: Counters, *,
-                 watermark_blocks: int, min_cache_tokens: int, caching: bool,
-                 hash_algo: str) -> None:
+    def __init__(
+        self,
+        table: SequenceTable,
+        pool: BlockPool,
+        counters: Counters,
+        *,
+        watermark_blocks: int,
+        min_cache_tokens: int,
+        caching: bool,
+        hash_algo: str,
+    ) -> None:
         self.table, self.pool, self.counters = table, pool, counters
         self.cache = pool.cache
         self.block_size = pool.cache.block_size
@@ -48,16 +62,14 @@ class Admission:
         self.hash_algo = hash_algo
 
     # ---------------------------------------------------------------- prompts
-    def hash_prompt(self, token_ids: TokenIds, cache_salt: object, lora_id: object
-                    ) -> HashedPrompt:
+    def hash_prompt(self, token_ids: TokenIds, cache_salt: object, lora_id: object) -> HashedPrompt:
         """Validate and hash a token prompt (``BlockManager.hash_prompt``)."""
         tokens = as_token_array(token_ids)
         root = self.cache.root(check.salt(cache_salt), check.lora(lora_id))
         hashes = self.cache.hash_blocks(root, tokens, len(tokens) // self.block_size)
         return HashedPrompt(tokens, tuple(hashes), root, self.hash_algo, self.block_size)
 
-    def parse(self, prompt: TokenIds | HashedPrompt, cache_salt: object, lora_id: object
-              ) -> Prompt:
+    def parse(self, prompt: TokenIds | HashedPrompt, cache_salt: object, lora_id: object) -> Prompt:
         """A token prompt (or a ``HashedPrompt`` made by a manager like this one) with its
         cache keys, hashed once; no keys when prefix caching is off."""
         if not isinstance(prompt, HashedPrompt):
@@ -70,17 +82,20 @@ class Admission:
             return Prompt(prompt.tokens, len(prompt), prompt.root, list(prompt.hashes))
         if cache_salt is not None or lora_id is not None:
             raise InvalidArgumentError(
-                "a HashedPrompt carries its cache_salt/lora_id: pass them to hash_prompt")
+                "a HashedPrompt carries its cache_salt/lora_id: pass them to hash_prompt"
+            )
         if (prompt.hash_algo, prompt.block_size) != (self.hash_algo, self.block_size):
             raise InvalidArgumentError(
                 f"prompt hashed with {prompt.hash_algo!r} and block_size {prompt.block_size}, "
-                f"but this manager uses {self.hash_algo!r} and {self.block_size}")
+                f"but this manager uses {self.hash_algo!r} and {self.block_size}"
+            )
         if not self.caching:
             return Prompt(prompt.tokens, len(prompt), None, [], prompt)
         return Prompt(prompt.tokens, len(prompt), prompt.root, list(prompt.hashes), prompt)
 
-    def parse_keyed(self, num_tokens: int | None, block_hashes: Sequence[Hashable] | None
-                    ) -> Prompt:
+    def parse_keyed(
+        self, num_tokens: int | None, block_hashes: Sequence[Hashable] | None
+    ) -> Prompt:
         """A prompt admitted by length, with the caller's own block keys (if any)."""
         if num_tokens is None:
             raise InvalidArgumentError(f"need token_ids or num_tokens >= 0, got {num_tokens}")
@@ -98,8 +113,14 @@ class Admission:
             check.instance("sliding_window", sliding_window, SlidingWindow, optional=True)
 
     # -------------------------------------------------------------- admission
-    def admit(self, seq_id: Hashable, p: Prompt, priority: int,
-              window: SlidingWindow | None, compute_last_token: bool) -> int:
+    def admit(
+        self,
+        seq_id: Hashable,
+        p: Prompt,
+        priority: int,
+        window: SlidingWindow | None,
+        compute_last_token: bool,
+    ) -> int:
         """Allocate ``seq_id``'s blocks; returns its cached tokens. Layout for ``n = 10``
         tokens, ``block_size = 4``, ``compute_last_token``, block 0 cached as ``b7``::
 
@@ -134,8 +155,15 @@ class Admission:
         if need > available and need > 0:  # needing no block never fails, reserve or not
             raise OutOfBlocksError(need, max(available, 0))
 
-    def create(self, seq_id: Hashable, p: Prompt, hit: list[int], need: int, priority: int,
-               window: SlidingWindow | None) -> SeqState:
+    def create(
+        self,
+        seq_id: Hashable,
+        p: Prompt,
+        hit: list[int],
+        need: int,
+        priority: int,
+        window: SlidingWindow | None,
+    ) -> SeqState:
         """Take the hits, allocate the rest and register the new ``SeqState``."""
         bs, table = self.block_size, self.table
         if hit:
@@ -146,8 +174,19 @@ class Admission:
         if p.hashed is not None:
             tokens = array("q", p.hashed.tokens)  # the sequence grows its own copy
         caching = (bool(p.hashes) or p.root is not None) and p.n >= self.min_cache_tokens
-        seq = SeqState(seq_id, tokens, p.root, priority, table.clock, window,
-                       hit + self.pool.allocate(need), p.n, p.hashes, num_hit, caching)
+        seq = SeqState(
+            seq_id,
+            tokens,
+            p.root,
+            priority,
+            table.clock,
+            window,
+            hit + self.pool.allocate(need),
+            p.n,
+            p.hashes,
+            num_hit,
+            caching,
+        )
         seq.prompt = None if p.hashed is None else p.hashed.whole or p.hashed
         seq.num_computed = num_hit * bs  # hit blocks were committed by whoever cached them
         table.seqs[seq_id] = seq

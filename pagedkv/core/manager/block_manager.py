@@ -60,27 +60,44 @@ class BlockManager(ManagerQueries):
     """Paged KV-cache metadata for many sequences over one pool of blocks."""
 
     # --------------------------------------------------------------- prompts
-    def hash_prompt(self, token_ids: TokenIds, *, cache_salt: str | bytes | None = None,
-                    lora_id: int | str | None = None) -> HashedPrompt:
+    def hash_prompt(
+        self,
+        token_ids: TokenIds,
+        *,
+        cache_salt: str | bytes | None = None,
+        lora_id: int | str | None = None,
+    ) -> HashedPrompt:
         """Hash a prompt once (vLLM keeps ``block_hashes`` on its request the same way); pass
         the result to ``lookup_prefix`` and ``admit`` instead of the token ids. Its hashes are
         exactly the cache keys ``admit`` gives the prompt's full blocks (process-independent:
         what a shared KV tier is keyed by)."""
         return self.admission.hash_prompt(token_ids, cache_salt, lora_id)
 
-    def lookup_prefix(self, token_ids: TokenIds | HashedPrompt, *,
-                      cache_salt: str | bytes | None = None,
-                      lora_id: int | str | None = None) -> int:
+    def lookup_prefix(
+        self,
+        token_ids: TokenIds | HashedPrompt,
+        *,
+        cache_salt: str | bytes | None = None,
+        lora_id: int | str | None = None,
+    ) -> int:
         """Tokens of the longest cached prefix of a prompt (no state change)."""
         p = self.admission.parse(token_ids, cache_salt, lora_id)
         return len(self.prefix_cache.lookup(p.hashes, len(p.hashes))) * self.block_size
 
     # ------------------------------------------------------------- admission
-    def admit(self, seq_id: Hashable, token_ids: TokenIds | HashedPrompt | None = None, *,
-              num_tokens: int | None = None, block_hashes: Sequence[Hashable] | None = None,
-              cache_salt: str | bytes | None = None, lora_id: int | str | None = None,
-              priority: int = 0, sliding_window: SlidingWindow | None = None,
-              compute_last_token: bool = True) -> int:
+    def admit(
+        self,
+        seq_id: Hashable,
+        token_ids: TokenIds | HashedPrompt | None = None,
+        *,
+        num_tokens: int | None = None,
+        block_hashes: Sequence[Hashable] | None = None,
+        cache_salt: str | bytes | None = None,
+        lora_id: int | str | None = None,
+        priority: int = 0,
+        sliding_window: SlidingWindow | None = None,
+        compute_last_token: bool = True,
+    ) -> int:
         """Allocate blocks for a new sequence's prompt, reusing its longest cached prefix.
 
         Give either ``token_ids`` (hashed with the configured chained hash, keyed by
@@ -118,10 +135,15 @@ class BlockManager(ManagerQueries):
         if taken:
             raise DuplicateSequenceError(seq_id)
 
-    def admit_batch(self, seq_ids: Sequence[Hashable],
-                    prompts: Sequence[TokenIds | HashedPrompt], *,
-                    cache_salt: str | bytes | None = None, lora_id: int | str | None = None,
-                    **kwargs: Any) -> np.ndarray:
+    def admit_batch(
+        self,
+        seq_ids: Sequence[Hashable],
+        prompts: Sequence[TokenIds | HashedPrompt],
+        *,
+        cache_salt: str | bytes | None = None,
+        lora_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
         """Admit many prompts at once, all or nothing; returns int64 ``[batch]`` hit lengths.
 
         A prompt cannot hit blocks an earlier prompt of the same batch allocated (they are not
@@ -138,8 +160,10 @@ class BlockManager(ManagerQueries):
             self._check_new(sid)
         allowed = {"priority", "sliding_window", "compute_last_token"}
         if set(kwargs) - allowed:
-            raise InvalidArgumentError(f"admit_batch takes token prompts and {sorted(allowed)}; "
-                                       f"got {sorted(set(kwargs) - allowed)}")
+            raise InvalidArgumentError(
+                f"admit_batch takes token prompts and {sorted(allowed)}; "
+                f"got {sorted(set(kwargs) - allowed)}"
+            )
         priority, window = kwargs.get("priority", 0), kwargs.get("sliding_window")
         self.admission.check_options(priority, window)
         parsed = [self.admission.parse(p, cache_salt, lora_id) for p in prompts]
@@ -148,8 +172,13 @@ class BlockManager(ManagerQueries):
         if worst > available:
             raise OutOfBlocksError(worst, available)
         last = kwargs.get("compute_last_token", True)
-        return np.array([self.admission.admit(sid, p, priority, window, last)
-                         for sid, p in zip(ids, parsed, strict=True)], dtype=np.int64)
+        return np.array(
+            [
+                self.admission.admit(sid, p, priority, window, last)
+                for sid, p in zip(ids, parsed, strict=True)
+            ],
+            dtype=np.int64,
+        )
 
     # ------------------------------------------------------------- lifecycle
     def free(self, seq_id: Hashable) -> None:
@@ -191,8 +220,9 @@ class BlockManager(ManagerQueries):
             return np.empty(0, dtype=np.int64)
         return self.table.append(seq, tokens, 0)
 
-    def append_batch(self, seq_ids: Sequence[Hashable], token_ids: Sequence[int] | np.ndarray
-                     ) -> np.ndarray:
+    def append_batch(
+        self, seq_ids: Sequence[Hashable], token_ids: Sequence[int] | np.ndarray
+    ) -> np.ndarray:
         """Append one token to each sequence (the decode hot path): O(1) per sequence, a block
         allocated only at a boundary. ``token_ids``: ``[B]`` ints. Returns int64 ``[B]`` slots."""
         try:
@@ -214,7 +244,8 @@ class BlockManager(ManagerQueries):
         n = check.integer("num_tokens", num_tokens)
         if not 0 <= n <= seq.num_tokens:
             raise InvalidArgumentError(
-                f"cannot truncate a {seq.num_tokens}-token sequence to {n} tokens")
+                f"cannot truncate a {seq.num_tokens}-token sequence to {n} tokens"
+            )
         self.table.check_window_cut(seq, n, f"cannot truncate to {n} tokens")
         self.table.truncate(seq, n)
 
@@ -230,7 +261,8 @@ class BlockManager(ManagerQueries):
         n = parent.num_tokens if num_tokens is None else check.integer("num_tokens", num_tokens)
         if not 0 <= n <= parent.num_tokens:
             raise InvalidArgumentError(
-                f"cannot fork {n} tokens from a {parent.num_tokens}-token sequence")
+                f"cannot fork {n} tokens from a {parent.num_tokens}-token sequence"
+            )
         self.table.check_window_cut(parent, n, f"cannot fork {n} tokens")
         self.table.fork(parent, child_id, n)
 
@@ -262,7 +294,8 @@ class BlockManager(ManagerQueries):
                 if seq.status is not _RUNNING:
                     raise SequenceStateError(
                         f"sequence {seq.seq_id!r} is {seq.status.value}, not running: its KV "
-                        f"is on the host, nothing was computed")
+                        f"is on the host, nothing was computed"
+                    )
         for seq in seqs:
             seq.num_computed = seq.num_tokens
         if self.registrar.pending:
@@ -279,16 +312,21 @@ class BlockManager(ManagerQueries):
         n = seq.num_tokens if num_tokens is None else check.integer("num_tokens", num_tokens)
         if not 0 <= n <= seq.num_tokens:
             raise InvalidArgumentError(
-                f"cannot register {n} tokens of a {seq.num_tokens}-token sequence")
+                f"cannot register {n} tokens of a {seq.num_tokens}-token sequence"
+            )
         seq.num_computed = max(seq.num_computed, n)
         if not self.admission.caching:
             return 0
         return self.registrar.register_prefix(seq, n)
 
     # ---------------------------------------------------------- prefix cache
-    def pin_prefix(self, token_ids: TokenIds | HashedPrompt, *,
-                   cache_salt: str | bytes | None = None,
-                   lora_id: int | str | None = None) -> PrefixPin:
+    def pin_prefix(
+        self,
+        token_ids: TokenIds | HashedPrompt,
+        *,
+        cache_salt: str | bytes | None = None,
+        lora_id: int | str | None = None,
+    ) -> PrefixPin:
         """Hold the longest cached prefix of a prompt so it is never evicted."""
         p = self.admission.parse(token_ids, cache_salt, lora_id)
         pin = self.pins.pin(self.prefix_cache.lookup(p.hashes, len(p.hashes)))

@@ -32,23 +32,35 @@ def stats(m: ManagerQueries) -> ManagerStats:
     used = pool.num_used
     stored = (used - len(partial_fill)) * bs + sum(partial_fill.values())
     return ManagerStats(
-        **vars(m.counters), evictions=m.prefix_cache.num_evictions,
-        num_sequences=len(m.table.seqs), num_blocks=m.config.num_blocks,
+        **vars(m.counters),
+        evictions=m.prefix_cache.num_evictions,
+        num_sequences=len(m.table.seqs),
+        num_blocks=m.config.num_blocks,
         num_usable_blocks=m.config.num_usable_blocks,
-        blocks_used=used, blocks_cached=len(m.prefix_cache.evictor),
-        blocks_free=len(pool.free_stack), tokens_stored=stored, block_size=bs,
-        bytes_per_block=m.config.bytes_per_block)
+        blocks_used=used,
+        blocks_cached=len(m.prefix_cache.evictor),
+        blocks_free=len(pool.free_stack),
+        tokens_stored=stored,
+        block_size=bs,
+        bytes_per_block=m.config.bytes_per_block,
+    )
 
 
 def snapshot(m: ManagerQueries) -> dict[str, Any]:
     """Every role's state, deep-copied (sequence order included: it is iteration order)."""
-    return {"seqs": [(sid, seq_snapshot(s)) for sid, s in m.table.seqs.items()],
-            "pool": m.pool.snapshot(), "copies": m.copies.snapshot(),
-            "host_free": list(m.host_pool.free_stack),
-            "pins": {k: list(v) for k, v in m.pins.held.items()}, "pins_made": m.pins.made,
-            "registrar": sorted(map(repr, m.registrar.pending)),
-            "clock": m.table.clock, "num_swapped": m.table.num_swapped,
-            "counters": dict(vars(m.counters)), "pressure": m.pressure.level}
+    return {
+        "seqs": [(sid, seq_snapshot(s)) for sid, s in m.table.seqs.items()],
+        "pool": m.pool.snapshot(),
+        "copies": m.copies.snapshot(),
+        "host_free": list(m.host_pool.free_stack),
+        "pins": {k: list(v) for k, v in m.pins.held.items()},
+        "pins_made": m.pins.made,
+        "registrar": sorted(map(repr, m.registrar.pending)),
+        "clock": m.table.clock,
+        "num_swapped": m.table.num_swapped,
+        "counters": dict(vars(m.counters)),
+        "pressure": m.pressure.level,
+    }
 
 
 def seq_snapshot(s: SeqState) -> dict[str, Any]:
@@ -92,8 +104,7 @@ def check_integrity(m: ManagerQueries) -> None:
         if ref_cnt[b] != refs[b]:
             fail(f"block {b}: ref_cnt {ref_cnt[b]} but {refs[b]} references")
     m.host_pool.check_integrity(host_used)
-    problem = (m.registrar.problem(m.table.seqs.values(), m.table.seqs)
-               or m.copies.problem())
+    problem = m.registrar.problem(m.table.seqs.values(), m.table.seqs) or m.copies.problem()
     if problem:
         fail(problem)
     swapped = sum(s.status is SeqStatus.SWAPPED for s in m.table.seqs.values())
@@ -106,14 +117,17 @@ def check_integrity(m: ManagerQueries) -> None:
         fail(f"peak usage {m.counters.peak_blocks_used} blocks < {used} used")
 
 
-def sequence_problem(m: ManagerQueries, seq: SeqState, refs: Counter[int],
-                     host_used: list[int]) -> str | None:
+def sequence_problem(
+    m: ManagerQueries, seq: SeqState, refs: Counter[int], host_used: list[int]
+) -> str | None:
     """What is wrong with one sequence, if anything; counts its block references."""
     bs, block_hash = m.block_size, m.prefix_cache.block_hash
     n, table = seq.num_tokens, seq.block_table
     if not seq.num_hashed * bs <= seq.num_computed <= n:
-        return (f"{seq.num_hashed} blocks offered to the cache, {seq.num_computed} tokens "
-                f"computed, {n} tokens")
+        return (
+            f"{seq.num_hashed} blocks offered to the cache, {seq.num_computed} tokens "
+            f"computed, {n} tokens"
+        )
     if seq.tokens is not None and len(seq.tokens) != n:
         return f"{len(seq.tokens)} token ids for {n} tokens"
     if not seq.num_hashed <= len(seq.block_hashes) <= n // bs:

@@ -43,18 +43,29 @@ class ManagerQueries:
         self.counters = Counters()
         self.pressure = PressureMonitor(config.pressure_thresholds, config.num_usable_blocks)
         policy = EVICTION_POLICIES[config.eviction_policy](config.num_usable_blocks)
-        self.prefix_cache = PrefixCache(config.num_blocks, policy, config.max_cached_blocks,
-                                        HASH_FUNCTIONS[config.hash_algo], bs)
+        self.prefix_cache = PrefixCache(
+            config.num_blocks,
+            policy,
+            config.max_cached_blocks,
+            HASH_FUNCTIONS[config.hash_algo],
+            bs,
+        )
         self.pool = BlockPool(config.num_blocks, self.prefix_cache)
         self.copies = PendingCopies(self.pool, self.counters)
         self.registrar = Registrar(self.pool)
         self.host_pool = HostPool(config.num_host_blocks)
-        self.table = SequenceTable(self.pool, self.copies, self.registrar, self.host_pool,
-                                   self.counters, self.pressure)
+        self.table = SequenceTable(
+            self.pool, self.copies, self.registrar, self.host_pool, self.counters, self.pressure
+        )
         self.admission = Admission(
-            self.table, self.pool, self.counters, caching=config.enable_prefix_caching,
+            self.table,
+            self.pool,
+            self.counters,
+            caching=config.enable_prefix_caching,
             watermark_blocks=int(config.watermark * config.num_usable_blocks),
-            min_cache_tokens=config.min_cache_tokens, hash_algo=config.hash_algo)
+            min_cache_tokens=config.min_cache_tokens,
+            hash_algo=config.hash_algo,
+        )
         self.pins = PrefixPins(self.copies, bs)
 
     # ------------------------------------------------------------- sequences
@@ -121,29 +132,33 @@ class ManagerQueries:
         end = seq.num_tokens if end is None else check.integer("end", end)
         if not 0 <= start <= end <= seq.num_tokens:
             raise InvalidArgumentError(
-                f"token range [{start}, {end}) outside sequence of {seq.num_tokens} tokens")
+                f"token range [{start}, {end}) outside sequence of {seq.num_tokens} tokens"
+            )
         return export.slot_mapping(seq.block_table, self.block_size, start, end)
 
-    def block_table_array(self, seq_ids: Iterable[Hashable],
-                          max_blocks: int | None = None) -> np.ndarray:
+    def block_table_array(
+        self, seq_ids: Iterable[Hashable], max_blocks: int | None = None
+    ) -> np.ndarray:
         """int32 ``[batch, max_blocks]`` block tables padded with the null block (vLLM/FA form)."""
         width = check.optional_count("max_blocks", max_blocks)
-        return export.block_table_array([self.table.running(s).block_table for s in seq_ids],
-                                        width)
+        return export.block_table_array([self.table.running(s).block_table for s in seq_ids], width)
 
-    def flashinfer_page_table(self, seq_ids: Iterable[Hashable]
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def flashinfer_page_table(
+        self, seq_ids: Iterable[Hashable]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """FlashInfer ``(indptr int32 [B+1], indices int32 [nnz], last_page_len int32 [B])``."""
         seqs = [self.table.running(s) for s in seq_ids]
-        return export.flashinfer_page_table([s.block_table for s in seqs],
-                                            [s.num_tokens for s in seqs], self.block_size)
+        return export.flashinfer_page_table(
+            [s.block_table for s in seqs], [s.num_tokens for s in seqs], self.block_size
+        )
 
     def seq_lens(self, seq_ids: Iterable[Hashable]) -> np.ndarray:
         """int32 ``[batch]`` token counts (the ``seq_lens``/``cache_seqlens`` kernels take)."""
         return np.array([self.table.get(s).num_tokens for s in seq_ids], dtype=np.int32)
 
-    def packed_slot_mapping(self, seq_ids: Sequence[Hashable], starts: Sequence[int] | np.ndarray
-                            ) -> tuple[np.ndarray, np.ndarray]:
+    def packed_slot_mapping(
+        self, seq_ids: Sequence[Hashable], starts: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Slots of tokens ``[starts[i], num_tokens_i)`` of each sequence, packed for a varlen
         (prefill/extend) step: ``(slot_mapping int64 [total], cu_seqlens int32 [batch + 1])``."""
         seqs = [self.table.running(s) for s in seq_ids]
@@ -159,20 +174,28 @@ class ManagerQueries:
     def blocks_freed_by(self, seq_id: Hashable) -> int:
         """Blocks that would return to the pool if the sequence were freed now."""
         ref_cnt = self.pool.ref_cnt
-        return sum(1 for b in self.table.running(seq_id).block_table
-                   if b != NULL_BLOCK_ID and ref_cnt[b] == 1)
+        return sum(
+            1
+            for b in self.table.running(seq_id).block_table
+            if b != NULL_BLOCK_ID and ref_cnt[b] == 1
+        )
 
-    def select_victims(self, num_blocks: int, policy: str = "priority",
-                       exclude: Iterable[Hashable] = ()) -> list[Hashable]:
+    def select_victims(
+        self, num_blocks: int, policy: str = "priority", exclude: Iterable[Hashable] = ()
+    ) -> list[Hashable]:
         """Running sequences to preempt, in order, until freeing them would return at least
         ``num_blocks`` blocks (all candidates if that is impossible). Changes nothing."""
         num_blocks = check.count("num_blocks", num_blocks)
         if not isinstance(policy, str) or policy not in PREEMPTION_POLICIES:
             raise InvalidArgumentError(
-                f"unknown preemption policy {policy!r}; known: {sorted(PREEMPTION_POLICIES)}")
+                f"unknown preemption policy {policy!r}; known: {sorted(PREEMPTION_POLICIES)}"
+            )
         skip = set(check.seq_ids(exclude))
-        candidates = [s for s in self.table.seqs.values()
-                      if s.status is SeqStatus.RUNNING and s.seq_id not in skip]
+        candidates = [
+            s
+            for s in self.table.seqs.values()
+            if s.status is SeqStatus.RUNNING and s.seq_id not in skip
+        ]
         victims: list[Hashable] = []
         freed = 0
         for seq in PREEMPTION_POLICIES[policy](candidates):

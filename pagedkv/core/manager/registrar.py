@@ -48,13 +48,16 @@ class Registrar:
         while len(hashes) < full:
             i = len(hashes)
             start = i * bs
-            if (prompt is not None and i < len(prompt.hashes)
-                    and (i == 0 or hashes[i - 1] == prompt.hashes[i - 1])
-                    and tokens[start:start + bs] == prompt.tokens[start:start + bs]):
+            if (
+                prompt is not None
+                and i < len(prompt.hashes)
+                and (i == 0 or hashes[i - 1] == prompt.hashes[i - 1])
+                and tokens[start : start + bs] == prompt.tokens[start : start + bs]
+            ):
                 hashes.append(prompt.hashes[i])
             else:
                 parent = cast(bytes, hashes[i - 1] if i else root)  # token-hashed: bytes
-                hashes += self.cache.hash_blocks(parent, tokens[start:start + bs], 1)
+                hashes += self.cache.hash_blocks(parent, tokens[start : start + bs], 1)
         self.pending[seq.seq_id] = seq
 
     def register_computed(self) -> None:
@@ -75,8 +78,9 @@ class Registrar:
     def register(self, seq: SeqState, upto: int) -> None:
         """Offer full blocks ``num_hashed .. upto-1`` of ``seq`` to the prefix cache (their KV
         is written: callers pass ``upto <= num_computed // block_size``)."""
-        done = self.cache.register_chain(seq.block_table, seq.block_hashes, seq.num_hashed, upto,
-                                         self.pool.free_stack)
+        done = self.cache.register_chain(
+            seq.block_table, seq.block_hashes, seq.num_hashed, upto, self.pool.free_stack
+        )
         if done < upto:
             seq.caching = False
         seq.num_hashed = max(seq.num_hashed, done)
@@ -101,7 +105,7 @@ class Registrar:
             return
         bs, start = self.block_size, len(hashes)
         parent = cast(bytes, hashes[-1] if hashes else seq.root)  # token-hashed: bytes
-        hashes += self.cache.hash_blocks(parent, seq.tokens[start * bs:full * bs], full - start)
+        hashes += self.cache.hash_blocks(parent, seq.tokens[start * bs : full * bs], full - start)
 
     def findable_prefix(self, seq: SeqState) -> int:
         """Leading computed blocks whose hashes are in the cache now (through any block)."""
@@ -111,8 +115,11 @@ class Registrar:
     def problem(self, seqs: Iterable[SeqState], known: dict[Hashable, SeqState]) -> str | None:
         """A sequence with unoffered hashed blocks is tracked; nothing unknown is tracked."""
         for seq in seqs:
-            if (seq.caching and len(seq.block_hashes) > seq.num_hashed
-                    and self.pending.get(seq.seq_id) is not seq):
+            if (
+                seq.caching
+                and len(seq.block_hashes) > seq.num_hashed
+                and self.pending.get(seq.seq_id) is not seq
+            ):
                 return f"sequence {seq.seq_id!r} has unoffered hashed blocks but is not tracked"
         if any(known.get(sid) is not s for sid, s in self.pending.items()):
             return "a sequence no longer known is tracked for registration"

@@ -42,8 +42,15 @@ FEW_TOKENS = 8  # appends of up to this many tokens compute their slots without 
 class SequenceTable:
     """Every admitted sequence's ``SeqState``, keyed by sequence id."""
 
-    def __init__(self, pool: BlockPool, copies: PendingCopies, registrar: Registrar,
-                 host_pool: HostPool, counters: Counters, pressure: PressureMonitor) -> None:
+    def __init__(
+        self,
+        pool: BlockPool,
+        copies: PendingCopies,
+        registrar: Registrar,
+        host_pool: HostPool,
+        counters: Counters,
+        pressure: PressureMonitor,
+    ) -> None:
         self.block_size = pool.cache.block_size
         self.pool, self.copies, self.registrar, self.host_pool = pool, copies, registrar, host_pool
         self.counters, self.pressure = counters, pressure
@@ -111,8 +118,13 @@ class SequenceTable:
             return out
         if k > FEW_TOKENS:
             return export.slot_mapping(table, bs, n, n + k)
-        return np.array([table[p // bs] * bs + p % bs if table[p // bs] != NULL_BLOCK_ID
-                         else PAD_SLOT_ID for p in range(n, n + k)], dtype=np.int64)
+        return np.array(
+            [
+                table[p // bs] * bs + p % bs if table[p // bs] != NULL_BLOCK_ID else PAD_SLOT_ID
+                for p in range(n, n + k)
+            ],
+            dtype=np.int64,
+        )
 
     def append_batch(self, seqs: list[SeqState], toks: list[int]) -> np.ndarray:
         """Append one token to each running sequence: O(1) per sequence, a block allocated only
@@ -122,8 +134,7 @@ class SequenceTable:
             if s.status is not _RUNNING:
                 self.running(s.seq_id)  # raises the state error
         if len(seqs) > pool.num_available:  # each sequence needs at most one block: count
-            need = sum(s.num_tokens % bs == 0 or copies.needs_copy(s.block_table[-1])
-                       for s in seqs)
+            need = sum(s.num_tokens % bs == 0 or copies.needs_copy(s.block_table[-1]) for s in seqs)
             if need > pool.num_available:
                 raise OutOfBlocksError(need, pool.num_available)
         self.clock += 1
@@ -180,12 +191,14 @@ class SequenceTable:
             return
         if seq.block_table[(end - 1) // self.block_size] == NULL_BLOCK_ID:
             raise InvalidArgumentError(
-                f"{what}: token {end - 1} lies in a block the sliding window already released")
+                f"{what}: token {end - 1} lies in a block the sliding window already released"
+            )
         assert seq.window is not None
         raise InvalidArgumentError(
             f"{what}: the next token (position {end}) attends to positions "
             f"{seq.window.first_needed(end)}..{end}, but the sliding window already released "
-            f"positions {gone[0]}..{gone[1]}")
+            f"positions {gone[0]}..{gone[1]}"
+        )
 
     def truncate(self, seq: SeqState, num_tokens: int) -> None:
         """Cut ``seq`` to its first ``num_tokens`` tokens (checked by the caller)."""
@@ -235,8 +248,11 @@ class SequenceTable:
         host = iter(self.host_pool.allocate(len(live)))
         pending = self.copies.copies
         host_table = [-1 if b == NULL_BLOCK_ID else next(host) for b in seq.block_table]
-        copies = [(pending.get(b, b), h) for b, h in zip(seq.block_table, host_table, strict=True)
-                  if b != NULL_BLOCK_ID]
+        copies = [
+            (pending.get(b, b), h)
+            for b, h in zip(seq.block_table, host_table, strict=True)
+            if b != NULL_BLOCK_ID
+        ]
         self.copies.release(reversed(seq.block_table))
         seq.block_table = []
         seq.host_table = host_table

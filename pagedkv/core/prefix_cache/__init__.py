@@ -5,5 +5,11 @@ blocks and their eviction order (``eviction/``). (Registering a sequence's commi
 from pagedkv.core.prefix_cache.hashing import HASH_FUNCTIONS, HashedPrompt, register_hash_function
 from pagedkv.core.prefix_cache.prefix_cache import NULL_BLOCK_ID, EvictListener, PrefixCache
 
-__all__ = ["HASH_FUNCTIONS", "NULL_BLOCK_ID", "EvictListener", "HashedPrompt", "PrefixCache",
-           "register_hash_function"]
+__all__ = [
+    "HASH_FUNCTIONS",
+    "NULL_BLOCK_ID",
+    "EvictListener",
+    "HashedPrompt",
+    "PrefixCache",
+    "register_hash_function",
+]

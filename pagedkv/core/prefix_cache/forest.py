@@ -75,13 +75,18 @@ class BlockForest:
         parent, children = self.parent, self.children
         for b, h in enumerate(block_hash):
             p = parent[b]
-            if h is not None and p >= 0 and (block_hash[p] is None
-                                             or b not in kids_of(children[p])):
+            if (
+                h is not None
+                and p >= 0
+                and (block_hash[p] is None or b not in kids_of(children[p]))
+            ):
                 return f"block {b} parent {p} is not cached or does not list it"
             if h is None and children[b]:
                 return f"uncached block {b} lists cached children {children[b]}"
             for c in kids_of(children[b]):
                 if block_hash[c] is None or parent[c] != b:
-                    return (f"block {b} lists child {c} (cached {block_hash[c] is not None}, "
-                            f"parent {parent[c]})")
+                    return (
+                        f"block {b} lists child {c} (cached {block_hash[c] is not None}, "
+                        f"parent {parent[c]})"
+                    )
         return None

@@ -64,14 +64,14 @@ def token_bytes(tokens: array[int]) -> bytes:
     return tokens.tobytes()
 
 
-def root_hash(hash_fn: HashFn, cache_salt: str | bytes | None, lora_id: int | str | None
-              ) -> bytes:
+def root_hash(hash_fn: HashFn, cache_salt: str | bytes | None, lora_id: int | str | None) -> bytes:
     """The parent hash of a request's first block; encodes the request's extra keys."""
     return hash_fn(f"pagedkv-root|salt={cache_salt!r}|lora={lora_id!r}".encode())
 
 
-def chain_hashes(hash_fn: HashFn, parent: bytes, data: bytes, block_bytes: int,
-                 num_blocks: int) -> list[bytes]:
+def chain_hashes(
+    hash_fn: HashFn, parent: bytes, data: bytes, block_bytes: int, num_blocks: int
+) -> list[bytes]:
     """Hashes of ``num_blocks`` consecutive full blocks of serialized tokens ``data``.
 
     Args:
@@ -82,7 +82,7 @@ def chain_hashes(hash_fn: HashFn, parent: bytes, data: bytes, block_bytes: int,
     out: list[bytes] = []
     append = out.append
     for start in range(0, num_blocks * block_bytes, block_bytes):
-        parent = hash_fn(parent + data[start:start + block_bytes])
+        parent = hash_fn(parent + data[start : start + block_bytes])
         append(parent)
     return out
 
@@ -114,5 +114,11 @@ class HashedPrompt:
     def prefix(self, num_tokens: int) -> HashedPrompt:
         """The first ``num_tokens`` tokens with their hashes (no hashing: a chunked prefill
         admits the first chunk of a prompt hashed whole)."""
-        return HashedPrompt(self.tokens[:num_tokens], self.hashes[:num_tokens // self.block_size],
-                            self.root, self.hash_algo, self.block_size, self.whole or self)
+        return HashedPrompt(
+            self.tokens[:num_tokens],
+            self.hashes[: num_tokens // self.block_size],
+            self.root,
+            self.hash_algo,
+            self.block_size,
+            self.whole or self,
+        )

@@ -33,8 +33,14 @@ EvictListener = Callable[[list[tuple[int, Hashable]]], None]
 class PrefixCache:
     """Hash map, forest and eviction order over ``num_blocks`` block ids."""
 
-    def __init__(self, num_blocks: int, policy: EvictionPolicy, max_cached_blocks: int | None,
-                 hash_fn: HashFn, block_size: int) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        policy: EvictionPolicy,
+        max_cached_blocks: int | None,
+        hash_fn: HashFn,
+        block_size: int,
+    ) -> None:
         self.cached: dict[Hashable, int] = {}
         self.block_hash: list[Hashable | None] = [None] * num_blocks
         self.forest = BlockForest(num_blocks)
@@ -62,8 +68,9 @@ class PrefixCache:
         """Chained hashes of the first ``num_blocks`` full blocks of ``tokens``, after
         ``parent`` (the root, or the hash of the block before ``tokens[0]``)."""
         bs = self.block_size
-        return chain_hashes(self.hash_fn, parent, token_bytes(tokens[:num_blocks * bs]),
-                            bs * 8, num_blocks)
+        return chain_hashes(
+            self.hash_fn, parent, token_bytes(tokens[: num_blocks * bs]), bs * 8, num_blocks
+        )
 
     # ----------------------------------------------------------------- lookup
     def lookup(self, hashes: Sequence[Hashable], max_blocks: int) -> list[int]:
@@ -80,8 +87,14 @@ class PrefixCache:
         return out
 
     # ------------------------------------------------------------ registration
-    def register_chain(self, block_ids: list[int], hashes: Sequence[Hashable], start: int,
-                       end: int, free_stack: list[int]) -> int:
+    def register_chain(
+        self,
+        block_ids: list[int],
+        hashes: Sequence[Hashable],
+        start: int,
+        end: int,
+        free_stack: list[int],
+    ) -> int:
         """Make full blocks ``block_ids[start:end]`` findable under ``hashes[start:end]``; block
         ``i``'s parent is whatever is cached under ``hashes[i - 1]`` (none for block 0).
 
@@ -123,7 +136,7 @@ class PrefixCache:
         forest.link(prev, new_ids[0])
         parent, children = forest.parent, forest.children
         prev = new_ids[0]
-        for h, b in zip(hashes[i + 1:end], new_ids[1:], strict=True):
+        for h, b in zip(hashes[i + 1 : end], new_ids[1:], strict=True):
             cached[h] = b
             block_hash[b] = h
             parent[b] = prev
@@ -131,8 +144,15 @@ class PrefixCache:
             prev = b
         return end
 
-    def _register_slow(self, block_ids: list[int], hashes: Sequence[Hashable], start: int,
-                       end: int, prev: int, free_stack: list[int]) -> int:
+    def _register_slow(
+        self,
+        block_ids: list[int],
+        hashes: Sequence[Hashable],
+        start: int,
+        end: int,
+        prev: int,
+        free_stack: list[int],
+    ) -> int:
         """``register_chain`` one block at a time, for chains that meet the null block or the
         cache cap (which may evict, possibly the chain's own parent)."""
         cached, block_hash, cap = self.cached, self.block_hash, self.max_cached_blocks
@@ -182,8 +202,9 @@ class PrefixCache:
             if queue is not None:
                 leaves = self._pop_queue_leaves(queue, n - len(out))
             else:
-                leaves = evictor.pop_leaves(n - len(out), self.forest.children, self.drop_leaf,
-                                            self.block_hash)
+                leaves = evictor.pop_leaves(
+                    n - len(out), self.forest.children, self.drop_leaf, self.block_hash
+                )
             out += leaves
             self.num_evictions += len(leaves)
             if len(out) < n:  # the next victim has cached children
@@ -295,15 +316,21 @@ class PrefixCache:
             if h is not None and cached.get(h) != b:
                 return f"block {b} hash not mapped back to it"
             if b and (ref_cnt[b] == 0 and h is not None) != (b in evictor):
-                return (f"block {b} (ref_cnt {ref_cnt[b]}, cached {h is not None}) evictor "
-                        f"membership wrong")
+                return (
+                    f"block {b} (ref_cnt {ref_cnt[b]}, cached {h is not None}) evictor "
+                    f"membership wrong"
+                )
         if len(cached) != sum(1 for h in self.block_hash if h is not None):
             return "hash map size differs from the number of hashed blocks"
         return self.forest.problem(self.block_hash)
 
     def snapshot(self) -> dict[str, Any]:
         """Copies of all state that decides future hits and evictions (for comparisons)."""
-        return {"cached": dict(self.cached), "block_hash": list(self.block_hash),
-                "parent": list(self.forest.parent),
-                "children": [sorted(kids_of(c)) for c in self.forest.children],
-                "eviction_order": self.evictor.order(), "num_evictions": self.num_evictions}
+        return {
+            "cached": dict(self.cached),
+            "block_hash": list(self.block_hash),
+            "parent": list(self.forest.parent),
+            "children": [sorted(kids_of(c)) for c in self.forest.children],
+            "eviction_order": self.evictor.order(),
+            "num_evictions": self.num_evictions,
+        }

@@ -23,6 +23,11 @@ from pagedkv.core.prefix_cache.eviction.lru import LRUPolicy
 from pagedkv.core.prefix_cache.eviction.s3fifo import S3FIFOPolicy
 
 __all__ = [
-    "EVICTION_POLICIES", "EvictionPolicy", "FIFOPolicy", "LFUPolicy", "LRUPolicy",
-    "S3FIFOPolicy", "register_eviction_policy",
+    "EVICTION_POLICIES",
+    "EvictionPolicy",
+    "FIFOPolicy",
+    "LFUPolicy",
+    "LRUPolicy",
+    "S3FIFOPolicy",
+    "register_eviction_policy",
 ]

@@ -36,8 +36,9 @@ from pagedkv.registry import Registry
 EVICTION_POLICIES: Registry[type[EvictionPolicy]] = Registry("eviction policy")
 
 
-def register_eviction_policy(name: str, *, replace: bool = False
-                             ) -> Callable[[type[EvictionPolicy]], type[EvictionPolicy]]:
+def register_eviction_policy(
+    name: str, *, replace: bool = False
+) -> Callable[[type[EvictionPolicy]], type[EvictionPolicy]]:
     """Class decorator adding a policy to ``EVICTION_POLICIES`` under ``name`` (and setting its
     ``name``). A taken name raises ``RegistryError`` unless ``replace=True``."""
     EVICTION_POLICIES.check_available(name, replace=replace)
@@ -94,8 +95,13 @@ class EvictionPolicy(ABC):
         if block_id in self:
             self.remove(block_id)
 
-    def pop_leaves(self, n: int, children: Sequence[object], drop_leaf: Callable[[int], None],
-                   block_hash: Sequence[Hashable | None]) -> list[int]:
+    def pop_leaves(
+        self,
+        n: int,
+        children: Sequence[object],
+        drop_leaf: Callable[[int], None],
+        block_hash: Sequence[Hashable | None],
+    ) -> list[int]:
         """Evict up to ``n`` victims in order and return them, stopping before the first that
         still has cached children (``children[b]`` is truthy iff it has). Each victim is
         forgotten, then handed to ``drop_leaf(b)`` at once, which takes it out of the pool's

@@ -92,8 +92,13 @@ class _HeapPolicy(EvictionPolicy):
             self.remove(block_id)
         self._history.pop(block_id, None)
 
-    def pop_leaves(self, n: int, children: Sequence[object], drop_leaf: Callable[[int], None],
-                   block_hash: Sequence[Hashable | None]) -> list[int]:
+    def pop_leaves(
+        self,
+        n: int,
+        children: Sequence[object],
+        drop_leaf: Callable[[int], None],
+        block_hash: Sequence[Hashable | None],
+    ) -> list[int]:
         """The base loop with ``select``, ``forget`` and ``remove`` inlined step for step, so
         the containers evolve exactly as through the per-call protocol."""
         run, heap, live, history = self._run, self._heap, self._live, self._history

@@ -47,12 +47,19 @@ class S3FIFOPolicy(EvictionPolicy):
     def insert_many(self, block_ids: list[int], block_hash: Sequence[Hashable | None]) -> None:
         self._push_all(block_ids, block_hash)
 
-    def _push_all(self, block_ids: Iterable[int],
-                  keys: Sequence[Hashable | None] | Mapping[int, Hashable]) -> None:
+    def _push_all(
+        self, block_ids: Iterable[int], keys: Sequence[Hashable | None] | Mapping[int, Hashable]
+    ) -> None:
         """Queue each block, in order: at its home queue, but a block hit while on probation
         is promoted to main, and a new block whose key is in the ghost goes straight there."""
-        small, main, where, home, freq, ghost = (self._small, self._main, self._where,
-                                                 self._home, self._freq, self._ghost)
+        small, main, where, home, freq, ghost = (
+            self._small,
+            self._main,
+            self._where,
+            self._home,
+            self._freq,
+            self._ghost,
+        )
         gen, num_small = self._gen, self._num_small
         for block_id in block_ids:
             queue = home.get(block_id)
@@ -115,13 +122,24 @@ class S3FIFOPolicy(EvictionPolicy):
                 self._ghost.popitem(last=False)
         self._freq.pop(block_id, None)
 
-    def pop_leaves(self, n: int, children: Sequence[object], drop_leaf: Callable[[int], None],
-                   block_hash: Sequence[Hashable | None]) -> list[int]:
+    def pop_leaves(
+        self,
+        n: int,
+        children: Sequence[object],
+        drop_leaf: Callable[[int], None],
+        block_hash: Sequence[Hashable | None],
+    ) -> list[int]:
         """The base loop with ``select``, ``forget`` and ``remove`` inlined step for step, so
         the queues evolve exactly as through the per-call protocol. A head with hits left is
         rare (a few percent of victims in a replay): ``select`` itself re-queues it."""
-        small, main, where, home, freq, ghost = (self._small, self._main, self._where,
-                                                 self._home, self._freq, self._ghost)
+        small, main, where, home, freq, ghost = (
+            self._small,
+            self._main,
+            self._where,
+            self._home,
+            self._freq,
+            self._ghost,
+        )
         capacity, small_target, slack = self.capacity, self._small_target, self.COMPACT_SLACK
         out: list[int] = []
         append = out.append
@@ -160,8 +178,7 @@ class S3FIFOPolicy(EvictionPolicy):
 
     def order(self) -> list[int]:
         where = self._where
-        return [e[0] for queue in (self._small, self._main) for e in queue
-                if where.get(e[0]) is e]
+        return [e[0] for queue in (self._small, self._main) for e in queue if where.get(e[0]) is e]
 
     def __len__(self) -> int:
         return len(self._where)
