@@ -227,7 +227,9 @@ def test_replaced_registrations_are_used() -> None:
     assert isinstance(get_attention_backend("torch"), Mine)  # the cached instance was dropped
 
     register_hash_function("sha256", _hash, replace=True)
-    assert BlockManager(CacheConfig(block_size=2, num_blocks=8)).prefix_cache.hash_fn is _hash
+    assert (
+        BlockManager(CacheConfig(block_size=2, num_blocks=8)).prefix_cache.hasher.hash_fn is _hash
+    )
 
 
 @pytest.mark.usefixtures("restore")

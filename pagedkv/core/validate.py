@@ -133,6 +133,13 @@ def _hashable(value: object) -> bool:
     return True
 
 
+def only_keys(call: str, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Refuse keyword arguments ``call`` does not take (naming them and the allowed ones)."""
+    extra = sorted(set(kwargs) - set(allowed))
+    if extra:
+        raise InvalidArgumentError(f"{call} takes {sorted(allowed)}; got {extra}")
+
+
 def instance(name: str, value: object, kind: type, *, optional: bool = False) -> Any:
     if (optional and value is None) or isinstance(value, kind):
         return value

@@ -78,8 +78,8 @@ def test_admit_out_of_blocks_counts_reclaimed_prefix_hits(mgr):
     bs = mgr.block_size
     prefix = [1, 2, 3, 4, 5, 6, 50, 51]  # b's prompt: 4 full blocks cached, the last unused
     hashes = chain_hashes(
-        mgr.prefix_cache.hash_fn,
-        root_hash(mgr.prefix_cache.hash_fn, None, None),
+        mgr.prefix_cache.hasher.hash_fn,
+        root_hash(mgr.prefix_cache.hasher.hash_fn, None, None),
         token_bytes(array("q", prefix)),
         bs * 8,
         len(prefix) // bs,

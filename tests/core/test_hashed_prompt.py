@@ -16,13 +16,13 @@ PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]  # 2 full blocks of 4, then 2 token
 
 def counted(mgr: BlockManager) -> list[bytes]:
     calls: list[bytes] = []
-    real = mgr.prefix_cache.hash_fn
+    real = mgr.prefix_cache.hasher.hash_fn
 
     def fn(data: bytes) -> bytes:
         calls.append(data)
         return real(data)
 
-    mgr.prefix_cache.hash_fn = fn
+    mgr.prefix_cache.hasher.hash_fn = fn
     return calls
 
 

@@ -352,7 +352,7 @@ class KVWriteMachine(RuleBasedStateMachine):
             return
         mgr, bs = self.m, self.bs
         mgr.check_integrity()
-        fn = mgr.prefix_cache.hash_fn
+        fn = mgr.prefix_cache.hasher.hash_fn
         for sid, q in self.seqs.items():
             assert mgr.num_computed(sid) == q.computed
             hashes = chain_hashes(

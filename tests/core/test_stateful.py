@@ -538,7 +538,7 @@ class ManagerMachine(RuleBasedStateMachine):
     def record_hashes(self) -> None:
         """Remember the KV every full-block hash of a running sequence stands for."""
         mgr, bs = self.m, self.bs
-        fn = mgr.prefix_cache.hash_fn
+        fn = mgr.prefix_cache.hasher.hash_fn
         for ms in self.model.values():
             if ms.swapped:
                 continue

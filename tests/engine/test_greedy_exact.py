@@ -317,7 +317,7 @@ def test_each_prompt_block_is_hashed_once_through_chunked_prefill():
     eng = make_engine(
         block_size=4, num_blocks=64, enable_chunked_prefill=True, max_num_batched_tokens=6
     )
-    cache = eng.manager.prefix_cache
+    cache = eng.manager.prefix_cache.hasher
     digests: list[bytes] = []
     real = cache.hash_fn
 

@@ -65,8 +65,8 @@ class Admission:
     def hash_prompt(self, token_ids: TokenIds, cache_salt: object, lora_id: object) -> HashedPrompt:
         """Validate and hash a token prompt (``BlockManager.hash_prompt``)."""
         tokens = as_token_array(token_ids)
-        root = self.cache.root(check.salt(cache_salt), check.lora(lora_id))
-        hashes = self.cache.hash_blocks(root, tokens, len(tokens) // self.block_size)
+        root = self.cache.hasher.root(check.salt(cache_salt), check.lora(lora_id))
+        hashes = self.cache.hasher.hash_blocks(root, tokens, len(tokens) // self.block_size)
         return HashedPrompt(tokens, tuple(hashes), root, self.hash_algo, self.block_size)
 
     def parse(self, prompt: TokenIds | HashedPrompt, cache_salt: object, lora_id: object) -> Prompt:
@@ -208,6 +208,25 @@ class Admission:
                 c.prefix_hit_tokens += seq.num_hashed * self.block_size
                 c.prefix_hit_requests += 1
         self.table.after_alloc()
+
+    def admit_batch(
+        self,
+        seq_ids: list[Hashable],
+        prompts: list[Prompt],
+        priority: int,
+        window: SlidingWindow | None,
+        compute_last_token: bool,
+    ) -> list[int]:
+        """Admit every prompt, or raise ``OutOfBlocksError`` before the first if the batch might
+        not fit (``worst_case_need``)."""
+        worst = self.worst_case_need(prompts)
+        available = max(self.pool.num_available - self.watermark_blocks, 0)
+        if worst > available:
+            raise OutOfBlocksError(worst, available)
+        return [
+            self.admit(sid, p, priority, window, compute_last_token)
+            for sid, p in zip(seq_ids, prompts, strict=True)
+        ]
 
     def worst_case_need(self, prompts: list[Prompt]) -> int:
         """Blocks a batch of prompts needs if every unreferenced cached block a prompt would

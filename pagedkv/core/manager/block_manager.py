@@ -1,26 +1,6 @@
-"""The block manager: the public API over the roles that keep paged-KV metadata.
-
-Roles, each an object with its own state (built in ``ManagerQueries.__init__``)::
-
-    BlockManager ─┬─ Admission        prompt -> prefix lookup -> room check -> new sequence
-                  ├─ SequenceTable    block tables: growth, windows, truncate, fork, swap
-                  │    ├─ PendingCopies   copy-on-write queue            (blocks/)
-                  │    ├─ HostPool        host blocks of swapped sequences (blocks/)
-                  │    └─ Registrar       hashes sealed blocks, registers committed ones
-                  └─ BlockPool        ref counts, free stack             (blocks/)
-                       └─ PrefixCache hash map, forest, eviction order, hashing (prefix_cache/)
-
-Pure metadata. Storage executes what the manager decides: after every step, call
-``take_copies()`` and run those block copies (copy-on-write) before writing the step's new KV;
-``swap_out``/``swap_in`` return the block copies between device and host pools likewise.
-
-Visibility of cached blocks: a full block is findable by other sequences' prefix lookups only
-after the caller reports its KV written - ``commit(seq_ids)`` once per step after the forward,
-or ``register_prefix(seq_id, n)`` for a prefix (chunked prefill). A sequence freed, truncated,
-preempted or swapped out before that leaves nothing in the cache.
-
-Every public method validates its arguments here, first, and either succeeds or raises a
-``PagedKVError`` leaving the manager unchanged; the roles trust what they are given.
+"""``BlockManager``: the public API. Each method validates its arguments, then hands the work
+to the roles (see the package docstring); it either succeeds or raises a ``PagedKVError``
+leaving the manager unchanged.
 """
 
 from __future__ import annotations
@@ -48,9 +28,6 @@ from pagedkv.core.tokens import (
 from pagedkv.errors import (
     DuplicateSequenceError,
     InvalidArgumentError,
-    OutOfBlocksError,
-    SequenceStateError,
-    UnknownSequenceError,
 )
 
 _RUNNING = SeqStatus.RUNNING
@@ -158,27 +135,13 @@ class BlockManager(ManagerQueries):
             raise InvalidArgumentError("admit_batch got a sequence id twice")
         for sid in ids:
             self._check_new(sid)
-        allowed = {"priority", "sliding_window", "compute_last_token"}
-        if set(kwargs) - allowed:
-            raise InvalidArgumentError(
-                f"admit_batch takes token prompts and {sorted(allowed)}; "
-                f"got {sorted(set(kwargs) - allowed)}"
-            )
+        check.only_keys("admit_batch", kwargs, ("priority", "sliding_window", "compute_last_token"))
         priority, window = kwargs.get("priority", 0), kwargs.get("sliding_window")
         self.admission.check_options(priority, window)
         parsed = [self.admission.parse(p, cache_salt, lora_id) for p in prompts]
-        worst = self.admission.worst_case_need(parsed)
-        available = max(self.pool.num_available - self.admission.watermark_blocks, 0)
-        if worst > available:
-            raise OutOfBlocksError(worst, available)
         last = kwargs.get("compute_last_token", True)
-        return np.array(
-            [
-                self.admission.admit(sid, p, priority, window, last)
-                for sid, p in zip(ids, parsed, strict=True)
-            ],
-            dtype=np.int64,
-        )
+        hits = self.admission.admit_batch(ids, parsed, priority, window, last)
+        return np.array(hits, dtype=np.int64)
 
     # ------------------------------------------------------------- lifecycle
     def free(self, seq_id: Hashable) -> None:
@@ -225,13 +188,7 @@ class BlockManager(ManagerQueries):
     ) -> np.ndarray:
         """Append one token to each sequence (the decode hot path): O(1) per sequence, a block
         allocated only at a boundary. ``token_ids``: ``[B]`` ints. Returns int64 ``[B]`` slots."""
-        try:
-            seqs = list(map(self.table.seqs.__getitem__, seq_ids))
-        except KeyError as exc:
-            raise UnknownSequenceError(exc.args[0]) from None
-        except TypeError:
-            check.seq_ids(seq_ids)  # names the unhashable id
-            raise
+        seqs = self.table.get_many(seq_ids)
         toks = batch_token_list(token_ids, len(seqs))
         if len(set(seq_ids)) != len(seqs):
             raise InvalidArgumentError("append_batch got a sequence id twice")
@@ -282,24 +239,7 @@ class BlockManager(ManagerQueries):
         full blocks become findable by prefix lookups, except for prompts shorter than
         ``min_cache_tokens``. O(1) per sequence when no block became full. All or nothing:
         unknown or swapped-out ids raise before anything changes."""
-        try:
-            seqs = list(map(self.table.seqs.__getitem__, seq_ids))
-        except KeyError as exc:
-            raise UnknownSequenceError(exc.args[0]) from None
-        except TypeError:
-            check.seq_ids(seq_ids)  # names the unhashable id (or the non-iterable)
-            raise
-        if self.table.num_swapped:  # the decode hot path skips this loop: nothing swapped
-            for seq in seqs:
-                if seq.status is not _RUNNING:
-                    raise SequenceStateError(
-                        f"sequence {seq.seq_id!r} is {seq.status.value}, not running: its KV "
-                        f"is on the host, nothing was computed"
-                    )
-        for seq in seqs:
-            seq.num_computed = seq.num_tokens
-        if self.registrar.pending:
-            self.registrar.register_computed()
+        self.table.commit(self.table.get_many(seq_ids))
 
     def register_prefix(self, seq_id: Hashable, num_tokens: int | None = None) -> int:
         """Report the KV of the sequence's first ``num_tokens`` tokens (default: all) written
@@ -393,9 +333,3 @@ class BlockManager(ManagerQueries):
         if seq.status is not SeqStatus.SWAPPED:
             raise InvalidArgumentError(f"sequence {seq_id!r} is not swapped out")
         return self.table.swap_in(seq)
-
-    def reset_stats(self) -> None:
-        """Zero the counters (peak usage restarts from the current usage)."""
-        for name, value in vars(type(self.counters)()).items():
-            setattr(self.counters, name, value)
-        self.counters.peak_blocks_used = self.pool.num_used

@@ -46,6 +46,12 @@ def stats(m: ManagerQueries) -> ManagerStats:
     )
 
 
+def reset_stats(m: ManagerQueries) -> None:
+    for name, value in vars(type(m.counters)()).items():
+        setattr(m.counters, name, value)
+    m.counters.peak_blocks_used = m.pool.num_used
+
+
 def snapshot(m: ManagerQueries) -> dict[str, Any]:
     """Every role's state, deep-copied (sequence order included: it is iteration order)."""
     return {

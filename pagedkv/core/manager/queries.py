@@ -225,6 +225,10 @@ class ManagerQueries:
         """Raise ``PagedKVError`` naming the first broken invariant (``inspection.py``)."""
         inspection.check_integrity(self)
 
+    def reset_stats(self) -> None:
+        """Zero the counters (peak usage restarts from the current usage)."""
+        inspection.reset_stats(self)
+
     def snapshot(self) -> dict[str, Any]:
         """A deep copy of every role's state, comparable with ``==``: two managers with equal
         snapshots behave the same from here on (tests check that a failed call changes

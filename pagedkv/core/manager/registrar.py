@@ -57,7 +57,7 @@ class Registrar:
                 hashes.append(prompt.hashes[i])
             else:
                 parent = cast(bytes, hashes[i - 1] if i else root)  # token-hashed: bytes
-                hashes += self.cache.hash_blocks(parent, tokens[start : start + bs], 1)
+                hashes += self.cache.hasher.hash_blocks(parent, tokens[start : start + bs], 1)
         self.pending[seq.seq_id] = seq
 
     def register_computed(self) -> None:
@@ -105,7 +105,9 @@ class Registrar:
             return
         bs, start = self.block_size, len(hashes)
         parent = cast(bytes, hashes[-1] if hashes else seq.root)  # token-hashed: bytes
-        hashes += self.cache.hash_blocks(parent, seq.tokens[start * bs : full * bs], full - start)
+        hashes += self.cache.hasher.hash_blocks(
+            parent, seq.tokens[start * bs : full * bs], full - start
+        )
 
     def findable_prefix(self, seq: SeqState) -> int:
         """Leading computed blocks whose hashes are in the cache now (through any block)."""

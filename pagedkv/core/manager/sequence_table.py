@@ -12,7 +12,7 @@ block they fill is hashed here (``Registrar.seal``) but becomes findable only on
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -67,6 +67,16 @@ class SequenceTable:
             check.seq_id(seq_id)  # names the unhashable id
             raise
 
+    def get_many(self, seq_ids: Iterable[Hashable]) -> list[SeqState]:
+        """The sequences of a batch call, looked up in C; names an unknown or unhashable id."""
+        try:
+            return list(map(self.seqs.__getitem__, seq_ids))
+        except KeyError as exc:
+            raise UnknownSequenceError(exc.args[0]) from None
+        except TypeError:
+            check.seq_ids(seq_ids)  # names the unhashable id (or the non-iterable)
+            raise
+
     def running(self, seq_id: Hashable) -> SeqState:
         seq = self.get(seq_id)
         if seq.status is not _RUNNING:
@@ -79,6 +89,21 @@ class SequenceTable:
         if used > self.counters.peak_blocks_used:
             self.counters.peak_blocks_used = used
         self.pressure.update(used)
+
+    def commit(self, seqs: list[SeqState]) -> None:
+        """Every token of ``seqs`` has its KV written: offer their newly full blocks to the
+        cache (``Registrar``). All or nothing: a swapped-out sequence raises first."""
+        if self.num_swapped:  # the decode hot path skips this loop: nothing swapped
+            for seq in seqs:
+                if seq.status is not _RUNNING:
+                    raise SequenceStateError(
+                        f"sequence {seq.seq_id!r} is {seq.status.value}, not running: its KV "
+                        f"is on the host, nothing was computed"
+                    )
+        for seq in seqs:
+            seq.num_computed = seq.num_tokens
+        if self.registrar.pending:
+            self.registrar.register_computed()
 
     # ----------------------------------------------------------------- growth
     def append(self, seq: SeqState, tokens: Sequence[int] | None, one: int) -> np.ndarray:

@@ -87,6 +87,31 @@ def chain_hashes(
     return out
 
 
+class BlockHasher:
+    """The prefix cache's hashing: one hash function and block size, and the last root."""
+
+    def __init__(self, hash_fn: HashFn, block_size: int) -> None:
+        self.hash_fn = hash_fn
+        self.block_size = block_size
+        self._last_root: tuple[object, bytes] = (None, b"")
+
+    def root(self, cache_salt: str | bytes | None, lora_id: int | str | None) -> bytes:
+        """The parent hash of a prompt's first block (keys the salt and adapter). The last one
+        is remembered: consecutive prompts of one tenant (a batch) hash their root once."""
+        key = (type(cache_salt), cache_salt, type(lora_id), lora_id)
+        if key != self._last_root[0]:
+            self._last_root = (key, root_hash(self.hash_fn, cache_salt, lora_id))
+        return self._last_root[1]
+
+    def hash_blocks(self, parent: bytes, tokens: array[int], num_blocks: int) -> list[bytes]:
+        """Chained hashes of the first ``num_blocks`` full blocks of ``tokens``, after
+        ``parent`` (the root, or the hash of the block before ``tokens[0]``)."""
+        bs = self.block_size
+        return chain_hashes(
+            self.hash_fn, parent, token_bytes(tokens[: num_blocks * bs]), bs * 8, num_blocks
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class HashedPrompt:
     """A token prompt and the chained hash of each of its full blocks, made once per request by

@@ -13,7 +13,6 @@ descendants, so a cached suffix never outlives its prefix (it could never be hit
 
 from __future__ import annotations
 
-from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from itertools import islice
@@ -21,7 +20,7 @@ from typing import Any
 
 from pagedkv.core.prefix_cache.eviction import EvictionPolicy
 from pagedkv.core.prefix_cache.forest import BlockForest, detach, kids_of
-from pagedkv.core.prefix_cache.hashing import HashFn, chain_hashes, root_hash, token_bytes
+from pagedkv.core.prefix_cache.hashing import BlockHasher, HashFn
 
 NULL_BLOCK_ID = 0
 
@@ -46,31 +45,13 @@ class PrefixCache:
         self.forest = BlockForest(num_blocks)
         self.evictor = policy
         self.max_cached_blocks = max_cached_blocks
-        self.hash_fn = hash_fn
+        self.hasher = BlockHasher(hash_fn, block_size)
         self.block_size = block_size
         self.num_evictions = 0
-        self._last_root: tuple[object, bytes] = (None, b"")
         # Eviction listener: [log or None] while observed (a box, shared with drop_leaf).
         self._evict_log: list[list[tuple[int, Hashable]] | None] = [None]
         self._evict_listener: EvictListener | None = None
         self.drop_leaf = self._make_drop_leaf()
-
-    # ---------------------------------------------------------------- hashing
-    def root(self, cache_salt: str | bytes | None, lora_id: int | str | None) -> bytes:
-        """The parent hash of a prompt's first block (keys the salt and adapter). The last one
-        is remembered: consecutive prompts of one tenant (a batch) hash their root once."""
-        key = (type(cache_salt), cache_salt, type(lora_id), lora_id)
-        if key != self._last_root[0]:
-            self._last_root = (key, root_hash(self.hash_fn, cache_salt, lora_id))
-        return self._last_root[1]
-
-    def hash_blocks(self, parent: bytes, tokens: array[int], num_blocks: int) -> list[bytes]:
-        """Chained hashes of the first ``num_blocks`` full blocks of ``tokens``, after
-        ``parent`` (the root, or the hash of the block before ``tokens[0]``)."""
-        bs = self.block_size
-        return chain_hashes(
-            self.hash_fn, parent, token_bytes(tokens[: num_blocks * bs]), bs * 8, num_blocks
-        )
 
     # ----------------------------------------------------------------- lookup
     def lookup(self, hashes: Sequence[Hashable], max_blocks: int) -> list[int]:
