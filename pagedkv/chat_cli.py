@@ -29,6 +29,8 @@ from pagedkv.cli_options import (
     add_engine_arguments,
     add_model_arguments,
     add_sampling_arguments,
+)
+from pagedkv.cli_setup import (
     engine_config_from,
     load_cli_model,
     sampling_params_from,

@@ -262,7 +262,7 @@ def test_ctrl_c_between_steps_aborts_the_request_and_frees_its_blocks() -> None:
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach only the main thread")
     from pagedkv.chat_cli import stream
-    from pagedkv.cli_options import load_cli_model
+    from pagedkv.cli_setup import load_cli_model
     from pagedkv.engine import LLMEngine, SamplingParams
 
     engine = LLMEngine(load_cli_model("tiny-random"), num_blocks=32)

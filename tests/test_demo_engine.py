@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from pagedkv.cli import main
-from pagedkv.demo import REQUESTS, run_engine_demo
+from pagedkv.demo_engine import REQUESTS, run_engine_demo
 
 MAX_TOKENS = 16
 
@@ -59,7 +59,7 @@ def check_stats(s: dict[str, Any]) -> None:
 
 def test_engine_demo_does_what_it_says() -> None:
     """One test, so that pytest-xdist runs the demo in one worker only."""
-    from pagedkv.cli_options import load_cli_model, torch_threads
+    from pagedkv.cli_setup import load_cli_model, torch_threads
 
     tiny = load_cli_model("tiny-random")
     buf = io.StringIO()

@@ -55,7 +55,7 @@ def add_serve_parser(sub: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pagedkv.cli_options import engine_config_from, load_cli_model
+    from pagedkv.cli_setup import engine_config_from, load_cli_model
     from pagedkv.engine import AsyncLLMEngine, LLMEngine
     from pagedkv.server.app import create_app
 

@@ -39,7 +39,7 @@ def test_hashed_prompt_admits_exactly_like_its_tokens(make_mgr):
     assert a.seq("x").block_hashes == b.seq("x").block_hashes == list(hashed.hashes)
     assert a.block_table("x") == b.block_table("x")
     a.append("x", [1, 2])  # the sequence owns a copy of the tokens
-    assert list(hashed.tokens) == PROMPT
+    assert list(hashed.token_array()) == PROMPT
     a.check_integrity()
 
 
@@ -114,7 +114,7 @@ def test_hashed_prompt_with_caching_off_admits_without_keys():
 def test_prefix_keeps_the_hashes_of_its_full_blocks(n, make_mgr):
     hashed = make_mgr(num_blocks=16).hash_prompt(PROMPT)
     part = hashed.prefix(n)
-    assert list(part.tokens) == PROMPT[:n]
+    assert list(part.token_array()) == PROMPT[:n]
     assert part.hashes == hashed.hashes[: n // 4]
     assert part.whole is hashed
     assert part.prefix(1).whole is hashed

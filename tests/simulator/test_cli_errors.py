@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import pagedkv.simulator.command as command
+import pagedkv.simulator.workload_flags as workload_flags
 from pagedkv.cli import main
 
 TINY = ["simulate", "--num-requests", "40", "--rate", "20", "--no-progress", "--kv-tokens", "8192"]
@@ -45,7 +46,7 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the simulation ran before the error was found")
 
     monkeypatch.setattr(command, "run_simulation", refuse)
-    monkeypatch.setattr(command, "generate", refuse)
+    monkeypatch.setattr(workload_flags, "generate", refuse)
 
 
 def mooncake(path: Path, records: list[dict[str, object]]) -> Path:

@@ -21,7 +21,8 @@ from pagedkv.errors import InvalidArgumentError, OutOfBlocksError
 
 
 class Prompt:
-    """A validated prompt: ``tokens`` (None when admitted by length), its length ``n``, the
+    """A validated prompt: ``tokens`` (None when admitted by length, or kept in ``hashed``), its
+    length ``n``, the
     ``root`` hash (None when caller-keyed or uncached) and one cache key per full block
     (``hashes``: empty when prefix caching is off); ``hashed`` is the ``HashedPrompt`` it came
     from, if any."""
@@ -65,9 +66,16 @@ class Admission:
     def hash_prompt(self, token_ids: TokenIds, cache_salt: object, lora_id: object) -> HashedPrompt:
         """Validate and hash a token prompt (``BlockManager.hash_prompt``)."""
         tokens = as_token_array(token_ids)
-        root = self.cache.hasher.root(check.salt(cache_salt), check.lora(lora_id))
-        hashes = self.cache.hasher.hash_blocks(root, tokens, len(tokens) // self.block_size)
-        return HashedPrompt(tokens, tuple(hashes), root, self.hash_algo, self.block_size)
+        root, hashes = self.hash_tokens(tokens, cache_salt, lora_id)
+        return HashedPrompt(tokens.tobytes(), tuple(hashes), root, self.hash_algo, self.block_size)
+
+    def hash_tokens(
+        self, tokens: array[int], cache_salt: object, lora_id: object
+    ) -> tuple[bytes, list[bytes]]:
+        """The root hash of (validated) ``cache_salt``/``lora_id`` and the tokens' block hashes."""
+        hasher = self.cache.hasher
+        root = hasher.root(check.salt(cache_salt), check.lora(lora_id))
+        return root, hasher.hash_blocks(root, tokens, len(tokens) // self.block_size)
 
     def parse(self, prompt: TokenIds | HashedPrompt, cache_salt: object, lora_id: object) -> Prompt:
         """A token prompt (or a ``HashedPrompt`` made by a manager like this one) with its
@@ -78,8 +86,9 @@ class Admission:
                 check.salt(cache_salt)
                 check.lora(lora_id)
                 return Prompt(tokens, len(tokens), None, [])
-            prompt = self.hash_prompt(prompt, cache_salt, lora_id)
-            return Prompt(prompt.tokens, len(prompt), prompt.root, list(prompt.hashes))
+            tokens = as_token_array(prompt)
+            root, hashes = self.hash_tokens(tokens, cache_salt, lora_id)
+            return Prompt(tokens, len(tokens), root, list(hashes))
         if cache_salt is not None or lora_id is not None:
             raise InvalidArgumentError(
                 "a HashedPrompt carries its cache_salt/lora_id: pass them to hash_prompt"
@@ -90,8 +99,8 @@ class Admission:
                 f"but this manager uses {self.hash_algo!r} and {self.block_size}"
             )
         if not self.caching:
-            return Prompt(prompt.tokens, len(prompt), None, [], prompt)
-        return Prompt(prompt.tokens, len(prompt), prompt.root, list(prompt.hashes), prompt)
+            return Prompt(None, len(prompt), None, [], prompt)
+        return Prompt(None, len(prompt), prompt.root, list(prompt.hashes), prompt)
 
     def parse_keyed(
         self, num_tokens: int | None, block_hashes: Sequence[Hashable] | None
@@ -170,9 +179,7 @@ class Admission:
             self.pool.touch(hit)
         num_hit = len(hit)
         table.clock += 1
-        tokens = p.tokens
-        if p.hashed is not None:
-            tokens = array("q", p.hashed.tokens)  # the sequence grows its own copy
+        tokens = p.tokens if p.hashed is None else p.hashed.token_array()  # its own copy
         caching = (bool(p.hashes) or p.root is not None) and p.n >= self.min_cache_tokens
         seq = SeqState(
             seq_id,

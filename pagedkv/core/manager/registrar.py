@@ -52,7 +52,8 @@ class Registrar:
                 prompt is not None
                 and i < len(prompt.hashes)
                 and (i == 0 or hashes[i - 1] == prompt.hashes[i - 1])
-                and tokens[start : start + bs] == prompt.tokens[start : start + bs]
+                and tokens[start : start + bs].tobytes()
+                == prompt.data[start * 8 : (start + bs) * 8]
             ):
                 hashes.append(prompt.hashes[i])
             else:

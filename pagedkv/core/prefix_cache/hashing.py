@@ -120,12 +120,11 @@ class HashedPrompt:
     ``block_hashes`` on its ``Request`` for the same reason).
 
     Only the manager makes one, from the tokens, with its own hash function and block size
-    (``admit`` refuses a prompt hashed for another ``hash_algo`` or ``block_size``), so the
-    hashes always belong to the tokens. ``tokens`` is read-only by contract (``admit`` copies
-    it; the sequence grows its own copy).
+    (``admit`` refuses a prompt hashed for another ``hash_algo`` or ``block_size``), and it is
+    immutable (the tokens are kept as bytes), so the hashes always belong to the tokens.
     """
 
-    tokens: array[int]  # array('q') of validated token ids
+    data: bytes  # the token ids as native int64 (validated ids, 8 bytes each)
     hashes: tuple[bytes, ...]  # one per full block of tokens
     root: bytes  # parent hash of block 0 (salt and adapter)
     hash_algo: str
@@ -134,13 +133,19 @@ class HashedPrompt:
     # hashes are reused when the sequence grows into them)
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.data) // 8
+
+    def token_array(self) -> array[int]:
+        """A new ``array('q')`` of the token ids."""
+        out = array("q")
+        out.frombytes(self.data)
+        return out
 
     def prefix(self, num_tokens: int) -> HashedPrompt:
         """The first ``num_tokens`` tokens with their hashes (no hashing: a chunked prefill
         admits the first chunk of a prompt hashed whole)."""
         return HashedPrompt(
-            self.tokens[:num_tokens],
+            self.data[: num_tokens * 8],
             self.hashes[: num_tokens // self.block_size],
             self.root,
             self.hash_algo,
