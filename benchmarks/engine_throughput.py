@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _workload import Workload, chat_workload, random_workload
 
 from pagedkv.engine import LLM, SamplingParams
-from pagedkv.engine.llm_engine import kv_bytes_per_block
+from pagedkv.engine.kv_sizing import kv_bytes_per_block
 from pagedkv.models import LoadedModel, load_model, random_llama_50m
 
 TARGET_B, TARGET_C, TARGET_OVERHEAD = 2.0, 1.5, 0.10

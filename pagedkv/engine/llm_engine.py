@@ -5,41 +5,35 @@ sequence's new tokens through the model in one packed forward (:class:`PagedMode
 forks the samples of ``n > 1`` requests once their prompt is computed, samples, detokenises and
 checks stops, and frees finished sequences at once. An exception inside a step fails only the
 requests it concerns (all those in a failed forward; one request for a sampling error) and the
-engine keeps serving.
+engine keeps serving. What a step's results do to its sequences is in ``step_results.py``; how a
+request's outputs are made and how it ends, in ``request_outputs.py``; the KV pool's size, in
+``kv_sizing.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from pagedkv.core import CacheConfig
-from pagedkv.engine.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
+from pagedkv.engine.config import EngineConfig
+from pagedkv.engine.kv_sizing import engine_cache_config
 from pagedkv.engine.output_processor import OutputProcessor
 from pagedkv.engine.outputs import RequestMetrics, RequestOutput
-from pagedkv.engine.request import EngineSeq, Request
-from pagedkv.engine.sampler import SampleRow, sample
+from pagedkv.engine.request import Request
+from pagedkv.engine.request_outputs import fail_request, finish_request, snapshot, stop_request
 from pagedkv.engine.sampling_params import SamplingParams
-from pagedkv.engine.scheduler import ScheduledSeq, Scheduler
+from pagedkv.engine.scheduler import Scheduler
+from pagedkv.engine.step_results import fork_samples, mark_computed, sample_targets
 from pagedkv.engine.tiering import EngineTiers
 from pagedkv.engine.validation import validate_request
 from pagedkv.errors import InvalidArgumentError
-from pagedkv.integrations.hf_runner import PagedModelRunner, model_kv_dims
+from pagedkv.integrations.hf_runner import PagedModelRunner
 from pagedkv.models import LoadedModel, load_model
 
 log = logging.getLogger("pagedkv.engine")
-
-
-def kv_bytes_per_block(model_config: Any, block_size: int, dtype: torch.dtype) -> int:
-    layers, kv_heads, head_dim = model_kv_dims(model_config)
-    elem = torch.empty(0, dtype=dtype).element_size()
-    return 2 * layers * kv_heads * head_dim * block_size * elem
 
 
 class LLMEngine:
@@ -59,21 +53,7 @@ class LLMEngine:
             cfg.max_model_len or self.loaded.max_model_len, self.loaded.max_model_len
         )
         self.vocab_size = int(hf.config.vocab_size)
-        dtype = next(hf.parameters()).dtype
-        usable = cfg.num_blocks or max(
-            1,
-            (cfg.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY)
-            // kv_bytes_per_block(hf.config, cfg.block_size, dtype),
-        )
-        # usable blocks plus the null block, as CacheConfig.from_memory_budget sizes a budget
-        cache = CacheConfig(
-            block_size=cfg.block_size,
-            num_blocks=usable + 1,
-            enable_prefix_caching=cfg.enable_prefix_caching,
-            eviction_policy=cfg.eviction_policy,
-            num_host_blocks=cfg.num_host_blocks,
-            watermark=cfg.watermark,
-        )
+        cache = engine_cache_config(cfg, hf.config, next(hf.parameters()).dtype)
         self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend)
         self.tiers = (
             None
@@ -184,11 +164,7 @@ class LLMEngine:
         req = self.requests.get(request_id)
         if req is None:
             return None
-        for seq in req.live_seqs():
-            self.scheduler.remove(seq)
-        for out in req.outputs:
-            if out.finish_reason is None:
-                out.finish_reason = "abort"
+        stop_request(req, self.scheduler, "abort")
         return self._finish(req)
 
     def has_unfinished_requests(self) -> bool:
@@ -212,114 +188,30 @@ class LLMEngine:
                 touched[s.seq.request.request_id] = s.seq.request
                 self._fail(s.seq.request, exc)
         else:
-            self._process(scheduled, logits, touched)
+            targets = mark_computed(scheduled, self.tiers, self.totals)
+            targets += fork_samples(targets, self.runner, self.scheduler)
+            sample_targets(
+                targets,
+                logits,
+                touched,
+                output_processor=self.output_processor,
+                scheduler=self.scheduler,
+                totals=self.totals,
+                fail=self._fail,
+            )
+            for req in touched.values():
+                if req.finished:
+                    self._finish(req)
         self.totals["steps"] += 1
         self.totals["step_time"] += time.perf_counter() - t0
-        return [self._snapshot(r) for r in touched.values()]
-
-    def _process(
-        self, scheduled: list[ScheduledSeq], logits: torch.Tensor, touched: dict[str, Request]
-    ) -> None:
-        targets: list[tuple[int, EngineSeq]] = []
-        for i, s in enumerate(scheduled):
-            completes = s.completes
-            before = s.seq.num_computed
-            s.seq.num_computed += s.num_tokens
-            if self.tiers is not None:
-                self.tiers.store_new(s.seq.seq_id, before, s.seq.num_computed)
-            self.totals["computed_tokens"] += s.num_tokens
-            if completes:
-                targets.append((i, s.seq))
-        for i, seq in list(targets):
-            req = seq.request
-            if seq.index == 0 and req.params.n > 1 and not req.forked:
-                targets.extend((i, child) for child in self._fork(seq))
-        now = time.monotonic()
-        for i, seq in targets:
-            req = seq.request
-            touched[req.request_id] = req
-            if req.error is not None:
-                continue
-            try:
-                row = SampleRow(
-                    req.params,
-                    req.seed,
-                    seq.index,
-                    req.prompt_token_ids,
-                    seq.output_ids,
-                    self.output_processor.suppressed_ids(seq),
-                )
-                self.output_processor.add_token(seq, sample(logits[i : i + 1], [row])[0])
-            except Exception as exc:
-                log.exception("sampling failed for request %s", req.request_id)
-                self._fail(req, exc)
-                continue
-            self.totals["generation_tokens"] += 1
-            if req.metrics.first_token_time is None:
-                req.metrics.first_token_time = now
-            if seq.output.finish_reason is not None:
-                self.scheduler.remove(seq)
-        for req in touched.values():
-            if req.finished:
-                self._finish(req)
-
-    def _fork(self, parent: EngineSeq) -> list[EngineSeq]:
-        """Samples 1..n-1 share sample 0's computed prompt (copy-on-write)."""
-        req = parent.request
-        req.forked = True
-        children = []
-        for k in range(1, req.params.n):
-            child = EngineSeq(req, k, list(parent.tokens), parent.num_computed)
-            self.runner.fork(parent.seq_id, child.seq_id)
-            req.seqs.append(child)
-            self.scheduler.add_running(child)
-            children.append(child)
-        return children
+        return [snapshot(r) for r in touched.values()]
 
     def _fail(self, req: Request, exc: BaseException) -> None:
-        req.error = f"{type(exc).__name__}: {exc}"
-        for seq in req.live_seqs():
-            self.scheduler.remove(seq)
-        for out in req.outputs:
-            if out.finish_reason is None:
-                out.finish_reason = "error"
+        fail_request(req, exc, self.scheduler)
         self._finish(req)
 
     def _finish(self, req: Request) -> RequestOutput:
-        out = self._snapshot(req, consume=False)  # step() snapshots again: keep the deltas
-        if self.requests.pop(req.request_id, None) is not None:
-            req.metrics.finished_time = time.monotonic()
-            self.totals["finished_requests"] += 1
-            if self.on_finish is not None:
-                self.on_finish(out)
-        return out
-
-    @staticmethod
-    def _snapshot(req: Request, consume: bool = True) -> RequestOutput:
-        """An immutable view of the request now; the deltas start afresh afterwards (unless
-        ``consume`` is False)."""
-        outs = []
-        for o in req.outputs:
-            outs.append(
-                dataclasses.replace(
-                    o,
-                    token_ids=list(o.token_ids),
-                    delta_token_ids=list(o.delta_token_ids),
-                    logprobs=None if o.logprobs is None else list(o.logprobs),
-                )
-            )
-            if consume:
-                o.delta_text, o.delta_token_ids = "", []
-        return RequestOutput(
-            req.request_id,
-            req.prompt,
-            req.prompt_token_ids,
-            outs,
-            req.finished,
-            req.metrics,
-            req.metrics.num_cached_tokens,
-            req.error,
-        )
+        return finish_request(req, self.requests, self.totals, self.on_finish)
 
     def close(self) -> None:
         """Flush and close the KV tiers (stops an embedded Valkey)."""

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from pagedkv.integrations.hf_runner import PagedModelRunner, model_kv_dims
+from pagedkv.integrations.hf_config import model_kv_dims
+from pagedkv.integrations.hf_runner import PagedModelRunner
 
 log = logging.getLogger("pagedkv.engine")
 

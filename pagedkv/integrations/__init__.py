@@ -6,7 +6,8 @@ from pagedkv.integrations.hf_attention import (
     pagedkv_attention_forward,
     register_pagedkv_attention,
 )
-from pagedkv.integrations.hf_runner import PagedModelRunner, model_kv_dims
+from pagedkv.integrations.hf_config import model_kv_dims
+from pagedkv.integrations.hf_runner import PagedModelRunner
 
 __all__ = [
     "ATTN_IMPLEMENTATION",

@@ -10,7 +10,9 @@ tables. No padding, so outputs equal per-prompt unpadded ``model.generate``.
 
 Lifecycle of a sequence: ``admit`` (prompt) -> ``forward`` (computes the uncached prompt suffix,
 returns next-token logits) -> ``append``/``append_batch`` (the sampled token) -> ``forward`` ...
--> ``free``. ``fork`` shares a computed sequence's blocks with a new one (copy-on-write).
+-> ``free``. ``fork`` shares a computed sequence's blocks with a new one (copy-on-write). The
+not-yet-computed tokens are kept as :mod:`pagedkv.integrations.pending_tokens` describes, and
+packed into one step by :mod:`pagedkv.integrations.step_builder`.
 
 Prefix-cache visibility: a successful ``forward`` reports its sequences' KV written with
 ``BlockManager.commit``; only then are their full blocks findable by other prompts, so a prompt
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pagedkv.attention import AttentionMetadata, get_attention_backend
+from pagedkv.attention import get_attention_backend
 from pagedkv.core import BlockManager, CacheConfig, HashedPrompt, SlidingWindow
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.integrations.hf_attention import (
@@ -36,31 +38,17 @@ from pagedkv.integrations.hf_attention import (
     PagedStep,
     register_pagedkv_attention,
 )
+from pagedkv.integrations.hf_config import model_kv_dims, model_sliding_window
+from pagedkv.integrations.hf_support import check_model_supported
+from pagedkv.integrations.pending_tokens import (
+    PendingTokens,
+    check_not_pending,
+    token_id_array,
+    without_loaded,
+)
+from pagedkv.integrations.step_builder import build_paged_step
 from pagedkv.storage import KVStorage
-from pagedkv.storage._checks import check_int, int_array
-
-
-def model_kv_dims(model_config: Any) -> tuple[int, int, int]:
-    """``(num_layers, num_kv_heads, head_dim)`` of a transformers decoder config."""
-    layers = int(model_config.num_hidden_layers)
-    heads = int(model_config.num_attention_heads)
-    kv_heads = int(getattr(model_config, "num_key_value_heads", None) or heads)
-    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
-    return layers, kv_heads, int(head_dim)
-
-
-def model_sliding_window(model_config: Any) -> int | None:
-    """The attention window if *every* layer is sliding-window attention, else None.
-
-    Only then may the manager release blocks behind the window: one full-attention layer (e.g.
-    Qwen2's ``max_window_layers``, Gemma's alternating layers) still reads the whole sequence."""
-    window = getattr(model_config, "sliding_window", None)
-    if not window or getattr(model_config, "use_sliding_window", True) is False:
-        return None
-    layer_types = getattr(model_config, "layer_types", None)
-    if layer_types is not None and any(t != "sliding_attention" for t in layer_types):
-        return None
-    return int(window)
+from pagedkv.storage._checks import check_int
 
 
 class PagedModelRunner:
@@ -78,8 +66,6 @@ class PagedModelRunner:
     ) -> None:
         self.model = model
         self.model_config: Any = model.config
-        from pagedkv.integrations.hf_support import check_model_supported
-
         self.attention_spec = check_model_supported(model)  # refuse by name, before allocating
         num_layers, kv_heads, head_dim = model_kv_dims(model.config)
         if config is None:
@@ -105,8 +91,7 @@ class PagedModelRunner:
         register_pagedkv_attention()
         window = model_sliding_window(model.config)
         self.sliding_window = None if window is None else SlidingWindow(window)
-        # seq_id -> (first uncomputed position, token ids not yet run through the model)
-        self._pending: dict[Hashable, tuple[int, list[int]]] = {}
+        self._pending: PendingTokens = {}
 
     # ---------------------------------------------------------- bookkeeping
     def admit(
@@ -120,10 +105,12 @@ class PagedModelRunner:
         (their KV is reused, the rest is computed by the next :meth:`forward`). A
         ``HashedPrompt`` (from ``manager.hash_prompt``, with its salt) is not hashed again."""
         if isinstance(prompt, HashedPrompt):
-            ids = self._token_ids(np.frombuffer(prompt.tokens, dtype=np.int64), "prompt")
+            ids = token_id_array(
+                np.frombuffer(prompt.data, dtype=np.int64), "prompt", self.vocab_size
+            )
             hit = self.manager.admit(seq_id, prompt, sliding_window=self.sliding_window)
         else:
-            ids = self._token_ids(prompt, "prompt")
+            ids = token_id_array(prompt, "prompt", self.vocab_size)
             hit = self.manager.admit(
                 seq_id, ids, cache_salt=cache_salt, sliding_window=self.sliding_window
             )
@@ -134,18 +121,13 @@ class PagedModelRunner:
         """The first ``num_tokens`` tokens' KV was put into the sequence's blocks from elsewhere
         (a KV tier): drop them from the pending tokens and commit them to the prefix cache.
         Leaves at least one pending token (its logits are needed)."""
-        start, toks = self._pending[seq_id]
-        if not start <= num_tokens < start + len(toks):
-            raise InvalidArgumentError(
-                f"num_tokens: expected in [{start}, {start + len(toks)}), got {num_tokens}"
-            )
-        self._pending[seq_id] = (num_tokens, toks[num_tokens - start :])
+        self._pending[seq_id] = without_loaded(self._pending[seq_id], num_tokens)
         self.manager.register_prefix(seq_id, num_tokens)
 
     def append(self, seq_id: Hashable, token_ids: Sequence[int] | np.ndarray) -> None:
         """Append tokens (e.g. the sampled one) to a sequence; computed by the next forward."""
-        ids = self._token_ids(token_ids, "token_ids")
-        self._check_not_pending([seq_id])
+        ids = token_id_array(token_ids, "token_ids", self.vocab_size)
+        check_not_pending(self._pending, [seq_id])
         start = self.manager.num_tokens(seq_id)
         self.manager.append(seq_id, ids)
         self._pending[seq_id] = (start, ids.tolist())
@@ -154,12 +136,12 @@ class PagedModelRunner:
         self, seq_ids: Sequence[Hashable], token_ids: Sequence[int] | np.ndarray
     ) -> None:
         """Append one token to each sequence (the decode hot path)."""
-        ids = self._token_ids(token_ids, "token_ids")
+        ids = token_id_array(token_ids, "token_ids", self.vocab_size)
         if len(ids) != len(seq_ids):
             raise InvalidArgumentError(
                 f"token_ids: expected one per sequence ({len(seq_ids)}), got {len(ids)}"
             )
-        self._check_not_pending(seq_ids)
+        check_not_pending(self._pending, seq_ids)
         starts = [self.manager.num_tokens(s) for s in seq_ids]
         self.manager.append_batch(seq_ids, ids)
         for s, start, t in zip(seq_ids, starts, ids.tolist(), strict=True):
@@ -167,35 +149,13 @@ class PagedModelRunner:
 
     def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
         """New sequence sharing all of the parent's (computed) tokens' blocks."""
-        self._check_not_pending([parent_id])
+        check_not_pending(self._pending, [parent_id])
         self.manager.fork(parent_id, child_id)
 
     def free(self, seq_id: Hashable) -> None:
         """Release a sequence's blocks (cached full blocks stay reusable)."""
         self.manager.free(seq_id)
         self._pending.pop(seq_id, None)
-
-    def _token_ids(self, tokens: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
-        """int64 ``[n]`` ids, ``n >= 1``, each in ``[0, vocab_size)`` (one vectorised check)."""
-        ids = int_array(tokens, what, 1)
-        if not len(ids):
-            raise InvalidArgumentError(f"{what}: expected at least 1 token id, got none")
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= self.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise InvalidArgumentError(
-                f"{what}: expected token ids in [0, {self.vocab_size}) (the model's vocabulary), "
-                f"got {bad}"
-            )
-        return ids
-
-    def _check_not_pending(self, seq_ids: Sequence[Hashable]) -> None:
-        for s in seq_ids:
-            if s in self._pending:
-                raise InvalidArgumentError(
-                    f"sequence {s!r}: expected its pending tokens to be computed by forward() "
-                    "first, got uncomputed tokens"
-                )
 
     # -------------------------------------------------------------- compute
     def build_step(
@@ -206,40 +166,14 @@ class PagedModelRunner:
         Returns:
             (step, input_ids int64 ``[1, T]``, position_ids int64 ``[1, T]``).
         """
-        if not seq_ids:
-            raise InvalidArgumentError("seq_ids: expected at least one sequence, got none")
-        if len(set(seq_ids)) != len(seq_ids):
-            raise InvalidArgumentError(f"seq_ids: expected distinct ids, got {list(seq_ids)}")
-        mgr = self.manager
-        missing = [s for s in seq_ids if s not in self._pending]
-        if missing:
-            raise InvalidArgumentError(
-                f"forward: expected pending tokens for every sequence, got none for {missing}"
-            )
-        ids: list[int] = []
-        pos: list[np.ndarray] = []
-        slots: list[np.ndarray] = []
-        qlens, slens = [], []
-        for s in seq_ids:
-            start, toks = self._pending[s]
-            end = start + len(toks)
-            ids.extend(toks)
-            pos.append(np.arange(start, end))
-            slots.append(mgr.slot_mapping(s, start, end))
-            qlens.append(len(toks))
-            slens.append(end)
-        meta = AttentionMetadata.build(
-            block_size=mgr.block_size,
-            block_tables=mgr.block_table_array(seq_ids),
-            seq_lens=slens,
-            query_lens=qlens,
-            slot_mapping=np.concatenate(slots),
+        return build_paged_step(
+            seq_ids,
+            self._pending,
+            manager=self.manager,
+            storage=self.storage,
+            backend=self.backend,
             device=self.device,
         )
-        step = PagedStep(storage=self.storage, metadata=meta, backend=self.backend)
-        input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
-        position_ids = torch.from_numpy(np.concatenate(pos)[None]).to(self.device)
-        return step, input_ids, position_ids
 
     @torch.inference_mode()
     def forward(self, seq_ids: Sequence[Hashable]) -> torch.Tensor:
@@ -298,7 +232,7 @@ class PagedModelRunner:
             distinct = False
         if not distinct:
             raise InvalidArgumentError(f"seq_ids: expected distinct hashable ids, got {ids}")
-        toks = [self._token_ids(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        toks = [token_id_array(p, f"prompts[{i}]", self.vocab_size) for i, p in enumerate(prompts)]
         out: list[list[int]] = [[] for _ in prompts]
         admitted: list[Hashable] = []
         try:

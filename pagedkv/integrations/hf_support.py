@@ -8,16 +8,17 @@ soft-capping and learned per-head sink logits. Anything else is refused with
 :func:`check_model_supported` (called by ``PagedModelRunner.__init__`` before anything is
 allocated):
 
-1. refuses by name what the config declares: MLA (``kv_lora_rank``), chunked attention
-   (``attention_chunk_size``), ALiBi, encoder-decoder / cross-attention, bidirectional
-   attention, cross-layer KV sharing, non-attention layer types (linear/recurrent hybrids) and
-   window or chunk sizes in attributes pagedkv does not interpret;
-2. probes the model with one 8-token forward through a recording attention function, with the
-   config's ``sliding_window`` temporarily 3 tokens. transformers builds each layer's mask for the
-   probe as it does for sdpa, so the probe *observes* which layers are windowed, including models
-   that apply their window only through the mask (Qwen2-MoE, PhiMoE, Doge). Every layer must
-   call attention once, with the model's keyword arguments, a causal (optionally windowed) mask,
-   the cache's K/V layout and only known arguments (:func:`attention_extras`).
+1. refuses by name what the config declares (:mod:`pagedkv.integrations.hf_refusals`): MLA
+   (``kv_lora_rank``), chunked attention (``attention_chunk_size``), ALiBi, encoder-decoder /
+   cross-attention, bidirectional attention, cross-layer KV sharing, non-attention layer types
+   (linear/recurrent hybrids) and window or chunk sizes in attributes pagedkv does not interpret;
+2. probes the model (:mod:`pagedkv.integrations.hf_probe`) with one 8-token forward through a
+   recording attention function, with the config's ``sliding_window`` temporarily 3 tokens.
+   transformers builds each layer's mask for the probe as it does for sdpa, so the probe
+   *observes* which layers are windowed, including models that apply their window only through
+   the mask (Qwen2-MoE, PhiMoE, Doge). Every layer must call attention once, with the model's
+   keyword arguments, a causal (optionally windowed) mask, the cache's K/V layout and only known
+   arguments (:func:`attention_extras`); the functions below check the recorded calls.
 
 The per-layer result is registered per attention module for
 :func:`pagedkv.integrations.hf_attention.pagedkv_attention_forward`.
@@ -25,8 +26,6 @@ The per-layer result is registered per attention module for
 
 from __future__ import annotations
 
-import re
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,35 +38,9 @@ from pagedkv.integrations.hf_attention import (
     register_layer,
     resolve_window,
 )
-
-PROBE_IMPLEMENTATION = "pagedkv_probe"
-PROBE_TOKENS = 8
-PROBE_WINDOW = 3
-_MARKER = "pagedkv_probe_marker"
-# Config attributes named like a window/chunk size that the probe accounts for.
-_KNOWN_WINDOW_KEYS = frozenset(
-    {
-        "sliding_window",
-        "use_sliding_window",
-        "max_window_layers",
-        "sliding_window_pattern",
-        "_sliding_window_pattern",
-        "prefix_dense_sliding_window_pattern",
-        "chunk_size_feed_forward",
-    }
-)
-_NAMED_FEATURES = (
-    ("kv_lora_rank", "multi-head latent attention (MLA, config.kv_lora_rank)"),
-    ("attention_chunk_size", "chunked attention (config.attention_chunk_size)"),
-    ("alibi", "ALiBi position biases (config.alibi)"),
-    ("use_alibi", "ALiBi position biases (config.use_alibi)"),
-    ("is_encoder_decoder", "an encoder-decoder model (cross-attention)"),
-    ("add_cross_attention", "cross-attention (config.add_cross_attention)"),
-    ("cross_attention_layers", "cross-attention layers (config.cross_attention_layers)"),
-    ("use_bidirectional_attention", "bidirectional attention (config.use_bidirectional_attention)"),
-    ("num_kv_shared_layers", "cross-layer KV sharing (config.num_kv_shared_layers)"),
-    ("dual_chunk_attention_config", "dual chunk attention (config.dual_chunk_attention_config)"),
-)
+from pagedkv.integrations.hf_config import model_kv_dims, model_sliding_window
+from pagedkv.integrations.hf_probe import PROBE_TOKENS, PROBE_WINDOW, ProbeCall, run_probe
+from pagedkv.integrations.hf_refusals import check_config_supported
 
 
 @dataclass(frozen=True)
@@ -89,62 +62,11 @@ class ModelAttention:
         return next(iter(ws)) if len(ws) == 1 else None
 
 
-@dataclass
-class ProbeCall:
-    """One attention call seen by the probe. Shapes are ``[B, heads, T, head_dim]``; ``mask`` is
-    bool ``[heads or 1, T, T]`` (``True`` = attend) or ``None`` if the model passed none."""
-
-    module: torch.nn.Module
-    layer_idx: int  # -1 when the module has no int layer_idx
-    shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # query, key, value
-    mask: torch.Tensor | None
-    sliding_window: object
-    kwargs: dict[str, Any]
-    got_marker: bool
-
-
-def check_config_supported(cfg: Any) -> None:
-    """Refuse by name what a transformers config declares (no model call)."""
-    name = getattr(cfg, "model_type", None) or type(cfg).__name__
-
-    def refuse(feature: str) -> None:
-        raise UnsupportedModelError(f"{name}: {feature} is not supported by pagedkv")
-
-    for key, feature in _NAMED_FEATURES:
-        if getattr(cfg, key, None):
-            refuse(feature)
-    if (
-        name in ("bloom", "mpt")
-        or getattr(cfg, "position_embedding_type", None) == "alibi"
-        or (getattr(getattr(cfg, "attn_config", None), "alibi", False))
-    ):
-        refuse("ALiBi position biases")
-    odd = sorted(
-        {
-            t
-            for t in getattr(cfg, "layer_types", None) or []
-            if t not in ("full_attention", "sliding_attention")
-        }
-    )
-    if odd:
-        refuse(f"layer types {odd} (only full and sliding-window attention layers are)")
-    for key, value in cfg.to_dict().items():
-        if (
-            re.search("window|chunk", key)
-            and key not in _KNOWN_WINDOW_KEYS
-            and value
-            and not isinstance(value, dict)
-        ):
-            refuse(f"config.{key}={value!r} (a window or chunk size pagedkv does not apply)")
-
-
 def check_model_supported(model: torch.nn.Module) -> ModelAttention:
     """Refuse (:class:`UnsupportedModelError`) a model pagedkv cannot run exactly; otherwise
     register and return each layer's attention spec (probe: one 8-token forward)."""
     cfg: Any = model.config
     check_config_supported(cfg)
-    from pagedkv.integrations.hf_runner import model_kv_dims, model_sliding_window
-
     num_layers, kv_heads, head_dim = model_kv_dims(cfg)
     real = getattr(cfg, "sliding_window", None)
     if isinstance(real, bool) or not isinstance(real, int) or real < 1:
@@ -170,90 +92,6 @@ def check_model_supported(model: torch.nn.Module) -> ModelAttention:
     for module, spec in specs:
         register_layer(module, spec)
     return found
-
-
-# ------------------------------------------------------------------------------------ probe
-_LOCAL = threading.local()
-
-
-def _probe_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """Recording attention function: returns zeros ``[B, T, Hq, Dv]``."""
-    got_marker = kwargs.pop(_MARKER, None) is True
-    for k in ("dropout", "scaling"):
-        kwargs.pop(k, None)
-    layer = getattr(module, "layer_idx", None)
-    mask = None
-    if attention_mask is not None:
-        mask = attention_mask[0] if attention_mask.dtype == torch.bool else attention_mask[0] == 0
-    if getattr(module, "is_causal", True) is False:
-        kwargs["is_causal"] = False
-    _LOCAL.calls.append(
-        ProbeCall(
-            module=module,
-            layer_idx=layer if type(layer) is int else -1,
-            shapes=(tuple(query.shape), tuple(key.shape), tuple(value.shape)),
-            mask=mask,
-            sliding_window=kwargs.pop("sliding_window", None),
-            kwargs=kwargs,
-            got_marker=got_marker,
-        )
-    )
-    out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
-    return out, None
-
-
-def _probe_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    """transformers' sdpa mask, always materialised (never skipped for ``is_causal``)."""
-    from transformers.masking_utils import sdpa_mask
-
-    kwargs["allow_is_causal_skip"] = False
-    kwargs["allow_is_bidirectional_skip"] = False
-    out: torch.Tensor | None = sdpa_mask(*args, **kwargs)
-    return out
-
-
-def run_probe(model: torch.nn.Module, probe_window: int | None) -> list[ProbeCall]:
-    """Run one ``PROBE_TOKENS``-token forward recording every attention call, with
-    ``config.sliding_window`` set to ``probe_window`` (if not None) for the call only."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(PROBE_IMPLEMENTATION, _probe_attention)
-    AttentionMaskInterface.register(PROBE_IMPLEMENTATION, _probe_mask)
-    cfg: Any = model.config
-    previous, real = cfg._attn_implementation, getattr(cfg, "sliding_window", None)
-    device = next(model.parameters()).device
-    ids = torch.arange(1, PROBE_TOKENS + 1, device=device) % int(getattr(cfg, "vocab_size", 2))
-    calls: list[ProbeCall] = []
-    _LOCAL.calls = calls
-    try:
-        cfg._attn_implementation = PROBE_IMPLEMENTATION
-        if probe_window is not None:
-            cfg.sliding_window = probe_window
-        with torch.inference_mode():
-            model(
-                input_ids=ids[None],
-                position_ids=torch.arange(PROBE_TOKENS, device=device)[None],
-                use_cache=False,
-                **{_MARKER: True},
-            )
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: probing its attention failed ({type(exc).__name__}: {exc})"
-        ) from exc
-    finally:
-        cfg._attn_implementation = previous
-        if probe_window is not None:
-            cfg.sliding_window = real
-        _LOCAL.calls = None
-    return calls
 
 
 def _check_layers_called(calls: list[ProbeCall], num_layers: int) -> None:

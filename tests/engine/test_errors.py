@@ -274,9 +274,9 @@ def test_forward_failure_mid_decode_spares_nothing_else(monkeypatch):
 
 
 def test_sampler_failure_fails_one_request(monkeypatch):
-    import pagedkv.engine.llm_engine as le
+    import pagedkv.engine.step_results as sr
 
-    real = le.sample
+    real = sr.sample
     bad = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, n=2)
 
     def flaky(logits, rows):
@@ -284,7 +284,7 @@ def test_sampler_failure_fails_one_request(monkeypatch):
             raise ValueError("sampler exploded")
         return real(logits, rows)
 
-    monkeypatch.setattr(le, "sample", flaky)
+    monkeypatch.setattr(sr, "sample", flaky)
     eng = make_engine(block_size=4, num_blocks=32)
     run = drive(
         eng,
@@ -372,7 +372,7 @@ def test_bad_engine_options(options):
 
 
 def test_kv_memory_budget_sizes_the_pool():
-    from pagedkv.engine.llm_engine import kv_bytes_per_block
+    from pagedkv.engine.kv_sizing import kv_bytes_per_block
 
     per_block = kv_bytes_per_block(tiny_model().model.config, 4, torch.float32)
     assert per_block == 2 * 2 * 2 * 16 * 4 * 4  # K+V, layers, kv heads, head dim, slots, fp32

@@ -86,7 +86,7 @@ def test_mistral_sliding_window_matches_hf():
 
 
 def test_sliding_window_only_when_every_layer_slides():
-    from pagedkv.integrations.hf_runner import model_sliding_window
+    from pagedkv.integrations.hf_config import model_sliding_window
 
     assert model_sliding_window(_model("mistral", sliding_window=6).config) == 6
     assert model_sliding_window(_model("llama").config) is None

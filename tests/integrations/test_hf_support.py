@@ -20,7 +20,8 @@ from pagedkv.integrations.hf_attention import (
     register_layer,
     resolve_window,
 )
-from pagedkv.integrations.hf_support import check_config_supported, check_model_supported
+from pagedkv.integrations.hf_refusals import check_config_supported
+from pagedkv.integrations.hf_support import check_model_supported
 
 transformers = pytest.importorskip("transformers")
 

@@ -25,10 +25,7 @@ from pagedkv.core.tokens import (
     batch_token_list,
     few_plain_tokens,
 )
-from pagedkv.errors import (
-    DuplicateSequenceError,
-    InvalidArgumentError,
-)
+from pagedkv.errors import DuplicateSequenceError, InvalidArgumentError
 
 _RUNNING = SeqStatus.RUNNING
 
