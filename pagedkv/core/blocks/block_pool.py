@@ -62,7 +62,7 @@ class BlockPool:
 
     def allocate_one(self) -> int:
         """``allocate(1)[0]`` without the list (the decode hot path)."""
-        b = self.free_stack.pop() if self.free_stack else self.cache.pop_victims(1)[0]
+        b = self.free_stack.pop() if self.free_stack else self.cache.pop_victim()
         self.ref_cnt[b] = 1
         self.num_used += 1
         return b

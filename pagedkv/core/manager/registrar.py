@@ -58,7 +58,7 @@ class Registrar:
                 hashes.append(prompt.hashes[i])
             else:
                 parent = cast(bytes, hashes[i - 1] if i else root)  # token-hashed: bytes
-                hashes += self.cache.hasher.hash_blocks(parent, tokens[start : start + bs], 1)
+                hashes.append(self.cache.hasher.hash_block(parent, tokens[start : start + bs]))
         self.pending[seq.seq_id] = seq
 
     def register_computed(self) -> None:

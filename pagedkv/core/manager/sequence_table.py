@@ -155,9 +155,10 @@ class SequenceTable:
         """Append one token to each running sequence: O(1) per sequence, a block allocated only
         at a boundary. Returns int64 ``[B]`` slots. Atomic: raises before any change."""
         bs, pool, copies = self.block_size, self.pool, self.copies
-        for s in seqs:
-            if s.status is not _RUNNING:
-                self.running(s.seq_id)  # raises the state error
+        if self.num_swapped:  # else every sequence is running
+            for s in seqs:
+                if s.status is not _RUNNING:
+                    self.running(s.seq_id)  # raises the state error
         if len(seqs) > pool.num_available:  # each sequence needs at most one block: count
             need = sum(s.num_tokens % bs == 0 or copies.needs_copy(s.block_table[-1]) for s in seqs)
             if need > pool.num_available:
@@ -166,25 +167,27 @@ class SequenceTable:
         clock, allocate_one, seal = self.clock, pool.allocate_one, self.registrar.seal
         ref_cnt, block_hash = pool.ref_cnt, pool.cache.block_hash
         new_blocks = 0
-        slots = []
-        last = bs - 1
+        slots: list[int] = []
+        append_slot, last = slots.append, bs - 1
         for s, t in zip(seqs, toks):  # noqa: B905 - lengths checked by the caller
             n = s.num_tokens
-            off = n % bs
-            if off:
-                b = s.block_table[-1]
-                # copies.needs_copy(b), inlined: the decode hot path, once per sequence a step
-                if block_hash[b] is not None or (ref_cnt[b] > 1 and copies.shared(b)):
-                    b = copies.copy_last(s.block_table)
-            else:
-                b = allocate_one()
-                s.block_table.append(b)
-                new_blocks += 1
-            slots.append(b * bs + off)
             s.num_tokens = n + 1
             s.last_used = clock
-            if s.tokens is not None:
-                s.tokens.append(t)
+            table = s.block_table
+            off = n % bs
+            if off:
+                b = table[-1]
+                # copies.needs_copy(b), inlined: the decode hot path, once per sequence a step
+                if block_hash[b] is not None or (ref_cnt[b] > 1 and copies.shared(b)):
+                    b = copies.copy_last(table)
+            else:
+                b = allocate_one()
+                table.append(b)
+                new_blocks += 1
+            append_slot(b * bs + off)
+            tokens = s.tokens
+            if tokens is not None:
+                tokens.append(t)
             if off == last and s.caching:
                 seal(s)
             if s.window is not None:

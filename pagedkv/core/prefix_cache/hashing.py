@@ -103,6 +103,10 @@ class BlockHasher:
             self._last_root = (key, root_hash(self.hash_fn, cache_salt, lora_id))
         return self._last_root[1]
 
+    def hash_block(self, parent: bytes, block: array[int]) -> bytes:
+        """The hash of one full block of tokens after ``parent`` (``hash_blocks`` of one)."""
+        return self.hash_fn(parent + token_bytes(block))
+
     def hash_blocks(self, parent: bytes, tokens: array[int], num_blocks: int) -> list[bytes]:
         """Chained hashes of the first ``num_blocks`` full blocks of ``tokens``, after
         ``parent`` (the root, or the hash of the block before ``tokens[0]``)."""

@@ -96,6 +96,15 @@ class PrefixCache:
             if found is None:
                 return start
             prev = found
+        if end - start == 1 and self.max_cached_blocks is None:  # a decode block, typically
+            h, b = hashes[start], block_ids[start]
+            if h not in cached:  # else a duplicate: the chain continues through the cached one
+                if b == NULL_BLOCK_ID:
+                    return start
+                cached[h] = b
+                block_hash[b] = h
+                forest.link(prev, b)
+            return end
         i = start
         while i < end:  # leading duplicates: the chain continues through the cached blocks
             existing = get(hashes[i])
@@ -193,6 +202,21 @@ class PrefixCache:
         if self._evict_log[0]:
             self._flush_evicted()
         return out
+
+    def pop_victim(self) -> int:
+        """``pop_victims(1)[0]`` by the shortest path when a queue policy's head is a leaf (a
+        full cache under decode evicts one block per boundary crossed)."""
+        queue = self.evictor.queue
+        if queue is not None:
+            b = next(iter(queue))
+            if not self.forest.children[b]:
+                queue.popitem(last=False)
+                self.drop_leaf(b)
+                self.num_evictions += 1
+                if self._evict_log[0]:
+                    self._flush_evicted()
+                return b
+        return self.pop_victims(1)[0]
 
     def _pop_queue_leaves(self, queue: OrderedDict[int, None], n: int) -> list[int]:
         """``EvictionPolicy.pop_leaves`` for a queue policy, inlined: the hot loop of a full
