@@ -18,15 +18,12 @@ from collections.abc import Callable, Hashable, Sequence
 from itertools import islice
 from typing import Any
 
+from pagedkv.core.prefix_cache.evict_log import EvictListener, EvictLog
 from pagedkv.core.prefix_cache.eviction import EvictionPolicy
 from pagedkv.core.prefix_cache.forest import BlockForest, detach, kids_of
 from pagedkv.core.prefix_cache.hashing import BlockHasher, HashFn
 
 NULL_BLOCK_ID = 0
-
-# Called with ``[(block_id, hash)]`` of blocks that just left the prefix cache, while their KV
-# is still intact (before the pool hands them to a new owner).
-EvictListener = Callable[[list[tuple[int, Hashable]]], None]
 
 
 class PrefixCache:
@@ -49,8 +46,7 @@ class PrefixCache:
         self.block_size = block_size
         self.num_evictions = 0
         # Eviction listener: [log or None] while observed (a box, shared with drop_leaf).
-        self._evict_log: list[list[tuple[int, Hashable]] | None] = [None]
-        self._evict_listener: EvictListener | None = None
+        self.evict_log = EvictLog()
         self.drop_leaf = self._make_drop_leaf()
 
     # ----------------------------------------------------------------- lookup
@@ -171,16 +167,8 @@ class PrefixCache:
     def set_evict_listener(self, listener: EvictListener | None) -> None:
         """Observe blocks leaving the prefix cache (eviction, ``uncache``): ``listener`` gets
         their ``(block_id, hash)`` pairs before any of them is reused, so their KV can still be
-        saved (a KV tier's write-on-evict). ``None`` stops observing. The eviction loops pay one
-        ``is None`` test per evicted block when nobody listens."""
-        self._evict_listener = listener
-        self._evict_log[0] = [] if listener is not None else None
-
-    def _flush_evicted(self) -> None:
-        log = self._evict_log[0]
-        if log and self._evict_listener is not None:
-            self._evict_log[0] = []
-            self._evict_listener(log)
+        saved (a KV tier's write-on-evict). ``None`` stops observing (``evict_log.py``)."""
+        self.evict_log.listen(listener)
 
     def pop_victims(self, n: int) -> list[int]:
         """Evict ``n`` unreferenced cached blocks, leaves first, and return their ids (the
@@ -199,8 +187,8 @@ class PrefixCache:
             self.num_evictions += len(leaves)
             if len(out) < n:  # the next victim has cached children
                 out += reversed(self._evict_subtree(evictor.select(), n - len(out)))
-        if self._evict_log[0]:
-            self._flush_evicted()
+        if self.evict_log.entries:
+            self.evict_log.flush()
         return out
 
     def pop_victim(self) -> int:
@@ -213,8 +201,8 @@ class PrefixCache:
                 queue.popitem(last=False)
                 self.drop_leaf(b)
                 self.num_evictions += 1
-                if self._evict_log[0]:
-                    self._flush_evicted()
+                if self.evict_log.entries:
+                    self.evict_log.flush()
                 return b
         return self.pop_victims(1)[0]
 
@@ -224,7 +212,7 @@ class PrefixCache:
         the next entry, into a leaf), then pops the taken prefix in one C-level pass."""
         cached, block_hash = self.cached, self.block_hash
         parent, children = self.forest.parent, self.forest.children
-        log = self._evict_log[0]
+        log = self.evict_log.entries
         out: list[int] = []
         append = out.append
         for b in islice(queue, n):
@@ -266,7 +254,7 @@ class PrefixCache:
         unreferenced ones (now free: each counts as an eviction). Referenced ones stay with
         their sequences as private blocks."""
         self.forest.unlink(block_id)
-        log, evictor, children = self._evict_log[0], self.evictor, self.forest.children
+        log, evictor, children = self.evict_log.entries, self.evictor, self.forest.children
         freed: list[int] = []
         stack = [block_id]
         while stack:
@@ -283,7 +271,7 @@ class PrefixCache:
             children[b] = None
         self.num_evictions += len(freed)
         if log:
-            self._flush_evicted()
+            self.evict_log.flush()
         return freed
 
     def _make_drop_leaf(self) -> Callable[[int], None]:
@@ -291,10 +279,10 @@ class PrefixCache:
         parent link); the eviction fast path. A closure, so each call touches no attributes."""
         cached, block_hash = self.cached, self.block_hash
         parent, children = self.forest.parent, self.forest.children
-        log_box = self._evict_log
+        evict_log = self.evict_log
 
         def drop_leaf(block_id: int) -> None:
-            log = log_box[0]
+            log = evict_log.entries
             if log is not None:
                 log.append((block_id, block_hash[block_id]))
             del cached[block_hash[block_id]]
