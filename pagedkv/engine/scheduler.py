@@ -188,23 +188,28 @@ class Scheduler:
             if self.running and len(self.running) + owed + 1 + forks > self.config.max_num_seqs:
                 break
             hashed = self._hashed(seq)
-            cached = mgr.lookup_prefix(hashed)
+            cached = 0 if hashed is None else mgr.lookup_prefix(hashed)
             cap = (len(seq.tokens) - 1) // bs * bs  # the last token is always computed
             hit = min(cached, cap)
             in_tiers = 0
-            if self.tiers is not None and hit < cap:
+            if self.tiers is not None and hashed is not None and hit < cap:
                 in_tiers = self.tiers.lookup(hashed.hashes, hit // bs, cap // bs)
             start = hit + in_tiers * bs
             n = min(len(seq.tokens) - start, budget)
             if not chunked and n < len(seq.tokens) - start:
                 break
             try:
-                got = self.runner.admit(seq.seq_id, hashed.prefix(start + n))
+                if hashed is None:
+                    got = self.runner.admit(
+                        seq.seq_id, seq.tokens[: start + n], cache_salt=req.cache_salt
+                    )
+                else:
+                    got = self.runner.admit(seq.seq_id, hashed.prefix(start + n))
             except OutOfBlocksError:
                 break
             self.waiting.pop(0)
             loaded = 0
-            if in_tiers and self.tiers is not None:
+            if in_tiers and self.tiers is not None and hashed is not None:
                 loaded = self.tiers.load(seq.seq_id, hashed.hashes, got // bs, in_tiers) * bs
             seq.num_computed = got + loaded
             n = start + n - seq.num_computed
@@ -218,8 +223,11 @@ class Scheduler:
             out.append(ScheduledSeq(seq, n))
             budget -= n
 
-    def _hashed(self, seq: EngineSeq) -> HashedPrompt:
-        """``seq.tokens`` hashed, once per length (vLLM keeps block hashes on the request)."""
+    def _hashed(self, seq: EngineSeq) -> HashedPrompt | None:
+        """``seq.tokens`` hashed, once per length (vLLM keeps block hashes on the request);
+        None when nothing would use the hashes (no prefix cache, no KV tiers)."""
+        if self.tiers is None and not self.manager.config.enable_prefix_caching:
+            return None
         if seq.hashed is None or len(seq.hashed) != len(seq.tokens):
             seq.hashed = self.manager.hash_prompt(seq.tokens, cache_salt=seq.request.cache_salt)
         return seq.hashed

@@ -108,7 +108,10 @@ class PagedModelRunner:
             ids = token_id_array(
                 np.frombuffer(prompt.data, dtype=np.int64), "prompt", self.vocab_size
             )
-            hit = self.manager.admit(seq_id, prompt, sliding_window=self.sliding_window)
+            # the salt is in the prompt's hashes; the manager refuses a second one
+            hit = self.manager.admit(
+                seq_id, prompt, cache_salt=cache_salt, sliding_window=self.sliding_window
+            )
         else:
             ids = token_id_array(prompt, "prompt", self.vocab_size)
             hit = self.manager.admit(

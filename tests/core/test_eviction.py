@@ -255,3 +255,24 @@ def test_policy_without_super_init_works():
         mgr.check_integrity()
     finally:
         EVICTION_POLICIES.unregister("test_bare")
+
+
+def test_a_policy_still_defining_touch_is_refused():
+    """The hit hook was renamed record_hit; an old touch() would silently never be called."""
+    from pagedkv.core.prefix_cache.eviction import LRUPolicy
+    from pagedkv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="record_hit"):
+
+        class Old(LRUPolicy):
+            tracks_hits = True
+
+            def touch(self, block_id: int) -> None:
+                pass
+
+    class Both(LRUPolicy):  # a shim for older callers that also defines the new hook is fine
+        def touch(self, block_id: int) -> None:
+            self.record_hit(block_id)
+
+        def record_hit(self, block_id: int) -> None:
+            pass

@@ -3,6 +3,7 @@ blocks a chunked prefill fills later, with exactly the keys a token prompt gets.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -117,4 +118,27 @@ def test_prefix_keeps_the_hashes_of_its_full_blocks(n, make_mgr):
     assert list(part.token_array()) == PROMPT[:n]
     assert part.hashes == hashed.hashes[: n // 4]
     assert part.whole is hashed
-    assert part.prefix(1).whole is hashed
+    assert part.prefix(len(part)).whole is hashed
+
+
+def test_a_hand_built_or_replaced_hashed_prompt_is_refused(make_mgr):
+    """Hashes that do not belong to their tokens would serve another prompt's KV."""
+    mgr = busy()
+    a, b = mgr.hash_prompt([7] * 10), mgr.hash_prompt(PROMPT)
+    forged = dataclasses.replace(b, data=a.data)  # b's hashes, a's tokens
+    built = HashedPrompt(a.data, b.hashes, b.root, b.hash_algo, b.block_size)
+    for prompt in (forged, built):
+        for call in (mgr.admit, mgr.pin_prefix):
+            args = ("x", prompt) if call == mgr.admit else (prompt,)
+            err = fails_atomically(mgr, InvalidArgumentError, call, *args)
+            assert "hash_prompt" in str(err)
+        fails_atomically(mgr, InvalidArgumentError, mgr.lookup_prefix, prompt)
+    assert mgr.admit("ok", a.prefix(6)) >= 0  # what the manager made is accepted
+    mgr.check_integrity()
+
+
+@pytest.mark.parametrize("n", [-1, 11, 2.0, True])
+def test_prefix_refuses_a_length_outside_the_prompt(n, make_mgr):
+    hashed = make_mgr(num_blocks=16).hash_prompt(PROMPT)
+    with pytest.raises(InvalidArgumentError, match=r"num_tokens: expected an int in \[0, 10\]"):
+        hashed.prefix(n)

@@ -331,3 +331,25 @@ def test_each_prompt_block_is_hashed_once_through_chunked_prefill():
     assert run.final["r"].outputs[0].token_ids == greedy_ref(prompt, 1)
     assert len(digests) == 6 + 1, len(digests)  # chunked over 5 steps of <= 6 tokens
     assert run.steps >= 5
+
+
+def test_prompts_are_not_hashed_when_nothing_uses_the_hashes():
+    """No prefix cache and no KV tier: the scheduler admits the tokens as they are."""
+    eng = make_engine(block_size=4, num_blocks=64, enable_prefix_caching=False)
+    hasher = eng.manager.prefix_cache.hasher
+    calls: list[bytes] = []
+    real = hasher.hash_fn
+    hasher.hash_fn = lambda data: calls.append(data) or real(data)
+    prompt = random_prompts([27], seed=12)[0]
+    run = drive(eng, [("r", prompt, greedy(2))])
+    assert run.final["r"].outputs[0].token_ids == greedy_ref(prompt, 2)
+    assert calls == []
+
+
+def test_runner_refuses_a_second_salt_for_a_hashed_prompt():
+    eng = make_engine(block_size=4, num_blocks=64)
+    hashed = eng.manager.hash_prompt(random_prompts([9], seed=3)[0], cache_salt="a")
+    with pytest.raises(InvalidArgumentError, match="hash_prompt"):
+        eng.runner.admit("x", hashed, cache_salt="b")
+    assert "x" not in eng.manager
+    assert eng.runner.admit("x", hashed) == 0

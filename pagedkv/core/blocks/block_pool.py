@@ -21,7 +21,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from pagedkv.core.prefix_cache.prefix_cache import NULL_BLOCK_ID, PrefixCache
+from pagedkv.core.null_block import NULL_BLOCK_ID
+from pagedkv.core.prefix_cache.prefix_cache import PrefixCache
 from pagedkv.errors import PagedKVError
 
 
@@ -96,6 +97,14 @@ class BlockPool:
         self.num_used -= released
         return released
 
+    def share(self, block_ids: Iterable[int]) -> None:
+        """Take one more reference to each of ``block_ids``, all already referenced (a fork's
+        child, a pending copy's hold); the null block is skipped."""
+        ref_cnt = self.ref_cnt
+        for b in block_ids:
+            if b != NULL_BLOCK_ID:
+                ref_cnt[b] += 1
+
     def touch(self, block_ids: Iterable[int]) -> None:
         """Take a reference to each cached block a prefix lookup found (vLLM's ``touch``): an
         unreferenced one leaves the eviction order."""
@@ -120,11 +129,6 @@ class BlockPool:
         done = min(n, len(self.cache.evictor))
         self.free_stack += self.cache.pop_victims(done)
         return done
-
-    def uncache(self, block_id: int) -> None:
-        """Drop a cached block and its cached descendants from the cache; the unreferenced
-        ones become free."""
-        self.free_stack += self.cache.uncache(block_id)
 
     def reset_cache(self) -> None:
         """Forget every cached hash; unreferenced cached blocks become free."""

@@ -65,7 +65,7 @@ class PendingCopies:
         the new block (the caller checked one is available)."""
         src = table[-1]
         read = self.copies.get(src, src)  # a pending dst is not filled yet: read its source
-        self._ref_cnt[read] += 1  # the copy's hold; read is referenced, so no state change
+        self.pool.share((read,))  # the copy's hold; read is referenced, so no state change
         self.held.append(read)
         dst = self.pool.allocate_one()
         self.release((src,))

@@ -13,7 +13,7 @@ from collections.abc import Hashable, Sequence
 from pagedkv.core import validate as check
 from pagedkv.core.blocks.block_pool import BlockPool
 from pagedkv.core.manager.sequence_table import SequenceTable
-from pagedkv.core.prefix_cache.hashing import HashedPrompt
+from pagedkv.core.prefix_cache.hashing import HashedPrompt, genuine, is_genuine
 from pagedkv.core.seq_state import SeqState, SlidingWindow
 from pagedkv.core.stats import Counters
 from pagedkv.core.tokens import TokenIds, as_token_array
@@ -67,7 +67,9 @@ class Admission:
         """Validate and hash a token prompt (``BlockManager.hash_prompt``)."""
         tokens = as_token_array(token_ids)
         root, hashes = self.hash_tokens(tokens, cache_salt, lora_id)
-        return HashedPrompt(tokens.tobytes(), tuple(hashes), root, self.hash_algo, self.block_size)
+        return genuine(
+            HashedPrompt(tokens.tobytes(), tuple(hashes), root, self.hash_algo, self.block_size)
+        )
 
     def hash_tokens(
         self, tokens: array[int], cache_salt: object, lora_id: object
@@ -89,6 +91,11 @@ class Admission:
             tokens = as_token_array(prompt)
             root, hashes = self.hash_tokens(tokens, cache_salt, lora_id)
             return Prompt(tokens, len(tokens), root, list(hashes))
+        if not is_genuine(prompt):
+            raise InvalidArgumentError(
+                "a HashedPrompt must come from BlockManager.hash_prompt (or its prefix); one built "
+                "by hand could pair tokens with another prompt's hashes"
+            )
         if cache_salt is not None or lora_id is not None:
             raise InvalidArgumentError(
                 "a HashedPrompt carries its cache_salt/lora_id: pass them to hash_prompt"
@@ -175,11 +182,11 @@ class Admission:
     ) -> SeqState:
         """Take the hits, allocate the rest and register the new ``SeqState``."""
         bs, table = self.block_size, self.table
+        tokens = p.tokens if p.hashed is None else p.hashed.token_array()  # its own copy
         if hit:
             self.pool.touch(hit)
         num_hit = len(hit)
         table.clock += 1
-        tokens = p.tokens if p.hashed is None else p.hashed.token_array()  # its own copy
         caching = (bool(p.hashes) or p.root is not None) and p.n >= self.min_cache_tokens
         seq = SeqState(
             seq_id,

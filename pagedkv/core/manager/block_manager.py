@@ -284,7 +284,7 @@ class BlockManager(ManagerQueries):
         for seq in self.table.seqs.values():
             seq.caching = False
             seq.num_hashed = 0
-        self.registrar.pending.clear()
+        self.registrar.tracked.clear()
         self.pressure.update(self.pool.num_used)
 
     def evict_cached(self, num_blocks: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from pagedkv.core.prefix_cache.prefix_cache import NULL_BLOCK_ID
+from pagedkv.core.null_block import NULL_BLOCK_ID
 from pagedkv.core.seq_state import SeqState, SeqStatus
 from pagedkv.core.stats import ManagerStats
 from pagedkv.errors import PagedKVError
@@ -61,7 +61,7 @@ def snapshot(m: ManagerQueries) -> dict[str, Any]:
         "host_free": list(m.host_pool.free_stack),
         "pins": {k: list(v) for k, v in m.pins.held.items()},
         "pins_made": m.pins.made,
-        "registrar": sorted(map(repr, m.registrar.pending)),
+        "registrar": sorted(map(repr, m.registrar.tracked)),
         "clock": m.table.clock,
         "num_swapped": m.table.num_swapped,
         "counters": dict(vars(m.counters)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagedkv.core.blocks.block_pool import BlockPool
 from pagedkv.core.blocks.copy_on_write import PendingCopies
 from pagedkv.errors import InvalidArgumentError
 
@@ -21,14 +22,15 @@ class PrefixPin:
 class PrefixPins:
     """The pins held now; ids are never reused."""
 
-    def __init__(self, copies: PendingCopies, block_size: int) -> None:
-        self.copies, self.block_size = copies, block_size  # releases go through the copies
+    def __init__(self, pool: BlockPool, copies: PendingCopies, block_size: int) -> None:
+        self.pool, self.block_size = pool, block_size
+        self.copies = copies  # releases go through the copy-on-write queue
         self.held: dict[int, list[int]] = {}  # pin id -> its blocks
         self.made = 0
 
     def pin(self, blocks: list[int]) -> PrefixPin:
         """Take a reference on each of ``blocks`` (cached, found by a lookup)."""
-        self.copies.pool.touch(blocks)
+        self.pool.touch(blocks)
         self.made += 1
         self.held[self.made] = blocks
         return PrefixPin(self.made, len(blocks) * self.block_size, tuple(blocks))

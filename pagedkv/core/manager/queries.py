@@ -1,7 +1,10 @@
-"""The manager's roles, composed, and everything that reads them without changing them:
-queries, kernel-format exports, victim selection, statistics and the integrity check.
+"""The manager's roles, built from a ``CacheConfig``, and the calls that only read them:
+queries, kernel-format exports, victim selection, statistics, snapshots and the integrity check
+(plus ``reset_stats`` and ``on_pressure_change``, which touch nothing but counters and
+subscribers).
 
-``BlockManager`` (``block_manager.py``) extends this with the calls that change state.
+``BlockManager`` (``block_manager.py``) extends this with the calls that change blocks and
+sequences.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from pagedkv.core.manager.admission import Admission
 from pagedkv.core.manager.pins import PrefixPins
 from pagedkv.core.manager.registrar import Registrar
 from pagedkv.core.manager.sequence_table import SequenceTable
+from pagedkv.core.null_block import NULL_BLOCK_ID
 from pagedkv.core.preemption import PREEMPTION_POLICIES
 from pagedkv.core.prefix_cache.eviction import EVICTION_POLICIES
 from pagedkv.core.prefix_cache.hashing import HASH_FUNCTIONS
-from pagedkv.core.prefix_cache.prefix_cache import NULL_BLOCK_ID, PrefixCache
+from pagedkv.core.prefix_cache.prefix_cache import PrefixCache
 from pagedkv.core.pressure import PressureCallback, PressureLevel, PressureMonitor
 from pagedkv.core.seq_state import SeqState, SeqStatus
 from pagedkv.core.stats import Counters, ManagerStats
@@ -33,7 +37,7 @@ from pagedkv.errors import InvalidArgumentError
 
 
 class ManagerQueries:
-    """Builds the roles from a ``CacheConfig`` and answers questions about them."""
+    """Builds the roles (see the package docstring) and answers questions about them."""
 
     def __init__(self, config: CacheConfig) -> None:
         check.instance("config", config, CacheConfig)
@@ -66,7 +70,7 @@ class ManagerQueries:
             min_cache_tokens=config.min_cache_tokens,
             hash_algo=config.hash_algo,
         )
-        self.pins = PrefixPins(self.copies, bs)
+        self.pins = PrefixPins(self.pool, self.copies, bs)
 
     # ------------------------------------------------------------- sequences
     def __contains__(self, seq_id: object) -> bool:

@@ -26,15 +26,15 @@ class Registrar:
         self.pool = pool
         self.cache = pool.cache
         self.block_size = pool.cache.block_size
-        self.pending: dict[Hashable, SeqState] = {}  # hashed blocks not yet offered
+        self.tracked: dict[Hashable, SeqState] = {}  # hashed blocks not yet offered
 
     def track(self, seq: SeqState) -> None:
         """Remember ``seq`` if it has hashed blocks not yet offered to the cache."""
         if seq.caching and len(seq.block_hashes) > seq.num_hashed:
-            self.pending[seq.seq_id] = seq
+            self.tracked[seq.seq_id] = seq
 
     def forget(self, seq_id: Hashable) -> None:
-        self.pending.pop(seq_id, None)
+        self.tracked.pop(seq_id, None)
 
     def seal(self, seq: SeqState) -> None:
         """The sequence's last block just became full: hash it (registration waits for the
@@ -59,22 +59,22 @@ class Registrar:
             else:
                 parent = cast(bytes, hashes[i - 1] if i else root)  # token-hashed: bytes
                 hashes.append(self.cache.hasher.hash_block(parent, tokens[start : start + bs]))
-        self.pending[seq.seq_id] = seq
+        self.tracked[seq.seq_id] = seq
 
     def register_computed(self) -> None:
         """Offer every tracked sequence's computed, hashed blocks to the cache (after a
         commit). A sequence whose chain breaks stops caching."""
-        bs, pending = self.block_size, self.pending
-        for sid, seq in list(pending.items()):
+        bs, tracked = self.block_size, self.tracked
+        for sid, seq in list(tracked.items()):
             if not seq.caching:  # its chain broke since it was tracked
-                del pending[sid]
+                del tracked[sid]
                 continue
             upto = min(len(seq.block_hashes), seq.num_computed // bs)
             if upto <= seq.num_hashed:
                 continue
             self.register(seq, upto)
             if not seq.caching or seq.num_hashed == len(seq.block_hashes):
-                del pending[sid]
+                del tracked[sid]
 
     def register(self, seq: SeqState, upto: int) -> None:
         """Offer full blocks ``num_hashed .. upto-1`` of ``seq`` to the prefix cache (their KV
@@ -121,9 +121,9 @@ class Registrar:
             if (
                 seq.caching
                 and len(seq.block_hashes) > seq.num_hashed
-                and self.pending.get(seq.seq_id) is not seq
+                and self.tracked.get(seq.seq_id) is not seq
             ):
                 return f"sequence {seq.seq_id!r} has unoffered hashed blocks but is not tracked"
-        if any(known.get(sid) is not s for sid, s in self.pending.items()):
+        if any(known.get(sid) is not s for sid, s in self.tracked.items()):
             return "a sequence no longer known is tracked for registration"
         return None

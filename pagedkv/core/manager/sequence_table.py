@@ -23,7 +23,7 @@ from pagedkv.core.blocks.copy_on_write import PendingCopies
 from pagedkv.core.blocks.host_pool import HostPool
 from pagedkv.core.export import PAD_SLOT_ID
 from pagedkv.core.manager.registrar import Registrar
-from pagedkv.core.prefix_cache.prefix_cache import NULL_BLOCK_ID
+from pagedkv.core.null_block import NULL_BLOCK_ID
 from pagedkv.core.pressure import PressureMonitor
 from pagedkv.core.seq_state import SeqState, SeqStatus
 from pagedkv.core.stats import Counters
@@ -102,7 +102,7 @@ class SequenceTable:
                     )
         for seq in seqs:
             seq.num_computed = seq.num_tokens
-        if self.registrar.pending:
+        if self.registrar.tracked:
             self.registrar.register_computed()
 
     # ----------------------------------------------------------------- growth
@@ -249,10 +249,7 @@ class SequenceTable:
         """Add ``child_id`` sharing the parent's blocks for its first ``num_tokens`` tokens."""
         self.clock += 1
         child = parent.clone(child_id, num_tokens, self.block_size, self.clock)
-        ref_cnt = self.pool.ref_cnt
-        for b in child.block_table:
-            if b != NULL_BLOCK_ID:
-                ref_cnt[b] += 1
+        self.pool.share(child.block_table)
         self.seqs[child_id] = child
         self.registrar.track(child)
         self.counters.forks += 1

@@ -4,11 +4,10 @@ blocks and their eviction order (``eviction/``). (Registering a sequence's commi
 
 from pagedkv.core.prefix_cache.evict_log import EvictListener
 from pagedkv.core.prefix_cache.hashing import HASH_FUNCTIONS, HashedPrompt, register_hash_function
-from pagedkv.core.prefix_cache.prefix_cache import NULL_BLOCK_ID, PrefixCache
+from pagedkv.core.prefix_cache.prefix_cache import PrefixCache
 
 __all__ = [
     "HASH_FUNCTIONS",
-    "NULL_BLOCK_ID",
     "EvictListener",
     "HashedPrompt",
     "PrefixCache",

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import weakref
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import xxhash
 
+from pagedkv.core.validate import is_int
+from pagedkv.errors import InvalidArgumentError
 from pagedkv.registry import Registry
 
 HashFn = Callable[[bytes], bytes]
@@ -99,9 +102,12 @@ class BlockHasher:
         """The parent hash of a prompt's first block (keys the salt and adapter). The last one
         is remembered: consecutive prompts of one tenant (a batch) hash their root once."""
         key = (type(cache_salt), cache_salt, type(lora_id), lora_id)
-        if key != self._last_root[0]:
-            self._last_root = (key, root_hash(self.hash_fn, cache_salt, lora_id))
-        return self._last_root[1]
+        last = self._last_root  # read once: a concurrent call may replace it
+        if key == last[0]:
+            return last[1]
+        root = root_hash(self.hash_fn, cache_salt, lora_id)
+        self._last_root = (key, root)
+        return root
 
     def hash_block(self, parent: bytes, block: array[int]) -> bytes:
         """The hash of one full block of tokens after ``parent`` (``hash_blocks`` of one)."""
@@ -123,9 +129,11 @@ class HashedPrompt:
     place of the token ids, so none of them hashes the prompt again (vLLM keeps
     ``block_hashes`` on its ``Request`` for the same reason).
 
-    Only the manager makes one, from the tokens, with its own hash function and block size
-    (``admit`` refuses a prompt hashed for another ``hash_algo`` or ``block_size``), and it is
-    immutable (the tokens are kept as bytes), so the hashes always belong to the tokens.
+    The hashes must belong to the tokens, or a prefix hit would serve another prompt's KV: a
+    manager accepts only instances made by ``BlockManager.hash_prompt`` or ``prefix`` (it keeps
+    a weak set of them), never one built with the constructor or ``dataclasses.replace``, and
+    only for its own ``hash_algo`` and ``block_size``. Instances are immutable (the tokens are
+    kept as bytes).
     """
 
     data: bytes  # the token ids as native int64 (validated ids, 8 bytes each)
@@ -148,11 +156,31 @@ class HashedPrompt:
     def prefix(self, num_tokens: int) -> HashedPrompt:
         """The first ``num_tokens`` tokens with their hashes (no hashing: a chunked prefill
         admits the first chunk of a prompt hashed whole)."""
-        return HashedPrompt(
-            self.data[: num_tokens * 8],
-            self.hashes[: num_tokens // self.block_size],
-            self.root,
-            self.hash_algo,
-            self.block_size,
-            self.whole or self,
+        if not is_int(num_tokens) or not 0 <= num_tokens <= len(self):
+            raise InvalidArgumentError(
+                f"num_tokens: expected an int in [0, {len(self)}], got {num_tokens!r}"
+            )
+        return genuine(
+            HashedPrompt(
+                self.data[: num_tokens * 8],
+                self.hashes[: num_tokens // self.block_size],
+                self.root,
+                self.hash_algo,
+                self.block_size,
+                self.whole or self,
+            )
         )
+
+
+_GENUINE: weakref.WeakSet[HashedPrompt] = weakref.WeakSet()
+
+
+def genuine(prompt: HashedPrompt) -> HashedPrompt:
+    """Mark ``prompt`` as made from its tokens by this module's callers (hashes verified by
+    construction); ``is_genuine`` tells them apart from hand-built instances."""
+    _GENUINE.add(prompt)
+    return prompt
+
+
+def is_genuine(prompt: HashedPrompt) -> bool:
+    return prompt in _GENUINE

@@ -18,12 +18,11 @@ from collections.abc import Callable, Hashable, Sequence
 from itertools import islice
 from typing import Any
 
+from pagedkv.core.null_block import NULL_BLOCK_ID
 from pagedkv.core.prefix_cache.evict_log import EvictListener, EvictLog
 from pagedkv.core.prefix_cache.eviction import EvictionPolicy
 from pagedkv.core.prefix_cache.forest import BlockForest, detach, kids_of
 from pagedkv.core.prefix_cache.hashing import BlockHasher, HashFn
-
-NULL_BLOCK_ID = 0
 
 
 class PrefixCache:
@@ -45,7 +44,6 @@ class PrefixCache:
         self.hasher = BlockHasher(hash_fn, block_size)
         self.block_size = block_size
         self.num_evictions = 0
-        # Eviction listener: [log or None] while observed (a box, shared with drop_leaf).
         self.evict_log = EvictLog()
         self.drop_leaf = self._make_drop_leaf()
 
@@ -276,7 +274,8 @@ class PrefixCache:
 
     def _make_drop_leaf(self) -> Callable[[int], None]:
         """``drop_leaf(b)``: take a childless cached block out of the cache (hash map, hash,
-        parent link); the eviction fast path. A closure, so each call touches no attributes."""
+        parent link); the eviction fast path. A closure over the cache's lists (no attribute
+        lookups but the listener's log)."""
         cached, block_hash = self.cached, self.block_hash
         parent, children = self.forest.parent, self.forest.children
         evict_log = self.evict_log

@@ -2,7 +2,8 @@
 is a ``pagedkv.registry.Registry``).
 
 A policy orders the *evictable set*: blocks that hold a registered prefix-cache entry and have
-``ref_cnt == 0``. The block pool drives it through five calls:
+``ref_cnt == 0``. The block pool (releases and hits) and the prefix cache (evictions) drive it
+through six calls:
 
 * ``insert(block_id, key)`` - the block became evictable (its last reference was released).
   Within one release the pool inserts a sequence's blocks tail-first, so with equal standing a
@@ -11,13 +12,14 @@ A policy orders the *evictable set*: blocks that hold a registered prefix-cache 
 * ``record_hit(block_id)`` - a prefix lookup hit the block (it may be in use); frequency-aware
   policies count it. Only called when ``tracks_hits`` is true (it is off on LRU's hot path).
   (vLLM's ``touch`` is ``BlockPool.touch`` here: taking a reference on hit blocks.)
-* ``select()`` - the next victim; the pool then evicts it (or one of its evictable descendants,
-  so that a cached suffix never outlives its prefix) and calls ``forget``.
+* ``select()`` - the next victim; the prefix cache then evicts it (or one of its evictable
+  descendants, so that a cached suffix never outlives its prefix) and calls ``forget``.
 * ``forget(block_id, key)`` - the block was evicted: drop it and any per-block history.
 
 Hot-path shortcuts: ``insert_many`` and ``pop_leaves`` take a batch of blocks per call. A policy
 whose whole state is one insertion-ordered queue (LRU) exposes it as ``queue``, which the pool
-then appends to and evicts from in its own loops - no Python call per block (an LRU hit-rate
+appends to and the prefix cache evicts from in their own loops - no Python call per block (an
+LRU hit-rate
 replay of the Mooncake trace: 0.66 M block references/s through the per-call protocol, 1.16 M
 through the queue). The others override both batch calls with loops that inline their
 per-block methods step for step (same victims, same state; tests/core/test_policy_pop_leaves.py
@@ -31,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import ClassVar
 
+from pagedkv.errors import ConfigError
 from pagedkv.registry import Registry
 
 EVICTION_POLICIES: Registry[type[EvictionPolicy]] = Registry("eviction policy")
@@ -58,12 +61,21 @@ class EvictionPolicy(ABC):
     tracks_hits: ClassVar[bool] = False
     # A policy whose entire state is one insertion-ordered queue (``insert`` appends,
     # ``remove``/``forget`` delete, eviction order is iteration order) sets this to it; the pool
-    # then appends and evicts in its own loops, with no method call per block. A class-level
-    # default, so a subclass that does not call ``super().__init__`` still works.
+    # appends and the prefix cache evicts in their own loops, no method call per block. A
+    # class-level default, so a subclass that does not call ``super().__init__`` still works.
     queue: OrderedDict[int, None] | None = None
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "touch" in vars(cls) and "record_hit" not in vars(cls):
+            # the hook was renamed: an old ``touch`` would silently never be called
+            raise ConfigError(
+                f"{cls.__name__} defines touch(); the eviction-policy hook for prefix hits is "
+                f"now record_hit(block_id)"
+            )
 
     @abstractmethod
     def insert(self, block_id: int, key: Hashable) -> None: ...

@@ -1,6 +1,6 @@
-"""LRU: least recently released first. The default policy, and the pool's fastest path: its
-whole state is one OrderedDict, which it exposes as ``queue`` so the pool appends released blocks
-and evicts from the front in its own loops."""
+"""LRU: least recently released first. The default policy, and the fastest path: its whole
+state is one OrderedDict, which it exposes as ``queue`` so the pool appends released blocks and
+the prefix cache evicts from the front, in their own loops."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ class LRUPolicy(EvictionPolicy):
     """Least recently released first; an OrderedDict gives O(1) for every call.
 
     Its whole state is ``queue`` (block -> None, least recent first), which it exposes so the
-    pool can append and evict in its own loops, with no call per block (``EvictionPolicy.queue``).
+    pool and the prefix cache can append and evict in their own loops, with no call per block
+    (``EvictionPolicy.queue``).
     A subclass that overrides any protocol method gets the per-call protocol instead, so its
     overrides are honoured.
     """
