@@ -64,21 +64,7 @@ import time
 from typing import Any
 
 import numpy as np
-
-
-def _make_prompts(
-    num_requests: int, prompt_len: int, shared_len: int, seed: int
-) -> list[np.ndarray]:
-    """``manager_ops.make_prompts`` (same seed, same tokens), without importing pagedkv."""
-    rng = np.random.default_rng(seed)
-    shared = rng.integers(0, 32000, shared_len, dtype=np.int64)
-    prompts = []
-    for i in range(num_requests):
-        p = rng.integers(0, 32000, prompt_len, dtype=np.int64)
-        if i % 2 == 0:
-            p[:shared_len] = shared
-        prompts.append(p)
-    return prompts
+from manager_ops import make_prompts  # the same seeded prompts as pagedkv's run
 
 
 def _import_vllm() -> dict[str, Any]:
@@ -243,9 +229,7 @@ def main() -> None:
     v = _import_vllm()
     algo = args.hash_algo or _default_hash_algo()
     # Prompts arrive at vLLM's engine core as lists of Python ints.
-    prompts = [
-        p.tolist() for p in _make_prompts(args.requests, args.prompt_len, args.shared_len, 0)
-    ]
+    prompts = [p.tolist() for p in make_prompts(args.requests, args.prompt_len, args.shared_len, 0)]
     runs = [
         run(
             v,
