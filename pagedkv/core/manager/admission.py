@@ -83,12 +83,11 @@ class Admission:
         """A token prompt (or a ``HashedPrompt`` made by a manager like this one) with its
         cache keys, hashed once; no keys when prefix caching is off."""
         if not isinstance(prompt, HashedPrompt):
-            if not self.caching:
-                tokens = as_token_array(prompt)
+            tokens = as_token_array(prompt)
+            if not self.caching:  # validate as a hashing call would, but hash nothing
                 check.salt(cache_salt)
                 check.lora(lora_id)
                 return Prompt(tokens, len(tokens), None, [])
-            tokens = as_token_array(prompt)
             root, hashes = self.hash_tokens(tokens, cache_salt, lora_id)
             return Prompt(tokens, len(tokens), root, list(hashes))
         if not is_genuine(prompt):
