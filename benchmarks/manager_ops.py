@@ -109,16 +109,21 @@ def run(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_workload_arguments(ap: argparse.ArgumentParser, num_blocks_help: str | None = None) -> None:
+    """Workload W's shape and ``--repeat`` (shared with ``vllm_manager_w.py``)."""
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--shared-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--num-blocks", type=int, default=3937)
+    ap.add_argument("--num-blocks", type=int, default=3937, help=num_blocks_help)
     ap.add_argument("--repeat", type=int, default=3, help="report the best of N runs")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_workload_arguments(ap)
     ap.add_argument(
         "--form",
         choices=(*FORMS, "both"),

@@ -64,7 +64,10 @@ import time
 from typing import Any
 
 import numpy as np
-from manager_ops import make_prompts  # the same seeded prompts as pagedkv's run
+from manager_ops import (  # the same seeded workload as pagedkv's run
+    add_workload_arguments,
+    make_prompts,
+)
 
 
 def _import_vllm() -> dict[str, Any]:
@@ -210,16 +213,7 @@ def run(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--prompt-len", type=int, default=512)
-    ap.add_argument("--shared-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--decode", type=int, default=128)
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument(
-        "--num-blocks", type=int, default=3937, help="vLLM num_gpu_blocks (null block included)"
-    )
-    ap.add_argument("--repeat", type=int, default=3, help="report the best of N runs")
+    add_workload_arguments(ap, "vLLM num_gpu_blocks (null block included)")
     ap.add_argument(
         "--hash-algo",
         default=None,

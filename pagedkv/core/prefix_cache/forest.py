@@ -17,7 +17,7 @@ def kids_of(children: Children) -> tuple[int, ...] | set[int]:
     """The block ids in one ``children`` entry."""
     if children is None:
         return ()
-    return (children,) if type(children) is int else children  # type: ignore[return-value]
+    return (children,) if isinstance(children, int) else children
 
 
 def detach(children: list[Children], parent: int, child: int) -> None:
@@ -47,10 +47,10 @@ class BlockForest:
         kids = self.children[parent]
         if kids is None:
             self.children[parent] = child
-        elif type(kids) is int:
+        elif isinstance(kids, int):
             self.children[parent] = {kids, child}
         else:
-            kids.add(child)  # type: ignore[union-attr]
+            kids.add(child)
 
     def unlink(self, block_id: int) -> None:
         """Detach a cached block from its cached parent (it is about to leave the cache)."""

@@ -41,6 +41,19 @@ class S3FIFOPolicy(EvictionPolicy):
         self._gen = 0
         self._small_target = max(1, int(capacity * self.SMALL_FRACTION))
 
+    def _state(
+        self,
+    ) -> tuple[
+        deque[tuple[int, int]],
+        deque[tuple[int, int]],
+        dict[int, tuple[int, int]],
+        dict[int, str],
+        dict[int, int],
+        OrderedDict[Hashable, None],
+    ]:
+        """The containers the batch loops bind to locals (one lookup each, not one per block)."""
+        return self._small, self._main, self._where, self._home, self._freq, self._ghost
+
     def insert(self, block_id: int, key: Hashable) -> None:
         self._push_all((block_id,), {block_id: key})
 
@@ -52,14 +65,7 @@ class S3FIFOPolicy(EvictionPolicy):
     ) -> None:
         """Queue each block, in order: at its home queue, but a block hit while on probation
         is promoted to main, and a new block whose key is in the ghost goes straight there."""
-        small, main, where, home, freq, ghost = (
-            self._small,
-            self._main,
-            self._where,
-            self._home,
-            self._freq,
-            self._ghost,
-        )
+        small, main, where, home, freq, ghost = self._state()
         gen, num_small = self._gen, self._num_small
         for block_id in block_ids:
             queue = home.get(block_id)
@@ -132,14 +138,7 @@ class S3FIFOPolicy(EvictionPolicy):
         """The base loop with ``select``, ``forget`` and ``remove`` inlined step for step, so
         the queues evolve exactly as through the per-call protocol. A head with hits left is
         rare (a few percent of victims in a replay): ``select`` itself re-queues it."""
-        small, main, where, home, freq, ghost = (
-            self._small,
-            self._main,
-            self._where,
-            self._home,
-            self._freq,
-            self._ghost,
-        )
+        small, main, where, home, freq, ghost = self._state()
         capacity, small_target, slack = self.capacity, self._small_target, self.COMPACT_SLACK
         out: list[int] = []
         append = out.append
