@@ -7,7 +7,7 @@ layer allocates exactly ``num_blocks`` rows and the manager can hand out ``num_b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from numbers import Real
 from typing import Any
 
@@ -212,7 +212,10 @@ class CacheConfig:
         """Size the pool from a KV memory budget: the budget pays for the usable blocks,
         ``num_usable_blocks = budget // bytes_per_block``, and ``num_blocks`` is one more (the
         null block 0, which only pads and never holds KV, is the one block beyond the budget).
-        The engine's ``kv_cache_memory`` means the same."""
+        The engine's ``kv_cache_memory`` means the same. ``kwargs`` are the other
+        ``CacheConfig`` fields; ``num_blocks`` and ``bytes_per_token`` come from the budget and
+        are refused by name (``ConfigError``), as are names that are not fields."""
+        cls._check_budget_kwargs(kwargs)
         if not is_int(block_size) or block_size <= 0:
             raise ConfigError(f"block_size must be > 0, got {block_size!r}")
         if not is_int(budget_bytes) or budget_bytes < 0:
@@ -227,6 +230,24 @@ class CacheConfig:
         return cls(
             block_size=block_size, num_blocks=int(usable) + 1, bytes_per_token=per_token, **kwargs
         )
+
+    @classmethod
+    def _check_budget_kwargs(cls, kwargs: dict[str, Any]) -> None:
+        """``from_memory_budget``'s extra fields, checked before Python would raise a bare
+        ``TypeError`` (a duplicate or unknown keyword)."""
+        for name in ("num_blocks", "bytes_per_token"):
+            if name in kwargs:
+                raise ConfigError(
+                    f"from_memory_budget computes {name} from the budget; got {name}="
+                    f"{kwargs[name]!r} (give CacheConfig({name}=...) to set it directly)"
+                )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(
+                f"from_memory_budget got unknown arguments {unknown}; CacheConfig fields are "
+                f"{sorted(known - {'block_size', 'num_blocks', 'bytes_per_token'})}"
+            )
 
     @property
     def bytes_per_block(self) -> int | None:

@@ -2,10 +2,18 @@
 
 Usage is the fraction of usable blocks referenced by sequences or pins (evictable cached blocks
 count as free). Levels: LOW below the first threshold, then MEDIUM, HIGH, CRITICAL.
+
+A callback's exception is contained, as the eviction listener's is
+(:mod:`pagedkv.core.prefix_cache.evict_log`): ``update`` runs inside the manager's calls, some
+of them part-way (a batch admission between two sequences), so an exception escaping it would
+leave a call half done while its ``PagedKVError`` promised nothing changed. The failure is
+logged, counted (``failures``, ``ManagerStats.pressure_callback_errors``) and kept in
+``last_error``; the remaining callbacks still run.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from enum import IntEnum
@@ -18,6 +26,8 @@ class PressureLevel(IntEnum):
     HIGH = 2
     CRITICAL = 3
 
+
+logger = logging.getLogger(__name__)
 
 PressureCallback = Callable[[PressureLevel, PressureLevel], None]
 
@@ -40,6 +50,8 @@ class PressureMonitor:
         self.high_bound = self._starts[0]
         self.level = PressureLevel.LOW
         self._callbacks: list[PressureCallback] = []
+        self.failures = 0  # callback calls that raised (contained, logged)
+        self.last_error: Exception | None = None
 
     def level_for(self, used_blocks: int) -> PressureLevel:
         return PressureLevel(sum(1 for s in self._starts if used_blocks >= s))
@@ -59,4 +71,19 @@ class PressureMonitor:
         self.high_bound = self._starts[new] if new < 3 else 1 << 62
         if new != old:
             for callback in self._callbacks:
-                callback(old, new)
+                self._notify(callback, old, new)
+
+    def _notify(self, callback: PressureCallback, old: PressureLevel, new: PressureLevel) -> None:
+        try:
+            callback(old, new)
+        except Exception as exc:  # contained: the caller may be part-way (module docstring)
+            self.failures += 1
+            self.last_error = exc
+            logger.warning(
+                "pressure callback %r failed on %s -> %s (failure %d)",
+                callback,
+                old.name,
+                new.name,
+                self.failures,
+                exc_info=exc,
+            )

@@ -28,6 +28,8 @@ class ManagerStats(Counters):
     """A snapshot: the counters plus the pool's state at the time of the call."""
 
     evictions: int = 0
+    evict_listener_errors: int = 0  # eviction-listener calls that raised (contained, logged)
+    pressure_callback_errors: int = 0  # pressure-callback calls that raised (contained, logged)
     num_sequences: int = 0
     num_blocks: int = 0  # physical blocks, the null block included (= CacheConfig.num_blocks)
     num_usable_blocks: int = 0  # blocks the manager can hand out (num_blocks - 1)

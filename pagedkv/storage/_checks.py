@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pagedkv.errors import InvalidArgumentError, ShapeError
+from pagedkv.errors import ConfigError, InvalidArgumentError, ShapeError
 
 IndexLike = torch.Tensor | np.ndarray | Sequence[int]
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
 
@@ -32,6 +33,38 @@ def check_int(value: object, name: str, low: int | None = None, high: int | None
             want = f"{name} < {high}" if low is None else f"{low} <= {name} < {high}"
         raise InvalidArgumentError(f"{name}: expected {want}, got {v}")
     return v
+
+
+def check_dtype(dtype: object) -> torch.dtype:
+    """``dtype`` if it is a storage dtype (``SUPPORTED_DTYPES``), else ``InvalidArgumentError``."""
+    if not isinstance(dtype, torch.dtype) or dtype not in SUPPORTED_DTYPES:
+        raise InvalidArgumentError(f"dtype: expected one of {SUPPORTED_DTYPES}, got {dtype}")
+    return dtype
+
+
+def check_budget_geometry(
+    bytes_per_token: int, num_layers: object, num_kv_heads: object, head_dim: object, dtype: object
+) -> None:
+    """A config sized by a memory budget (``CacheConfig.from_memory_budget``) paid for
+    ``bytes_per_token``; storage of another dtype or shape would allocate a different amount
+    (an fp16 budget in fp32 storage: twice the budget). Raises ``ConfigError`` naming both."""
+    layers, heads, dim = (
+        check_int(value, name, 1)
+        for value, name in (
+            (num_layers, "num_layers"),
+            (num_kv_heads, "num_kv_heads"),
+            (head_dim, "head_dim"),
+        )
+    )
+    elem = check_dtype(dtype).itemsize
+    per_token = 2 * layers * heads * dim * elem
+    if per_token != bytes_per_token:
+        raise ConfigError(
+            f"the config's budget was sized for {bytes_per_token} KV bytes per token, but "
+            f"{dtype} storage of {layers} layers x {heads} KV heads x head_dim {dim} "
+            f"takes {per_token} ({elem}-byte elements): pass the dtype and dimensions the "
+            f"budget was computed with"
+        )
 
 
 def check_kv_tensor(
@@ -86,9 +119,14 @@ def int_array(x: object, name: str, ndim: int) -> np.ndarray:
 
 def as_index_tensor(x: IndexLike, name: str, device: torch.device) -> torch.Tensor:
     """Convert an integer index array (tensor, numpy or list) to an int64 1-D tensor on
-    ``device``. Raises :class:`ShapeError` for non-integer or non-1-D input."""
+    ``device``. Raises :class:`ShapeError` for non-integer or non-1-D input, and for a tensor
+    on neither the CPU nor ``device`` (a ``meta`` tensor has no values to read; another
+    accelerator would be an implicit cross-device copy)."""
     if isinstance(x, torch.Tensor):
         t = x
+        if t.device.type != "cpu" and not same_device(t.device, device):
+            want = "cpu" if device.type == "cpu" else f"cpu or {device}"
+            raise ShapeError(f"{name}: expected a tensor on {want}, got {t.device}")
         if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
             raise ShapeError(f"{name}: expected an integer dtype, got {t.dtype}")
         if t.dtype == torch.uint64:

@@ -26,9 +26,17 @@ import torch
 
 from pagedkv.core.config import CacheConfig
 from pagedkv.errors import InvalidArgumentError
-from pagedkv.storage._checks import as_index_tensor, block_pairs, check_int, check_kv_tensor
+from pagedkv.storage._checks import (
+    SUPPORTED_DTYPES,
+    as_index_tensor,
+    block_pairs,
+    check_budget_geometry,
+    check_dtype,
+    check_int,
+    check_kv_tensor,
+)
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+__all__ = ["SUPPORTED_DTYPES", "KVStorage"]
 
 
 class KVStorage:
@@ -57,8 +65,7 @@ class KVStorage:
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", 1)
         head_dim = check_int(head_dim, "head_dim", 1)
         num_host_blocks = check_int(num_host_blocks, "num_host_blocks", 0)
-        if not isinstance(dtype, torch.dtype) or dtype not in SUPPORTED_DTYPES:
-            raise InvalidArgumentError(f"dtype: expected one of {SUPPORTED_DTYPES}, got {dtype}")
+        dtype = check_dtype(dtype)
         self.num_layers = num_layers
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -96,7 +103,13 @@ class KVStorage:
         device: torch.device | str = "cpu",
     ) -> KVStorage:
         """Size the storage from a core ``CacheConfig`` (its ``num_blocks``, ``block_size`` and
-        ``num_host_blocks``), e.g. one built by ``CacheConfig.from_memory_budget``."""
+        ``num_host_blocks``), e.g. one built by ``CacheConfig.from_memory_budget``. A config
+        that carries ``bytes_per_token`` (a budget's) must agree with ``dtype`` and the
+        dimensions: a mismatch raises ``ConfigError`` naming both, before anything is
+        allocated (an fp16 budget with fp32 storage would take twice the budget)."""
+        bytes_per_token = getattr(config, "bytes_per_token", None)
+        if bytes_per_token is not None:
+            check_budget_geometry(bytes_per_token, num_layers, num_kv_heads, head_dim, dtype)
         return cls(
             num_layers=num_layers,
             num_blocks=config.num_blocks,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pagedkv.errors import InvalidArgumentError, ShapeError
+from pagedkv.core import CacheConfig
+from pagedkv.errors import ConfigError, InvalidArgumentError, ShapeError
 from pagedkv.storage import KVStorage
 
 
@@ -246,3 +247,48 @@ def test_constructor_sizes_must_be_ints(bad):
     with pytest.raises(InvalidArgumentError, match=next(iter(bad))):
         _store(**bad)
     assert _store(num_blocks=np.int64(8)).num_blocks == 8
+
+
+def test_index_tensors_on_another_device_are_refused():
+    """Issue 16: slots on the meta device raised NotImplementedError from inside ``.to()``; an
+    index tensor must be on the CPU or the storage's device, refused by name otherwise."""
+    s = _store()
+    before = s.kv_cache.clone()
+    good = torch.ones(1, 2, 3)
+    device = "meta"
+    slots = torch.tensor([5], device=device)  # no values: the CPU twin is written below
+    with pytest.raises(ShapeError, match=rf"slot_mapping: expected a tensor on cpu, got {device}"):
+        s.write(0, good, good, slots)
+    with pytest.raises(ShapeError, match=rf"slots: expected a tensor on cpu, got {device}"):
+        s.gather_slots(0, slots)
+    with pytest.raises(ShapeError, match=rf"block_table: expected a tensor on cpu, got {device}"):
+        s.gather(0, torch.tensor([1], device=device), 0, 1)
+    assert torch.equal(s.kv_cache, before)
+    s.write(0, good, good, torch.tensor([5]))
+    assert torch.equal(s.gather_slots(0, [5])[0], good)
+
+
+def _budget(dtype: str) -> CacheConfig:
+    # 2 layers x 2 KV heads x head_dim 3: 24 elements of K and V per token
+    return CacheConfig.from_memory_budget(
+        10 * 4 * 24 * 2, block_size=4, num_layers=2, num_kv_heads=2, head_dim=3, dtype=dtype
+    )
+
+
+def test_from_config_refuses_a_dtype_the_budget_did_not_pay_for():
+    """Issue 16: an fp16 budget built fp32 storage (the default), twice the budget."""
+    cfg = _budget("float16")
+    assert cfg.bytes_per_token == 48
+    dims = {"num_layers": 2, "num_kv_heads": 2, "head_dim": 3}
+    with pytest.raises(ConfigError, match=r"sized for 48 KV bytes per token.*takes 96"):
+        KVStorage.from_config(cfg, **dims)  # dtype defaults to float32
+    with pytest.raises(ConfigError, match=r"sized for 48 KV bytes.*head_dim 6 takes 96"):
+        KVStorage.from_config(cfg, **{**dims, "head_dim": 6}, dtype=torch.float16)
+    for dtype in (torch.float16, torch.bfloat16):
+        s = KVStorage.from_config(cfg, **dims, dtype=dtype)
+        assert s.bytes_per_block * cfg.num_usable_blocks == 10 * 4 * 24 * 2  # the budget
+        assert s.bytes_per_block == cfg.bytes_per_block
+    s = KVStorage.from_config(_budget("float32"), **dims)
+    assert s.bytes_per_block == _budget("float32").bytes_per_block
+    plain = CacheConfig(block_size=4, num_blocks=6)  # no budget: any dtype
+    assert KVStorage.from_config(plain, **dims, dtype=torch.float16).dtype == torch.float16

@@ -184,10 +184,11 @@ class BlockManager(ManagerQueries):
         self, seq_ids: Sequence[Hashable], token_ids: Sequence[int] | np.ndarray
     ) -> np.ndarray:
         """Append one token to each sequence (the decode hot path): O(1) per sequence, a block
-        allocated only at a boundary. ``token_ids``: ``[B]`` ints. Returns int64 ``[B]`` slots."""
+        allocated only at a boundary. ``seq_ids``: a list (any iterable but a ``str``);
+        ``token_ids``: ``[B]`` ints. Returns int64 ``[B]`` slots."""
         seqs = self.table.get_many(seq_ids)
         toks = batch_token_list(token_ids, len(seqs))
-        if len(set(seq_ids)) != len(seqs):
+        if len(set(map(id, seqs))) != len(seqs):
             raise InvalidArgumentError("append_batch got a sequence id twice")
         return self.table.append_batch(seqs, toks)
 
@@ -234,8 +235,9 @@ class BlockManager(ManagerQueries):
         """Report that every token of these running sequences now has its KV written (call once
         per step, after the forward pass, with the sequences it computed). Each sequence's newly
         full blocks become findable by prefix lookups, except for prompts shorter than
-        ``min_cache_tokens``. O(1) per sequence when no block became full. All or nothing:
-        unknown or swapped-out ids raise before anything changes."""
+        ``min_cache_tokens``. O(1) per sequence when no block became full. ``seq_ids``: a list
+        (any iterable but a ``str``, which is refused). All or nothing: unknown, unhashable or
+        swapped-out ids raise before anything changes."""
         self.table.commit(self.table.get_many(seq_ids))
 
     def register_prefix(self, seq_id: Hashable, num_tokens: int | None = None) -> int:

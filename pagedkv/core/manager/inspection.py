@@ -34,6 +34,8 @@ def stats(m: ManagerQueries) -> ManagerStats:
     return ManagerStats(
         **vars(m.counters),
         evictions=m.prefix_cache.num_evictions,
+        evict_listener_errors=m.prefix_cache.evict_log.failures,
+        pressure_callback_errors=m.pressure.failures,
         num_sequences=len(m.table.seqs),
         num_blocks=m.config.num_blocks,
         num_usable_blocks=m.config.num_usable_blocks,

@@ -215,7 +215,9 @@ class ManagerQueries:
         return self.pressure.level
 
     def on_pressure_change(self, callback: PressureCallback) -> None:
-        """Call ``callback(old_level, new_level)`` whenever the memory-pressure level changes."""
+        """Call ``callback(old_level, new_level)`` whenever the memory-pressure level changes.
+        An exception it raises is logged and counted (``stats().pressure_callback_errors``),
+        never propagated: the call that changed the level goes on (see ``core/pressure.py``)."""
         if not callable(callback):
             raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
         self.pressure.subscribe(callback)

@@ -68,13 +68,16 @@ class SequenceTable:
             raise
 
     def get_many(self, seq_ids: Iterable[Hashable]) -> list[SeqState]:
-        """The sequences of a batch call, looked up in C; names an unknown or unhashable id."""
+        """The sequences of a batch call, looked up in C; names an unknown or unhashable id.
+        A list is the hot path; any other iterable is materialised and checked first (a
+        ``str`` is refused, not read as one-character ids; a generator is read once)."""
+        ids = seq_ids if type(seq_ids) is list else check.seq_ids(seq_ids)
         try:
-            return list(map(self.seqs.__getitem__, seq_ids))
+            return list(map(self.seqs.__getitem__, ids))
         except KeyError as exc:
             raise UnknownSequenceError(exc.args[0]) from None
         except TypeError:
-            check.seq_ids(seq_ids)  # names the unhashable id (or the non-iterable)
+            check.seq_ids(ids)  # names the unhashable id
             raise
 
     def running(self, seq_id: Hashable) -> SeqState:

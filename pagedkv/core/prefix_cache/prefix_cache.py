@@ -165,7 +165,11 @@ class PrefixCache:
     def set_evict_listener(self, listener: EvictListener | None) -> None:
         """Observe blocks leaving the prefix cache (eviction, ``uncache``): ``listener`` gets
         their ``(block_id, hash)`` pairs before any of them is reused, so their KV can still be
-        saved (a KV tier's write-on-evict). ``None`` stops observing (``evict_log.py``)."""
+        saved (a KV tier's write-on-evict). ``None`` stops observing; a non-callable raises
+        ``InvalidArgumentError``. An exception the listener raises is contained (logged and
+        counted in ``ManagerStats.evict_listener_errors``; the evicting call succeeds): it must
+        not leave the eviction half done (``evict_log.py``). The listener must not call back
+        into the manager."""
         self.evict_log.listen(listener)
 
     def pop_victims(self, n: int) -> list[int]:
