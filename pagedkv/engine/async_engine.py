@@ -6,7 +6,11 @@ for a step (a step on a CPU takes up to a few hundred ms, and an event loop that
 stall every other stream): a request is validated on the caller's thread (validation reads only
 what never changes), then handed to the loop through an inbox that the loop drains before each
 step; an abort is handed over the same way, so its blocks are freed before the next step.
-``abort()`` and ``call()`` from other threads take the engine lock instead. Each stream is an
+``abort()`` and ``call()`` from other threads take the engine lock instead (``abort()`` first
+takes in what is in the inbox, so it also stops a request submitted a moment before). A request
+id is in use from ``submit`` until its stream ends: a second submit of it is refused with
+``DuplicateRequestError`` (checked and claimed atomically), never handed to the loop, where a
+second sequence under one id would fail every request. Each stream is an
 ``asyncio.Queue`` on its caller's event loop, fed with ``call_soon_threadsafe``; leaving the
 ``async for`` early (a client that disconnected, a cancelled task) aborts the request.
 """
@@ -20,16 +24,20 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pagedkv.engine.llm_engine import LLMEngine
 from pagedkv.engine.outputs import RequestOutput
+from pagedkv.engine.prompts import PromptType
 from pagedkv.engine.sampling_params import SamplingParams
-from pagedkv.engine.validation import validate_request
-from pagedkv.errors import InvalidArgumentError, PagedKVError
+from pagedkv.engine.validation import DuplicateRequestError, check_request_id, validate_request
+from pagedkv.errors import PagedKVError
 
 log = logging.getLogger("pagedkv.engine")
+
+# where a request's outputs go: the caller's event loop and its queue
+Stream = tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]
 
 
 class EngineDeadError(PagedKVError):
@@ -41,12 +49,19 @@ class AsyncLLMEngine:
         self.engine = engine
         self.lock = threading.RLock()
         self._wake = threading.Event()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
-        # ("add", request_id, add_validated args) | ("abort", request_id): drained by the loop
+        self._streams: dict[str, Stream] = {}
+        # claims a request id: the duplicate check and the stream's registration, as one
+        self._ids_lock = threading.Lock()
+        # ("add", request_id, stream, add_validated args) | ("abort", request_id, stream or
+        # None): drained by the loop in order; the stream names which request an abort meant
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._ids = itertools.count()
         self._stop = False
         self._idle_wait = idle_wait
+        # Called with the engine under the lock after every loop turn (each step, and every
+        # ``idle_wait`` when idle): readers that must never wait for a step (the server's
+        # /metrics) publish a snapshot here.
+        self.on_step: Callable[[LLMEngine], None] | None = None
         self._thread = threading.Thread(target=self._loop, name="pagedkv-engine", daemon=True)
         self._thread.start()
 
@@ -60,34 +75,39 @@ class AsyncLLMEngine:
 
     def submit(
         self,
-        prompt: str | list[int],
+        prompt: PromptType,
         params: SamplingParams | None = None,
         request_id: str | None = None,
         *,
         priority: int = 0,
         cache_salt: str | None = None,
     ) -> RequestStream:
-        """Validate a request now (typed errors raise here, nothing queued) and hand it to the
-        engine loop without waiting for a step; returns its stream. Call from an event loop."""
+        """Validate a request now (typed errors raise here, nothing queued; an id in use raises
+        ``DuplicateRequestError``) and hand it to the engine loop without waiting for a step;
+        returns its stream. Call from an event loop."""
         if not self.is_running:
             raise EngineDeadError("the engine loop is not running")
-        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        rid = check_request_id(request_id if request_id is not None else f"req-{next(self._ids)}")
         params = params if params is not None else SamplingParams()
-        if not isinstance(rid, str) or rid in self._streams or rid in self.engine.requests:
-            raise InvalidArgumentError(
-                f"request_id: expected a str not already running, got {rid!r}"
-            )
         text, ids = validate_request(self.engine, prompt, params, priority, cache_salt)
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._streams[rid] = (asyncio.get_running_loop(), queue)
-        self._inbox.append(("add", rid, text, ids, params, priority, cache_salt, time.monotonic()))
+        stream = (asyncio.get_running_loop(), queue)
+        with self._ids_lock:
+            # a stream is popped only after its request left engine.requests, so an id is in
+            # neither exactly when no request holds it
+            if rid in self._streams or rid in self.engine.requests:
+                raise DuplicateRequestError(rid)
+            self._streams[rid] = stream
+            args = (text, ids, params, priority, cache_salt, time.monotonic())
+            self._inbox.append(("add", rid, stream, *args))
         self._wake.set()
-        return RequestStream(self, rid, queue)
+        return RequestStream(self, rid, stream)
 
-    def abort_soon(self, request_id: str) -> None:
+    def abort_soon(self, request_id: str, stream: Stream | None = None) -> None:
         """Abort a request before the engine's next step, without waiting for the current one
-        (what a stream does when its consumer leaves)."""
-        self._inbox.append(("abort", request_id))
+        (what a stream does when its consumer leaves; it passes itself as ``stream``, so an
+        abort that comes after its request ended never stops a new request under that id)."""
+        self._inbox.append(("abort", request_id, stream))
         self._wake.set()
 
     @property
@@ -98,7 +118,7 @@ class AsyncLLMEngine:
 
     async def generate(
         self,
-        prompt: str | list[int],
+        prompt: PromptType,
         params: SamplingParams | None = None,
         request_id: str | None = None,
         *,
@@ -114,13 +134,23 @@ class AsyncLLMEngine:
                 yield out
         finally:  # closing this generator does not close the inner one: abort here, at once
             if not stream.finished:
-                self.abort_soon(stream.request_id)
+                stream.abort()
 
     def abort(self, request_id: str) -> None:
-        """Stop a request and free its blocks (no-op if it already finished)."""
+        """Stop a request and free its blocks (no-op if it already finished); a request still
+        in the inbox is taken in first, so an abort right after ``submit`` is never lost."""
         with self.lock:
-            out = self.engine.abort(request_id)
-            stream = self._streams.pop(request_id, None)
+            self._drain_inbox()
+            self._abort_now(request_id, None)
+
+    def _abort_now(self, request_id: str, sent_by: Stream | None) -> None:
+        """Abort under the lock and end the request's stream with its final output. An abort
+        ``sent_by`` a stream that is no longer the id's stream came too late: a no-op."""
+        stream = self._streams.get(request_id)
+        if sent_by is not None and stream is not sent_by:
+            return
+        out = self.engine.abort(request_id)
+        self._streams.pop(request_id, None)
         if stream is not None and out is not None:
             _deliver(stream, out)
 
@@ -136,7 +166,7 @@ class AsyncLLMEngine:
         with self.lock:
             self._drain_inbox()
             for rid in list(self.engine.requests):
-                self.abort(rid)
+                self._abort_now(rid, None)
         self._thread.join(timeout)
         self.engine.close()
 
@@ -144,16 +174,16 @@ class AsyncLLMEngine:
     def _drain_inbox(self) -> None:
         """Take in handed-over requests and aborts, in order (caller holds the lock)."""
         while self._inbox:
-            kind, rid, *args = self._inbox.popleft()
+            kind, rid, stream, *args = self._inbox.popleft()
             if kind == "abort":
-                self.abort(rid)
+                self._abort_now(rid, stream)
                 continue
             try:
                 self.engine.add_validated(rid, *args)
-            except Exception as exc:
-                stream = self._streams.pop(rid, None)
-                if stream is not None:
-                    _deliver(stream, exc)
+            except Exception as exc:  # fails this request's stream only, never another's
+                if self._streams.get(rid) is stream:
+                    del self._streams[rid]
+                _deliver(stream, exc)
 
     def _loop(self) -> None:
         while not self._stop:
@@ -177,9 +207,18 @@ class AsyncLLMEngine:
                     )
                     if stream is not None:
                         _deliver(stream, o)
+                self._publish()
             if not busy:
                 self._wake.wait(self._idle_wait)
                 self._wake.clear()
+
+    def _publish(self) -> None:
+        """Run the ``on_step`` hook (caller holds the lock); its failure never stops the loop."""
+        if self.on_step is not None:
+            try:
+                self.on_step(self.engine)
+            except Exception:
+                log.exception("the on_step hook failed")
 
     def _fail_all(self, exc: BaseException) -> None:
         err = EngineDeadError(f"engine loop crashed: {type(exc).__name__}: {exc}")
@@ -188,7 +227,7 @@ class AsyncLLMEngine:
         self._streams.clear()
 
 
-def _deliver(stream: tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]], item: Any) -> None:
+def _deliver(stream: Stream, item: Any) -> None:
     loop, queue = stream
     # RuntimeError: the caller's event loop is closed, nobody is listening any more.
     with contextlib.suppress(RuntimeError):
@@ -199,10 +238,11 @@ class RequestStream:
     """The outputs of one submitted request, as an async iterator (once). Leaving the iteration
     before the final output (break, cancellation, a disconnected client) aborts the request."""
 
-    def __init__(self, owner: AsyncLLMEngine, request_id: str, queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, owner: AsyncLLMEngine, request_id: str, stream: Stream) -> None:
         self.owner = owner
         self.request_id = request_id
-        self._queue = queue
+        self._stream = stream
+        self._queue = stream[1]
         self.finished = False
 
     def __aiter__(self) -> AsyncIterator[RequestOutput]:
@@ -221,4 +261,6 @@ class RequestStream:
                 self.abort()
 
     def abort(self) -> None:
-        self.owner.abort_soon(self.request_id)
+        """Abort this stream's request soon (a no-op once it ended, even if its id was
+        reused)."""
+        self.owner.abort_soon(self.request_id, self._stream)

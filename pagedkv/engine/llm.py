@@ -8,28 +8,27 @@ from typing import Any, cast
 from pagedkv.engine.config import EngineConfig
 from pagedkv.engine.llm_engine import LLMEngine
 from pagedkv.engine.outputs import RequestOutput
+from pagedkv.engine.prompts import PromptType, is_token_ids
 from pagedkv.engine.sampling_params import SamplingParams
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.models import LoadedModel
 
-Prompt = str | list[int]
+Prompt = PromptType
 Message = dict[str, str]
 
 
 def _as_prompt_list(prompts: object) -> list[Prompt]:
-    """One prompt (text or token ids) or a list of them -> a list of prompts."""
-    if isinstance(prompts, str):
-        return [prompts]
-    if (
-        isinstance(prompts, list | tuple)
-        and prompts
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts)
-    ):
+    """One prompt (text, token ids, ``{"prompt": ...}`` or ``{"prompt_token_ids": ...}``) or a
+    non-empty list of them -> a list of prompts (each checked when it is added)."""
+    if isinstance(prompts, str | dict):
+        return [cast("Prompt", prompts)]
+    if is_token_ids(prompts) and prompts:
         return [list(prompts)]
     if isinstance(prompts, list | tuple) and prompts:
         return list(prompts)
     raise InvalidArgumentError(
-        f"prompts: expected text, token ids, or a non-empty list of them, got {prompts!r}"
+        "prompts: expected a prompt (text, token ids, {'prompt': ...} or "
+        f"{{'prompt_token_ids': ...}}) or a non-empty list of them, got {prompts!r}"
     )
 
 
@@ -43,6 +42,10 @@ class LLM:
 
     @property
     def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def get_tokenizer(self) -> Any:
+        """The model's (transformers) tokenizer, as vLLM's ``LLM.get_tokenizer()`` returns it."""
         return self.engine.tokenizer
 
     def generate(

@@ -22,15 +22,16 @@ from pagedkv.engine.config import EngineConfig
 from pagedkv.engine.kv_sizing import engine_cache_config
 from pagedkv.engine.output_processor import OutputProcessor
 from pagedkv.engine.outputs import RequestMetrics, RequestOutput
+from pagedkv.engine.prompts import PromptType
 from pagedkv.engine.request import Request
 from pagedkv.engine.request_outputs import fail_request, finish_request, snapshot, stop_request
 from pagedkv.engine.sampling_params import SamplingParams
 from pagedkv.engine.scheduler import Scheduler
 from pagedkv.engine.step_results import fork_samples, mark_computed, sample_targets
 from pagedkv.engine.tiering import EngineTiers
-from pagedkv.engine.validation import validate_request
-from pagedkv.errors import InvalidArgumentError
+from pagedkv.engine.validation import DuplicateRequestError, check_request_id, validate_request
 from pagedkv.integrations.hf_runner import PagedModelRunner
+from pagedkv.integrations.hf_support import check_model_supported
 from pagedkv.models import LoadedModel, load_model
 
 log = logging.getLogger("pagedkv.engine")
@@ -52,9 +53,12 @@ class LLMEngine:
         self.max_model_len = min(
             cfg.max_model_len or self.loaded.max_model_len, self.loaded.max_model_len
         )
+        check_model_supported(hf)  # a typed refusal before the config is read below
         self.vocab_size = int(hf.config.vocab_size)
         cache = engine_cache_config(cfg, hf.config, next(hf.parameters()).dtype)
         self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend)
+        if self.runner.position_limit is not None:  # longrope/dynamic RoPE: exact up to it
+            self.max_model_len = min(self.max_model_len, self.runner.position_limit.tokens)
         self.tiers = (
             None
             if not cfg.uses_tiers
@@ -113,19 +117,18 @@ class LLMEngine:
     def add_request(
         self,
         request_id: str,
-        prompt: str | list[int],
+        prompt: PromptType,
         params: SamplingParams | None = None,
         *,
         priority: int = 0,
         cache_salt: str | None = None,
         arrival_time: float | None = None,
     ) -> Request:
-        """Queue a request. Everything is validated here (typed errors, nothing changed)."""
+        """Queue a request. Everything is validated here (typed errors, nothing changed); an id
+        still in use raises ``DuplicateRequestError``."""
         params = params if params is not None else SamplingParams()
-        if not isinstance(request_id, str) or request_id in self.requests:
-            raise InvalidArgumentError(
-                f"request_id: expected a str not already running, got {request_id!r}"
-            )
+        if check_request_id(request_id) in self.requests:
+            raise DuplicateRequestError(request_id)
         text, ids = validate_request(self, prompt, params, priority, cache_salt)
         return self.add_validated(request_id, text, ids, params, priority, cache_salt, arrival_time)
 
@@ -140,7 +143,11 @@ class LLMEngine:
         arrival_time: float | None = None,
     ) -> Request:
         """Queue a request that :func:`validate_request` already accepted (it reads only what
-        never changes, so another thread may run it while the engine steps)."""
+        never changes, so another thread may run it while the engine steps). Whether the id is
+        free is checked here, where requests are taken in: a second sequence under one id would
+        break the next step for every request."""
+        if request_id in self.requests:
+            raise DuplicateRequestError(request_id)
         self._arrivals += 1
         req = Request(
             request_id,

@@ -201,10 +201,15 @@ class Scheduler:
             try:
                 if hashed is None:
                     got = self.runner.admit(
-                        seq.seq_id, seq.tokens[: start + n], cache_salt=req.cache_salt
+                        seq.seq_id,
+                        seq.tokens[: start + n],
+                        cache_salt=req.cache_salt,
+                        priority=req.priority,
                     )
                 else:
-                    got = self.runner.admit(seq.seq_id, hashed.prefix(start + n))
+                    got = self.runner.admit(
+                        seq.seq_id, hashed.prefix(start + n), priority=req.priority
+                    )
             except OutOfBlocksError:
                 break
             self.waiting.pop(0)

@@ -1,15 +1,17 @@
 """Checks a request must pass before the engine accepts it, so nothing fails later in a step.
 
-A request is refused (``InvalidArgumentError`` naming the numbers, nothing queued) if it is
-empty, has token ids outside the vocabulary, would outgrow the model (prompt + max_tokens >
-max_model_len) or could never fit the KV pool on its own (then preempting everything else would
-still not let it finish).
+A request is refused (``InvalidArgumentError`` naming the numbers, nothing queued) if its
+prompt is in no accepted form (``prompts.py``) or empty, has prompt or stop token ids outside
+the vocabulary, would outgrow the model (prompt + max_tokens > max_model_len) or could never fit
+the KV pool on its own (then preempting everything else would still not let it finish); a
+request id still in use is refused with ``DuplicateRequestError`` where requests are taken in.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pagedkv.engine.prompts import parse_prompt
 from pagedkv.engine.sampling_params import SamplingParams
 from pagedkv.errors import InvalidArgumentError
 
@@ -17,19 +19,30 @@ if TYPE_CHECKING:
     from pagedkv.engine.llm_engine import LLMEngine
 
 
+class DuplicateRequestError(InvalidArgumentError):
+    """A request id that is still in use (submitted and not yet finished) was given again; the
+    new request is refused and the one running under that id is untouched."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"request_id: {request_id!r} is already in use by an unfinished request")
+
+
+def check_request_id(request_id: object) -> str:
+    """A request id must be a str (whether it is free is checked where requests are taken)."""
+    if not isinstance(request_id, str):
+        raise InvalidArgumentError(f"request_id: expected a str, got {request_id!r}")
+    return request_id
+
+
 def prompt_token_ids(engine: LLMEngine, prompt: object) -> tuple[str | None, list[int]]:
-    """``(text or None, token ids)`` of a prompt given as text or as token ids."""
-    if isinstance(prompt, str):
-        if engine.tokenizer is None:
-            raise InvalidArgumentError("prompt: this engine has no tokenizer; pass token ids")
-        return prompt, [int(t) for t in engine.tokenizer.encode(prompt)]
-    if isinstance(prompt, list | tuple) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in prompt
-    ):
-        return None, [int(t) for t in prompt]
-    raise InvalidArgumentError(
-        f"prompt: expected a str or a list of int token ids, got {type(prompt).__name__}"
-    )
+    """``(text or None, token ids)`` of a prompt in any form :func:`parse_prompt` takes."""
+    parsed = parse_prompt(prompt)
+    if not isinstance(parsed, str):
+        return None, parsed
+    if engine.tokenizer is None:
+        raise InvalidArgumentError("prompt: this engine has no tokenizer; pass token ids")
+    return parsed, [int(t) for t in engine.tokenizer.encode(parsed)]
 
 
 def validate_request(
@@ -53,6 +66,11 @@ def validate_request(
     if bad:
         raise InvalidArgumentError(
             f"prompt: token ids must be in [0, {engine.vocab_size}), got {bad[:5]}"
+        )
+    bad = [t for t in params.stop_token_ids if t >= engine.vocab_size]
+    if bad:  # the sampler bans stop tokens until min_tokens by indexing the logits with them
+        raise InvalidArgumentError(
+            f"stop_token_ids: token ids must be in [0, {engine.vocab_size}), got {bad[:5]}"
         )
     total = len(ids) + params.max_tokens
     if total > engine.max_model_len:

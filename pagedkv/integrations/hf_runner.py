@@ -38,7 +38,8 @@ from pagedkv.integrations.hf_attention import (
     PagedStep,
     register_pagedkv_attention,
 )
-from pagedkv.integrations.hf_config import model_kv_dims, model_sliding_window
+from pagedkv.integrations.hf_call import call_model
+from pagedkv.integrations.hf_positions import check_sequence_length
 from pagedkv.integrations.hf_support import check_model_supported
 from pagedkv.integrations.pending_tokens import (
     PendingTokens,
@@ -66,8 +67,9 @@ class PagedModelRunner:
     ) -> None:
         self.model = model
         self.model_config: Any = model.config
-        self.attention_spec = check_model_supported(model)  # refuse by name, before allocating
-        num_layers, kv_heads, head_dim = model_kv_dims(model.config)
+        # Refuse by name before allocating; every config fact below comes from this check.
+        self.attention_spec = spec = check_model_supported(model)
+        num_layers, kv_heads, head_dim = spec.kv_dims
         if config is None:
             config = CacheConfig(
                 block_size=block_size,
@@ -86,10 +88,11 @@ class PagedModelRunner:
         )
         self.backend = get_attention_backend(backend)
         self.device = param.device
-        model_cfg: Any = model.config
-        self.vocab_size = int(model_cfg.vocab_size)  # token ids are checked against it
+        self.vocab_size = spec.vocab_size  # token ids are checked against it
+        # Sequences longer than this are refused (None: no limit); see hf_positions.
+        self.position_limit = spec.position_limit
         register_pagedkv_attention()
-        window = model_sliding_window(model.config)
+        window = spec.released_window
         self.sliding_window = None if window is None else SlidingWindow(window)
         self._pending: PendingTokens = {}
 
@@ -100,22 +103,34 @@ class PagedModelRunner:
         prompt: Sequence[int] | np.ndarray | HashedPrompt,
         *,
         cache_salt: str | None = None,
+        priority: int = 0,
     ) -> int:
         """Allocate blocks for a prompt; returns how many leading tokens were prefix-cache hits
         (their KV is reused, the rest is computed by the next :meth:`forward`). A
-        ``HashedPrompt`` (from ``manager.hash_prompt``, with its salt) is not hashed again."""
+        ``HashedPrompt`` (from ``manager.hash_prompt``, with its salt) is not hashed again.
+        ``priority`` is the manager's (what its ``priority`` preemption policy orders by)."""
         if isinstance(prompt, HashedPrompt):
             ids = token_id_array(
                 np.frombuffer(prompt.data, dtype=np.int64), "prompt", self.vocab_size
             )
+            check_sequence_length(seq_id, len(ids), self.position_limit)
             # the salt is in the prompt's hashes; the manager refuses a second one
             hit = self.manager.admit(
-                seq_id, prompt, cache_salt=cache_salt, sliding_window=self.sliding_window
+                seq_id,
+                prompt,
+                cache_salt=cache_salt,
+                priority=priority,
+                sliding_window=self.sliding_window,
             )
         else:
             ids = token_id_array(prompt, "prompt", self.vocab_size)
+            check_sequence_length(seq_id, len(ids), self.position_limit)
             hit = self.manager.admit(
-                seq_id, ids, cache_salt=cache_salt, sliding_window=self.sliding_window
+                seq_id,
+                ids,
+                cache_salt=cache_salt,
+                priority=priority,
+                sliding_window=self.sliding_window,
             )
         self._pending[seq_id] = (hit, ids[hit:].tolist())
         return hit
@@ -132,6 +147,7 @@ class PagedModelRunner:
         ids = token_id_array(token_ids, "token_ids", self.vocab_size)
         check_not_pending(self._pending, [seq_id])
         start = self.manager.num_tokens(seq_id)
+        check_sequence_length(seq_id, start + len(ids), self.position_limit)
         self.manager.append(seq_id, ids)
         self._pending[seq_id] = (start, ids.tolist())
 
@@ -146,6 +162,8 @@ class PagedModelRunner:
             )
         check_not_pending(self._pending, seq_ids)
         starts = [self.manager.num_tokens(s) for s in seq_ids]
+        for s, start in zip(seq_ids, starts, strict=True):
+            check_sequence_length(s, start + 1, self.position_limit)
         self.manager.append_batch(seq_ids, ids)
         for s, start, t in zip(seq_ids, starts, ids.tolist(), strict=True):
             self._pending[s] = (start, [t])
@@ -190,20 +208,10 @@ class PagedModelRunner:
         # Copy-on-write copies must land before this step's writes.
         self.storage.copy_blocks(self.manager.take_copies())
         last = step.metadata.cu_seqlens_q[1:].to(torch.int64) - 1
-        cfg = self.model_config
-        previous = cfg._attn_implementation
-        cfg._attn_implementation = ATTN_IMPLEMENTATION
-        try:
-            out = self.model(
-                input_ids=input_ids,
-                position_ids=position_ids,
-                use_cache=False,
-                logits_to_keep=last,
-                **{STEP_KWARG: step},
-            )
-            step.check_all_layers_ran()  # a layer that bypassed pagedkv: refuse, don't guess
-        finally:
-            cfg._attn_implementation = previous
+        out = call_model(
+            self.model, ATTN_IMPLEMENTATION, input_ids, position_ids, last, **{STEP_KWARG: step}
+        )
+        step.check_all_layers_ran()  # a layer that bypassed pagedkv: refuse, don't guess
         for s in seq_ids:
             del self._pending[s]
         self.manager.commit(seq_ids)  # their KV is written: full blocks become findable

@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_helpers import drive, greedy, greedy_ref, make_engine, random_prompts, tiny_model
 
-from pagedkv.engine import LLM, SamplingParams
+from pagedkv.engine import LLM, DuplicateRequestError, SamplingParams
 from pagedkv.errors import InvalidArgumentError
 
 PROMPTS = random_prompts([5, 9, 14], seed=51)
@@ -60,6 +60,13 @@ BAD_SUBMISSIONS = [
     pytest.param("x", [5], greedy(4, n=5), {}, id="n-over-max-num-seqs"),
     pytest.param("x", [5], {"temperature": 0}, {}, id="params-dict"),
     pytest.param("a", [5], None, {}, id="duplicate-request-id"),
+    pytest.param("x", {"prompt_token_ids": []}, None, {}, id="tokens-prompt-empty"),
+    pytest.param("x", {"prompt_token_ids": [5, 320]}, None, {}, id="tokens-prompt-over-vocab"),
+    pytest.param("x", {"prompt_token_ids": "ab"}, None, {}, id="tokens-prompt-str"),
+    pytest.param("x", {"prompt": [5]}, None, {}, id="text-prompt-ids"),
+    pytest.param("x", {"prompt": "a", "prompt_token_ids": [5]}, None, {}, id="both-keys"),
+    pytest.param("x", {"prompt": "a", "multi_modal_data": {}}, None, {}, id="unknown-key"),
+    pytest.param("x", {}, None, {}, id="empty-dict"),
     pytest.param(7, [5], None, {}, id="int-request-id"),
     pytest.param(None, [5], None, {}, id="none-request-id"),
     pytest.param("x", [5], None, {"priority": "high"}, id="priority-str"),
@@ -102,6 +109,24 @@ def test_limits_are_inclusive():
     eng.add_request("fits-pool", [5] * 50, greedy(14))  # 64 tokens == the 16 blocks of 4
     run = drive(eng)
     assert run.final["fits-pool"].outputs[0].token_ids == greedy_ref([5] * 50, 14)
+
+
+def test_duplicate_request_id_is_refused_where_requests_are_taken_in(busy_engine):
+    """``add_validated`` (the async engine's way in, after validation on another thread) checks
+    the id itself: a second request under a running id would make the next step raise for
+    every request."""
+    eng = busy_engine
+    before = _state(eng)
+    for add in (
+        lambda: eng.add_request("a", PROMPTS[1], greedy(3)),
+        lambda: eng.add_validated("a", None, PROMPTS[1], greedy(3), 0, None),
+    ):
+        with pytest.raises(DuplicateRequestError, match="'a' is already in use"):
+            add()
+        assert _state(eng) == before
+    run = drive(eng)
+    assert run.final["a"].outputs[0].token_ids == greedy_ref(PROMPTS[0], 8)
+    assert run.final["b"].outputs[0].token_ids == greedy_ref(PROMPTS[2], 8)
 
 
 def test_request_id_reusable_after_finish():

@@ -353,3 +353,31 @@ def test_runner_refuses_a_second_salt_for_a_hashed_prompt():
         eng.runner.admit("x", hashed, cache_salt="b")
     assert "x" not in eng.manager
     assert eng.runner.admit("x", hashed) == 0
+
+
+def test_priority_preemption_policy_spares_the_important_late_arrival():
+    """``preemption_policy="priority"`` orders victims by the manager's per-sequence priority:
+    the engine must hand each request's priority to the manager, or every sequence has
+    priority 0 and the newest one (here the most important) is preempted first."""
+    low_p, high_p = random_prompts([8, 11], seed=31)
+    eng = make_engine(
+        block_size=4, num_blocks=10, scheduling_policy="priority", preemption_policy="priority"
+    )
+    eng.add_request("low", low_p, greedy(20), priority=5)
+    eng.step()  # "low" is admitted first, so "high" is the newer sequence
+    eng.add_request("high", high_p, greedy(20), priority=0)
+    eng.step()
+    victims = []
+    preempt = eng.scheduler._preempt
+
+    def spy(seq):
+        victims.append(seq.request.request_id)
+        preempt(seq)
+
+    eng.scheduler._preempt = spy
+    run = drive(eng)
+    assert victims, "the pool is small enough to force preemption"
+    assert set(victims) == {"low"}
+    assert run.final["high"].metrics.num_preemptions == 0
+    assert run.final["high"].outputs[0].token_ids == greedy_ref(high_p, 20)
+    assert run.final["low"].outputs[0].token_ids == greedy_ref(low_p, 20)
