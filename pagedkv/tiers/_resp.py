@@ -6,7 +6,8 @@ a plain ``GET`` loop moves ~0.2-0.4 GB/s on localhost. This parser keeps small r
 integers, ``OK``) in a small buffer, and ``recv_into``s each large bulk string straight into a
 ``bytearray`` of its exact size: one copy, kernel to value. Plugged in with the client's public
 ``parser_class`` option, so connection handling (pool, AUTH, SELECT, timeouts, TLS) stays the
-client's own.
+client's own. The parser stands alone (it needs nothing from the client's private parser
+classes); its error replies map onto the client's public exception types (``_error``).
 
 Large bulk replies come back as ``bytearray`` (not ``bytes``); the remote tier treats values as
 read-only buffers, so this is fine there (use this parser for nothing else).
@@ -17,15 +18,60 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from valkey._parsers.base import BaseParser
-from valkey.exceptions import ConnectionError, InvalidResponse
+from valkey.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    BusyLoadingError,
+    ConnectionError,
+    ExecAbortError,
+    InvalidResponse,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    ValkeyError,
+)
 
 _CLOSED = "Connection closed by server."
 _BIG = 1 << 16  # bulk strings at least this long are read directly into their own buffer
 _CRLF = b"\r\n"
+# error reply prefix -> the exception the client raises for it (the prefix is dropped)
+_CODES: dict[str, type[ValkeyError]] = {
+    "OOM": OutOfMemoryError,
+    "READONLY": ReadOnlyError,
+    "LOADING": BusyLoadingError,
+    "NOSCRIPT": NoScriptError,
+    "EXECABORT": ExecAbortError,
+    "NOPERM": NoPermissionError,
+    "WRONGPASS": AuthenticationError,
+    "NOAUTH": AuthenticationError,
+}
+# "ERR <message>" replies the connection handles specially (matched in lower case)
+_ERR_MESSAGES: tuple[tuple[str, type[ValkeyError]], ...] = (
+    ("max number of clients reached", ConnectionError),
+    ("invalid password", AuthenticationError),
+    ("wrong number of arguments for 'auth' command", AuthenticationWrongNumberOfArgsError),
+    ("without any password configured", AuthenticationError),
+    ("but no password is set", AuthenticationError),
+)
 
 
-class FastRespParser(BaseParser):
+def _error(reply: str) -> ValkeyError:
+    """The exception for an error reply (``-OOM command not allowed...`` -> OutOfMemoryError),
+    as the client's own parsers type them; anything else is a ``ResponseError``."""
+    code, _, message = reply.partition(" ")
+    if code in _CODES:
+        return _CODES[code](message)
+    if code == "ERR":
+        lowered = message.lower()
+        for phrase, kind in _ERR_MESSAGES:
+            if phrase in lowered:
+                return kind(message)
+    return ResponseError(reply)
+
+
+class FastRespParser:
     """Drop-in ``parser_class`` for ``valkey.Valkey`` (RESP2 only)."""
 
     def __init__(self, socket_read_size: int = 1 << 16) -> None:
@@ -89,7 +135,7 @@ class FastRespParser(BaseParser):
         if kind == b"+":
             return self._decode(rest, raw)
         if kind == b"-":
-            error = self.parse_error(rest.decode("utf-8", errors="replace"))  # type: ignore[no-untyped-call]
+            error = _error(rest.decode("utf-8", errors="replace"))
             if isinstance(error, ConnectionError):
                 raise error
             return error

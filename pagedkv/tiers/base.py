@@ -56,7 +56,7 @@ class TierStats:
     bytes_stored: int = 0  # bytes written into the tier
     load_seconds: float = 0.0
     store_seconds: float = 0.0
-    rejected: int = 0  # values that failed validation (never used as KV)
+    rejected: int = 0  # values that failed validation or were oversized (never used as KV)
     errors: int = 0  # faults: store down/slow/full, I/O errors
     dropped_writes: int = 0  # values not written (fault, over capacity, queue full)
     evicted_bytes: int = 0
@@ -112,18 +112,45 @@ class KVTier(ABC):
             self.record_error("contains_prefix", exc)
             return 0
 
-    def get_many(self, keys: Sequence[bytes]) -> list[Value | None]:
-        """The values of ``keys`` (``None`` = missing or fault), in order, as stored."""
+    def get_many(self, keys: Sequence[bytes], max_bytes: int | None = None) -> list[Value | None]:
+        """The values of ``keys`` (``None`` = missing or fault), in order, as stored.
+
+        ``max_bytes``: the longest value the caller can use (the connector passes the exact
+        size of its blocks). A longer value is answered ``None`` and counted in ``rejected``;
+        tiers check sizes before reading (a foreign writer to a shared store could plant
+        values of any size)."""
         if not keys:
             return []
         t0 = time.perf_counter()
         try:
-            values = self._get_many(keys)
+            values = self._get_many(keys, max_bytes)
         except Exception as exc:
             self.record_error("get_many", exc)
             return [None] * len(keys)
         self._count(bytes_loaded=value_len(values), load_seconds=time.perf_counter() - t0)
+        if max_bytes is not None:
+            values = [self._drop_oversized(v, max_bytes) for v in values]
         return values
+
+    def _drop_oversized(self, value: Value | None, max_bytes: int) -> Value | None:
+        """``value``, or ``None`` (counted) when it is longer than ``max_bytes``."""
+        if value is None or len(value) <= max_bytes:
+            return value
+        self.reject_oversized(len(value), max_bytes)
+        return None
+
+    def reject_oversized(self, size: int, max_bytes: int) -> None:
+        """Count in ``rejected`` (and log once) a value of ``size`` > ``max_bytes`` bytes; a
+        tier calls it for a value it found too long before reading it, and answers ``None``."""
+        self.record_rejected()
+        if "oversized" not in self._logged:
+            self._logged.add("oversized")
+            log.warning(
+                "kv tier %s: rejected a value of %d bytes (at most %d expected)",
+                self.name,
+                size,
+                max_bytes,
+            )
 
     def put_many(self, items: Sequence[tuple[bytes, Value]]) -> None:
         """Store ``(key, value)`` pairs. Idempotent per key (content-addressed); never raises.
@@ -201,7 +228,8 @@ class KVTier(ABC):
         self._count(hit_blocks=blocks, hit_tokens=tokens)
 
     def record_rejected(self, n: int = 1) -> None:
-        """Called by the connector for values that failed validation."""
+        """Called by the connector for values that failed validation (and by ``get_many`` for
+        oversized ones)."""
         self._count(rejected=n)
 
     def _count(self, **deltas: float) -> None:
@@ -214,7 +242,9 @@ class KVTier(ABC):
     def _contains_prefix(self, keys: Sequence[bytes]) -> int: ...
 
     @abstractmethod
-    def _get_many(self, keys: Sequence[bytes]) -> list[Value | None]: ...
+    def _get_many(self, keys: Sequence[bytes], max_bytes: int | None) -> list[Value | None]:
+        """Values of ``keys``. A value longer than ``max_bytes`` should not be read: answer
+        ``None`` and call ``reject_oversized`` (a longer value returned is rejected anyway)."""
 
     @abstractmethod
     def _put_many(self, items: Sequence[tuple[bytes, Value]]) -> list[int]:

@@ -33,6 +33,7 @@ from pagedkv.tiers.format import (
     dtype_code,
     new_value,
     seal,
+    value_size,
 )
 
 log = logging.getLogger("pagedkv.tiers")
@@ -117,13 +118,15 @@ class TieredKVCache:
         """
         self._check_ids("load", chain_hashes, block_ids)
         keys, done = self.keys(chain_hashes), 0
+        # every value this cache can use has this size or less: tiers never read longer ones
+        longest = value_size(max((len(h) for h in chain_hashes), default=0), self._payload_len)
         for ti, tier in enumerate(self.tiers):
             if done == len(keys):
                 break
             run = tier.contains_prefix(keys[done:])
             if not run:
                 continue
-            values = tier.get_many(keys[done : done + run])
+            values = tier.get_many(keys[done : done + run], max_bytes=longest)
             payloads, tokens, end = self._validate(tier, chain_hashes[done:], values)
             if payloads:
                 self._write_blocks(block_ids[done : done + len(payloads)], payloads)

@@ -138,6 +138,11 @@ def block_key(fingerprint: bytes, chain_hash: bytes) -> bytes:
     return KEY_PREFIX + fingerprint.hex().encode() + b":" + chain_hash.hex().encode()
 
 
+def value_size(chain_hash_len: int, payload_len: int) -> int:
+    """Bytes of a value holding a ``payload_len`` payload under a chain hash of that length."""
+    return _FIXED.size + chain_hash_len + payload_len + CHECKSUM_BYTES
+
+
 def header_bytes(
     fingerprint: bytes, chain_hash: bytes, num_tokens: int, payload_len: int, dtype: int
 ) -> bytes:

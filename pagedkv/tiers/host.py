@@ -64,7 +64,7 @@ class HostTier(LocalTier):
                     return i
         return len(keys)
 
-    def _get_many(self, keys: Sequence[bytes]) -> list[Value | None]:
+    def _get_many(self, keys: Sequence[bytes], max_bytes: int | None) -> list[Value | None]:
         out: list[Value | None] = []
         with self._lock:
             for key in keys:

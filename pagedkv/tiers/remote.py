@@ -2,9 +2,19 @@
 
 Why these choices:
 
-* Batches are one round trip each: ``lookup`` pipelines one ``EXISTS`` per key, loads are one
-  ``MGET``, stores one pipeline of ``SET``s. With the zero-copy reply parser (``_resp.py``) a
-  batched load moves several times the bytes/s of a plain ``GET`` loop.
+* Batches take a fixed number of round trips: ``lookup`` one (a pipeline of ``EXISTS``), loads
+  two (a pipeline of ``STRLEN``, then one ``MGET``), stores one (a pipeline of ``SET``s). With
+  the zero-copy reply parser (``_resp.py``) a batched load moves several times the bytes/s of a
+  plain ``GET`` loop.
+* Sizes are checked before values are read: anyone who can write to the shared store could
+  plant a value of any size (hundreds of MB) under a key we read, so a load first asks every
+  value's length (``STRLEN``), then ``MGET``s only the leading run of values no longer than the
+  caller's ``max_bytes`` (our value size); an oversized value is rejected unread. Why not one
+  bounded ``GETRANGE`` per key instead (one round trip, no window): the server copies each
+  range; loading 128 values of 720 KiB it gave 0.68 GB/s against 1.15 GB/s for ``MGET``
+  (median of 7, shared 2-core machine; under heavier load the two were level). The cost of
+  the two round trips is a window in which a value swapped for a bigger one is read once,
+  then rejected.
 * Faults never reach the caller: the server down, slow (socket timeout) or full (``OOM``) is
   logged once, counted in ``stats.errors``, and answered with misses or dropped writes. After a
   connection fault the tier stays quiet for a backoff (doubling up to ``max_backoff_s``), then
@@ -136,17 +146,33 @@ class RemoteTier(KVTier):
         self._ok()
         return held
 
-    def _get_many(self, keys: Sequence[bytes]) -> list[Value | None]:
+    def _get_many(self, keys: Sequence[bytes], max_bytes: int | None) -> list[Value | None]:
         if not self.available:
             return [None] * len(keys)
         out: list[Value | None] = []
         for chunk in self._chunks(keys):
-            values = self._client.mget(list(chunk))
+            values = self._read_chunk(chunk, max_bytes)
             out.extend(values)
             if any(v is None for v in values):
                 break  # callers stop at the first miss; do not fetch past it
         self._ok()
         return out + [None] * (len(keys) - len(out))
+
+    def _read_chunk(self, keys: Sequence[bytes], max_bytes: int | None) -> list[Value | None]:
+        """``MGET``; with ``max_bytes``, only of the leading keys whose ``STRLEN`` is at most
+        that (the first missing or oversized key ends the run, answered ``None``)."""
+        if max_bytes is None:
+            values: list[Value | None] = self._client.mget(list(keys))
+            return values
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.strlen(key)
+        sizes: list[int] = pipe.execute()
+        run = next((i for i, n in enumerate(sizes) if not 0 < n <= max_bytes), len(keys))
+        values = self._client.mget(list(keys[:run])) if run else []
+        if run < len(keys) and sizes[run] > max_bytes:
+            self.reject_oversized(sizes[run], max_bytes)
+        return values + [None] * (len(keys) - len(values))
 
     def _put_many(self, items: Sequence[tuple[bytes, Value]]) -> list[int]:
         if not self.available:

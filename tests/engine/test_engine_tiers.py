@@ -3,16 +3,22 @@ instead of recomputed, the tokens never change, and a store that fails costs onl
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from engine_helpers import greedy, greedy_ref, make_engine, random_prompts
 
 from pagedkv.engine import LLMEngine
+from pagedkv.engine.tiering import weights_revision
 from pagedkv.models import tiny_random_llama
-from pagedkv.tiers import embedded_valkey
+from pagedkv.tiers import TierConfigError, embedded_valkey
+from pagedkv.tiers.embedded import _free_port
 
 valkey = pytest.importorskip("valkey")
 
@@ -160,7 +166,7 @@ def test_serve_cli_accepts_tier_options(tmp_path):
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
-    assert "kv_host_bytes" in res.stderr
+    assert re.search(r"kv[-_]host[-_]bytes", res.stderr)  # the option is named
     assert "Traceback" not in res.stderr
 
 
@@ -178,3 +184,67 @@ def test_write_on_evict_stores_only_what_the_device_lets_go():
     assert again.outputs[0].token_ids == first.outputs[0].token_ids == greedy_ref(LONG, 6)
     assert eng.scheduler.tier_hit_tokens > before
     eng.close()
+
+
+def _bump(model, name: str) -> None:
+    """Change one value in the middle of the tensor ``name`` (in place)."""
+    with torch.no_grad():
+        flat = model.state_dict()[name].view(-1)
+        flat[flat.numel() // 2] += 0.25
+
+
+def test_weights_revision_covers_every_weight():
+    base = tiny_random_llama(0)
+    ref = weights_revision(base.model)
+    assert weights_revision(tiny_random_llama(0).model) == ref  # same weights, same digest
+    names = list(base.model.state_dict())
+    assert len(names) > 8  # more than the old sample of 8 tensors
+    for name in names:
+        model = tiny_random_llama(0).model
+        _bump(model, name)
+        assert weights_revision(model) != ref, name
+
+
+def test_models_differing_in_one_attention_weight_share_no_tier_entries(tmp_path: Path):
+    """A merged LoRA under the same model name: q_proj of layer 0 differs, nothing else."""
+    base, lora = tiny_random_llama(0), tiny_random_llama(0)
+    _bump(lora.model, "model.layers.0.self_attn.q_proj.weight")
+    assert base.name == lora.name
+    disk = str(tmp_path / "kv")
+    first = LLMEngine(base, block_size=4, num_blocks=64, kv_disk_path=disk)
+    _run(first, LONG)
+    first.close()
+    own = LLMEngine(lora, block_size=4, num_blocks=64)  # the tuned model alone, no tiers
+    expected = _run(own, LONG).outputs[0].token_ids
+    own.close()
+    shared = LLMEngine(lora, block_size=4, num_blocks=64, kv_disk_path=disk)
+    out = _run(shared, LONG)
+    assert shared.scheduler.tier_hit_tokens == 0
+    assert out.num_cached_tokens == 0
+    assert out.outputs[0].token_ids == expected
+    shared.close()
+    again = LLMEngine(base, block_size=4, num_blocks=64, kv_disk_path=disk)
+    _run(again, LONG)  # the base model still finds its own entries
+    assert again.scheduler.tier_hit_tokens == 60
+    again.close()
+
+
+def test_embedded_valkey_on_a_fixed_port(caplog):
+    port = _free_port()
+    with caplog.at_level(logging.INFO, logger="pagedkv.tiers"):
+        eng = _engine(kv_remote=f"embedded:{port}")
+    try:
+        assert eng.tiers.embedded.port == port
+        assert f"redis://127.0.0.1:{port}" in caplog.text  # others can join it
+        other = _engine(kv_remote=f"redis://127.0.0.1:{port}")
+        _run(eng, LONG)
+        eng.tiers.cache.flush()
+        _run(other, LONG)
+        assert other.scheduler.tier_hit_tokens == 60
+        other.close()
+        with pytest.raises(TierConfigError, match=f"port {port} is in use"):
+            _engine(kv_remote=f"embedded:{port}")
+    finally:
+        eng.close()
+    with pytest.raises(valkey.ConnectionError):
+        valkey.Valkey(port=port, socket_connect_timeout=1).ping()

@@ -203,3 +203,31 @@ def test_clear_removes_only_our_keys_and_reports_memory(valkey_url: str) -> None
     tier.clear()
     assert admin.keys() == [b"someone-else"]
     admin.close()
+
+
+def test_oversized_value_is_rejected_without_being_read(valkey_url: str) -> None:
+    """A foreign writer plants 32 MiB under a key of the chain: the load stops there, and the
+    server sends a few KiB, not the planted value (sizes first, then only right-sized values)."""
+    st = make_storage()
+    ref = st.kv_cache.clone()
+    tier = RemoteTier(valkey_url)
+    cache = cache_for(st, [tier])
+    hashes = chain(4)
+    cache.store(hashes, [1, 2, 3, 4])
+    admin = valkey.Valkey.from_url(valkey_url)
+    admin.set(cache.keys(hashes)[2], b"\0" * (32 << 20))
+    admin.config_resetstat()
+    sent = int(admin.info("stats")["total_net_output_bytes"])
+    st.kv_cache[:, 5:9] = 7.0
+    assert cache.load(hashes, [5, 6, 7, 8]) == 2
+    sent = int(admin.info("stats")["total_net_output_bytes"]) - sent
+    assert blocks_equal(st, [5, 6], ref, [1, 2])
+    assert bool((st.kv_cache[:, 7:9] == 7.0).all())
+    assert tier.stats.rejected == 1
+    assert sent < 64 << 10, f"the server sent {sent} bytes"
+    assert tier.stats.bytes_loaded <= 2 * (st.bytes_per_block + 256)  # the 2 good blocks
+    calls = admin.info("commandstats")
+    assert "cmdstat_get" not in calls
+    assert calls["cmdstat_strlen"]["calls"] == 4
+    assert calls["cmdstat_mget"]["calls"] == 1
+    admin.close()

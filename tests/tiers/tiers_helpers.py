@@ -80,8 +80,8 @@ class GatedTier(KVTier):
     def _contains_prefix(self, keys):  # type: ignore[no-untyped-def]
         return self.inner.contains_prefix(keys)
 
-    def _get_many(self, keys):  # type: ignore[no-untyped-def]
-        return self.inner.get_many(keys)
+    def _get_many(self, keys, max_bytes):  # type: ignore[no-untyped-def]
+        return self.inner.get_many(keys, max_bytes)
 
     def _put_many(self, items):  # type: ignore[no-untyped-def]
         assert self.gate.wait(10)
