@@ -78,6 +78,8 @@ def filtered_probs(x: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         sorted_p, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_p, 0) - sorted_p  # mass strictly above each token
         drop = before >= p.top_p
+        drop[0] = False  # the most likely token always stays (a top_p below float32's
+        # smallest value, e.g. 1e-300, compares as 0 and would drop every token)
         probs = probs.scatter(0, order[drop], 0.0)
     if p.min_p > 0.0:
         probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)

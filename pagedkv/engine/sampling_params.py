@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 
 from pagedkv.errors import InvalidArgumentError
 
+# Below this temperature sampling is greedy: the limit of sampling as the temperature falls,
+# and dividing float32 logits by less could overflow to inf (1e-40 did). vLLM's rule too.
+GREEDY_TEMPERATURE = 1e-5
+# The smallest repetition penalty: dividing logits by less could overflow float32.
+MIN_REPETITION_PENALTY = 0.01
+
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -37,7 +43,8 @@ def _check_float(
 class SamplingParams:
     """Per-request sampling and stopping.
 
-    ``temperature == 0`` is greedy. ``seed`` makes sampling reproducible whatever else is in the
+    ``temperature`` below ``GREEDY_TEMPERATURE`` (1e-5; 0 included) is greedy; the most likely
+    token always survives ``top_p``. ``seed`` makes sampling reproducible whatever else is in the
     batch and across preemption: each output position draws from its own generator seeded by
     ``(seed, sample index, position)``. ``stop`` strings end the output before the string (it
     may span tokens); ``stop_token_ids`` and the model's EOS end it after the token (EOS is not
@@ -87,7 +94,7 @@ class SamplingParams:
             _check_int("stop_token_ids[i]", t, 0, 2**31 - 1)
         self.stop_token_ids = list(self.stop_token_ids)
         self.repetition_penalty = _check_float(
-            "repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True
+            "repetition_penalty", self.repetition_penalty, MIN_REPETITION_PENALTY, 10.0
         )
         self.presence_penalty = _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0)
         self.frequency_penalty = _check_float(
@@ -98,7 +105,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:

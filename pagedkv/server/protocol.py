@@ -4,7 +4,9 @@ Field names and defaults follow OpenAI's API; ``top_k``, ``min_p``, ``repetition
 ``ignore_eos``, ``min_tokens``, ``cache_salt`` and ``priority`` are the extras vLLM accepts too.
 Unknown fields are ignored (clients send vendor extras), but a feature we cannot honour
 (``echo``, ``best_of > n``, ``suffix``, tools, a JSON response format) is refused with a 400
-rather than silently dropped.
+rather than silently dropped. ``top_p: 0``, which OpenAI accepts, samples the most likely token
+(``top_k = 1``). Text must be valid Unicode: JSON can carry a lone surrogate (``"\\ud800"``),
+which no tokenizer can encode, so it is refused by field name.
 """
 
 from __future__ import annotations
@@ -48,11 +50,12 @@ class _Common(BaseModel):
 
     def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        top_one = self.top_p == 0.0  # OpenAI's top_p 0: the nucleus is the top token alone
         return SamplingParams(
             n=self.n,
             temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
+            top_p=1.0 if top_one else self.top_p,
+            top_k=1 if top_one else self.top_k,
             min_p=self.min_p,
             seed=self.seed,
             max_tokens=max_tokens,
@@ -66,6 +69,15 @@ class _Common(BaseModel):
             logprobs=logprobs,
         )
 
+    def check_text(self) -> None:
+        """Refuse text no tokenizer can encode (a lone surrogate), naming the field."""
+        where = _invalid_text(self.model_dump(), "")
+        if where is not None:
+            raise InvalidArgumentError(
+                f"{where}: text is not valid Unicode (it holds a lone surrogate such as "
+                "'\\ud800'; send UTF-8 text)"
+            )
+
     @property
     def salt(self) -> str | None:
         """The prefix-cache salt: ``cache_salt`` if given, else ``user`` (one tenant's cached
@@ -75,6 +87,27 @@ class _Common(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _invalid_text(value: object, path: str) -> str | None:
+    """The path (``messages[0].content``) of the first string in ``value`` that is not valid
+    Unicode, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _invalid_text(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _invalid_text(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 class CompletionRequest(_Common):
@@ -90,9 +123,10 @@ class CompletionRequest(_Common):
             return [p]
         if not p:
             raise InvalidArgumentError("prompt: expected a non-empty prompt, got []")
-        if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        ids = [x for x in p if isinstance(x, int)]
+        if len(ids) == len(p):
+            return [ids]
+        return [x for x in p if not isinstance(x, int)]
 
     def check_supported(self) -> None:
         if self.echo:

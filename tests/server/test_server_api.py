@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import uuid
 
+import openai
 import pytest
 from server_helpers import MODEL, httpx, sse_events
 
@@ -37,6 +38,18 @@ def test_models_and_health(server):
         assert r.json() == {"status": "ok"}
         r = http.get("/v1/models")
         assert r.json()["object"] == "list"
+
+
+def test_models_retrieve(server):
+    client = server.client()
+    card = client.models.retrieve(MODEL)
+    assert card.id == MODEL
+    assert card.object == "model"
+    assert card.model_extra["max_model_len"] == server.engine.engine.max_request_tokens
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-17")
+    assert info.value.body["code"] == "model_not_found"
+    assert info.value.body["param"] == "model"
 
 
 def test_completion_not_streamed(server):
@@ -326,6 +339,32 @@ def test_streamed_logprobs_cover_every_token(server):
         for t in ch.choices[0].logprobs.token_logprobs
     ]
     assert len(tokens) == chunks[-1].usage.completion_tokens == 24
+
+
+def _offsets_of(tokens: list[str], start: int = 0) -> list[int]:
+    out = []
+    for t in tokens:
+        out.append(start)
+        start += len(t)
+    return out
+
+
+def test_completion_text_offset(server):
+    """``text_offset``: where each token's text starts in the choice's text, whole or streamed
+    (the offsets continue from chunk to chunk)."""
+    kw = {"model": MODEL, "prompt": "offsets", "max_tokens": 12, "temperature": 0, "logprobs": 1}
+    client = server.client()
+    whole = client.completions.create(**kw, n=2, extra_body=IGNORE_EOS)
+    for choice in whole.choices:
+        lp = choice.logprobs
+        assert lp.text_offset == _offsets_of(lp.tokens), lp
+        assert len(lp.text_offset) == 12
+    chunks = list(client.completions.create(**kw, stream=True, extra_body=IGNORE_EOS))
+    tokens = [t for ch in chunks for t in ch.choices[0].logprobs.tokens]
+    offsets = [o for ch in chunks for o in ch.choices[0].logprobs.text_offset]
+    assert len(chunks) > 1
+    assert tokens == whole.choices[0].logprobs.tokens
+    assert offsets == whole.choices[0].logprobs.text_offset
 
 
 # ------------------------------------------------------------------------------- penalties

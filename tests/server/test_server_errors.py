@@ -5,6 +5,7 @@ malformed bodies and fields (400), an unknown model (404), a request over the le
 from __future__ import annotations
 
 import asyncio
+import json
 
 import openai
 import pytest
@@ -52,7 +53,6 @@ BAD_COMPLETIONS = [
     ({"temperature": "hot"}, "temperature"),
     ({"temperature": -1.0}, "temperature"),
     ({"temperature": 1000.0}, "temperature"),
-    ({"top_p": 0.0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
     ({"top_k": -5}, "top_k"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -265,3 +265,114 @@ def test_dead_engine_is_503_not_400():
         check_error(http.get("/health"), 503)
         err = check_error(http.post(COMPLETIONS, json=completion_body()), 503)
         assert "not running" in err["message"]
+
+
+# ------------------------------------------------------- input that used to end in a 500
+def raw_post(server, path, body):
+    """POST ``body`` as JSON text with ``\\uXXXX`` escapes (a lone surrogate cannot be UTF-8)."""
+    with server.http() as http:
+        return http.post(
+            path, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "param"),
+    [
+        (COMPLETIONS, {"prompt": "a\ud800b"}, "prompt"),
+        (COMPLETIONS, {"prompt": ["ok", "x\udfff"]}, "prompt"),
+        (COMPLETIONS, {"stop": ["\ud800"]}, "stop"),
+        (COMPLETIONS, {"user": "\ud800"}, "user"),
+        (CHAT, {"messages": [{"role": "user", "content": "hi \ud800"}]}, "messages"),
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]},
+            "messages",
+        ),
+    ],
+)
+def test_lone_surrogate_is_400_naming_the_field(server, path, fields, param):
+    body = chat_body(**fields) if path == CHAT else completion_body(**fields)
+    err = check_error(raw_post(server, path, body), 400)
+    assert err["param"] == param, err
+    assert "Unicode" in err["message"], err
+
+
+def test_tiny_temperature_and_top_p_are_greedy(server):
+    """Below float32's range they used to divide to inf and fail the request."""
+    prompt = "underflow " * 3
+    greedy = completion_body(prompt=prompt, max_tokens=8, temperature=0, ignore_eos=True)
+    with server.http() as http:
+        want = http.post(COMPLETIONS, json=greedy).json()["choices"][0]["text"]
+        for extra in ({"temperature": 1e-40}, {"top_p": 1e-300, "seed": 3}, {"top_p": 0}):
+            body = {**greedy, "temperature": 1.0, **extra}
+            r = http.post(COMPLETIONS, json=body)
+            assert r.status_code == 200, (extra, r.text)
+            assert r.json()["choices"][0]["text"] == want, extra
+
+
+def test_repetition_penalty_that_overflows_is_400(server):
+    err = check_error(
+        raw_post(server, COMPLETIONS, completion_body(repetition_penalty=1e-300)), 400
+    )
+    assert err["param"] == "repetition_penalty", err
+    assert "0.01" in err["message"], err
+
+
+def test_stop_token_ids_outside_the_vocabulary_are_400(server):
+    vocab = server.engine.engine.vocab_size
+    body = completion_body(stop_token_ids=[5, vocab], min_tokens=1)
+    err = check_error(raw_post(server, COMPLETIONS, body), 400)
+    assert err["param"] == "stop_token_ids", err
+    assert str(vocab) in err["message"], err
+    ok = completion_body(stop_token_ids=[vocab - 1], min_tokens=1)
+    assert raw_post(server, COMPLETIONS, ok).status_code == 200
+
+
+# ---------------------------------------------------------------------- OpenAI's error fields
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"n": 1000}, "n"),
+        ({"seed": -1}, "seed"),
+        ({"min_tokens": 10}, "min_tokens"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"prompt": [99999]}, "prompt"),
+        ({"best_of": 3}, "best_of"),
+    ],
+)
+def test_value_errors_name_the_param(server, fields, param):
+    with server.http() as http:
+        err = check_error(http.post(COMPLETIONS, json=completion_body(**fields)), 400)
+    assert err["param"] == param, err
+    assert err["code"] is None, err
+
+
+def test_error_codes_are_openai_strings(server):
+    with server.http() as http:
+        err = check_error(http.post(COMPLETIONS, json=completion_body(model="nope")), 404)
+        assert err["code"] == "model_not_found", err
+        err = check_error(http.post(COMPLETIONS, json=completion_body(prompt="x" * 600)), 400)
+        assert err["code"] == "context_length_exceeded", err
+        assert err["param"] == "prompt", err
+
+
+# ------------------------------------------------------------- a pool smaller than the model
+def test_pool_smaller_than_the_model_is_advertised_and_named():
+    with running_server(num_blocks=20) as srv:  # 19 usable blocks of 16: 304 < 512 tokens
+        limit = srv.engine.engine.max_request_tokens
+        assert limit < MAX_MODEL_LEN
+        client = srv.client()
+        [card] = client.models.list().data
+        assert card.model_extra["max_model_len"] == limit
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model=MODEL, prompt=[7] * (limit - 4), max_tokens=5)
+        msg = info.value.body["message"]
+        for part in ("--kv-cache-memory", "--num-blocks", str(limit), str(MAX_MODEL_LEN)):
+            assert part in msg, msg
+        r = client.completions.create(  # exactly the advertised length is served
+            model=MODEL, prompt=[7] * (limit - 4), max_tokens=4, extra_body={"ignore_eos": True}
+        )
+        assert r.usage.total_tokens == limit
+        srv.wait_idle()

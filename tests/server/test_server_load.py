@@ -10,7 +10,7 @@ import random
 import time
 from typing import Any
 
-from server_helpers import MODEL, httpx, parse_metrics, running_server, sse_events
+from server_helpers import MODEL, httpx, metric, parse_metrics, running_server, sse_events
 
 
 def totals(server) -> dict[str, float]:
@@ -232,7 +232,8 @@ def test_greedy_exact_under_load(server):
 def test_metrics_match_the_engine():
     with running_server() as srv, srv.http() as http:
         m0 = parse_metrics(http.get("/metrics").text)
-        assert m0["pagedkv:request_success_total"] == 0
+        for reason in ("stop", "length"):
+            assert metric(m0, "request_success_total", finished_reason=reason) == 0
         client = srv.client()
         usages = []
         prompt = "metrics " * 6  # 48 tokens: 3 full blocks, of which 2 are reusable
@@ -268,32 +269,34 @@ def test_metrics_match_the_engine():
             == 400
         )
         assert http.post("/v1/completions", json={"model": "x", "prompt": "y"}).status_code == 404
-        srv.wait_idle()
+        srv.wait_idle()  # and a metrics snapshot published after it
         resp = http.get("/metrics")
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/plain")
         m = parse_metrics(resp.text)
 
     prompt_tokens = sum(u.prompt_tokens for u in usages)
-    assert m["pagedkv:prompt_tokens_total"] == prompt_tokens
-    assert m["pagedkv:generation_tokens_total"] == sum(u.completion_tokens for u in usages)
-    assert m["pagedkv:request_success_total"] == num_requests
-    assert m["pagedkv:prefix_cache_queries_total"] == prompt_tokens  # no preemption
+    assert metric(m, "prompt_tokens_total") == prompt_tokens
+    assert metric(m, "generation_tokens_total") == sum(u.completion_tokens for u in usages)
+    # every request ran to max_tokens (ignore_eos)
+    assert metric(m, "request_success_total", finished_reason="length") == num_requests
+    assert metric(m, "request_success_total", finished_reason="stop") == 0
+    assert metric(m, "prefix_cache_queries_total") == prompt_tokens  # no preemption
     hits = sum(u.prompt_tokens_details.cached_tokens for u in usages)
-    assert m["pagedkv:prefix_cache_hits_total"] == hits >= 32
-    assert m["pagedkv:num_preemptions_total"] == 0
+    assert metric(m, "prefix_cache_hits_total") == hits >= 32
+    assert metric(m, "num_preemptions_total") == 0
     for name in (
         "time_to_first_token_seconds",
         "e2e_request_latency_seconds",
         "request_queue_time_seconds",
         "time_per_output_token_seconds",
     ):
-        assert m[f"pagedkv:{name}_count"] == num_requests, name
-        assert m[f"pagedkv:{name}_bucket{{le=+Inf}}"] == num_requests, name
-        assert m[f"pagedkv:{name}_sum"] >= 0.0, name
+        assert metric(m, f"{name}_count") == num_requests, name
+        assert metric(m, f"{name}_bucket", le="+Inf") == num_requests, name
+        assert metric(m, f"{name}_sum") >= 0.0, name
     assert (
-        m["pagedkv:e2e_request_latency_seconds_sum"]
-        >= m["pagedkv:time_to_first_token_seconds_sum"]
+        metric(m, "e2e_request_latency_seconds_sum")
+        >= metric(m, "time_to_first_token_seconds_sum")
         > 0.0
     )
     for gauge in (
@@ -302,7 +305,7 @@ def test_metrics_match_the_engine():
         "num_requests_swapped",
         "kv_cache_usage_perc",
     ):
-        assert m[f"pagedkv:{gauge}"] == 0.0, gauge
+        assert metric(m, gauge) == 0.0, gauge
 
 
 def test_metrics_gauges_while_busy(server, monkeypatch):
@@ -321,5 +324,5 @@ def test_metrics_gauges_while_busy(server, monkeypatch):
         next(events)
         with server.http() as other:
             m = parse_metrics(other.get("/metrics").text)
-    assert m["pagedkv:num_requests_running"] == 1
-    assert 0.0 < m["pagedkv:kv_cache_usage_perc"] <= 1.0
+    assert metric(m, "num_requests_running") == 1
+    assert 0.0 < metric(m, "kv_cache_usage_perc") <= 1.0

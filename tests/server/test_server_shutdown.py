@@ -1,8 +1,11 @@
-"""``pagedkv serve`` as a real process: it starts on a free port (``--port 0``), serves, and on
-SIGTERM or SIGINT stops accepting, lets the in-flight stream finish, and exits with status 0."""
+"""Shutdown. ``pagedkv serve`` as a real process: it starts on a free port (``--port 0``),
+serves, and on SIGTERM or SIGINT stops accepting, lets the in-flight stream finish, and exits
+with status 0. Past the graceful timeout, what is still in flight ends with an OpenAI error (an
+error event and ``[DONE]`` on a stream, a 503 otherwise) and no traceback is logged."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import signal
@@ -12,20 +15,13 @@ import threading
 import time
 
 import pytest
-from server_helpers import MODEL, httpx, sse_events
+from server_helpers import MODEL, check_error, httpx, running_server, sse_events
 
-STARTUP_TIMEOUT = 60.0
-RUNNING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-
-
-def serve_registered() -> bool:
-    from pagedkv.cli import build_parser
-
-    parser = build_parser()
-    sub = next(
-        (a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)), None
-    )
-    return sub is not None and "serve" in sub.choices
+# Only a hung start reaches this: the wait ends as soon as the server logs that it listens,
+# or fails at once if the process exits (two model loads on a loaded machine can take minutes).
+STARTUP_TIMEOUT = 600.0
+# the URL in the start-up summary (or uvicorn's "running on" line): the socket listens from then
+URL = re.compile(r"http://127\.0\.0\.1:(\d+)")
 
 
 def serve_command(*args: str) -> list[str]:
@@ -50,19 +46,36 @@ class ServeProcess:
             self.lines.put(line)
 
     def wait_port(self) -> int:
+        """The port the server logs it serves on, once it answers ``/health``."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             try:
                 line = self.lines.get(timeout=0.2)
             except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
+                if self.proc.poll() is not None and self.lines.empty():
+                    break  # exited, and every line it wrote was read
                 continue
-            m = RUNNING.search(line)
+            m = URL.search(line)
             if m:
+                self.wait_healthy(int(m.group(1)), deadline)
                 return int(m.group(1))
+        alive = self.proc.poll() is None
         self.kill()
-        raise AssertionError("pagedkv serve did not start:\n" + "".join(self.log))
+        why = f"still starting after {STARTUP_TIMEOUT:g} s" if alive else "exited"
+        raise AssertionError(f"pagedkv serve did not start ({why}):\n" + "".join(self.log))
+
+    def wait_healthy(self, port: int, deadline: float) -> None:
+        """Poll ``/health`` until it answers 200 (a listening socket may queue connections
+        until the server accepts them), failing at once if the process exits."""
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise AssertionError("pagedkv serve never answered /health:\n" + "".join(self.log))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -74,6 +87,8 @@ def stream_then_signal(server: ServeProcess, sig: signal.Signals) -> None:
     port = server.wait_port()
     url = f"http://127.0.0.1:{port}"
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    big = {"model": MODEL, "prompt": "x" * 3000}  # over the --max-body-bytes 2KB below
+    assert httpx.post(f"{url}/v1/completions", json=big, timeout=30).status_code == 413
     body = {
         "model": MODEL,
         "prompt": "shutdown",
@@ -91,15 +106,14 @@ def stream_then_signal(server: ServeProcess, sig: signal.Signals) -> None:
     # the in-flight request was allowed to finish
     assert rest[-1] == "[DONE]", rest[-3:]
     assert rest[-2]["usage"]["completion_tokens"] == 300
-    code = server.proc.wait(30)
+    code = server.proc.wait(120)
     assert code == 0, f"{sig.name}: exit status {code}\n" + "".join(server.log)
+    assert "Traceback" not in "".join(server.log)
     with pytest.raises(httpx.TransportError):  # nobody listens any more
         httpx.get(f"{url}/health", timeout=2)
 
 
 def test_graceful_shutdown_with_stream_in_flight():
-    if not serve_registered():
-        pytest.skip("`pagedkv serve` is not registered in pagedkv/cli.py yet")
     args = (
         "--model",
         "tiny-random",
@@ -109,8 +123,10 @@ def test_graceful_shutdown_with_stream_in_flight():
         "64",
         "--served-model-name",
         MODEL,
+        "--max-body-bytes",
+        "2KB",
         "--graceful-timeout",
-        "20",
+        "300",  # far longer than the stream: it must finish, however loaded the machine
         "--log-level",
         "info",
     )
@@ -122,3 +138,57 @@ def test_graceful_shutdown_with_stream_in_flight():
     finally:
         for server in servers.values():
             server.kill()
+
+
+# ------------------------------------------------------------------ past the graceful timeout
+class Records(logging.Handler):
+    """Every log record of the loggers it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_requests_past_the_graceful_timeout_end_with_openai_errors(monkeypatch):
+    with running_server(graceful_timeout=0.5) as srv:
+        records = Records()
+        loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "pagedkv")]
+        for lg in loggers:
+            lg.addHandler(records)
+        runner = srv.engine.engine.runner
+        forward = runner.forward
+        # slow steps: each request needs far more than the graceful timeout
+        monkeypatch.setattr(runner, "forward", lambda ids: (time.sleep(0.02), forward(ids))[1])
+        body = {"model": MODEL, "prompt": "drain", "max_tokens": 480, "ignore_eos": True}
+        whole: list[httpx.Response] = []
+        waiter = threading.Thread(
+            target=lambda: whole.append(httpx.post(f"{srv.url}/v1/completions", json=body))
+        )
+        try:
+            with httpx.stream(
+                "POST", f"{srv.url}/v1/completions", json=dict(body, stream=True), timeout=60
+            ) as r:
+                events = sse_events(r.iter_lines())
+                assert "choices" in next(events)
+                waiter.start()
+                while srv.state()[0] < 2:  # both requests in the engine
+                    time.sleep(0.01)
+                srv.uvicorn.should_exit = True  # what SIGTERM does
+                rest = list(events)
+            waiter.join(60)
+        finally:
+            for lg in loggers:
+                lg.removeHandler(records)
+    assert rest[-1] == "[DONE]", rest[-3:]
+    err = rest[-2]["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert "graceful timeout (0.5 s)" in err["message"], err
+    assert all("choices" in e for e in rest[:-2])  # tokens, then the error, then [DONE]
+    [resp] = whole
+    assert "graceful timeout" in check_error(resp, 503)["message"]
+    logged = [r.getMessage() + (str(r.exc_info) if r.exc_info else "") for r in records.records]
+    assert not [m for m in logged if "Cancel" in m or "Traceback" in m or "Exception" in m], logged
+    assert any("ending 2 requests" in m for m in logged), logged
