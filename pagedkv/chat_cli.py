@@ -9,10 +9,13 @@ to stderr (tokens, time to first token, tokens/s, prompt tokens served from the 
 each turn's prompt starts with the previous one and is mostly served from the prefix cache. It
 reads one user message per line, from a terminal or a pipe (``printf 'Hi\\n/exit\\n' | pagedkv
 chat``); ``/exit``, ``/quit`` or end of input ends it, ``/reset`` forgets the conversation, and
-Ctrl-C while an answer streams stops that answer only.
+Ctrl-C while an answer streams stops that answer only: the conversation goes on, with the
+partial answer kept as the assistant's turn (a line on stderr says so); at the prompt of a
+terminal it ends nothing either (one that comes just after an answer ended lands there).
 
 Ordinary mistakes (a model path that does not exist, an out-of-range value) are reported as one
-``pagedkv generate: error: ...`` line and exit status 2. ``--model tiny-random`` is a seeded
+``pagedkv COMMAND: error: ...`` line and exit status 2, before the model loads where they can be
+told without it. ``--model tiny-random`` is a seeded
 random-weight tiny Llama with a byte tokenizer, built in code: offline and fast, for tests (its
 text is gibberish).
 """
@@ -29,6 +32,7 @@ from pagedkv.cli_options import (
     add_engine_arguments,
     add_model_arguments,
     add_sampling_arguments,
+    plain,
 )
 from pagedkv.cli_setup import (
     engine_config_from,
@@ -76,21 +80,28 @@ def stream(
     request is aborted (its blocks freed at once) and ``KeyboardInterrupt`` propagates."""
     engine.add_request(request_id, prompt, params)
     final: RequestOutput | None = None
+    written: list[str] = []
     interrupted: list[int] = []
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, lambda s, f: interrupted.append(s)) if in_main else None
     try:
         while final is None:
             if interrupted:
-                raise KeyboardInterrupt
+                raise AnswerInterrupted("".join(written))
             for o in engine.step():
                 if o.request_id != request_id:
                     continue
                 if o.outputs[0].delta_text:
+                    written.append(o.outputs[0].delta_text)
                     out.write(o.outputs[0].delta_text)
                     out.flush()
                 if o.finished:
                     final = o
+    except KeyboardInterrupt as exc:  # also one raised inside a step: keep what was shown
+        engine.abort(request_id)
+        if isinstance(exc, AnswerInterrupted):
+            raise
+        raise AnswerInterrupted("".join(written)) from exc
     except BaseException:
         engine.abort(request_id)
         raise
@@ -104,6 +115,14 @@ def stream(
 
 class GenerationError(PagedKVError):
     """A request failed inside the engine (the engine logged why)."""
+
+
+class AnswerInterrupted(KeyboardInterrupt):
+    """Ctrl-C while an answer streamed; ``text`` is what had been written of it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 def stats_line(o: RequestOutput) -> str:
@@ -193,9 +212,12 @@ def _chat(args: argparse.Namespace) -> int:
     while True:
         try:
             line = _read_line(interactive)
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            break
+        except KeyboardInterrupt:  # e.g. a Ctrl-C meant for an answer that had just ended
+            if not interactive:
+                print(file=sys.stderr)
+                break
+            print("\n[Ctrl-C: the conversation is kept; /exit or Ctrl-D ends it]", file=sys.stderr)
+            continue
         if line is None or line.strip() in EXIT_COMMANDS:
             break
         if not line.strip():
@@ -209,8 +231,13 @@ def _chat(args: argparse.Namespace) -> int:
         try:
             prompt = apply_chat_template(engine.tokenizer, messages)
             result = stream(engine, f"chat-{turn}", prompt, params, sys.stdout)
-        except KeyboardInterrupt:  # stop this answer only; the turn is forgotten
-            print("\n[answer interrupted]", file=sys.stderr)
+        except AnswerInterrupted as stop:  # stop this answer only; the conversation goes on
+            if stop.text.strip():
+                history = [*messages, {"role": "assistant", "content": stop.text}]
+                kept = "the partial answer stays in the conversation"
+            else:
+                kept = "nothing was answered: that message is dropped, the rest is kept"
+            print(f"\n[answer interrupted: {kept}]", file=sys.stderr)
             continue
         except PagedKVError as exc:  # e.g. the conversation outgrew the model: say so, go on
             print(f"\npagedkv chat: error: {exc}", file=sys.stderr)
@@ -228,7 +255,7 @@ def add_generate_parser(sub: Any) -> None:
         "generate",
         help="stream a model's answer to one prompt",
         description="Generate text for PROMPT and stream it to stdout; statistics go to stderr.",
-        epilog=__doc__,
+        epilog=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("prompt", metavar="PROMPT", help="the prompt ('-' reads it from stdin)")
@@ -245,7 +272,7 @@ def add_chat_parser(sub: Any) -> None:
         description="Chat with a model: one message per line on stdin (a terminal or a pipe), "
         "answers streamed to stdout. /reset forgets the conversation; /exit or end "
         "of input ends it.",
-        epilog=__doc__,
+        epilog=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(p)

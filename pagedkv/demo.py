@@ -5,9 +5,11 @@ system prompt and arrive one per engine step while the earlier ones are still de
 (continuous batching). Later requests find the system prompt's blocks in the prefix cache; one
 request asks for two samples (n=2: the prompt is computed once and forked, copy-on-write); and
 the KV pool is deliberately small, so the scheduler must preempt running requests and recompute
-them later (each still gets exactly the answer it would have got alone). Each answer is printed
-when it finishes, then the engine's statistics. On two CPU cores serving takes about 5 s and
-the whole command about 15 s (the first run also converts the model once: ~25 s more).
+them later (each still gets exactly the answer it would have got alone). Answers are printed
+in request order, each once it and all before it have finished, then the engine's
+statistics, each labelled with what it counts. On two CPU cores serving takes about 5 s and
+the whole command about 15 s (the first run also converts the model once: 32 s more on a busy
+machine; it prints each stage).
 
 ``pagedkv demo --blocks`` is the offline tour of the block manager alone (no model, no torch,
 ``pagedkv.simulator.tour``): chat requests share a few prompts of skewed popularity through the
@@ -54,7 +56,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         default=32,
         help="engine demo: most tokens per answer (default 32)",
     )
-    add_threads_argument(ap, default=1)  # steady on a shared machine; ~5 s of serving on SmolLM2
+    add_threads_argument(ap)
     ap.add_argument(
         "--requests", type=int, default=None, help="--blocks: requests to run (default 48)"
     )

@@ -59,10 +59,15 @@ def run_engine_demo(
     defaults to what the longest request needs alone plus two: every request fits, but the
     running ones outgrow the pool as they decode, so the scheduler has to preempt (8 blocks on
     SmolLM2)."""
-    from pagedkv.cli_setup import load_cli_model
+    from pagedkv.cli_setup import check_eviction_policy, load_cli_model
     from pagedkv.engine import EngineConfig, LLMEngine, RequestOutput, SamplingParams
     from pagedkv.engine.llm import apply_chat_template
     from pagedkv.models import LoadedModel
+
+    # every option is checked before the model loads
+    SamplingParams(max_tokens=max_tokens)
+    EngineConfig(num_blocks=num_blocks, block_size=block_size)
+    check_eviction_policy(policy, "--policy")
 
     say: Callable[..., None] = (
         functools.partial(print, flush=True)
@@ -93,13 +98,15 @@ def run_engine_demo(
     )
     say(
         f"{len(REQUESTS)} chat requests share a {sys_tokens}-token system prompt and arrive one "
-        "per step; one asks for n=2 samples\n"
+        "per step; req-5 asks for n=2 samples. Answers are printed in request order, each "
+        "once it and those before it have finished:\n"
     )
 
     pending = list(enumerate(REQUESTS))
     finals: dict[str, RequestOutput] = {}
     questions: dict[str, DemoRequest] = {}
     width = max(len(r.question) for r in REQUESTS)
+    shown = 0  # answers printed so far, in request order
     t_serve = time.perf_counter()
     while pending or engine.has_unfinished_requests():
         if pending:  # one arrival per step, while the earlier requests run
@@ -120,13 +127,15 @@ def run_engine_demo(
         for out in engine.step():
             if out.finished:
                 finals[out.request_id] = out
-                _print_answer(say, out, questions[out.request_id].question, width)
+        while (rid := f"req-{shown + 1}") in finals:
+            _print_answer(say, finals[rid], questions[rid].question, width)
+            shown += 1
         engine.check_integrity()
     serve_s = time.perf_counter() - t_serve
     stats = _engine_stats(engine, finals, questions, serve_s, load_s)
     say("\nengine statistics")
     for name, value in _stat_rows(stats):
-        say(f"  {name:<30} {value}")
+        say(f"  {name:<32} {value}")
     return stats
 
 
@@ -188,34 +197,46 @@ def _engine_stats(
 
 
 def _stat_rows(s: dict[str, Any]) -> list[tuple[str, object]]:
+    """The statistics as (label, value) rows; every number is labelled with what it counts."""
     ttft = (
         f"mean {s['ttft_mean']:.2f} s, max {s['ttft_max']:.2f} s"
         if s["ttft_mean"] is not None
         else "-"
     )
+    prompt = s["prompt_tokens"]
+    share = s["cached_prompt_tokens"] / prompt if prompt else 0.0
+    unchecked = s["requests"] - s["answers_checked"]
     return [
         (
             "requests / sequences",
-            f"{s['requests']} / {s['sequences']}"
+            f"{s['requests']} / {s['sequences']} (req-5 has two samples)"
             + (f" ({s['errors']} failed)" if s["errors"] else ""),
         ),
-        ("prompt / generated tokens", f"{s['prompt_tokens']} / {s['generated_tokens']}"),
+        ("prompt / generated tokens", f"{prompt} / {s['generated_tokens']}"),
         (
-            "prefix cache",
-            f"{s['cached_prompt_tokens']} prompt tokens cached at admission; "
-            f"hit rate {s['prefix_hit_rate']:.1%} ({s['prefix_hit_tokens']} "
-            "tokens, re-admissions included)",
+            "prompt tokens from prefix cache",
+            f"{s['cached_prompt_tokens']} of {prompt} ({share:.0%}), found when each request "
+            "was first admitted",
         ),
-        ("preemptions (recompute)", s["preemptions"]),
-        ("forks / copy-on-write copies", f"{s['forks']} / {s['cow_copies']}"),
+        (
+            "preemptions (recompute)",
+            f"{s['preemptions']} (a preempted request is admitted again later)",
+        ),
+        ("forks / copy-on-write copies", f"{s['forks']} / {s['cow_copies']} (for req-5's n=2)"),
         ("cached blocks evicted", s["evictions"]),
         ("peak pool usage", f"{s['peak_usage']:.0%}"),
         (
             "tokens computed by the model",
-            f"{s['computed_tokens']} (prompts, recomputation and decodes)",
+            f"{s['computed_tokens']} (prompt tokens not from the cache, recomputation after "
+            "preemption, and decodes)",
         ),
         ("steps / time", f"{s['steps']} in {s['serve_seconds']:.1f} s"),
         ("throughput", f"{s['tokens_per_second']:.1f} generated tokens/s"),
         ("time to first token", ttft),
-        ("answers with the expected fact", f"{s['answers_correct']} of {s['answers_checked']}"),
+        (
+            "answers with the expected fact",
+            f"{s['answers_correct']} of {s['answers_checked']} quiz questions"
+            + (f" ({unchecked} open question not checked)" if unchecked == 1 else "")
+            + (f" ({unchecked} open questions not checked)" if unchecked > 1 else ""),
+        ),
     ]

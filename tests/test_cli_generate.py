@@ -133,13 +133,13 @@ def test_generate_reads_the_prompt_from_stdin(
         (["--top-p", "0"], "top_p"),
         (["--preemption-mode", "later"], "argument --preemption-mode: invalid choice"),
         (["--num-blocks", "0"], "num_blocks: expected a positive int"),
-        (["--eviction-policy", "mru"], "unknown eviction_policy 'mru'"),
+        (["--eviction-policy", "mru"], "--eviction-policy: unknown eviction policy 'mru'"),
         (["--backend", "nope"], "attention backend"),
         (["--model", "/nonexistent/model"], "model '/nonexistent/model' not found"),
         (["--max-tokens", "100000"], "exceeds the model's max_model_len"),
         (["--no-chat", "--system", "be brief"], "--system needs the chat template"),
         (["--dtype", "int8"], "unknown dtype"),
-        (["--threads", "-1"], "--threads: expected an int >= 0, got -1"),
+        (["--threads", "-1"], "argument --threads: expected 'auto' or an int >= 0, got '-1'"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(

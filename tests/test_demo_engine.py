@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -23,16 +24,39 @@ from pagedkv.demo_engine import REQUESTS, run_engine_demo
 MAX_TOKENS = 16
 
 
-def check_output(text: str) -> None:
+def check_output(text: str, s: dict[str, Any]) -> None:
+    """Every printed line agrees with the others and with the statistics returned."""
     for r in REQUESTS:
         assert r.question in text
+    # answers in request order: req-1 .. req-8, each question on its request's line
+    heads = [line.split()[0] for line in text.splitlines() if line.startswith("req-")]
+    assert heads == [f"req-{i + 1}" for i in range(len(REQUESTS))]
+    for i, r in enumerate(REQUESTS):
+        assert f"{f'req-{i + 1}':<6} {r.question}" in text
+    rows = {
+        line[2:35].strip(): line[35:]
+        for line in text.split("engine statistics", 1)[1].splitlines()
+        if line.startswith("  ")
+    }
+    assert rows["requests / sequences"].startswith(f"{s['requests']} / {s['sequences']} ")
+    cached = sum(
+        int(m) for m in re.findall(r"prompt tokens, (\d+) cached", text)
+    )  # per-request numbers add up to the total
+    assert cached == s["cached_prompt_tokens"]
+    assert rows["prompt tokens from prefix cache"].startswith(f"{cached} of {s['prompt_tokens']} ")
+    checked = sum(1 for r in REQUESTS if r.expect)
+    assert rows["answers with the expected fact"] == (
+        f"{s['answers_correct']} of {checked} quiz questions "
+        f"({len(REQUESTS) - checked} open question not checked)"
+    )
+    assert rows["preemptions (recompute)"].startswith(f"{s['preemptions']} ")
     assert text.count("-> ") == sum(r.n for r in REQUESTS)
     assert "#2-> " in text  # the n=2 request shows both samples
     stats_part = text.split("engine statistics", 1)[1]
     for row in (
         "requests / sequences",
         "prompt / generated tokens",
-        "prefix cache",
+        "prompt tokens from prefix cache",
         "preemptions",
         "forks / copy-on-write copies",
         "throughput",
@@ -65,8 +89,8 @@ def test_engine_demo_does_what_it_says() -> None:
     buf = io.StringIO()
     with torch_threads(1), contextlib.redirect_stdout(buf):  # as `pagedkv demo` runs it
         small = run_engine_demo(model=tiny, max_tokens=MAX_TOKENS)
-    check_output(buf.getvalue())
     check_stats(small)
+    check_output(buf.getvalue(), small)
     # preempted requests get exactly the answers they get from a pool that fits everyone
     with torch_threads(1):
         roomy = run_engine_demo(model=tiny, max_tokens=MAX_TOKENS, num_blocks=400, verbose=False)
@@ -92,3 +116,26 @@ def test_block_manager_tour_is_still_there(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert out.startswith("pool: ")
     assert "prefix hit rate (tokens)" in out
+
+
+def test_block_manager_tour_lines_agree(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every fork shown belongs to a request shown just above it, and the block counts add up."""
+    assert main(["demo", "--blocks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown: list[str] = []
+    for line in lines:
+        if m := re.match(r"(req\d+): ", line):
+            shown.append(m[1])
+        if m := re.match(r"  (req\d+) forked into (req\d+)\.b;", line):
+            assert m[1] == m[2] == shown[-1], line
+    assert len(shown) > 4
+    value = {
+        line[2:31].strip(): int(line[31:].split()[0])
+        for line in lines
+        if line.startswith(("  blocks ", "  cached blocks reused"))
+    }
+    assert (
+        value["blocks released"]
+        == value["blocks allocated"] + value["cached blocks reused by hits"]
+    )
+    assert value["cached blocks reused by hits"] > 0

