@@ -64,6 +64,8 @@ BAD = [
     (["serve", "--backend", "cuda"], "--backend"),
     (["serve", "--host", "no-such-host.invalid"], "--host: cannot resolve"),
     (["serve", "--port", "70000"], "--port"),
+    (["serve", "--kv-remote", "embedded:abc"], "embedded:PORT"),
+    (["generate", "hi", "--kv-remote", "http://x"], "redis://"),
     (["demo", "--num-blocks", "0"], "num_blocks"),
     (["demo", "--max-tokens", "0"], "max_tokens"),
     (["demo", "--policy", "nope"], "--policy: unknown eviction policy 'nope'"),

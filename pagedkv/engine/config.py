@@ -102,6 +102,10 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: expected an int >= 0, got {value!r}")
+        if self.kv_remote is not None:
+            from pagedkv.tiers.embedded import check_kv_remote
+
+            check_kv_remote(self.kv_remote)
         if self.kv_tier_write not in ("through", "evict"):
             raise ConfigError(
                 f"kv_tier_write: expected 'through' or 'evict', got {self.kv_tier_write!r}"

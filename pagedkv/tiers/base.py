@@ -42,6 +42,10 @@ class TierConfigError(TierError, InvalidArgumentError):
     """A tier argument is out of range or inconsistent."""
 
 
+# URL schemes a remote (Valkey/Redis) tier accepts.
+REMOTE_SCHEMES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")
+
+
 @dataclass
 class TierStats:
     """Counters of one tier. ``hit_*``/``rejected`` are recorded by the connector (it validates);

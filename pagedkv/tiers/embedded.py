@@ -24,7 +24,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from pagedkv.tiers.base import TierConfigError, TierError
+from pagedkv.tiers.base import REMOTE_SCHEMES, TierConfigError, TierError
 
 log = logging.getLogger("pagedkv.tiers")
 
@@ -100,6 +100,20 @@ def embedded_port(spec: str) -> int | None:
             f"kv remote {spec!r}: expected 'embedded' or 'embedded:PORT' with PORT in 1..65535"
         )
     return int(text)
+
+
+def check_kv_remote(spec: object) -> None:
+    """Refuse a ``kv_remote`` value no tier could use (``TierConfigError``), before anything
+    is loaded: ``embedded``, ``embedded:PORT`` or a URL of one of ``REMOTE_SCHEMES``."""
+    if not isinstance(spec, str):
+        raise TierConfigError(f"kv remote: expected a str, got {spec!r}")
+    if is_embedded(spec):
+        embedded_port(spec)
+    elif not spec.startswith(REMOTE_SCHEMES):
+        raise TierConfigError(
+            f"kv remote {spec!r}: expected 'embedded', 'embedded:PORT' or a URL starting with "
+            f"one of {', '.join(REMOTE_SCHEMES)}"
+        )
 
 
 def embedded_valkey(

@@ -41,12 +41,11 @@ from valkey.exceptions import ConnectionError as VkConnectionError
 from valkey.exceptions import TimeoutError as VkTimeoutError
 
 from pagedkv.tiers._resp import FastRespParser
-from pagedkv.tiers.base import KVTier, TierConfigError, Value
+from pagedkv.tiers.base import REMOTE_SCHEMES, KVTier, TierConfigError, Value
 from pagedkv.tiers.format import KEY_PREFIX
 
 log = logging.getLogger("pagedkv.tiers")
 
-SCHEMES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")
 _CONNECTION_FAULTS = (VkConnectionError, VkTimeoutError, OSError)
 
 
@@ -77,8 +76,8 @@ class RemoteTier(KVTier):
         key_prefix: bytes = KEY_PREFIX,
     ) -> None:
         super().__init__()
-        if not url.startswith(SCHEMES):
-            raise TierConfigError(f"remote tier url: expected one of {SCHEMES}, got {url!r}")
+        if not url.startswith(REMOTE_SCHEMES):
+            raise TierConfigError(f"remote tier url: expected one of {REMOTE_SCHEMES}, got {url!r}")
         if timeout_s <= 0 or connect_timeout_s <= 0 or backoff_s < 0 or max_keys_per_call < 1:
             raise TierConfigError("remote tier: timeouts and max_keys_per_call must be > 0")
         self.url = url
