@@ -44,8 +44,10 @@ Greedy agreement: the fraction of requests whose useful token ids are identical 
 (b) / (c), and where the others first diverge (batched / padded fp32 arithmetic differs in the
 last bits, which can flip near-ties; a flip changes the rest of the answer).
 
-Engine overhead (a): ``engine.totals`` gives step time and ``runner.forward`` time; forward hooks
-on the HF model time the model's own forward of the same packed batch inside each step.
+Engine overhead (a): ``engine.totals`` gives step time and ``runner.forward`` time; the model's
+own forward of the same packed batch inside each step is timed by wrapping the native Llama
+forward (Llama models) or by forward hooks on the HF model (other families; a hook on a Llama
+would send its steps to the HF path).
 Reported: (step - runner.forward) / step and (step - model forward) / step (target <= 10%).
 
 Targets (issue 9, side by side in one run): a/b >= 2, a/c >= 1.5, overhead <= 10%.
@@ -75,6 +77,7 @@ from _workload import Workload, chat_workload, random_workload
 
 from pagedkv.engine import LLM, SamplingParams
 from pagedkv.engine.kv_sizing import kv_bytes_per_block
+from pagedkv.integrations.hf_support import check_model_supported
 from pagedkv.models import LoadedModel, load_model, random_llama_50m
 
 TARGET_B, TARGET_C, TARGET_OVERHEAD = 2.0, 1.5, 0.10
@@ -174,7 +177,21 @@ def run_pagedkv(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Names
     def post(module: Any, inputs: Any, output: Any) -> None:
         model_time[0] += time.perf_counter() - started[0]
 
-    hooks = [lm.model.register_forward_pre_hook(pre), lm.model.register_forward_hook(post)]
+    native = eng.runner.native
+    hooks = []
+    if native is not None:
+        # The native Llama forward: time it directly (a hook would send steps to the HF path).
+        forward = native.forward
+
+        def timed(*a: Any) -> Any:
+            pre(None, None)
+            out = forward(*a)
+            post(None, None, out)
+            return out
+
+        setattr(native, "forward", timed)  # noqa: B010
+    else:
+        hooks = [lm.model.register_forward_pre_hook(pre), lm.model.register_forward_hook(post)]
     params = [SamplingParams(temperature=0.0, max_tokens=m) for m in wl.max_tokens]
     try:
         t0 = time.perf_counter()
@@ -497,7 +514,7 @@ def agreement(ref: list[list[int]], other: list[list[int]]) -> dict[str, Any]:
 
 def kv_bytes_per_token(lm: LoadedModel) -> int:
     dtype = next(lm.model.parameters()).dtype
-    return kv_bytes_per_block(lm.model.config, 1, dtype)
+    return kv_bytes_per_block(check_model_supported(lm.model).kv_dims, 1, dtype)
 
 
 def build(model: str, args: argparse.Namespace) -> tuple[LoadedModel, Workload]:
@@ -672,7 +689,7 @@ def print_report(rep: dict[str, Any]) -> None:
         i, o = sy["a"]["info"], rep["overhead"]
         print(
             f"   engine overhead: step {i['step_time_s']:.2f} s, runner.forward "
-            f"{i['runner_forward_time_s']:.2f} s, model forward (hooks, same packed batches) "
+            f"{i['runner_forward_time_s']:.2f} s, model forward (same packed batches) "
             f"{i['model_forward_time_s']:.2f} s -> (step - forward)/step = "
             f"{100 * o['value']:.1f}% ({100 * o['vs_model_forward']:.1f}% vs the model "
             f"forward alone); target <= {100 * TARGET_OVERHEAD:.0f}%: "

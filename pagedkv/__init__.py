@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from pagedkv import _omp  # noqa: F401  (first: sets libgomp's spin count before torch loads)
 from pagedkv.core import (
     BlockManager,
     CacheConfig,

@@ -4,28 +4,29 @@ pays for)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from pagedkv.core import CacheConfig
 from pagedkv.engine.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
-from pagedkv.integrations.hf_config import model_kv_dims
 
 
-def kv_bytes_per_block(model_config: Any, block_size: int, dtype: torch.dtype) -> int:
-    layers, kv_heads, head_dim = model_kv_dims(model_config)
+def kv_bytes_per_block(kv_dims: tuple[int, int, int], block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of K and V one block holds. ``kv_dims``: ``(num_layers, num_kv_heads, head_dim)``,
+    as the support check found them (``ModelAttention.kv_dims``)."""
+    layers, kv_heads, head_dim = kv_dims
     elem = torch.empty(0, dtype=dtype).element_size()
     return 2 * layers * kv_heads * head_dim * block_size * elem
 
 
-def engine_cache_config(config: EngineConfig, model_config: Any, dtype: torch.dtype) -> CacheConfig:
+def engine_cache_config(
+    config: EngineConfig, kv_dims: tuple[int, int, int], dtype: torch.dtype
+) -> CacheConfig:
     """The pool for a model whose KV is ``dtype``: ``config.num_blocks`` usable blocks, else as
     many as ``config.kv_cache_memory`` (default 256 MiB) pays for, at least one."""
     usable = config.num_blocks or max(
         1,
         (config.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY)
-        // kv_bytes_per_block(model_config, config.block_size, dtype),
+        // kv_bytes_per_block(kv_dims, config.block_size, dtype),
     )
     # usable blocks plus the null block, as CacheConfig.from_memory_budget sizes a budget
     return CacheConfig(

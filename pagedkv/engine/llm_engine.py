@@ -53,10 +53,12 @@ class LLMEngine:
         self.max_model_len = min(
             cfg.max_model_len or self.loaded.max_model_len, self.loaded.max_model_len
         )
-        check_model_supported(hf)  # a typed refusal before the config is read below
-        self.vocab_size = int(hf.config.vocab_size)
-        cache = engine_cache_config(cfg, hf.config, next(hf.parameters()).dtype)
-        self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend)
+        # A typed refusal before anything is sized; the sizes come from its result, which the
+        # runner takes as is (the support probe runs once).
+        spec = check_model_supported(hf)
+        self.vocab_size = spec.vocab_size
+        cache = engine_cache_config(cfg, spec.kv_dims, next(hf.parameters()).dtype)
+        self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend, attention_spec=spec)
         if self.runner.position_limit is not None:  # longrope/dynamic RoPE: exact up to it
             self.max_model_len = min(self.max_model_len, self.runner.position_limit.tokens)
         self.tiers = (

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 import xxhash
 
-from pagedkv.integrations.hf_config import model_kv_dims
 from pagedkv.integrations.hf_runner import PagedModelRunner
 
 log = logging.getLogger("pagedkv.engine")
@@ -80,7 +79,7 @@ class EngineTiers:
 
         self.runner = runner
         self.manager = runner.manager
-        layers, kv_heads, head_dim = model_kv_dims(runner.model.config)
+        layers, kv_heads, head_dim = runner.attention_spec.kv_dims  # the support check's
         storage = runner.storage
         fp = fingerprint_for(
             model_name,

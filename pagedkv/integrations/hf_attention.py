@@ -179,7 +179,7 @@ def pagedkv_attention_forward(
         kwargs: must contain ``pagedkv_step`` (:class:`PagedStep`); see
             :func:`attention_extras` for the others.
     Returns:
-        ``([1, T, Hq, D], None)``.
+        ``([1, T, Hq, D], None)``, contiguous.
     """
     step = kwargs.pop(STEP_KWARG, None)
     if not isinstance(step, PagedStep):
@@ -227,7 +227,9 @@ def pagedkv_attention_forward(
         sliding_window=window,
         **opts,
     )
-    return out[None], None
+    # Contiguous like transformers' own attention functions: models ``.view`` it (Afmoe), and a
+    # single-sequence prefill from the reference backend is a transposed view.
+    return out[None].contiguous(), None
 
 
 def _layer_spec(

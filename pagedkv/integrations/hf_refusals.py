@@ -2,9 +2,10 @@
 
 The first half of :func:`pagedkv.integrations.hf_support.check_model_supported`, run before the
 model is called: MLA (``kv_lora_rank``), chunked attention (``attention_chunk_size``), ALiBi,
-encoder-decoder / cross-attention, bidirectional attention, cross-layer KV sharing, non-attention
-layer types (linear/recurrent hybrids) and window or chunk sizes in attributes pagedkv does not
-interpret. Each refusal is an :class:`UnsupportedModelError` naming the feature.
+encoder-decoder / cross-attention, bidirectional attention, cross-layer KV sharing, Llama-4
+attention temperature tuning, non-attention layer types (linear/recurrent hybrids) and window or
+chunk sizes in attributes pagedkv does not interpret. Each refusal is an
+:class:`UnsupportedModelError` naming the feature.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ _NAMED_FEATURES = (
     ("use_bidirectional_attention", "bidirectional attention (config.use_bidirectional_attention)"),
     ("num_kv_shared_layers", "cross-layer KV sharing (config.num_kv_shared_layers)"),
     ("dual_chunk_attention_config", "dual chunk attention (config.dual_chunk_attention_config)"),
+    (
+        "attn_temperature_tuning",
+        "Llama-4 attention temperature tuning (config.attn_temperature_tuning; transformers "
+        "takes its positions from the cache length, not position_ids)",
+    ),
 )
 
 

@@ -6,7 +6,9 @@ cannot express without padding. The runner packs the step's new tokens of all se
 row (``input_ids [1, T]`` with per-token ``position_ids``), builds the step's
 :class:`AttentionMetadata` once, and calls the unmodified model with the registered ``"pagedkv"``
 attention; every layer writes its K/V into :class:`KVStorage` and attends through the block
-tables. No padding, so outputs equal per-prompt unpadded ``model.generate``.
+tables. No padding, so outputs equal per-prompt unpadded ``model.generate``. A stock
+``LlamaForCausalLM`` takes :mod:`pagedkv.integrations.native_llama` instead: the same operations
+without the HF module calls (``native=False`` keeps the model call).
 
 Lifecycle of a sequence: ``admit`` (prompt) -> ``forward`` (computes the uncached prompt suffix,
 returns next-token logits) -> ``append``/``append_batch`` (the sampled token) -> ``forward`` ...
@@ -40,7 +42,8 @@ from pagedkv.integrations.hf_attention import (
 )
 from pagedkv.integrations.hf_call import call_model
 from pagedkv.integrations.hf_positions import check_sequence_length
-from pagedkv.integrations.hf_support import check_model_supported
+from pagedkv.integrations.hf_support import ModelAttention, check_model_supported
+from pagedkv.integrations.native_llama import NativeLlama
 from pagedkv.integrations.pending_tokens import (
     PendingTokens,
     check_not_pending,
@@ -64,11 +67,23 @@ class PagedModelRunner:
         num_blocks: int = 256,
         enable_prefix_caching: bool = True,
         backend: str = "torch",
+        native: bool = True,
+        attention_spec: ModelAttention | None = None,
     ) -> None:
         self.model = model
         self.model_config: Any = model.config
         # Refuse by name before allocating; every config fact below comes from this check.
-        self.attention_spec = spec = check_model_supported(model)
+        # ``attention_spec``: its result for this very model, when the caller already has it
+        # (the probe costs two forwards); a result for another model is refused.
+        if attention_spec is not None and (
+            not isinstance(attention_spec, ModelAttention) or not attention_spec.is_for(model)
+        ):
+            raise InvalidArgumentError(
+                "attention_spec: expected check_model_supported's result for this model, got "
+                f"{type(attention_spec).__name__} (of another model?)"
+            )
+        spec = attention_spec if attention_spec is not None else check_model_supported(model)
+        self.attention_spec = spec
         num_layers, kv_heads, head_dim = spec.kv_dims
         if config is None:
             config = CacheConfig(
@@ -95,6 +110,10 @@ class PagedModelRunner:
         window = spec.released_window
         self.sliding_window = None if window is None else SlidingWindow(window)
         self._pending: PendingTokens = {}
+        # Llama models take the direct forward (same operations, no HF module overhead) unless
+        # ``native=False``; every other family, and a Llama with hooks, takes the HF path.
+        full_attention = all(w is None for w in spec.windows)
+        self.native = NativeLlama.maybe(model) if native and full_attention else None
 
     # ---------------------------------------------------------- bookkeeping
     def admit(
@@ -108,7 +127,9 @@ class PagedModelRunner:
         """Allocate blocks for a prompt; returns how many leading tokens were prefix-cache hits
         (their KV is reused, the rest is computed by the next :meth:`forward`). A
         ``HashedPrompt`` (from ``manager.hash_prompt``, with its salt) is not hashed again.
-        ``priority`` is the manager's (what its ``priority`` preemption policy orders by)."""
+        ``priority`` is the manager's (what its ``priority`` preemption policy orders by).
+        A sequence longer than :attr:`position_limit` is refused (``UnsupportedModelError``);
+        :meth:`append` and :meth:`append_batch` refuse growing past it the same way."""
         if isinstance(prompt, HashedPrompt):
             ids = token_id_array(
                 np.frombuffer(prompt.data, dtype=np.int64), "prompt", self.vocab_size
@@ -208,14 +229,17 @@ class PagedModelRunner:
         # Copy-on-write copies must land before this step's writes.
         self.storage.copy_blocks(self.manager.take_copies())
         last = step.metadata.cu_seqlens_q[1:].to(torch.int64) - 1
-        out = call_model(
-            self.model, ATTN_IMPLEMENTATION, input_ids, position_ids, last, **{STEP_KWARG: step}
-        )
+        if self.native is not None and self.native.usable():
+            logits: torch.Tensor = self.native.forward(step, input_ids, position_ids, last)
+        else:
+            out = call_model(
+                self.model, ATTN_IMPLEMENTATION, input_ids, position_ids, last, **{STEP_KWARG: step}
+            )
+            logits = out.logits[0]
         step.check_all_layers_ran()  # a layer that bypassed pagedkv: refuse, don't guess
         for s in seq_ids:
             del self._pending[s]
         self.manager.commit(seq_ids)  # their KV is written: full blocks become findable
-        logits: torch.Tensor = out.logits[0]
         return logits
 
     def generate(

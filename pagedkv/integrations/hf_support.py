@@ -6,19 +6,28 @@ soft-capping and learned per-head sink logits. Anything else is refused with
 :class:`UnsupportedModelError` naming the feature, never run with different tokens.
 
 :func:`check_model_supported` (called by ``PagedModelRunner.__init__`` before anything is
-allocated):
+allocated, unless the caller passes the result it already has, as ``LLMEngine`` does: the probe
+costs two forwards, so it runs once per runner):
 
 1. refuses by name what the config declares (:mod:`pagedkv.integrations.hf_refusals`): MLA
    (``kv_lora_rank``), chunked attention (``attention_chunk_size``), ALiBi, encoder-decoder /
-   cross-attention, bidirectional attention, cross-layer KV sharing, non-attention layer types
-   (linear/recurrent hybrids) and window or chunk sizes in attributes pagedkv does not interpret;
-2. probes the model (:mod:`pagedkv.integrations.hf_probe`) with one 8-token forward through a
-   recording attention function, with the config's ``sliding_window`` temporarily 3 tokens.
-   transformers builds each layer's mask for the probe as it does for sdpa, so the probe
-   *observes* which layers are windowed, including models that apply their window only through
-   the mask (Qwen2-MoE, PhiMoE, Doge). Every layer must call attention once, with the model's
-   keyword arguments, a causal (optionally windowed) mask, the cache's K/V layout and only known
-   arguments (:func:`attention_extras`); the functions below check the recorded calls.
+   cross-attention, bidirectional attention, cross-layer KV sharing, Llama-4 temperature tuning,
+   non-attention layer types (linear/recurrent hybrids) and window or chunk sizes in attributes
+   pagedkv does not interpret;
+2. probes the model (:mod:`pagedkv.integrations.hf_probe`) with the runner's own model call
+   through a recording attention function, with the config's ``sliding_window`` temporarily 3
+   tokens: once as a plain 8-token row, once packed as two sequences. transformers builds each
+   layer's mask for the plain row as it does for sdpa, so the probe *observes* which layers are
+   windowed, including models that apply their window only through the mask (Qwen2-MoE, PhiMoE,
+   Doge). Every layer must call attention once, with the model's keyword arguments, a causal
+   (optionally windowed) mask, the cache's K/V layout and only known arguments
+   (:func:`attention_extras`); the functions below check the recorded calls, and
+   :mod:`pagedkv.integrations.hf_positions` checks that packing changes no token's attention
+   inputs and finds RoPE that is exact only up to a sequence length.
+
+Every config read happens inside this one guarded check: whatever a model or its config raises
+becomes an :class:`UnsupportedModelError` that starts with the model's class name, and the
+runner takes the cache layout, vocabulary and window from the returned :class:`ModelAttention`.
 
 The per-layer result is registered per attention module for
 :func:`pagedkv.integrations.hf_attention.pagedkv_attention_forward`.
@@ -26,12 +35,13 @@ The per-layer result is registered per attention module for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from pagedkv.errors import UnsupportedModelError
+from pagedkv.errors import PagedKVError, UnsupportedModelError
 from pagedkv.integrations.hf_attention import (
     LayerAttention,
     attention_extras,
@@ -39,15 +49,30 @@ from pagedkv.integrations.hf_attention import (
     resolve_window,
 )
 from pagedkv.integrations.hf_config import model_kv_dims, model_sliding_window
+from pagedkv.integrations.hf_positions import (
+    PositionLimit,
+    check_packed_positions,
+    rope_position_limit,
+)
 from pagedkv.integrations.hf_probe import PROBE_TOKENS, PROBE_WINDOW, ProbeCall, run_probe
 from pagedkv.integrations.hf_refusals import check_config_supported
 
 
 @dataclass(frozen=True)
 class ModelAttention:
-    """What :func:`check_model_supported` found: one spec per layer, in layer order."""
+    """What :func:`check_model_supported` found: one spec per layer, in layer order, and the
+    facts the runner reads from the config (read once, inside the guarded check)."""
 
     layers: tuple[LayerAttention, ...]
+    kv_dims: tuple[int, int, int]  # (num_layers, num_kv_heads, head_dim) of the cache
+    vocab_size: int  # token ids are checked against it
+    released_window: int | None  # the manager may free blocks behind it (every layer slides)
+    position_limit: PositionLimit | None  # longest exact sequence (batch-dependent RoPE)
+    checked: weakref.ReferenceType[torch.nn.Module] = field(repr=False, compare=False)
+
+    def is_for(self, model: torch.nn.Module) -> bool:
+        """Whether this is the result of checking ``model`` itself (not another model)."""
+        return self.checked() is model
 
     @property
     def windows(self) -> tuple[int | None, ...]:
@@ -63,27 +88,56 @@ class ModelAttention:
 
 
 def check_model_supported(model: torch.nn.Module) -> ModelAttention:
-    """Refuse (:class:`UnsupportedModelError`) a model pagedkv cannot run exactly; otherwise
-    register and return each layer's attention spec (probe: one 8-token forward)."""
+    """Refuse (:class:`UnsupportedModelError`, message starting with the model's class name) a
+    model pagedkv cannot run exactly; otherwise register and return each layer's attention spec
+    (probe: two 8-token forwards). Any error reading the config or calling the model is turned
+    into that refusal: nothing untyped escapes, and nothing is registered on a refusal."""
+    name = type(model).__name__
+    try:
+        return _check_model(model)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{name}: {exc}") from exc
+    except PagedKVError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{name}: its config does not describe a decoder pagedkv can lay out "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _check_model(model: torch.nn.Module) -> ModelAttention:
     cfg: Any = model.config
     check_config_supported(cfg)
-    num_layers, kv_heads, head_dim = model_kv_dims(cfg)
     real = getattr(cfg, "sliding_window", None)
     if isinstance(real, bool) or not isinstance(real, int) or real < 1:
         real = None
     probe_window = None if real is None else min(real, PROBE_WINDOW)
-    calls = run_probe(model, probe_window)
-    _check_layers_called(calls, num_layers)
+    probe = run_probe(model, probe_window)
+    if not probe.plain:
+        raise UnsupportedModelError(
+            "no layer calls transformers' attention interface (a recurrent or linear model?)"
+        )
+    num_layers, kv_heads, head_dim = model_kv_dims(cfg)
+    _check_layers_called(probe.plain, num_layers)
     specs = []
-    for call in sorted(calls, key=lambda c: c.layer_idx):
+    for call in sorted(probe.plain, key=lambda c: c.layer_idx):
         _check_call(call, kv_heads, head_dim)
         spec = LayerAttention(call.layer_idx, _mask_window(call, probe_window, real))
         kw = call.sliding_window  # the model reads it from the config at forward or at init
         if kw is not None and (spec.window is None or kw not in (probe_window, real)):
             resolve_window(spec, kw)  # raises: it disagrees with the mask
         specs.append((call.module, spec))
-    found = ModelAttention(tuple(spec for _, spec in specs))
+    check_packed_positions(probe)
     released = model_sliding_window(cfg)  # the runner frees blocks behind this window
+    found = ModelAttention(
+        layers=tuple(spec for _, spec in specs),
+        kv_dims=(num_layers, kv_heads, head_dim),
+        vocab_size=int(cfg.vocab_size),
+        released_window=released,
+        position_limit=rope_position_limit(model),
+        checked=weakref.ref(model),
+    )
     if released is not None and found.uniform_window != released:
         raise UnsupportedModelError(
             f"config.sliding_window={released} but the layers' masks apply windows "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from engine_helpers import greedy, greedy_ref, make_engine, random_prompts
@@ -102,8 +103,15 @@ def test_concurrent_submits_of_one_id_admit_exactly_one(aeng, monkeypatch):
             results[i] = exc
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
+    # The engine lock keeps the winner's request from finishing (and freeing the id) before the
+    # loser has claimed it, however the threads are scheduled on a loaded machine.
+    with aeng.lock:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + TIMEOUT
+        while not any(isinstance(r, Exception) for r in results.values()):
+            assert time.monotonic() < deadline, f"no submit was refused: {results}"
+            time.sleep(0.01)
     for t in threads:
         t.join(TIMEOUT + 10)
     refused = [r for r in results.values() if isinstance(r, DuplicateRequestError)]

@@ -398,8 +398,11 @@ def test_bad_engine_options(options):
 
 def test_kv_memory_budget_sizes_the_pool():
     from pagedkv.engine.kv_sizing import kv_bytes_per_block
+    from pagedkv.integrations.hf_support import check_model_supported
 
-    per_block = kv_bytes_per_block(tiny_model().model.config, 4, torch.float32)
+    per_block = kv_bytes_per_block(
+        check_model_supported(tiny_model().model).kv_dims, 4, torch.float32
+    )
     assert per_block == 2 * 2 * 2 * 16 * 4 * 4  # K+V, layers, kv heads, head dim, slots, fp32
     eng = make_engine(block_size=4, kv_cache_memory=10 * per_block + per_block // 2)
     assert eng.num_usable_blocks == 10

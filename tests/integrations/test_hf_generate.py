@@ -9,12 +9,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hf_helpers import hf_greedy, seeded_prompts
 
 from pagedkv.core import CacheConfig
 from pagedkv.errors import DuplicateSequenceError, InvalidArgumentError, OutOfBlocksError
 from pagedkv.integrations import PagedModelRunner
 
 transformers = pytest.importorskip("transformers")
+
+
+def _prompts(lengths, seed=0, vocab=160):
+    return seeded_prompts(lengths, seed, low=1, vocab=vocab)
+
 
 SMALL = {
     "hidden_size": 64,
@@ -37,19 +43,6 @@ def _model(family: str, **over):
     return cls[1](cls[0](**kw)).eval()
 
 
-def _hf_greedy(model, prompt, n):
-    ids = torch.tensor([prompt])
-    out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0
-    )
-    return out[0, len(prompt) :].tolist()
-
-
-def _prompts(lengths, seed=0, vocab=160):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
-
-
 @pytest.mark.parametrize(
     ("family", "over"),
     [
@@ -65,7 +58,7 @@ def test_batched_generation_matches_hf(family, over):
     n = 10
     runner = PagedModelRunner(model, block_size=4, num_blocks=96)
     got = runner.generate(prompts, n)
-    assert got == [_hf_greedy(model, p, n) for p in prompts]
+    assert got == [hf_greedy(model, p, n) for p in prompts]
     runner.check_integrity()
     assert runner.manager.num_used_blocks == 0
 
@@ -77,7 +70,7 @@ def test_mistral_sliding_window_matches_hf():
     assert runner.sliding_window is not None
     assert runner.sliding_window.window_tokens == 6
     got = runner.generate(prompts, 9, seq_ids=["a", "b", "c"], free=False)
-    assert got == [_hf_greedy(model, p, 9) for p in prompts]
+    assert got == [hf_greedy(model, p, 9) for p in prompts]
     # the manager released the blocks wholly behind the window: 22 tokens keep 2-3 blocks
     table = runner.manager.block_table("c")
     assert table[:3] == [0, 0, 0]
@@ -100,7 +93,7 @@ def test_prefix_cache_hits_match_hf():
     tails = _prompts([1, 4, 6], seed=3)
     prompts = [shared + t for t in tails]
     runner = PagedModelRunner(model, block_size=4, num_blocks=96)
-    want = [_hf_greedy(model, p, 8) for p in prompts]
+    want = [hf_greedy(model, p, 8) for p in prompts]
     # Same batch: blocks become findable only once a forward wrote (committed) their KV, so
     # prompts admitted together all miss; each computes its own copy of the shared prefix.
     hits = [runner.admit(i, p) for i, p in enumerate(prompts)]
@@ -140,8 +133,8 @@ def test_forked_continuations_copy_on_write_match_hf():
             o.append(t)
     assert runner.manager.counters.cow_copies >= 1
     assert runner.manager.block_table("c")[:2] == shared[:2]  # full blocks still shared
-    assert outs[0] == _hf_greedy(model, prompt, 9)
-    assert outs[1] == [first_c, *_hf_greedy(model, [*prompt, first_c], 8)]
+    assert outs[0] == hf_greedy(model, prompt, 9)
+    assert outs[1] == [first_c, *hf_greedy(model, [*prompt, first_c], 8)]
     runner.check_integrity()
 
 
@@ -198,7 +191,7 @@ def _tiny_llama():
 def test_failed_generate_frees_everything_and_runner_stays_usable():
     model = _tiny_llama()
     p20, p40 = _prompts([20, 40], seed=6, vocab=256)
-    want = _hf_greedy(model, p20, 8)
+    want = hf_greedy(model, p20, 8)
     runner = PagedModelRunner(model, block_size=4, num_blocks=12)
     # 15 blocks needed, 11 usable: fails admitting the 2nd prompt; the 1st was never computed.
     with pytest.raises(OutOfBlocksError):
@@ -214,7 +207,7 @@ def test_failed_generate_frees_everything_and_runner_stays_usable():
         runner.generate([p20, q20], 8)
     runner.check_integrity()
     assert runner.manager.num_used_blocks == 0
-    assert runner.generate([q20], 8) == [_hf_greedy(model, q20, 8)]
+    assert runner.generate([q20], 8) == [hf_greedy(model, q20, 8)]
     assert runner.generate([p20], 8) == [want]
     runner.check_integrity()
     # A pool too small for one prompt.

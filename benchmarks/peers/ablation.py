@@ -1,0 +1,119 @@
+"""pagedkv's speed steps on the peers workload, each configuration in its own process, in turn.
+
+The rows of ``docs/performance.md``: every configuration runs the same round of ``run.py``'s
+requests (48 chat requests, greedy, at most 64 new tokens) after a warm-up, in a fresh
+interpreter (libgomp reads its spin count at load time), one after the other, repeated
+``--repeats`` times in the same order so background load hits all alike.
+
+    python benchmarks/peers/ablation.py --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+# name -> (engine options, use the native Llama forward, extra environment)
+STEPS: dict[str, tuple[dict[str, Any], bool, dict[str, str]]] = {
+    "before: HF modules, torch attention, 256 MiB KV, libgomp default spin": (
+        {},
+        False,
+        {"GOMP_SPINCOUNT": "300000"},
+    ),
+    "+ 2 GiB KV (all 48 requests in the batch)": (
+        {"kv_cache_memory": 2 << 30},
+        False,
+        {"GOMP_SPINCOUNT": "300000"},
+    ),
+    "+ native Llama forward": ({"kv_cache_memory": 2 << 30}, True, {"GOMP_SPINCOUNT": "300000"}),
+    "+ compiled decode kernel (backend cpu)": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {"GOMP_SPINCOUNT": "300000"},
+    ),
+    "+ bounded OpenMP spin (GOMP_SPINCOUNT 20000, the default now)": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {},
+    ),
+}
+
+CHILD = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import pagedkv
+import torch
+from workload import chat_prompts
+from pagedkv.engine import LLMEngine, SamplingParams
+from pagedkv.models import load_model
+opts, native, threads, dtype = json.loads(sys.argv[2])
+torch.set_num_threads(threads)
+lm = load_model(None, dtype=dtype)
+eng = LLMEngine(lm, max_num_seqs=64, **opts)
+if not native:
+    eng.runner.native = None
+def run(prompts, max_tokens, tag):
+    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    for i, p in enumerate(prompts):
+        eng.add_request(f"{tag}{i}", p, sp)
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while eng.has_unfinished_requests():
+        for o in eng.step():
+            if o.finished:
+                n += len(o.outputs[0].token_ids)
+    return n, time.perf_counter() - t0, time.process_time() - c0
+run(chat_prompts(lm.tokenizer, 8, 1000), 16, "w")
+load = os.getloadavg()[0]
+n, wall, cpu = run(chat_prompts(lm.tokenizer, 48, 1), 64, "r")
+print(json.dumps({"tokens": n, "wall": wall, "cpu": cpu, "load": load,
+                  "load_after": os.getloadavg()[0]}))
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--steps", default="", help="comma-separated row numbers (default: all)")
+    args = ap.parse_args()
+    names = list(STEPS)
+    if args.steps:
+        names = [names[int(i)] for i in args.steps.split(",")]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            opts, native, env = STEPS[name]
+            base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT",)}
+            child_env = {**base, **env, "PYTHONPATH": str(REPO)}
+            payload = json.dumps([opts, native, args.threads, args.dtype])
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(HERE), payload],
+                env=child_env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[name].append(res)
+            print(
+                f"{name:66s} {res['tokens'] / res['wall']:6.1f} tok/s  wall {res['wall']:5.1f} s"
+                f"  cpu {res['cpu']:5.1f} s  load {res['load']:.2f}->{res['load_after']:.2f}"
+                f"  ({time.perf_counter() - t0:.0f} s with load)",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""The native Llama forward on the default model (SmolLM2-135M-Instruct): greedy chat answers
+equal HF ``generate`` (float32), through one continuously batched runner."""
+
+from __future__ import annotations
+
+from hf_helpers import hf_greedy
+
+from pagedkv.integrations import PagedModelRunner
+from pagedkv.models import load_model
+
+QUESTIONS = ("What is the capital of France?", "Write a haiku about rain.", "Why do cats purr?")
+
+
+def test_default_model_greedy_equals_hf_generate():
+    lm = load_model(None)
+    tok = lm.tokenizer
+    prompts = [
+        tok.encode(
+            tok.apply_chat_template(
+                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+            ),
+            add_special_tokens=False,
+        )
+        for q in QUESTIONS
+    ]
+    runner = PagedModelRunner(lm.model, block_size=16, num_blocks=64)
+    assert runner.native is not None
+    out = runner.generate(prompts, 10)
+    for p, got in zip(prompts, out, strict=True):
+        ref = hf_greedy(lm.model, p, 10)  # stops after EOS; the runner does not
+        assert got[: len(ref)] == ref
+        assert len(ref) == 10 or ref[-1] in lm.eos_token_ids
