@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,15 @@ def _writer(payload: str, delay: float = 0.0):
         return {"name": payload}
 
     return write
+
+
+def _run_threads(run: Callable[[int], None], n: int) -> None:
+    """``run(0)`` .. ``run(n - 1)`` on their own threads; returns once all have ended."""
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def test_cache_dir_location(monkeypatch, tmp_path) -> None:
@@ -107,11 +117,7 @@ def test_concurrent_writers_leave_one_complete_copy(tmp_path) -> None:
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(run, 4)
     assert errors == []
     assert is_valid_cache(final, "fp")
     name = read_marker(final)["name"]
@@ -145,11 +151,7 @@ def test_conversion_lock_serializes_and_leaves_no_file(tmp_path) -> None:
             time.sleep(0.05)
             inside.remove(i)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(run, 3)
     assert overlaps == []
     assert list(tmp_path.iterdir()) == []
 

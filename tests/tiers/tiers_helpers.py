@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
 
 import torch
 
 from pagedkv.storage.kv_storage import KVStorage
 from pagedkv.tiers import KVTier, RemoteTier, TieredKVCache, fingerprint_for
+from pagedkv.tiers.base import Value
 
 GEOMETRY = {"num_layers": 2, "block_size": 4, "num_kv_heads": 2, "head_dim": 8}
 
@@ -77,13 +79,13 @@ class GatedTier(KVTier):
     capacity_bytes = None  # type: ignore[assignment]
     used_bytes = 0  # type: ignore[assignment]
 
-    def _contains_prefix(self, keys):  # type: ignore[no-untyped-def]
+    def _contains_prefix(self, keys: Sequence[bytes]) -> int:
         return self.inner.contains_prefix(keys)
 
-    def _get_many(self, keys, max_bytes):  # type: ignore[no-untyped-def]
+    def _get_many(self, keys: Sequence[bytes], max_bytes: int | None) -> list[Value | None]:
         return self.inner.get_many(keys, max_bytes)
 
-    def _put_many(self, items):  # type: ignore[no-untyped-def]
+    def _put_many(self, items: Sequence[tuple[bytes, Value]]) -> list[int]:
         assert self.gate.wait(10)
         self.inner.put_many(items)
         return list(range(len(items)))
