@@ -6,8 +6,10 @@ for a step (a step on a CPU takes up to a few hundred ms, and an event loop that
 stall every other stream): a request is validated on the caller's thread (validation reads only
 what never changes), then handed to the loop through an inbox that the loop drains before each
 step; an abort is handed over the same way, so its blocks are freed before the next step.
-``abort()`` and ``call()`` from other threads take the engine lock instead (``abort()`` first
-takes in what is in the inbox, so it also stops a request submitted a moment before). A request
+``abort()`` and ``call()`` from other threads take the engine lock instead, before the loop's
+next step (``held()``: a lock is not fair, so the loop lets waiting callers in first);
+``abort()`` first takes in what is in the inbox, so it also stops a request submitted a moment
+before. A request
 id is in use from ``submit`` until its stream ends: a second submit of it is refused with
 ``DuplicateRequestError`` (checked and claimed atomically), never handed to the loop, where a
 second sequence under one id would fail every request. Each stream is an
@@ -24,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from pagedkv.engine.llm_engine import LLMEngine
@@ -48,6 +50,11 @@ class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine, *, idle_wait: float = 0.05) -> None:
         self.engine = engine
         self.lock = threading.RLock()
+        # Threads waiting in ``held()``: the loop lets them in before its next step. A lock is
+        # not fair, and the loop re-takes it at once after each step, so without this an
+        # ``abort()`` could wait until the request it meant to stop had run to its end.
+        self._waiters = 0
+        self._waiters_lock = threading.Lock()
         self._wake = threading.Event()
         self._streams: dict[str, Stream] = {}
         # claims a request id: the duplicate check and the stream's registration, as one
@@ -136,10 +143,25 @@ class AsyncLLMEngine:
             if not stream.finished:
                 stream.abort()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The engine lock, taken before the loop's next step (at most one step's wait)."""
+        with self._waiters_lock:
+            self._waiters += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._waiters_lock:
+                self._waiters -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks (no-op if it already finished); a request still
         in the inbox is taken in first, so an abort right after ``submit`` is never lost."""
-        with self.lock:
+        with self.held():
             self._drain_inbox()
             self._abort_now(request_id, None)
 
@@ -156,14 +178,14 @@ class AsyncLLMEngine:
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(engine, *args)`` under the engine lock (for inspection, e.g. metrics)."""
-        with self.lock:
+        with self.held():
             return fn(self.engine, *args)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the loop (no new step starts), abort every request, wait for the loop."""
         self._stop = True
         self._wake.set()
-        with self.lock:
+        with self.held():
             self._drain_inbox()
             for rid in list(self.engine.requests):
                 self._abort_now(rid, None)
@@ -187,6 +209,8 @@ class AsyncLLMEngine:
 
     def _loop(self) -> None:
         while not self._stop:
+            while self._waiters:  # a caller of held() goes first (see __init__)
+                time.sleep(0.0002)
             with self.lock:
                 self._drain_inbox()
                 busy = self.engine.has_unfinished_requests()

@@ -139,3 +139,24 @@ def test_late_stream_abort_never_stops_a_new_request_under_its_id(aeng):
     assert outs[-1].outputs[0].finish_reason == "length"
     assert outs[-1].outputs[0].token_ids == greedy_ref(PROMPTS[1], 6)
     _idle(aeng)
+
+
+def test_abort_from_another_thread_is_not_starved_by_the_loop(aeng):
+    """The loop re-takes the engine lock right after each step; ``abort()`` must still get in
+    before the next step, not when the request has run to its end."""
+    long = greedy(500)  # the model allows 512 tokens in all
+
+    async def main():
+        stream = aeng.submit(PROMPTS[0], long, request_id="long")
+        outs = []
+        async for out in stream:
+            outs.append(out)
+            if len(outs) == 3:  # the request is running: abort it from another thread
+                threading.Thread(target=aeng.abort, args=("long",)).start()
+        return outs
+
+    outs = asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    final = outs[-1].outputs[0]
+    assert final.finish_reason == "abort"
+    assert len(final.token_ids) < 100, len(final.token_ids)
+    _idle(aeng)
