@@ -44,11 +44,11 @@ Greedy agreement: the fraction of requests whose useful token ids are identical 
 (b) / (c), and where the others first diverge (batched / padded fp32 arithmetic differs in the
 last bits, which can flip near-ties; a flip changes the rest of the answer).
 
-Engine overhead (a): ``engine.totals`` gives step time and ``runner.forward`` time; the model's
+Engine overhead (a): ``engine.totals`` gives step time and executor (forward) time; the model's
 own forward of the same packed batch inside each step is timed by wrapping the native Llama
 forward (Llama models) or by forward hooks on the HF model (other families; a hook on a Llama
 would send its steps to the HF path).
-Reported: (step - runner.forward) / step and (step - model forward) / step (target <= 10%).
+Reported: (step - executor) / step and (step - model forward) / step (target <= 10%).
 
 Targets (issue 9, side by side in one run): a/b >= 2, a/c >= 1.5, overhead <= 10%.
 """
@@ -164,8 +164,8 @@ def run_pagedkv(lm: LoadedModel, wl: Workload, budget: int, args: argparse.Names
 
     def recording_schedule() -> Any:
         out = schedule()
-        if out:
-            steps.append((len(out), sum(s.num_tokens for s in out)))
+        if out.scheduled:
+            steps.append((len(out.scheduled), out.num_batched_tokens))
         return out
 
     eng.scheduler.schedule = recording_schedule  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagedkv.core import CacheConfig
 from pagedkv.errors import ConfigError
 
 DEFAULT_KV_CACHE_MEMORY = 256 << 20  # bytes of KV when neither num_blocks nor a budget is given
@@ -112,6 +113,35 @@ class EngineConfig:
             )
         if not 0.0 <= self.watermark < 1.0:
             raise ConfigError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
+
+    def usable_blocks(self, bytes_per_block: int | None) -> int:
+        """Usable KV blocks: ``num_blocks``, else as many as ``kv_cache_memory`` (default 256
+        MiB) pays for at ``bytes_per_block``, at least one."""
+        if self.num_blocks is not None:
+            return self.num_blocks
+        if not bytes_per_block:
+            raise ConfigError(
+                f"num_blocks is not set and the bytes a block costs are unknown "
+                f"(kv_cache_memory={self.kv_cache_memory}, bytes_per_block={bytes_per_block})"
+            )
+        return max(1, (self.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY) // bytes_per_block)
+
+    def cache_config(self, usable_blocks: int) -> CacheConfig:
+        """The block manager's config: ``usable_blocks`` plus the null block (as
+        ``CacheConfig.from_memory_budget`` sizes a budget), with this engine's cache options."""
+        return CacheConfig(
+            block_size=self.block_size,
+            num_blocks=usable_blocks + 1,
+            enable_prefix_caching=self.enable_prefix_caching,
+            eviction_policy=self.eviction_policy,
+            num_host_blocks=self.num_host_blocks,
+            watermark=self.watermark,
+        )
+
+    def watermark_blocks(self, num_usable_blocks: int) -> int:
+        """Blocks admission keeps free for running sequences to grow into (the one place the
+        watermark becomes a block count)."""
+        return int(self.watermark * num_usable_blocks)
 
     def token_budget(self, max_model_len: int) -> int:
         """The per-step token budget for a model of ``max_model_len`` tokens."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from pagedkv.core import CacheConfig
-from pagedkv.engine.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
+from pagedkv.engine.config import EngineConfig
 
 
 def kv_bytes_per_block(kv_dims: tuple[int, int, int], block_size: int, dtype: torch.dtype) -> int:
@@ -23,17 +23,6 @@ def engine_cache_config(
 ) -> CacheConfig:
     """The pool for a model whose KV is ``dtype``: ``config.num_blocks`` usable blocks, else as
     many as ``config.kv_cache_memory`` (default 256 MiB) pays for, at least one."""
-    usable = config.num_blocks or max(
-        1,
-        (config.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY)
-        // kv_bytes_per_block(kv_dims, config.block_size, dtype),
-    )
-    # usable blocks plus the null block, as CacheConfig.from_memory_budget sizes a budget
-    return CacheConfig(
-        block_size=config.block_size,
-        num_blocks=usable + 1,
-        enable_prefix_caching=config.enable_prefix_caching,
-        eviction_policy=config.eviction_policy,
-        num_host_blocks=config.num_host_blocks,
-        watermark=config.watermark,
+    return config.cache_config(
+        config.usable_blocks(kv_bytes_per_block(kv_dims, config.block_size, dtype))
     )

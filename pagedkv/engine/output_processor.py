@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pagedkv.engine.request import EngineSeq
-from pagedkv.engine.sampler import Sampled
+from pagedkv.engine.sample_types import Sampled
 
 
 class OutputProcessor:

@@ -9,7 +9,6 @@ finish time, and the engine's ``on_finish`` hook (metrics exporters) sees its fi
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 
 from pagedkv.engine.outputs import RequestOutput
@@ -65,12 +64,14 @@ def finish_request(
     requests: dict[str, Request],
     totals: dict[str, float],
     on_finish: Callable[[RequestOutput], None] | None,
+    now: float,
 ) -> RequestOutput:
     """Remove a finished request from ``requests`` (once: later calls only snapshot it), count it
-    in ``totals`` and report its final output to ``on_finish``."""
+    in ``totals`` (finished at ``now``, the engine's clock) and report its final output to
+    ``on_finish``."""
     out = snapshot(req, consume=False)  # step() snapshots again: keep the deltas
     if requests.pop(req.request_id, None) is not None:
-        req.metrics.finished_time = time.monotonic()
+        req.metrics.finished_time = now
         totals["finished_requests"] += 1
         if on_finish is not None:
             on_finish(out)

@@ -12,50 +12,69 @@ One step, in vLLM v1's order, under ``max_num_batched_tokens`` and ``max_num_seq
        allow.
 
 Blocks are allocated only for the tokens computed in this step (chunk by chunk), so a long
-prompt never holds memory it has not reached. The scheduler owns the queues; the block manager
-and storage belong to the :class:`PagedModelRunner` it drives.
+prompt never holds memory it has not reached. Decodes take one batched ``append_batch`` when
+the pool has room for all of them (the common step), else one ``append`` each with preemption.
+
+The scheduler owns the queues and touches only the block manager: :meth:`Scheduler.schedule`
+returns a :class:`SchedulerOutput` (what to compute, block tables, slots, swaps, copies) that an
+executor runs (the model, or the simulator's cost model), and :meth:`Scheduler.update` commits
+what the step computed. The one exception is the KV-tier connector, which loads blocks from the
+tiers into a sequence's fresh blocks at admission (as vLLM's scheduler-side KV connector
+decides, and only in a step that preempted nothing, so no swap-out of this step reads them).
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
 
-from pagedkv.core import HashedPrompt
+import numpy as np
+
+from pagedkv.core import BlockManager, HashedPrompt, SlidingWindow
 from pagedkv.core.preemption import PREEMPTION_POLICIES
 from pagedkv.engine.config import EngineConfig
 from pagedkv.engine.request import EngineSeq, SchedulingState
-from pagedkv.engine.tiering import EngineTiers
+from pagedkv.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from pagedkv.errors import OutOfBlocksError
-from pagedkv.integrations.hf_runner import PagedModelRunner
+
+__all__ = ["KVConnector", "ScheduledSeq", "Scheduler", "SchedulerOutput"]
 
 
-@dataclass
-class ScheduledSeq:
-    seq: EngineSeq
-    num_tokens: int  # tokens whose KV this step computes
+class KVConnector(Protocol):
+    """The scheduler's view of the KV tiers (``pagedkv.engine.tiering.EngineTiers``)."""
 
-    @property
-    def completes(self) -> bool:
-        """Whether this step computes the sequence's last pending token (so it samples)."""
-        return self.num_tokens == self.seq.num_remaining
+    def lookup(self, hashes: Sequence[bytes], first: int, last: int) -> int:
+        """Leading run of blocks ``first..last-1`` the tiers hold."""
+
+    def load(self, seq_id: Hashable, hashes: Sequence[bytes], first: int, count: int) -> int:
+        """Load blocks ``[first, first + count)`` into the sequence's blocks and register them
+        (``register_prefix``); returns how many loaded."""
 
 
 class Scheduler:
+    """Queues and the per-step plan over one :class:`BlockManager`.
+
+    ``sliding_window``: the window every admitted sequence keeps (the model's, when all its
+    layers slide); ``clock``: the engine's clock (``time.monotonic``, or a simulated one)."""
+
     def __init__(
         self,
-        runner: PagedModelRunner,
+        manager: BlockManager,
         config: EngineConfig,
         token_budget: int,
-        tiers: EngineTiers | None = None,
+        tiers: KVConnector | None = None,
+        *,
+        sliding_window: SlidingWindow | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.runner = runner
         self.tiers = tiers
-        self.manager = runner.manager
+        self.manager = manager
         self.config = config
         self.token_budget = token_budget
+        self.sliding_window = sliding_window
+        self.clock = clock
         self.waiting: list[EngineSeq] = []
         self.running: list[EngineSeq] = []
         self.swapped: list[EngineSeq] = []
@@ -65,7 +84,11 @@ class Scheduler:
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
         self.tier_hit_tokens = 0  # loaded from the KV tiers at admission
-        self._watermark = int(config.watermark * self.manager.config.num_usable_blocks)
+        self._watermark = config.watermark_blocks(self.manager.config.num_usable_blocks)
+        # Filled while scheduling a step, handed over in its SchedulerOutput.
+        self._swap_out: list[tuple[int, int]] = []
+        self._swap_in: list[tuple[int, int]] = []
+        self._preempted: list[Hashable] = []
 
     # ------------------------------------------------------------- queues
     def add(self, seq: EngineSeq) -> None:
@@ -83,49 +106,98 @@ class Scheduler:
             if seq in queue:
                 queue.remove(seq)
         if seq.seq_id in self.manager:
-            self.runner.free(seq.seq_id)
+            self.manager.free(seq.seq_id)
         seq.state = SchedulingState.FINISHED
+
+    def fork(self, parent: EngineSeq, child: EngineSeq) -> None:
+        """``child`` shares ``parent``'s computed blocks (copy-on-write) and runs from now on."""
+        self.manager.fork(parent.seq_id, child.seq_id)
+        self.add_running(child)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
 
     # ----------------------------------------------------------- schedule
-    def schedule(self) -> list[ScheduledSeq]:
-        budget = self.token_budget
+    def schedule(self) -> SchedulerOutput:
+        """Plan the next step (allocating its slots, preempting if the pool is dry)."""
+        self._swap_out, self._swap_in, self._preempted = [], [], []
         out: list[ScheduledSeq] = []
-        preempted = False
+        budget = self._schedule_running(out)
+        if not self._preempted:
+            budget = self._swap_in_seqs(out, budget)
+            self._admit_waiting(out, budget)
+        return self._output(out)
+
+    def _schedule_running(self, out: list[ScheduledSeq]) -> int:
+        """Running sequences in order, each ``min(tokens left, budget)``; returns the budget
+        left. When every one of them decodes one token, one ``append_batch`` allocates them
+        all (it changes nothing if the pool is short; the per-sequence loop then preempts)."""
+        budget = self.token_budget
+        plan: list[tuple[EngineSeq, int]] = []
+        for seq in self.running:
+            if budget <= 0:
+                break
+            n = min(seq.num_remaining, budget)
+            plan.append((seq, n))
+            budget -= n
+        if plan and all(n == 1 for _, n in plan):
+            seqs = [seq for seq, _ in plan]
+            try:
+                self.manager.append_batch(
+                    [s.seq_id for s in seqs], [s.tokens[s.num_computed] for s in seqs]
+                )
+            except OutOfBlocksError:
+                pass
+            else:
+                out.extend(ScheduledSeq(s, 1, s.num_computed) for s in seqs)
+                return budget
+        budget = self.token_budget
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_remaining, budget)
-            grown, victims = self._grow(seq, n, i)
-            preempted |= victims > 0
-            if not grown:
+            if not self._grow(seq, n, i):
                 break
-            out.append(ScheduledSeq(seq, n))
+            out.append(ScheduledSeq(seq, n, seq.num_computed))
             budget -= n
             i += 1
-        if not preempted:
-            budget = self._swap_in(out, budget)
-            self._admit_waiting(out, budget)
-        return out
+        return budget
 
-    def _grow(self, seq: EngineSeq, n: int, index: int) -> tuple[bool, int]:
+    def _output(self, scheduled: list[ScheduledSeq]) -> SchedulerOutput:
+        mgr = self.manager
+        ids = [s.seq.seq_id for s in scheduled]
+        slots = [mgr.slot_mapping(s.seq.seq_id, s.start, s.start + s.num_tokens) for s in scheduled]
+        return SchedulerOutput(
+            scheduled,
+            block_tables=mgr.block_table_array(ids) if ids else np.zeros((0, 0), np.int32),
+            slot_mapping=np.concatenate(slots) if slots else np.zeros(0, np.int64),
+            swap_out=self._swap_out,
+            swap_in=self._swap_in,
+            copies=mgr.take_copies(),
+            preempted=self._preempted,
+        )
+
+    def update(self, output: SchedulerOutput) -> None:
+        """The step ran: its tokens' KV is written. Counts them computed and reports them to
+        the manager, so their full blocks become findable by other prompts (``commit``)."""
+        for s in output.scheduled:
+            s.seq.num_computed = s.start + s.num_tokens
+        self.manager.commit(output.seq_ids)
+
+    def _grow(self, seq: EngineSeq, n: int, index: int) -> bool:
         """Allocate slots for ``n`` more tokens of ``seq`` (``running[index]``), preempting a
-        sequence not yet scheduled this step while the pool is dry. Returns (allocated,
-        preemptions)."""
-        victims = 0
+        sequence not yet scheduled this step while the pool is dry. False if ``seq`` itself
+        was preempted."""
         start = seq.num_computed
         while True:
             try:
-                self.runner.append(seq.seq_id, seq.tokens[start : start + n])
-                return True, victims
+                self.manager.append(seq.seq_id, seq.tokens[start : start + n])
+                return True
             except OutOfBlocksError:
                 victim = self._victim(index)
                 self._preempt(victim)
-                victims += 1
                 if victim is seq:
-                    return False, victims
+                    return False
 
     def _victim(self, index: int) -> EngineSeq:
         """The sequence to preempt among ``running[index:]`` (those not scheduled yet this
@@ -143,7 +215,7 @@ class Scheduler:
         mgr = self.manager
         live = sum(1 for b in mgr.seq(seq.seq_id).block_table if b != mgr.null_block_id)
         if self.config.preemption_mode == "swap" and live <= mgr.num_free_host_blocks:
-            self.runner.storage.swap_out(mgr.preempt(seq.seq_id, "swap"))
+            self._swap_out.extend(mgr.preempt(seq.seq_id, "swap"))
             seq.state = SchedulingState.SWAPPED
             bisect.insort(self.swapped, seq, key=EngineSeq.sort_key)
         else:
@@ -152,10 +224,24 @@ class Scheduler:
             self.add(seq)
         seq.request.metrics.num_preemptions += 1
         self.num_preemptions += 1
+        self._preempted.append(seq.seq_id)
 
-    def _swap_in(self, out: list[ScheduledSeq], budget: int) -> int:
+    def _has_seat_for(self, seq: EngineSeq) -> bool:
+        """Whether ``seq`` may join ``running`` under ``max_num_seqs``, counting the samples
+        still to be forked (``n > 1`` requests fork once sample 0's prompt is computed): those
+        of the running sequences and ``seq``'s own. A lone sequence always may."""
+        if not self.running:
+            return True
+
+        def owed(s: EngineSeq) -> int:
+            return s.request.params.n - 1 if s.index == 0 and not s.request.forked else 0
+
+        pending = sum(owed(s) for s in self.running)
+        return len(self.running) + pending + 1 + owed(seq) <= self.config.max_num_seqs
+
+    def _swap_in_seqs(self, out: list[ScheduledSeq], budget: int) -> int:
         mgr = self.manager
-        while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.swapped and budget > 0 and self._has_seat_for(self.swapped[0]):
             seq = self.swapped[0]
             n = min(seq.num_remaining, budget)
             table = mgr.seq(seq.seq_id).host_table
@@ -165,28 +251,20 @@ class Scheduler:
             need = held + -(-(seq.num_computed + n) // mgr.block_size) - len(table)
             if need > mgr.num_free_blocks - self._watermark:
                 break
-            self.runner.storage.swap_in(mgr.swap_in(seq.seq_id))
+            self._swap_in.extend(mgr.swap_in(seq.seq_id))
             self.swapped.pop(0)
             self.add_running(seq)
-            self.runner.append(seq.seq_id, seq.tokens[seq.num_computed : seq.num_computed + n])
-            out.append(ScheduledSeq(seq, n))
+            mgr.append(seq.seq_id, seq.tokens[seq.num_computed : seq.num_computed + n])
+            out.append(ScheduledSeq(seq, n, seq.num_computed))
             budget -= n
         return budget
 
     def _admit_waiting(self, out: list[ScheduledSeq], budget: int) -> None:
         mgr, bs = self.manager, self.manager.block_size
         chunked = self.config.enable_chunked_prefill
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and budget > 0 and self._has_seat_for(self.waiting[0]):
             seq = self.waiting[0]
             req = seq.request
-            forks = req.params.n - 1 if (seq.index == 0 and not req.forked) else 0
-            owed = sum(
-                s.request.params.n - 1
-                for s in self.running  # forks still to come
-                if s.index == 0 and not s.request.forked
-            )
-            if self.running and len(self.running) + owed + 1 + forks > self.config.max_num_seqs:
-                break
             hashed = self._hashed(seq)
             cached = 0 if hashed is None else mgr.lookup_prefix(hashed)
             cap = (len(seq.tokens) - 1) // bs * bs  # the last token is always computed
@@ -199,17 +277,14 @@ class Scheduler:
             if not chunked and n < len(seq.tokens) - start:
                 break
             try:
-                if hashed is None:
-                    got = self.runner.admit(
-                        seq.seq_id,
-                        seq.tokens[: start + n],
-                        cache_salt=req.cache_salt,
-                        priority=req.priority,
-                    )
-                else:
-                    got = self.runner.admit(
-                        seq.seq_id, hashed.prefix(start + n), priority=req.priority
-                    )
+                # the salt is in a HashedPrompt's hashes (the manager refuses a second one)
+                got = mgr.admit(
+                    seq.seq_id,
+                    seq.tokens[: start + n] if hashed is None else hashed.prefix(start + n),
+                    cache_salt=req.cache_salt if hashed is None else None,
+                    priority=req.priority,
+                    sliding_window=self.sliding_window,
+                )
             except OutOfBlocksError:
                 break
             self.waiting.pop(0)
@@ -223,9 +298,9 @@ class Scheduler:
             self.tier_hit_tokens += loaded
             self.add_running(seq)
             if req.metrics.first_scheduled_time is None:
-                req.metrics.first_scheduled_time = time.monotonic()
+                req.metrics.first_scheduled_time = self.clock()
                 req.metrics.num_cached_tokens = seq.num_computed
-            out.append(ScheduledSeq(seq, n))
+            out.append(ScheduledSeq(seq, n, seq.num_computed))
             budget -= n
 
     def _hashed(self, seq: EngineSeq) -> HashedPrompt | None:

@@ -129,11 +129,12 @@ class EngineTiers:
 
     def load(self, seq_id: Hashable, hashes: Sequence[bytes], first: int, count: int) -> int:
         """Load blocks ``[first, first + count)`` of an admitted sequence into its own block
-        ids; marks the loaded leading run computed. Returns the blocks loaded."""
+        ids; registers the loaded leading run as computed (findable by other prompts). Returns
+        the blocks loaded."""
         table = self.manager.block_table(seq_id)
         got = self.cache.load(hashes[first : first + count], table[first : first + count])
         if got:
-            self.runner.mark_loaded(seq_id, (first + got) * self.block_size)
+            self.manager.register_prefix(seq_id, (first + got) * self.block_size)
         return got
 
     def store_new(self, seq_id: Hashable, old_computed: int, new_computed: int) -> None:

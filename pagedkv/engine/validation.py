@@ -16,7 +16,7 @@ from pagedkv.engine.sampling_params import SamplingParams
 from pagedkv.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from pagedkv.engine.llm_engine import LLMEngine
+    from pagedkv.engine.engine_core import EngineCore
 
 
 class DuplicateRequestError(InvalidArgumentError):
@@ -35,7 +35,7 @@ def check_request_id(request_id: object) -> str:
     return request_id
 
 
-def prompt_token_ids(engine: LLMEngine, prompt: object) -> tuple[str | None, list[int]]:
+def prompt_token_ids(engine: EngineCore, prompt: object) -> tuple[str | None, list[int]]:
     """``(text or None, token ids)`` of a prompt in any form :func:`parse_prompt` takes."""
     parsed = parse_prompt(prompt)
     if not isinstance(parsed, str):
@@ -46,7 +46,7 @@ def prompt_token_ids(engine: LLMEngine, prompt: object) -> tuple[str | None, lis
 
 
 def validate_request(
-    engine: LLMEngine, prompt: object, params: SamplingParams, priority: object, cache_salt: object
+    engine: EngineCore, prompt: object, params: SamplingParams, priority: object, cache_salt: object
 ) -> tuple[str | None, list[int]]:
     if not isinstance(params, SamplingParams):
         raise InvalidArgumentError(f"params: expected SamplingParams, got {type(params).__name__}")
@@ -80,7 +80,7 @@ def validate_request(
         )
     mgr = engine.manager
     blocks = -(-total // mgr.block_size)
-    fits = engine.num_usable_blocks - int(engine.config.watermark * engine.num_usable_blocks)
+    fits = engine.num_usable_blocks - engine.config.watermark_blocks(engine.num_usable_blocks)
     if blocks > fits:
         raise InvalidArgumentError(
             f"prompt + max_tokens = {total} tokens need {blocks} KV blocks of "

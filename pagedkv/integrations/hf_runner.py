@@ -228,6 +228,23 @@ class PagedModelRunner:
         step, input_ids, position_ids = self.build_step(seq_ids)
         # Copy-on-write copies must land before this step's writes.
         self.storage.copy_blocks(self.manager.take_copies())
+        logits = self.run_step(step, input_ids, position_ids)
+        for s in seq_ids:
+            del self._pending[s]
+        self.manager.commit(seq_ids)  # their KV is written: full blocks become findable
+        return logits
+
+    @torch.inference_mode()
+    def run_step(
+        self, step: PagedStep, input_ids: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """One packed forward over a built step (no bookkeeping: the caller commits).
+
+        Args:
+            input_ids, position_ids: int64 ``[1, T]``.
+        Returns:
+            float logits ``[B, vocab]`` for each sequence's last token, in the model's dtype.
+        """
         last = step.metadata.cu_seqlens_q[1:].to(torch.int64) - 1
         if self.native is not None and self.native.usable():
             logits: torch.Tensor = self.native.forward(step, input_ids, position_ids, last)
@@ -237,9 +254,6 @@ class PagedModelRunner:
             )
             logits = out.logits[0]
         step.check_all_layers_ran()  # a layer that bypassed pagedkv: refuse, don't guess
-        for s in seq_ids:
-            del self._pending[s]
-        self.manager.commit(seq_ids)  # their KV is written: full blocks become findable
         return logits
 
     def generate(

@@ -44,24 +44,59 @@ def build_paged_step(
         raise InvalidArgumentError(
             f"forward: expected pending tokens for every sequence, got none for {missing}"
         )
-    ids: list[int] = []
-    pos: list[np.ndarray] = []
-    slots: list[np.ndarray] = []
-    qlens, slens = [], []
+    starts, tokens, slots = [], [], []
     for s in seq_ids:
         start, toks = pending[s]
+        starts.append(start)
+        tokens.append(toks)
+        slots.append(manager.slot_mapping(s, start, start + len(toks)))
+    return paged_step(
+        starts,
+        tokens,
+        block_tables=manager.block_table_array(seq_ids),
+        slot_mapping=np.concatenate(slots),
+        block_size=manager.block_size,
+        storage=storage,
+        backend=backend,
+        device=device,
+    )
+
+
+def paged_step(
+    starts: Sequence[int],
+    tokens: Sequence[Sequence[int]],
+    *,
+    block_tables: np.ndarray,
+    slot_mapping: np.ndarray,
+    block_size: int,
+    storage: KVStorage,
+    backend: AttentionBackend,
+    device: torch.device,
+) -> tuple[PagedStep, torch.Tensor, torch.Tensor]:
+    """Step metadata for sequences whose tokens ``tokens[b]`` sit at positions
+    ``starts[b]..`` (what a :class:`~pagedkv.engine.scheduler_output.SchedulerOutput` holds).
+
+    Args:
+        block_tables: int ``[B, M]`` block ids per sequence, padded with the null block 0.
+        slot_mapping: int64 ``[T]`` cache slot of every token, in batch order.
+    Returns:
+        (step, input_ids int64 ``[1, T]``, position_ids int64 ``[1, T]``), on ``device``.
+    """
+    ids: list[int] = []
+    pos: list[np.ndarray] = []
+    qlens, slens = [], []
+    for start, toks in zip(starts, tokens, strict=True):
         end = start + len(toks)
         ids.extend(toks)
         pos.append(np.arange(start, end))
-        slots.append(manager.slot_mapping(s, start, end))
         qlens.append(len(toks))
         slens.append(end)
     meta = AttentionMetadata.build(
-        block_size=manager.block_size,
-        block_tables=manager.block_table_array(seq_ids),
+        block_size=block_size,
+        block_tables=block_tables,
         seq_lens=slens,
         query_lens=qlens,
-        slot_mapping=np.concatenate(slots),
+        slot_mapping=slot_mapping,
         device=device,
     )
     step = PagedStep(storage=storage, metadata=meta, backend=backend)

@@ -336,13 +336,13 @@ def test_submit_and_stream_abort_never_wait_for_a_step():
     # step (and an unfair lock can starve it for many); submissions and aborts go through the
     # inbox instead.
     aeng = AsyncLLMEngine(make_engine(block_size=4, num_blocks=128), idle_wait=0.005)
-    forward = aeng.engine.runner.forward
+    run_step = aeng.engine.runner.run_step
 
-    def slow_forward(seq_ids):
+    def slow_run_step(*args):
         time.sleep(0.3)
-        return forward(seq_ids)
+        return run_step(*args)
 
-    aeng.engine.runner.forward = slow_forward
+    aeng.engine.runner.run_step = slow_run_step
 
     async def main():
         first = aeng.submit(PROMPTS[0], greedy(50))

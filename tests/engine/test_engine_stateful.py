@@ -175,3 +175,22 @@ EngineMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestEngineStateful = EngineMachine.TestCase
+
+
+def test_swap_in_leaves_seats_for_forks_still_owed() -> None:
+    """Found by the machine above: a swapped-out sample 0 of an ``n = 2`` request (not forked
+    yet) came back beside two running sequences, and its fork made 4 running under
+    ``max_num_seqs = 3``. Swap-in now counts owed forks as admission does."""
+    m = EngineMachine()
+    m.setup(mode="swap", num_blocks=8, budget=3, max_num_seqs=3, prefix=False, policy="fcfs")
+    m.submit(kind=0, max_tokens=9, n=1, priority=0, prompt_idx=6)
+    m.submit(kind=0, max_tokens=3, n=2, priority=0, prompt_idx=7)
+    m.step(1)
+    m.submit(kind=0, max_tokens=6, n=2, priority=0, prompt_idx=0)
+    swapped_unforked = False
+    for _ in range(16):  # step() asserts running <= max_num_seqs after every step
+        m.step(1)
+        sched = m.engine.scheduler
+        swapped_unforked |= any(s.index == 0 and not s.request.forked for s in sched.swapped)
+    assert swapped_unforked  # the case the fix is for did occur
+    m.teardown()  # every output equals its request run alone

@@ -247,7 +247,7 @@ def _fail_once(monkeypatch, obj, name):
 def test_forward_failure_fails_its_requests_only(monkeypatch, where):
     eng = make_engine(block_size=4, num_blocks=32)
     if where == "runner":
-        _fail_once(monkeypatch, eng.runner, "forward")
+        _fail_once(monkeypatch, eng.runner, "run_step")
     else:  # inside the model, after copy-on-write copies ran and KV writes may have begun
         _fail_once(monkeypatch, eng.runner.model, "forward")
     eng.add_request("a", PROMPTS[1], greedy(6, n=2))
@@ -286,7 +286,7 @@ def test_forward_failure_mid_decode_spares_nothing_else(monkeypatch):
     eng.add_request("w", PROMPTS[1], greedy(6))  # waits: max_num_seqs=1
     eng.step()
     eng.step()
-    _fail_once(monkeypatch, eng.runner, "forward")
+    _fail_once(monkeypatch, eng.runner, "run_step")
     outs = eng.step()
     eng.check_integrity()
     assert [o.request_id for o in outs] == ["a"]
@@ -299,7 +299,7 @@ def test_forward_failure_mid_decode_spares_nothing_else(monkeypatch):
 
 
 def test_sampler_failure_fails_one_request(monkeypatch):
-    import pagedkv.engine.step_results as sr
+    import pagedkv.engine.model_executor as sr
 
     real = sr.sample
     bad = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, n=2)

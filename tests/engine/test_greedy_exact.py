@@ -137,13 +137,13 @@ def test_chunked_prefill_budgets(budget):
         block_size=4, num_blocks=128, max_num_batched_tokens=budget, enable_chunked_prefill=True
     )
     sizes = []
-    real_forward = eng.runner.forward
+    real_execute = eng.executor.execute
 
-    def spy(seq_ids):
-        sizes.append(sum(len(eng.runner._pending[s][1]) for s in seq_ids))
-        return real_forward(seq_ids)
+    def spy(output):
+        sizes.append(output.num_batched_tokens)
+        return real_execute(output)
 
-    eng.runner.forward = spy
+    eng.executor.execute = spy
     run = drive(eng, [(f"r{i}", p, greedy(7)) for i, p in enumerate(prompts)])
     _check_exact(run, prompts, 7)
     assert max(sizes) <= budget

@@ -22,13 +22,13 @@ def _slow_steps(server, monkeypatch, seconds=0.01):
     """Make each engine step take ``seconds`` more: the tiny model would otherwise finish a
     long request before the test's next move reaches the server."""
     runner = server.engine.engine.runner
-    forward = runner.forward
+    run_step = runner.run_step
 
-    def slow_forward(seq_ids):
+    def slow_run_step(*args):
         time.sleep(seconds)
-        return forward(seq_ids)
+        return run_step(*args)
 
-    monkeypatch.setattr(runner, "forward", slow_forward)
+    monkeypatch.setattr(runner, "run_step", slow_run_step)
 
 
 def test_disconnect_mid_stream_aborts(server, monkeypatch):

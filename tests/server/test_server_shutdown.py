@@ -159,9 +159,9 @@ def test_requests_past_the_graceful_timeout_end_with_openai_errors(monkeypatch):
         for lg in loggers:
             lg.addHandler(records)
         runner = srv.engine.engine.runner
-        forward = runner.forward
+        run_step = runner.run_step
         # slow steps: each request needs far more than the graceful timeout
-        monkeypatch.setattr(runner, "forward", lambda ids: (time.sleep(0.02), forward(ids))[1])
+        monkeypatch.setattr(runner, "run_step", lambda *a: (time.sleep(0.02), run_step(*a))[1])
         body = {"model": MODEL, "prompt": "drain", "max_tokens": 480, "ignore_eos": True}
         whole: list[httpx.Response] = []
         waiter = threading.Thread(

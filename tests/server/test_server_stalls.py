@@ -108,8 +108,8 @@ def test_metrics_answer_while_the_engine_lock_is_held(server):
 # ------------------------------------------------------------------------ disconnect, whole
 def _slow_steps(server, monkeypatch, seconds: float = 0.02) -> None:
     runner = server.engine.engine.runner
-    forward = runner.forward
-    monkeypatch.setattr(runner, "forward", lambda ids: (time.sleep(seconds), forward(ids))[1])
+    run_step = runner.run_step
+    monkeypatch.setattr(runner, "run_step", lambda *a: (time.sleep(seconds), run_step(*a))[1])
 
 
 def test_non_streaming_client_that_leaves_is_aborted(server, monkeypatch):
