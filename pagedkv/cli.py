@@ -3,7 +3,9 @@
 ``generate`` streams a model's answer to one prompt and ``chat`` is an interactive streamed chat
 (``pagedkv.chat_cli``); ``demo`` is the engine serving a batch of chat requests on the default
 model, ``demo --blocks`` the offline tour of the block manager (``pagedkv.demo``); ``simulate``
-is the trace-driven simulator and capacity planner (``pagedkv simulate --help``).
+is the trace-driven simulator and capacity planner (``pagedkv simulate --help``); ``profile``
+times the engine and fits the simulator's step cost model (``pagedkv simulate --cost FILE``);
+``replay`` runs a trace through the real engine, as ``simulate --mode serve`` predicts it.
 
 Errors: a bad option or value prints one line, ``pagedkv COMMAND: error: ...``, and exits with
 status 2 (argparse's errors included, without the usage block: ``--help`` shows it), and is
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pagedkv import demo as demo_module
     from pagedkv.cli_options import plain
     from pagedkv.simulator.command import add_simulate_parser
+    from pagedkv.simulator.profile_command import add_profile_parser
 
     parser = OneLineErrorParser(
         prog="pagedkv",
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=demo_module.run)
     add_simulate_parser(sub)
+    add_profile_parser(sub)
+    from pagedkv.simulator.replay_command import add_replay_parser
+
+    add_replay_parser(sub)
     from pagedkv.server.cli import add_serve_parser
 
     add_serve_parser(sub)

@@ -36,8 +36,8 @@ HEADROOM = 0.8
 
 def alone_ttft_ms(trace: Trace, cost: LinearCostModel) -> float:
     """TTFT of a median-length prompt served alone: one prefill step, no queue, no cache."""
-    median = statistics.median(r.input_len for r in trace.requests) if len(trace) else 0
-    return cost.step_ms(int(median), 0)
+    median = int(statistics.median(r.input_len for r in trace.requests)) if len(trace) else 0
+    return cost.step_ms_for([(0, median)]) if median > 0 else cost.step_ms(0, 0)
 
 
 def _arrival_span_s(trace: Trace, scale: float) -> float:
@@ -46,7 +46,7 @@ def _arrival_span_s(trace: Trace, scale: float) -> float:
 
 def is_overloaded(row: Mapping[str, Any], alone_ms: float, span_s: float) -> bool:
     ttft = float(row.get("ttft_ms_p50", float("nan")))
-    drain_s = float(row.get("makespan_s", 0.0)) - span_s
+    drain_s = float(row.get("duration_s", 0.0)) - span_s
     queued = ttft >= max(OVERLOAD_MIN_MS, OVERLOAD_FACTOR * alone_ms)  # NaN compares False
     return queued and drain_s > DRAIN_FRACTION * span_s
 
@@ -74,7 +74,7 @@ def overload_warning(
 ) -> str:
     """One paragraph: what shows the overload, and what would fit."""
     span_s = _arrival_span_s(trace, scale)
-    drain_s = float(row.get("makespan_s", 0.0)) - span_s
+    drain_s = float(row.get("duration_s", 0.0)) - span_s
     text = (
         f"{row.get('backend', '?')} is overloaded: median TTFT "
         f"{format_ms(row['ttft_ms_p50'])} ({format_ms(alone_ms)} for a median prompt alone)"
@@ -98,7 +98,7 @@ def serving_warnings(
     trace: Trace,
     cost: LinearCostModel,
     scale: float = 1.0,
-    max_num_seqs: int = 256,
+    max_num_seqs: int = 64,
 ) -> list[str]:
     """Mark each serving row ``overloaded`` (True/False) and return a warning per overloaded
     row and per row that rejected requests."""
@@ -106,15 +106,37 @@ def serving_warnings(
         return []
     alone = alone_ttft_ms(trace, cost)
     span_s = _arrival_span_s(trace, scale)
-    longest = max(r.input_len for r in trace.requests)
     out = []
     for row in rows:
         row["overloaded"] = is_overloaded(row, alone, span_s)
         if row["overloaded"]:
             out.append(overload_warning(row, trace, alone, scale, max_num_seqs))
-        if row.get("requests_rejected"):
+        out += rejected_warnings([row], trace)
+    return out
+
+
+def rejected_warnings(rows: list[dict[str, Any]], trace: Trace) -> list[str]:
+    """A warning per row that rejected requests, with the numbers: an engine row refuses,
+    before the replay, requests longer than one request may be (``max_request_tokens``: the
+    model's length or the KV pool above the watermark); a baseline rejects prompts that never
+    fit its memory."""
+    out = []
+    for row in rows:
+        n = row.get("requests_rejected")
+        if not n:
+            continue
+        if "max_request_tokens" in row:
             out.append(
-                f"{row.get('backend')}: {row['requests_rejected']:,} requests never fit "
+                f"{row.get('backend')}: {n:,} requests of more than "
+                f"{row['max_request_tokens']:,} tokens (prompt + output; the longest has "
+                f"{row.get('longest_rejected_tokens', 0):,}) exceed what one request may have "
+                f"(the smaller of --max-model-len and the {row.get('capacity_tokens', 0):,}-"
+                f"token KV pool above the watermark) and were not replayed"
+            )
+        else:
+            longest = max(r.input_len for r in trace.requests)
+            out.append(
+                f"{row.get('backend')}: {n:,} requests never fit "
                 f"in {row.get('capacity_tokens', 0):,} KV tokens and were rejected "
                 f"(longest prompt: {longest:,} tokens; see --kv-tokens)"
             )

@@ -107,7 +107,8 @@ def word_list(
 
 
 def cost_model(text: str) -> LinearCostModel:
-    """``BASE,PREFILL,DECODE`` in milliseconds, each >= 0."""
+    """``BASE,PREFILL,DECODE`` in milliseconds, each >= 0, or a ``.json`` file from
+    ``pagedkv profile``."""
     try:
         return LinearCostModel.parse(text)
     except InvalidArgumentError as exc:

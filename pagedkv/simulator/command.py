@@ -3,6 +3,7 @@
 Every flag maps one to one onto :class:`~pagedkv.simulator.runner.SimulationConfig` or the
 workload; ``--help`` is the reference documentation (docs/simulator.md expands on it). The flags
 live beside what they make: :mod:`~pagedkv.simulator.workload_flags` (the trace),
+:mod:`~pagedkv.simulator.engine_flags` (the engine's knobs, shared with ``pagedkv replay``),
 :mod:`~pagedkv.simulator.simulation_flags` (the SimulationConfig), and the output flags here,
 beside the code that writes the outputs.
 """
@@ -15,40 +16,50 @@ from pathlib import Path
 
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.simulator.argtypes import NEGATIVE_NUMBER, HelpFormatter
+from pagedkv.simulator.engine_flags import add_engine_flags
 from pagedkv.simulator.guards import check_outputs
 from pagedkv.simulator.progress import ProgressBar
 from pagedkv.simulator.report import render_csv, render_json, render_text
 from pagedkv.simulator.runner import run_simulation
-from pagedkv.simulator.simulation_flags import add_serving_flags, add_sweep_flags, config_from_args
+from pagedkv.simulator.simulation_flags import add_cost_flag, add_sweep_flags, config_from_args
 from pagedkv.simulator.workload_flags import add_workload_flags, workload_from_args
 
 DESCRIPTION = """\
-Replay LLM traffic through pagedkv's block manager (the same code that serves) to size KV memory.
+Replay LLM traffic through pagedkv's block manager and scheduler (the code that serves) to size
+KV memory and predict latencies.
 
 modes (--mode, comma-separated; default all three):
   hitrate    prefix hit rate vs cache capacity per eviction policy, in file order, with the
              infinite-cache ceiling and Belady's offline optimum as upper bounds. Token-weighted,
              longest cached prefix only, measured after a warm-up (default: last 50% of
              requests, comparable with kvcache-simulator).
-  serve      serving replay by arrival time: continuous batching admitted by free blocks,
-             recompute preemption, step times from a linear cost model. Reports KV utilisation,
-             token states / allocated memory, preemptions, queueing, TTFT/TPOT, throughput.
-  baselines  the same serving replay with contiguous per-request reservation (max length, next
-             power of two, exact final length) next to paging without prefix sharing.
+  serve      serving replay by arrival time through the engine's own scheduler and block
+             manager (EngineCore with a simulated executor): admission, chunked prefill,
+             preemption, prefix caching as the engine does them, step times from the cost
+             model. Reports the fields `pagedkv replay` reports for the real engine
+             (throughput, TTFT/TPOT/E2E p50/p99, preemptions, prefix hit rate, ...).
+  baselines  a memory study: contiguous per-request reservation (max length, next power of
+             two, exact final length) next to paging without prefix sharing. It stays on a
+             simplified scheduler of its own (a contiguous reservation cannot run through the
+             engine's BlockManager), fed the same engine flags, preempting by recompute only.
 
 workload: --trace FILE (Mooncake .jsonl or Azure .csv), else a seeded synthetic workload.
 """
 
 EPILOG = """\
-cost model: step_ms = BASE + PREFILL*prefill_tokens + DECODE*decoding_sequences (--cost).
+cost model: step_ms = BASE + PREFILL*prefill_tokens + DECODE*decoding_sequences (--cost);
+  `pagedkv profile` fits them to this machine's engine (--cost pagedkv-costmodel.json).
 capacities: --capacity counts blocks; --capacity-tokens counts tokens (divided by each block
   size, so sweeps over block sizes compare equal memory). Default: 1/64 .. 1/4 of the distinct
   blocks in the trace. A '*' in the table marks a cache that never filled before measurement.
 overload: a serving backend whose median TTFT is >= 10x a lone median prompt's (and >= 1 s)
   while its queue outlasts the arrivals is reported as overloaded, with a request rate (and,
   when memory limits the batch, a --kv-tokens) that would fit.
+engine flags: the serve mode's EngineConfig (and the baselines' limits); `pagedkv replay
+  --trace T --model M` takes the same flags and runs the real engine on the same arrivals.
 examples:
   pagedkv simulate                                   # synthetic multi-turn workload, all modes
+  pagedkv simulate --mode serve --num-blocks 2048 --max-num-seqs 32 --cost profile.json
   pagedkv simulate --trace mooncake.jsonl --mode hitrate --block-size 512 \\
       --capacity 128,512,1024,4096 --policy lru,fifo,belady
   pagedkv simulate --trace azure_conv.csv --mode baselines --kv-tokens 32768 --plot mem.png
@@ -66,7 +77,10 @@ def add_simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p._negative_number_matcher = NEGATIVE_NUMBER  # '--cost -5,..' reaches the value's check
     add_workload_flags(p)
     add_sweep_flags(p)
-    add_serving_flags(p)
+    add_engine_flags(
+        p, model_len_default="max(2048, next power of two of the longest prompt + output)"
+    )
+    add_cost_flag(p)
     add_output_flags(p)
     p.set_defaults(handler=run_simulate)
 
@@ -99,7 +113,8 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _write(path: str, text: str) -> None:
+def write_output(path: str, text: str) -> None:
+    """``text`` to ``path`` (``-``: stdout)."""
     if path == "-":
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:
@@ -123,9 +138,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         for warning in report.get("warnings", []):
             print(f"pagedkv simulate: warning: {warning}", file=sys.stderr)
     if args.json:
-        _write(args.json, render_json(report))
+        write_output(args.json, render_json(report))
     if args.csv:
-        _write(args.csv, render_csv(report))
+        write_output(args.csv, render_csv(report))
     if args.plot:
         from pagedkv.simulator.plot import save_plot
 

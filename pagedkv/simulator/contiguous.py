@@ -87,6 +87,8 @@ class ContiguousBackend:
 
 def default_max_model_len(trace: Trace) -> int:
     """``max(2048, next power of two of the longest prompt + output)`` — 2048 is the OPT/LLaMA-1
-    context the vLLM paper used; longer traces need a longer model context."""
-    longest = max((r.input_len + max(1, r.output_len) - 1 for r in trace.requests), default=1)
+    context the vLLM paper used; longer traces need a longer model context. Counted as the
+    engine counts a request (prompt + max_tokens), so the serve mode refuses none of the trace's
+    requests by this default."""
+    longest = max((r.input_len + max(1, r.output_len) for r in trace.requests), default=1)
     return max(2048, _next_pow2(longest))

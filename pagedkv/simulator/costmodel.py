@@ -1,24 +1,145 @@
 """How long one engine step takes, so a serving replay can turn scheduling into latencies.
 
-The simulator has no GPU; it charges each continuous-batching step a time from a model. The
-default is linear because that is what engine steps look like to first order: a fixed launch /
-sampling overhead, a prefill term proportional to the prompt tokens computed in the step
-(compute-bound), and a decode term proportional to the sequences decoding one token each
-(memory-bound: every sequence's weights-and-KV read)::
+The simulator has no GPU; it charges each continuous-batching step a time from a model: a fixed
+launch / sampling overhead, a prefill term proportional to the prompt tokens computed in the
+step, a decode term proportional to the sequences decoding one token each, and two attention
+terms proportional to the query-key pairs the step's kernels score (dense causal attention of
+fresh prompts; paged attention over cached KV), which grow with the context::
 
     step_ms = base_ms + prefill_ms_per_token * prefill_tokens + decode_ms_per_seq * decode_seqs
+              + attention_ms_per_kpair * attention_pairs / 1000
+              + paged_attention_ms_per_kpair * paged_pairs / 1000 + curve(tokens)
 
-The defaults (5 ms, 0.1 ms/token ≈ 10k prefill tokens/s, 0.2 ms/sequence) are in the range of a
-7B model on one A100-class GPU. Calibrate them against your own engine's step timings; absolute
-latencies scale with them, while memory results (utilisation, preemptions, paging vs.
-contiguous) depend only on the scheduling order they induce.
+``curve`` (a non-decreasing piecewise-linear function of the step's token count, empty by
+default) is what ``pagedkv profile`` fits in place of the base and prefill terms: the linear
+layers' time is far from linear in the rows at small batches on a CPU. The defaults (5 ms,
+0.1 ms/token, 0.2 ms/sequence, no attention term, no curve) are in the range of a 7B model on
+one A100-class GPU; ``pagedkv profile`` measures a real engine and writes its model as JSON
+(:meth:`LinearCostModel.save`). Absolute latencies scale with the terms, while memory results
+(utilisation, preemptions, paging vs. contiguous) depend only on the scheduling order.
+
+Imports neither numpy nor torch: the simulator uses it without the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from pagedkv.errors import InvalidArgumentError
+
+SCHEMA = "pagedkv-costmodel"
+SCHEMA_VERSION = 1
+TERMS = (
+    "base_ms",
+    "prefill_ms_per_token",
+    "decode_ms_per_seq",
+    "attention_ms_per_kpair",
+    "paged_attention_ms_per_kpair",
+)
+TERMS_STATS = ("mean", "median", "p90")
+
+
+@dataclass(frozen=True)
+class StepFeatures:
+    """What a step's cost depends on. Attention is counted per kernel, because their costs
+    differ tenfold on CPU: ``attention_pairs``, the query-key pairs of prompt chunks (dense
+    causal attention); ``paged_pairs``, those of decodes (the paged decode kernel, padded to
+    the step's longest decode context)."""
+
+    prefill_tokens: int
+    decode_seqs: int
+    attention_pairs: int
+    paged_pairs: int = 0
+
+    @property
+    def attention_kpairs(self) -> float:
+        return self.attention_pairs / 1000.0
+
+    @property
+    def paged_kpairs(self) -> float:
+        return self.paged_pairs / 1000.0
+
+    def row(self) -> tuple[float, float, float, float, float]:
+        """The regressors in :data:`TERMS` order (the constant first)."""
+        return (
+            1.0,
+            float(self.prefill_tokens),
+            float(self.decode_seqs),
+            self.attention_kpairs,
+            self.paged_kpairs,
+        )
+
+
+def curve_weights(knots: tuple[int, ...], tokens: int) -> list[float]:
+    """Weights of the knot values whose sum is the piecewise-linear curve at ``tokens``:
+    constant below the first knot, linear between two, the last segment's line past the end.
+    One function for the fit (the design matrix) and the prediction."""
+    n = len(knots)
+    w = [0.0] * n
+    if n == 0:
+        return w
+    if tokens <= knots[0]:
+        w[0] = 1.0
+        return w
+    i = next((j for j in range(1, n) if tokens <= knots[j]), n - 1)
+    t = (tokens - knots[i - 1]) / (knots[i] - knots[i - 1])
+    w[i - 1], w[i] = 1.0 - t, t
+    return w
+
+
+def step_features(shapes: Iterable[tuple[int, int]]) -> StepFeatures:
+    """Features of one step from its ``(start, num_tokens)`` per scheduled sequence.
+
+    One function for the fit and the prediction, so both count the same way: a sequence with
+    one token is a decode, one with more is (a chunk of) a prefill. Attention pairs count what
+    the kernels compute. A prompt chunk of ``n`` tokens after ``start`` cached ones scores
+    ``n*start + n*(n+1)/2`` pairs (dense causal attention). Decodes go through the paged
+    decode kernel, which reads the step's longest decode context ``L`` for every row, so they
+    score ``L`` paged pairs each (measured on CPU: 12 decodes with contexts of 16 and 500
+    tokens cost nearly as much as 12 at 500)."""
+    prefill = decode = pairs = longest = 0
+    for start, num in shapes:
+        if start < 0 or num < 1:
+            raise InvalidArgumentError(
+                f"step shape (start={start}, num_tokens={num}): expected start >= 0 and "
+                f"num_tokens >= 1"
+            )
+        if num == 1:
+            decode += 1
+            longest = max(longest, start + 1)
+        else:
+            prefill += num
+            pairs += num * start + num * (num + 1) // 2
+    return StepFeatures(prefill, decode, pairs, decode * longest)
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Absolute relative error ``|predicted - measured| / measured`` over ``records`` steps
+    (fractions: 0.1 = 10 %)."""
+
+    records: int
+    mean: float
+    median: float
+    p90: float
+
+
+@dataclass(frozen=True)
+class CostModelInfo:
+    """Where a fitted model came from: its coefficients hold for this model, dtype and thread
+    count only (``date``: ISO 8601, UTC)."""
+
+    model: str
+    dtype: str
+    threads: int
+    date: str
+    fit_error: ErrorStats | None = None
+    held_out_error: ErrorStats | None = None
 
 
 @dataclass(frozen=True)
@@ -26,39 +147,123 @@ class LinearCostModel:
     base_ms: float = 5.0
     prefill_ms_per_token: float = 0.1
     decode_ms_per_seq: float = 0.2
+    attention_ms_per_kpair: float = 0.0
+    paged_attention_ms_per_kpair: float = 0.0
+    # The batch-size curve: ``token_ms[i]`` ms for a step of ``token_knots[i]`` tokens,
+    # linear in between and past the last knot (GEMM time is not linear in the rows at small
+    # batches: a CPU decode of 2 sequences costs far less than twice one). Empty: no curve.
+    token_knots: tuple[int, ...] = ()
+    token_ms: tuple[float, ...] = ()
+    info: CostModelInfo | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("base_ms", "prefill_ms_per_token", "decode_ms_per_seq"):
+        for name in TERMS:
             value = getattr(self, name)
-            if not value >= 0.0:
+            if not (value >= 0.0 and math.isfinite(value)):
                 raise InvalidArgumentError(f"cost model {name} must be >= 0, got {value}")
-        if self.base_ms == 0 and self.prefill_ms_per_token == 0 and self.decode_ms_per_seq == 0:
+        knots, values = self.token_knots, self.token_ms
+        if len(knots) != len(values) or len(knots) == 1:
+            raise InvalidArgumentError(
+                f"cost model token curve: expected as many values as knots (none, or at least "
+                f"2), got {len(knots)} knots and {len(values)} values"
+            )
+        if any(b <= a for a, b in itertools.pairwise(knots)) or (knots and knots[0] < 1):
+            raise InvalidArgumentError(
+                f"cost model token curve: knots must increase from >= 1, got {list(knots)}"
+            )
+        if not all(v >= 0.0 and math.isfinite(v) for v in values):
+            raise InvalidArgumentError(f"cost model token curve: values must be >= 0, got {values}")
+        if not any(getattr(self, name) for name in TERMS) and not any(values):
             raise InvalidArgumentError("cost model must charge something per step (all terms 0)")
 
     def step_ms(self, prefill_tokens: int, decode_seqs: int) -> float:
+        """A step's time from its token counts alone (no attention term: the counts do not
+        say how long the contexts are; :meth:`step_ms_for` does)."""
         return (
             self.base_ms
             + self.prefill_ms_per_token * prefill_tokens
             + self.decode_ms_per_seq * decode_seqs
+            + self.curve_ms(prefill_tokens + decode_seqs)
         )
+
+    def curve_ms(self, tokens: int) -> float:
+        """The token curve at ``tokens`` (0 without a curve)."""
+        return sum(
+            w * v
+            for w, v in zip(curve_weights(self.token_knots, tokens), self.token_ms, strict=True)
+        )
+
+    def features_ms(self, f: StepFeatures) -> float:
+        return (
+            self.step_ms(f.prefill_tokens, f.decode_seqs)
+            + self.attention_ms_per_kpair * f.attention_kpairs
+            + self.paged_attention_ms_per_kpair * f.paged_kpairs
+        )
+
+    def step_ms_for(self, shapes: Iterable[tuple[int, int]]) -> float:
+        """A step's time from its ``(start, num_tokens)`` per scheduled sequence (a
+        ``SchedulerOutput.shapes`` or ``StepRecord.shapes``), every term charged."""
+        return self.features_ms(step_features(shapes))
 
     @classmethod
     def parse(cls, text: str) -> LinearCostModel:
-        """Parse ``"BASE,PER_PREFILL_TOKEN,PER_DECODE_SEQ"`` (milliseconds)."""
+        """``"BASE,PER_PREFILL_TOKEN,PER_DECODE_SEQ"`` (milliseconds), or the path of a
+        ``.json`` file written by ``pagedkv profile`` (:meth:`save`)."""
+        if text.strip().lower().endswith(".json"):
+            return cls.load(text.strip())
         parts = [p.strip() for p in text.split(",")]
         if len(parts) != 3:
             raise InvalidArgumentError(
                 f"cost model needs 3 comma-separated numbers (base_ms, prefill_ms_per_token, "
-                f"decode_ms_per_seq), got {len(parts)} in {text!r}"
+                f"decode_ms_per_seq) or a .json file from `pagedkv profile`, got {len(parts)} "
+                f"in {text!r}"
             )
         try:
             values = [float(p) for p in parts]
         except ValueError as exc:
             raise InvalidArgumentError(f"cost model {text!r}: {exc}") from exc
-        return cls(*values)
+        return cls(values[0], values[1], values[2])
 
     def describe(self) -> str:
-        return (
+        text = (
             f"step_ms = {self.base_ms:g} + {self.prefill_ms_per_token:g}*prefill_tokens"
             f" + {self.decode_ms_per_seq:g}*decode_seqs"
         )
+        if self.attention_ms_per_kpair:
+            text += f" + {self.attention_ms_per_kpair:g}*attention_kpairs"
+        if self.paged_attention_ms_per_kpair:
+            text += f" + {self.paged_attention_ms_per_kpair:g}*paged_kpairs"
+        if self.token_knots:
+            pts = ", ".join(
+                f"{k}:{v:.3g}" for k, v in zip(self.token_knots, self.token_ms, strict=True)
+            )
+            text += f" + curve(tokens) [{pts}]"
+        return text
+
+    # ------------------------------------------------------------------------------ JSON
+    # The file format lives in :mod:`pagedkv.simulator.costmodel_json` (imported when called:
+    # it imports this module).
+    def to_json(self) -> dict[str, Any]:
+        from pagedkv.simulator.costmodel_json import model_to_json
+
+        return model_to_json(self)
+
+    @classmethod
+    def from_json(cls, data: object, source: str = "cost model") -> LinearCostModel:
+        """The model :meth:`to_json` wrote; anything else raises ``InvalidArgumentError``
+        naming ``source`` and the field (an unknown key too: a misspelt term would otherwise
+        be a silent 0)."""
+        from pagedkv.simulator.costmodel_json import model_from_json
+
+        return model_from_json(data, source)
+
+    def save(self, path: str | Path) -> None:
+        from pagedkv.simulator.costmodel_json import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearCostModel:
+        from pagedkv.simulator.costmodel_json import load_model
+
+        return load_model(path)

@@ -52,14 +52,15 @@ def _memory_axes(
     reference: tuple[str, Mapping[str, np.ndarray]] | None,
 ) -> None:
     """One backend's panel: allocated KV and token states (% of capacity) over time; the
-    paged backend's allocation drawn faintly behind the others for comparison."""
+    paged backend's allocation drawn faintly behind the others for comparison. An engine row
+    (the serve mode) records the blocks in use, not token states."""
     if reference is not None and len(reference[1]["t_ms"]):
         t, y = _thin(reference[1], "allocated_tokens")
         ax.plot(t, 100 * y / capacity, color="0.75", lw=1.0, label=f"{reference[0]}: allocated")
     if len(tl["t_ms"]):
         t, y = _thin(tl, "allocated_tokens")
         ax.plot(t, 100 * y / capacity, color="C0", lw=1.0, label="allocated")
-    if len(tl["t_ms"]):
+    if len(tl["t_ms"]) and "token_states" in tl:  # the engine's timeline has none
         t, y = _thin(tl, "token_states")
         ax.plot(t, 100 * y / capacity, color="C1", lw=1.0, ls=":", label="token states")
     ax.set_title(name, fontsize=9)

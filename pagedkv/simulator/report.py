@@ -1,8 +1,9 @@
 """Render simulation results: a readable terminal table, JSON, and CSV.
 
 All three are produced from one plain-dict *report* (``{"workload", "config", "hitrate",
-"serving"}``) so that what a script parses from ``--json``/``--csv`` is exactly what the table
-shows, and so results can be saved and re-rendered.
+"serving", "baselines"}``; ``pagedkv replay`` writes the same ``serving`` rows) so that what a
+script parses from ``--json``/``--csv`` is exactly what the table shows, and so results can be
+saved and re-rendered.
 """
 
 from __future__ import annotations
@@ -122,7 +123,27 @@ def _wrap(text: str, first: str, rest: str) -> str:
     ).replace("\u00a0", " ")
 
 
-SERVING_COLUMNS = [
+Column = tuple[str, str, Any]  # header, row key, format: None, "pct", "ms" or decimals
+
+#: the serve mode's rows (the engine's scheduler; ``pagedkv replay`` prints the same)
+SERVING_COLUMNS: list[Column] = [
+    ("backend", "backend", None),
+    ("kv util", "kv_utilization", "pct"),
+    ("preempt", "preemptions", 0),
+    ("rejected", "requests_rejected", 0),
+    ("batch", "mean_batch", 1),
+    ("req/s", "throughput_req_s", 2),
+    ("out tok/s", "throughput_tok_s", 0),
+    ("hit rate", "prefix_hit_rate", "pct"),
+    ("TTFT p50", "ttft_ms_p50", "ms"),
+    ("TTFT p99", "ttft_ms_p99", "ms"),
+    ("TPOT p50", "tpot_ms_p50", "ms"),
+    ("TPOT p99", "tpot_ms_p99", "ms"),
+    ("E2E p50", "e2e_ms_p50", "ms"),
+]
+
+#: the baselines' rows (memory study: how much of the allocation holds token states)
+BASELINE_COLUMNS: list[Column] = [
     ("backend", "backend", None),
     ("kv util", "kv_utilization", "pct"),
     ("tokens/alloc", "token_state_fraction", "pct"),
@@ -130,7 +151,7 @@ SERVING_COLUMNS = [
     ("rejected", "requests_rejected", 0),
     ("batch", "mean_batch", 1),
     ("req/s", "throughput_req_s", 2),
-    ("out tok/s", "throughput_out_tok_s", 0),
+    ("out tok/s", "throughput_tok_s", 0),
     ("queue mean", "queue_ms_mean", "ms"),
     ("TTFT p50", "ttft_ms_p50", "ms"),
     ("TTFT p99", "ttft_ms_p99", "ms"),
@@ -139,11 +160,13 @@ SERVING_COLUMNS = [
 ]
 
 
-def serving_table(results: list[Mapping[str, Any]]) -> str:
+def serving_table(
+    results: Sequence[Mapping[str, Any]], columns: Sequence[Column] = SERVING_COLUMNS
+) -> str:
     rows = []
     for s in results:
         row = []
-        for _, key, fmt in SERVING_COLUMNS:
+        for _, key, fmt in columns:
             v = s.get(key)
             row.append(
                 _pct(v)
@@ -155,7 +178,31 @@ def serving_table(results: list[Mapping[str, Any]]) -> str:
                 else str(v)
             )
         rows.append(row)
-    return _table([c[0] for c in SERVING_COLUMNS], rows)
+    return _table([c[0] for c in columns], rows)
+
+
+def engine_flags(engine: Mapping[str, Any]) -> str:
+    """The engine settings a serving run used, as the flags that give another run (``simulate``
+    or ``replay``) the same."""
+    flags = [
+        f"--num-blocks {engine['num_blocks']}",
+        f"--block-size {engine['block_size']}",
+        f"--max-num-seqs {engine['max_num_seqs']}",
+        f"--max-num-batched-tokens {engine['max_num_batched_tokens']}",
+        "--enable-chunked-prefill"
+        if engine["enable_chunked_prefill"]
+        else "--no-enable-chunked-prefill",
+        f"--watermark {engine['watermark']:g}",
+        f"--preemption-mode {engine['preemption_mode']}",
+    ]
+    if engine["preemption_mode"] == "swap":
+        flags.append(f"--num-host-blocks {engine['num_host_blocks']}")
+    flags += [
+        f"--prefix-caching {'on' if engine['enable_prefix_caching'] else 'off'}",
+        f"--serve-policy {engine['eviction_policy']}",
+        f"--max-model-len {engine['max_model_len']}",
+    ]
+    return " ".join(flags)
 
 
 def render_text(report: Report) -> str:
@@ -165,8 +212,8 @@ def render_text(report: Report) -> str:
         f"{w.get('mean_input_tokens', 0):.0f} / output {w.get('mean_output_tokens', 0):.0f} "
         f"tokens, {w.get('duration_s', 0):.0f} s of arrivals"
     ]
+    cfg = report.get("config", {})
     if report.get("hitrate"):
-        cfg = report.get("config", {})
         parts += [
             "",
             f"== prefix hit rate (token-weighted, longest prefix, last "
@@ -174,11 +221,19 @@ def render_text(report: Report) -> str:
             hitrate_table(report["hitrate"]),
         ]
     if report.get("serving"):
-        cfg = report.get("config", {})
+        title = report.get("serving_title") or (
+            f"serving replay through the engine's scheduler ({cfg.get('cost_model', '')})"
+        )
+        parts += ["", f"== {title} =="]
+        if cfg.get("engine"):
+            parts.append(_wrap("engine: " + engine_flags(cfg["engine"]), "", "  "))
+        parts.append(serving_table(report["serving"]))
+    if report.get("baselines"):
         parts += [
             "",
-            f"== serving replay ({cfg.get('cost_model', '')}) ==",
-            serving_table(report["serving"]),
+            "== baselines: contiguous reservation vs paging without sharing (simplified "
+            "scheduler, same knobs, recompute) ==",
+            serving_table(report["baselines"], BASELINE_COLUMNS),
         ]
     notes = [*report.get("notes", []), *report.get("warnings", [])]
     if notes:
@@ -203,9 +258,11 @@ def render_json(report: Report) -> str:
 
 
 def render_csv(report: Report) -> str:
-    """One row per result; ``kind`` is ``hitrate`` or ``serving``; columns are the union."""
+    """One row per result; ``kind`` is ``hitrate``, ``serving`` or ``baselines``; columns are
+    the union."""
     rows = [{"kind": "hitrate", **r} for r in report.get("hitrate", [])]
     rows += [{"kind": "serving", **s} for s in report.get("serving", [])]
+    rows += [{"kind": "baselines", **s} for s in report.get("baselines", [])]
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from pagedkv.engine.config import EngineConfig
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.simulator.advice import serving_warnings
 from pagedkv.simulator.blocks import BlockStream, build_block_stream
 from pagedkv.simulator.contiguous import RESERVATIONS, ContiguousBackend, default_max_model_len
 from pagedkv.simulator.costmodel import LinearCostModel
+from pagedkv.simulator.engine_serve import simulate_serve
 from pagedkv.simulator.hitrate import capacities_for, manager_policies, run_policy
 from pagedkv.simulator.oracle import infinite_cache
 from pagedkv.simulator.paged import PagedBackend
@@ -40,14 +42,20 @@ class SimulationConfig:
     policies: tuple[str, ...] = ()  # () = every manager policy + belady
     warmup: float = 0.5
     partial: str = "cache"
-    kv_tokens: int | None = None  # serving / baseline memory; None = sized from the trace
-    serve_policy: str = "lru"
-    prefix_caching: bool | None = None  # None = on iff the trace has prefix information
-    watermark: float = 0.0
-    max_model_len: int | None = None
+    # serving and baselines: the engine's knobs (EngineConfig's names and defaults)
+    kv_tokens: int | None = None  # KV memory; None = sized from the trace
+    num_blocks: int | None = None  # usable blocks, instead of kv_tokens
+    serve_policy: str = "lru"  # EngineConfig.eviction_policy
+    prefix_caching: bool = True  # the baselines' paged arm never shares
+    watermark: float = 0.01
+    max_model_len: int | None = None  # None = max(2048, next power of two of the longest)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int | None = None  # None = EngineConfig.token_budget's default
+    enable_chunked_prefill: bool = True
+    preemption_mode: str = "recompute"  # the baselines always recompute
+    num_host_blocks: int = 0
     arrival_scale: float = 1.0
     cost: LinearCostModel = field(default_factory=LinearCostModel)
-    limits: SchedulerLimits = field(default_factory=SchedulerLimits)
     jobs: int = 1  # worker processes for sweeps; 0 = one per core
 
     def validate(self) -> None:
@@ -56,8 +64,14 @@ class SimulationConfig:
             raise InvalidArgumentError(f"unknown mode(s) {bad or self.modes}; known: {MODES}")
         if not self.block_sizes or min(self.block_sizes) <= 0:
             raise InvalidArgumentError(f"block sizes must be positive, got {self.block_sizes}")
+        if self.kv_tokens is not None and self.num_blocks is not None:
+            raise InvalidArgumentError(
+                f"give --num-blocks ({self.num_blocks}) or --kv-tokens ({self.kv_tokens}), not both"
+            )
         if self.kv_tokens is not None and any(m != "hitrate" for m in self.modes):
             serving_blocks(self.kv_tokens, self.block_sizes[0], given=True)
+        if any(m != "hitrate" for m in self.modes):
+            self.engine_config(1)  # EngineConfig's own checks (swap without host blocks, ...)
         if not self.arrival_scale > 0:
             raise InvalidArgumentError(f"arrival_scale must be > 0, got {self.arrival_scale}")
         resolve_jobs(self.jobs)
@@ -71,6 +85,23 @@ class SimulationConfig:
             )
         for bs in self.block_sizes:  # token capacities that hold no block fail before the run
             capacities_for(bs, self.capacities, self.capacity_tokens)
+
+    def engine_config(self, usable_blocks: int) -> EngineConfig:
+        """The engine configuration the serve mode runs (and whose values the baselines
+        read)."""
+        return EngineConfig(
+            block_size=self.block_sizes[0],
+            num_blocks=usable_blocks,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            preemption_mode=self.preemption_mode,
+            num_host_blocks=self.num_host_blocks,
+            eviction_policy=self.serve_policy,
+            enable_prefix_caching=self.prefix_caching,
+            watermark=self.watermark,
+            max_model_len=self.max_model_len,
+        )
 
 
 def default_capacities(stream: BlockStream) -> list[int]:
@@ -153,58 +184,63 @@ def serving_blocks(kv_tokens: int, block_size: int, *, given: bool) -> int:
     return blocks
 
 
-ServeInputs = tuple[Trace, BlockStream, int, SimulationConfig]  # trace, stream, blocks, config
-BackendSpec = tuple[str, Any]  # ("paged", prefix caching on?) or ("contiguous", reservation)
+ServeInputs = tuple[Trace, BlockStream, int, SimulationConfig, SchedulerLimits]
+BackendSpec = tuple[str, Any]  # ("paged", None) or ("contiguous", reservation)
 
 
 def _backend(inputs: ServeInputs, spec: BackendSpec) -> MemoryBackend:
-    trace, stream, blocks, cfg = inputs
+    trace, stream, blocks, cfg, _ = inputs
     kind, arg = spec
     if kind == "paged":
         return PagedBackend(
-            stream, blocks, policy=cfg.serve_policy, prefix_caching=arg, watermark=cfg.watermark
+            stream, blocks, policy=cfg.serve_policy, prefix_caching=False, watermark=cfg.watermark
         )
-    max_len = cfg.max_model_len or default_max_model_len(trace)
-    return ContiguousBackend(trace, blocks * stream.block_size, arg, max_len)
+    return ContiguousBackend(trace, blocks * stream.block_size, arg, model_len(trace, cfg))
 
 
-def _serve_point(
+def _baseline_point(
     inputs: ServeInputs, spec: BackendSpec
 ) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
-    """One serving replay (module level, so worker processes can run it)."""
+    """One baseline replay (module level, so worker processes can run it)."""
     be = _backend(inputs, spec)
-    res = replay(inputs[0], be, inputs[3].cost, inputs[3].limits)
+    res = replay(inputs[0], be, inputs[3].cost, inputs[4])
     return be.name, dict(res.summary), res.timeline
 
 
-def _serve(
-    trace: Trace, cfg: SimulationConfig, blocks: int, bar: ProgressBar
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], int]:
+def _baselines(
+    trace: Trace, cfg: SimulationConfig, blocks: int, limits: SchedulerLimits, bar: ProgressBar
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
+    """Paging without prefix sharing next to the contiguous reservations, on the simplified
+    scheduler (:mod:`~pagedkv.simulator.serving`): the engine's BlockManager cannot model a
+    contiguous reservation, and only allocation may differ between the arms."""
     trace = _scaled(trace, cfg.arrival_scale)
     bs = cfg.block_sizes[0]
-    inputs: ServeInputs = (trace, build_block_stream(trace, bs), blocks, cfg)
-    specs: list[BackendSpec] = []
-    caching = False
-    if "serve" in cfg.modes:
-        caching = trace.has_prefix_info if cfg.prefix_caching is None else cfg.prefix_caching
-        specs.append(("paged", caching))
-    if "baselines" in cfg.modes:
-        if not specs or caching:  # the baselines compare against paging without sharing
-            specs.append(("paged", False))
-        specs += [("contiguous", r) for r in RESERVATIONS]
-    if resolve_jobs(cfg.jobs) > 1 and len(specs) > 1:
-        bar.task(f"{len(specs)} serving replays in {resolve_jobs(cfg.jobs)} processes")
-        runs = run_points(_serve_point, inputs, specs, cfg.jobs, bar.update)
+    inputs: ServeInputs = (trace, build_block_stream(trace, bs), blocks, cfg, limits)
+    specs: list[BackendSpec] = [("paged", None), *(("contiguous", r) for r in RESERVATIONS)]
+    if resolve_jobs(cfg.jobs) > 1:
+        bar.task(f"{len(specs)} baseline replays in {resolve_jobs(cfg.jobs)} processes")
+        runs = run_points(_baseline_point, inputs, specs, cfg.jobs, bar.update)
     else:
         runs = []
         for spec in specs:
             be = _backend(inputs, spec)
-            bar.task(f"serving replay {be.name}")
-            res = replay(trace, be, cfg.cost, cfg.limits, bar.update)
+            bar.task(f"baseline replay {be.name}")
+            res = replay(trace, be, cfg.cost, limits, bar.update)
             runs.append((be.name, dict(res.summary), res.timeline))
-    summaries = [summary for _, summary, _ in runs]
-    timelines = {name: timeline for name, _, timeline in runs}
-    return summaries, timelines, blocks * bs
+    return [summary for _, summary, _ in runs], {name: tl for name, _, tl in runs}
+
+
+def model_len(trace: Trace, cfg: SimulationConfig) -> int:
+    """``--max-model-len``, else max(2048, next power of two of the longest request)."""
+    return cfg.max_model_len or default_max_model_len(trace)
+
+
+def usable_blocks(trace: Trace, cfg: SimulationConfig) -> int:
+    """``--num-blocks``, else ``--kv-tokens`` (default: sized from the trace) in blocks."""
+    if cfg.num_blocks is not None:
+        return cfg.num_blocks
+    kv = cfg.kv_tokens or default_kv_tokens(trace)
+    return serving_blocks(kv, cfg.block_sizes[0], given=cfg.kv_tokens is not None)
 
 
 def run_simulation(
@@ -219,18 +255,40 @@ def run_simulation(
     report["config"] = conf
     timelines: dict[str, dict[str, np.ndarray]] = {}
     serving = "serve" in cfg.modes or "baselines" in cfg.modes
-    if serving:  # before the hit-rate sweep: a memory that holds no block fails at once
-        kv = cfg.kv_tokens or default_kv_tokens(trace)
-        blocks = serving_blocks(kv, cfg.block_sizes[0], given=cfg.kv_tokens is not None)
+    if serving:  # before the hit-rate sweep: a pool or budget the engine refuses fails at once
+        blocks = usable_blocks(trace, cfg)
+        max_len = model_len(trace, cfg)
+        engine_cfg = cfg.engine_config(blocks)
+        limits = SchedulerLimits(
+            cfg.max_num_seqs, engine_cfg.token_budget(max_len), cfg.enable_chunked_prefill
+        )
     if "hitrate" in cfg.modes:
         if not trace.has_prefix_info:
             report["notes"] = ["trace has no prefix information: hit rate is 0 by construction"]
         report["hitrate"] = _hitrate(trace, cfg, bar)
     if serving:
-        report["serving"], timelines, kv = _serve(trace, cfg, blocks, bar)
-        report["config"]["kv_tokens_used"] = kv
+        rows: list[dict[str, Any]] = []
+        if "serve" in cfg.modes:
+            bar.task("serving replay through the engine's scheduler")
+            row, timeline, settings = simulate_serve(
+                trace,
+                engine_cfg,
+                cfg.cost,
+                max_model_len=max_len,
+                arrival_scale=cfg.arrival_scale,
+                progress=bar.update,
+            )
+            report["serving"] = [row]
+            report["config"]["engine"] = settings
+            timelines[row["backend"]] = timeline
+            rows.append(row)
+        if "baselines" in cfg.modes:
+            report["baselines"], baseline_tl = _baselines(trace, cfg, blocks, limits, bar)
+            timelines.update(baseline_tl)
+            rows += report["baselines"]
+        report["config"]["kv_tokens_used"] = blocks * cfg.block_sizes[0]
         report["warnings"] = serving_warnings(
-            report["serving"], trace, cfg.cost, cfg.arrival_scale, cfg.limits.max_num_seqs
+            rows, trace, cfg.cost, cfg.arrival_scale, cfg.max_num_seqs
         )
     bar.close()
     return report, timelines

@@ -1,4 +1,12 @@
-"""Serving replay: continuous batching over simulated time, against a pluggable KV memory backend.
+"""The baselines' serving replay: continuous batching over simulated time, against a pluggable
+KV memory backend (``pagedkv simulate --mode baselines``).
+
+Why a scheduler of its own: the baselines compare memory models, and a contiguous reservation
+(one chunk per request, sized at admission) cannot run through the engine, whose scheduler
+plans over the paged :class:`~pagedkv.core.BlockManager`. ``--mode serve`` runs the engine's own
+scheduler instead (:mod:`~pagedkv.simulator.engine_serve`); the baselines take the same knob
+values (sequences, token budget, chunked prefill, watermark, memory) but preempt by recompute
+only, and their rows use the serve mode's field names where the two measure the same thing.
 
 The scheduler is the simplified vLLM (v0) loop that produced the paper's results: requests wait
 FCFS; each step admits waiting requests while the memory backend can hold their prompts (and the
@@ -75,9 +83,9 @@ class SchedulerLimits:
     start with a partial chunk; a request's first token comes at the end of its last chunk.
     """
 
-    max_num_seqs: int = 256
-    max_batched_tokens: int = 8192
-    chunked_prefill: bool = False
+    max_num_seqs: int = 64  # the engine's defaults (EngineConfig), as the CLI passes them
+    max_batched_tokens: int = 2048
+    chunked_prefill: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs <= 0 or self.max_batched_tokens <= 0:
@@ -155,13 +163,13 @@ def _summarize(
     summary: dict[str, float | int | str] = {
         "backend": backend.name,
         "capacity_tokens": backend.capacity_tokens,
-        "requests_finished": int(ok.sum()),
+        "requests": int(ok.sum()),
         "requests_rejected": rejected,
         "steps": steps,
         "preemptions": preemptions,
-        "makespan_s": span_s,
+        "duration_s": span_s,
         "throughput_req_s": float(ok.sum()) / span_s if span_s else 0.0,
-        "throughput_out_tok_s": float(outs[ok].sum()) / span_s if span_s else 0.0,
+        "throughput_tok_s": float(outs[ok].sum()) / span_s if span_s else 0.0,
         "mean_batch": float(timeline["running"].mean()) if steps else 0.0,
         "kv_utilization": alloc_area / (float(dt.sum()) * backend.capacity_tokens)
         if steps

@@ -1,5 +1,6 @@
-"""``pagedkv simulate``'s workload flags and the :class:`~pagedkv.simulator.trace.Trace` they
-select: a Mooncake or Azure trace file (``--trace``), else a seeded synthetic workload."""
+"""The workload flags of ``pagedkv simulate`` and ``pagedkv replay`` and the
+:class:`~pagedkv.simulator.trace.Trace` they select: a Mooncake or Azure trace file
+(``--trace``), else a seeded synthetic workload; ``--arrival-scale`` speeds its arrivals up."""
 
 from __future__ import annotations
 
@@ -90,6 +91,13 @@ def add_workload_flags(p: argparse.ArgumentParser) -> None:
     )
     w.add_argument(
         "--seed", metavar="N", type=int_at_least(0), default=0, help="synthetic RNG seed"
+    )
+    w.add_argument(
+        "--arrival-scale",
+        metavar="FACTOR",
+        type=float_in(0, open_low=True),
+        default=1.0,
+        help="divide arrival times by this (2 = twice the traffic rate)",
     )
 
 

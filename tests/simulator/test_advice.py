@@ -16,12 +16,12 @@ from pagedkv.simulator.trace import from_lengths
 TRACE = from_lengths([(100, 10)] * 101, arrivals_ms=[1000.0 * i for i in range(101)])
 
 
-def row(ttft_ms: float, makespan_s: float, **extra: Any) -> dict[str, Any]:
+def row(ttft_ms: float, duration_s: float, **extra: Any) -> dict[str, Any]:
     return {
         "backend": "paged-bs16",
         "ttft_ms_p50": ttft_ms,
-        "makespan_s": makespan_s,
-        "throughput_req_s": 101 / makespan_s,
+        "duration_s": duration_s,
+        "throughput_req_s": 101 / duration_s,
         "mean_batch": 3.0,
         "capacity_tokens": 4096,
         **extra,
@@ -76,7 +76,7 @@ def test_cli_reports_an_overloaded_replay(capsys: pytest.CaptureFixture[str]) ->
     ]
     assert main([*base, "--rate", "50"]) == 0
     out = capsys.readouterr().out
-    assert "note: paged-bs16+prefix is overloaded" in out
+    assert "note: sim-bs16+prefix is overloaded" in out
     assert "(e.g. --rate " in out
     assert main([*base, "--rate", "50", "--json", "-"]) == 0
     captured = capsys.readouterr()

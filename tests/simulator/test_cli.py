@@ -73,7 +73,7 @@ def test_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     png, out = tmp_path / "o.png", tmp_path / "o.csv"
     assert main([*SMALL, "--policy", "lru", "--csv", str(out), "--plot", str(png), "--quiet"]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert {r["kind"] for r in rows} == {"hitrate", "serving"}
+    assert {r["kind"] for r in rows} == {"hitrate", "serving", "baselines"}
     assert png.stat().st_size > 1000
 
 

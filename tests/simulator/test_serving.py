@@ -25,10 +25,10 @@ def test_single_request_latencies_by_hand() -> None:
     # prefill step 1 + 0.01*100 = 2 ms; two decode steps of 1 + 0.5 = 1.5 ms each
     assert s["ttft_ms_p50"] == pytest.approx(2.0)
     assert s["tpot_ms_p50"] == pytest.approx(1.5)
-    assert s["makespan_s"] == pytest.approx(0.005)
+    assert s["duration_s"] == pytest.approx(0.005)
     assert s["steps"] == 3
     assert s["preemptions"] == 0
-    assert s["requests_finished"] == 1
+    assert s["requests"] == 1
     # KV after the last decode step is 101 tokens of 7 blocks (112 slots) -> then freed
     assert res.timeline["token_states"].tolist() == [100, 101, 0]
     assert res.timeline["allocated_tokens"].tolist() == [112, 112, 0]
@@ -39,7 +39,7 @@ def test_queueing_when_memory_is_short() -> None:
     # 5 blocks of 16: the first request needs 4 (+1 to grow), the second waits
     res = replay(tr, PagedBackend(build_block_stream(tr, 16), 5), COST)
     assert res.summary["queue_ms_p99"] > 0
-    assert res.summary["requests_finished"] == 2
+    assert res.summary["requests"] == 2
 
 
 def test_preemption_by_recompute_under_pressure() -> None:
@@ -47,7 +47,7 @@ def test_preemption_by_recompute_under_pressure() -> None:
     be = PagedBackend(build_block_stream(tr, 16), 80)
     res = replay(tr, be, COST)
     assert res.summary["preemptions"] > 0
-    assert res.summary["requests_finished"] == 60
+    assert res.summary["requests"] == 60
     assert be.mgr.num_used_blocks == 0
     be.mgr.check_integrity()
 
@@ -56,7 +56,7 @@ def test_prompt_larger_than_memory_is_rejected() -> None:
     tr = from_lengths([(1000, 2), (10, 2)])
     res = replay(tr, PagedBackend(build_block_stream(tr, 16), 8), COST)
     assert res.summary["requests_rejected"] == 1
-    assert res.summary["requests_finished"] == 1
+    assert res.summary["requests"] == 1
 
 
 def test_contiguous_reservations() -> None:
@@ -85,7 +85,7 @@ def test_paging_keeps_more_token_states_than_contiguous() -> None:
     for kind in ("max", "pow2", "oracle"):
         s = replay(tr, ContiguousBackend(tr, kv, kind, 1024), COST).summary
         frac[kind] = s["token_state_fraction"]
-        assert s["requests_finished"] == 150
+        assert s["requests"] == 150
         assert s["preemptions"] == 0
     assert frac["max"] < frac["pow2"] < frac["oracle"] < frac["paged"] <= 1.0
     assert frac["paged"] > 0.9
@@ -110,7 +110,7 @@ def test_chunked_prefill_single_request_by_hand() -> None:
     # chunks of 40, 40, 20 tokens: 1.4 + 1.4 + 1.2 ms, then two decode steps of 1.5 ms
     assert s["ttft_ms_p50"] == pytest.approx(4.0)
     assert s["tpot_ms_p50"] == pytest.approx(1.5)
-    assert s["makespan_s"] == pytest.approx(0.007)
+    assert s["duration_s"] == pytest.approx(0.007)
     assert s["steps"] == 5
     assert s["prefill_tokens"] == 100
     # KV written so far; the whole prompt's 7 blocks are allocated at admission
@@ -126,13 +126,13 @@ def test_chunked_prefill_shares_the_step_budget_with_decode() -> None:
     # remaining 29 of the budget (1.79 ms each); step 4: B's last 22 (1.72 ms); step 5: both
     # decode (2.0 ms)
     assert res.ttft_ms.tolist() == pytest.approx([1.3, 6.6])
-    assert res.summary["makespan_s"] == pytest.approx(0.0086)
+    assert res.summary["duration_s"] == pytest.approx(0.0086)
     assert res.summary["steps"] == 5
     unchunked = replay(
         tr,
         PagedBackend(build_block_stream(tr, 16), 64),
         COST,
-        SchedulerLimits(max_batched_tokens=30),
+        SchedulerLimits(max_batched_tokens=30, chunked_prefill=False),
     )
     # without chunking B's 100-token prompt runs as one step after A's admission step
     assert unchunked.ttft_ms.tolist() == pytest.approx([1.1, 3.6])
@@ -144,13 +144,13 @@ def test_chunked_prefill_finishes_every_request(kv_blocks: int) -> None:
     limits = SchedulerLimits(max_batched_tokens=64, chunked_prefill=True)
     be = PagedBackend(build_block_stream(tr, 16), kv_blocks)
     res = replay(tr, be, COST, limits)
-    assert res.summary["requests_finished"] + res.summary["requests_rejected"] == 80
+    assert res.summary["requests"] + res.summary["requests_rejected"] == 80
     assert res.summary["requests_rejected"] == 0
     assert (res.timeline["token_states"] <= res.timeline["allocated_tokens"]).all()
     assert be.mgr.num_used_blocks == 0
     be.mgr.check_integrity()
     contiguous = replay(tr, ContiguousBackend(tr, kv_blocks * 16, "oracle", 2048), COST, limits)
-    assert contiguous.summary["requests_finished"] == 80
+    assert contiguous.summary["requests"] == 80
 
 
 def test_shared_prefix_tokens_count_once_in_token_states() -> None:
@@ -204,7 +204,7 @@ def test_chunked_prefill_preempts_the_newest_request_even_mid_prefill() -> None:
     assert preempted
     assert preempted[0] == (1, 160)
     assert all(rid == 1 for rid, _ in preempted)
-    assert res.summary["requests_finished"] == 2
+    assert res.summary["requests"] == 2
     assert be.mgr.num_used_blocks == 0
 
 

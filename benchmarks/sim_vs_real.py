@@ -1,0 +1,189 @@
+"""How well does the simulator predict the engine? Simulated vs real replays of the same traces.
+
+Usage::
+
+    python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~6 min
+    python benchmarks/sim_vs_real.py --quick               # fewer requests, ~2 min
+    python benchmarks/sim_vs_real.py --cost prof.json      # skip the profile, use this model
+
+1. ``profile``: the engine runs the default profile grid (``pagedkv.simulator.profile``) and a
+   cost model is fitted to its steps; no trace below is seen by the profile.
+2. Each workload is replayed twice with the same engine configuration and arrival times:
+   ``pagedkv replay`` (``LLMEngine`` on the model, wall clock) and ``pagedkv simulate`` serving
+   (``EngineCore`` with the cost model's executor, simulated clock); both are
+   ``serve_trace`` + ``summarize``.
+3. Printed per workload: both summaries and the simulator's relative error on throughput,
+   E2E p50, TTFT p50/p99 and TPOT p50, the preemptions and prefix hit rates of both, and the
+   load average (a busy machine slows the real run, not the simulation).
+
+Workloads: synthetic chat (shared system prompt, multi-turn) at two rates, and scaled-down
+real traces from ``../shared/traces`` when present (Azure conversation and Mooncake
+conversation, lengths divided so that a 135M model on 2 CPU cores serves them in seconds;
+Mooncake's 512-token hash blocks are divided the same way so prefixes stay shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pagedkv.engine import EngineConfig, LLMEngine
+from pagedkv.models import load_model
+from pagedkv.simulator.costmodel import LinearCostModel
+from pagedkv.simulator.engine_replay import serve_trace, summarize
+from pagedkv.simulator.profile import DEFAULT_GRID, QUICK_GRID, profile_cost_model
+from pagedkv.simulator.sim_executor import SimClock, simulated_engine
+from pagedkv.simulator.synthetic import SyntheticSpec, generate
+from pagedkv.simulator.trace import Request, Trace, load_trace
+from pagedkv.simulator.trace_prompts import trace_requests
+
+TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
+COMPARED = ("throughput_tok_s", "e2e_ms_p50", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50")
+
+
+def scaled(trace: Trace, divide: int, limit: int, cap: int, name: str) -> Trace:
+    """The first ``limit`` requests with lengths divided by ``divide`` (at most ``cap``
+    tokens in all); hash blocks shrink by the same factor so shared prefixes stay shared."""
+    reqs = []
+    for r in trace.requests[:limit]:
+        inp = max(1, r.input_len // divide)
+        out = max(1, min(r.output_len // divide or 1, cap - inp))
+        if inp + out > cap:
+            continue
+        hashes = r.hash_ids
+        if hashes is not None and trace.hash_block_size:
+            blk = trace.hash_block_size // divide
+            hashes = hashes[: -(-inp // blk)]
+        reqs.append(Request(r.arrival_ms, inp, out, hashes))
+    block = trace.hash_block_size // divide if trace.hash_block_size else None
+    return Trace(reqs, block, name=name)
+
+
+def workloads(quick: bool) -> list[tuple[str, Trace, float]]:
+    """(name, trace, arrival scale)."""
+    n = 24 if quick else 48
+    chat = generate(
+        SyntheticSpec(
+            dataset="alpaca",
+            num_requests=n,
+            rate=1.0,
+            mean_turns=2,
+            think_time_s=2.0,
+            system_prompt_tokens=96,
+            max_len=400,
+            seed=7,
+        )
+    )
+    out = [("synthetic chat, 1 req/s", chat, 1.0), ("synthetic chat, 3 req/s", chat, 3.0)]
+    if quick:
+        return out
+    azure = TRACES / "AzureLLMInferenceTrace_conv_2023.csv"
+    if azure.exists():
+        t = scaled(load_trace(azure, limit=400), 8, n, 512, "azure-conv/8")
+        span = (t.requests[-1].arrival_ms - t.requests[0].arrival_ms) / 1e3
+        out.append(("Azure conv, lengths/8, ~1.5 req/s", t, span * 1.5 / len(t)))
+    mooncake = TRACES / "mooncake_conversation_trace.jsonl"
+    if mooncake.exists():
+        t = scaled(load_trace(mooncake, limit=400), 32, n, 700, "mooncake-conv/32")
+        span = (t.requests[-1].arrival_ms - t.requests[0].arrival_ms) / 1e3
+        out.append(("Mooncake conv, lengths/32, ~1 req/s", t, span * 1.0 / len(t)))
+    if not azure.exists() or not mooncake.exists():
+        print(f"(../shared/traces not found at {TRACES}: synthetic workloads only)")
+    return out
+
+
+def rel(sim: float, real: float) -> float:
+    return (sim - real) / real if real else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cost", help="a profile JSON to use instead of profiling first")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-cost", help="write the profiled cost model here (for --cost)")
+    ap.add_argument("--json", help="write every figure here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    lm = load_model(None)
+    cfg = EngineConfig(block_size=16, num_blocks=160, max_num_seqs=16, max_num_batched_tokens=512)
+    t0 = time.perf_counter()
+    if args.cost:
+        cost = LinearCostModel.parse(args.cost)
+    else:
+        prof = profile_cost_model(LLMEngine(lm, cfg), QUICK_GRID if args.quick else DEFAULT_GRID)
+        cost = prof.model
+        held = prof.held_out_error
+        print(
+            f"profile: {len(prof.fitted)} steps in {time.perf_counter() - t0:.0f} s; "
+            f"{cost.describe()}; held-out median error "
+            f"{'n/a' if held is None else f'{held.median:.1%}'}"
+        )
+        if args.save_cost:
+            cost.save(args.save_cost)
+    report: dict[str, Any] = {"cost_model": cost.to_json(), "config": dataclasses.asdict(cfg)}
+    rows: list[dict[str, Any]] = []
+    for name, trace, scale in workloads(args.quick):
+        load0 = os.getloadavg()[0]
+        real = LLMEngine(lm, cfg)
+        reqs = trace_requests(
+            trace,
+            block_size=cfg.block_size,
+            vocab_size=real.vocab_size,
+            arrival_scale=scale,
+            max_model_len=real.max_model_len,
+        )
+        t1 = time.perf_counter()
+        real_run = serve_trace(real, reqs)
+        wall = time.perf_counter() - t1
+        real_sum = summarize(real_run)
+        # the cost model on the real run's own steps: its bias, apart from any scheduling drift
+        real_ms = sum(r.seconds for r in real_run.step_records) * 1e3
+        pred_ms = sum(cost.step_ms_for(r.shapes) for r in real_run.step_records)
+        clock = SimClock()
+        sim = simulated_engine(cfg, cost, max_model_len=real.max_model_len, clock=clock)
+        sim_sum = summarize(serve_trace(sim, reqs, wait_until=clock.wait_until))
+        load1 = os.getloadavg()[0]
+        errs = {k: rel(sim_sum[k], real_sum[k]) for k in COMPARED}
+        rows.append(
+            {
+                "workload": name,
+                "requests": len(reqs),
+                "real": real_sum,
+                "sim": sim_sum,
+                "error": errs,
+                "load_avg": [load0, load1],
+                "real_wall_s": wall,
+                "step_time_bias": rel(pred_ms, real_ms),
+            }
+        )
+        print(
+            f"\n{name}: {len(reqs)} requests, real run {wall:.0f} s, "
+            f"load average {load0:.2f} -> {load1:.2f}; the cost model on the real run's "
+            f"{len(real_run.step_records)} steps: {rel(pred_ms, real_ms):+.1%} in total"
+        )
+        print(f"  {'field':<18}{'real':>12}{'simulated':>12}{'error':>9}")
+        for k in (*COMPARED, "preemptions", "prefix_hit_rate", "steps", "mean_batch"):
+            e = f"{errs[k]:+.1%}" if k in errs else ""
+            print(f"  {k:<18}{real_sum[k]:>12.4g}{sim_sum[k]:>12.4g}{e:>9}")
+        sys.stdout.flush()
+    report["workloads"] = rows
+    print("\nabsolute error over the workloads (mean / max):")
+    for k in COMPARED:
+        vals = [abs(r["error"][k]) for r in rows]
+        print(f"  {k:<18}{sum(vals) / len(vals):>8.1%}{max(vals):>8.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
