@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~6 min
+    python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~8 min
     python benchmarks/sim_vs_real.py --quick               # fewer requests, ~2 min
     python benchmarks/sim_vs_real.py --cost prof.json      # skip the profile, use this model
 
@@ -12,9 +12,12 @@ Usage::
    ``pagedkv replay`` (``LLMEngine`` on the model, wall clock) and ``pagedkv simulate`` serving
    (``EngineCore`` with the cost model's executor, simulated clock); both are
    ``serve_trace`` + ``summarize``.
-3. Printed per workload: both summaries and the simulator's relative error on throughput,
-   E2E p50, TTFT p50/p99 and TPOT p50, the preemptions and prefix hit rates of both, and the
-   load average (a busy machine slows the real run, not the simulation).
+3. Printed per workload: the summaries (each real run's, and the simulation's), the
+   simulation's relative error against the mean of the real runs on throughput, E2E p50, TTFT
+   p50/p99 and TPOT p50, how far the real runs differ from each other (the noise floor no cost
+   model gets under), the preemptions and prefix hit rates, the cost model's total error on
+   the real runs' own steps, and the load average (a busy machine slows the real runs, not the
+   simulation).
 
 Workloads: synthetic chat (shared system prompt, multi-turn) at two rates, and scaled-down
 real traces from ``../shared/traces`` when present (Azure conversation and Mooncake
@@ -109,6 +112,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cost", help="a profile JSON to use instead of profiling first")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--real-runs", type=int, default=2, help="real runs per workload (their spread: noise)"
+    )
     ap.add_argument("--save-cost", help="write the profiled cost model here (for --cost)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
@@ -133,53 +139,71 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for name, trace, scale in workloads(args.quick):
         load0 = os.getloadavg()[0]
-        real = LLMEngine(lm, cfg)
-        reqs = trace_requests(
-            trace,
-            block_size=cfg.block_size,
-            vocab_size=real.vocab_size,
-            arrival_scale=scale,
-            max_model_len=real.max_model_len,
+        reals, records, walls = [], [], []
+        for _ in range(args.real_runs):
+            real = LLMEngine(lm, cfg)
+            reqs = trace_requests(
+                trace,
+                block_size=cfg.block_size,
+                vocab_size=real.vocab_size,
+                arrival_scale=scale,
+                max_model_len=real.max_model_len,
+            )
+            t1 = time.perf_counter()
+            run = serve_trace(real, reqs)
+            walls.append(time.perf_counter() - t1)
+            reals.append(summarize(run))
+            records += run.step_records
+        # the cost model on the real runs' own steps: its bias, apart from any scheduling drift
+        bias = rel(
+            sum(cost.step_ms_for(r.shapes) for r in records), 1e3 * sum(r.seconds for r in records)
         )
-        t1 = time.perf_counter()
-        real_run = serve_trace(real, reqs)
-        wall = time.perf_counter() - t1
-        real_sum = summarize(real_run)
-        # the cost model on the real run's own steps: its bias, apart from any scheduling drift
-        real_ms = sum(r.seconds for r in real_run.step_records) * 1e3
-        pred_ms = sum(cost.step_ms_for(r.shapes) for r in real_run.step_records)
         clock = SimClock()
         sim = simulated_engine(cfg, cost, max_model_len=real.max_model_len, clock=clock)
         sim_sum = summarize(serve_trace(sim, reqs, wait_until=clock.wait_until))
         load1 = os.getloadavg()[0]
-        errs = {k: rel(sim_sum[k], real_sum[k]) for k in COMPARED}
+        mean = {k: sum(r[k] for r in reals) / len(reals) for k in reals[0]}
+        errs = {k: rel(sim_sum[k], mean[k]) for k in COMPARED}
+        # how far the real runs are from each other: the floor no cost model can get under
+        spread = {
+            k: (max(r[k] for r in reals) - min(r[k] for r in reals)) / mean[k] for k in COMPARED
+        }
         rows.append(
             {
                 "workload": name,
                 "requests": len(reqs),
-                "real": real_sum,
+                "real_runs": reals,
+                "real": mean,
                 "sim": sim_sum,
                 "error": errs,
+                "real_spread": spread,
                 "load_avg": [load0, load1],
-                "real_wall_s": wall,
-                "step_time_bias": rel(pred_ms, real_ms),
+                "real_wall_s": walls,
+                "step_time_bias": bias,
             }
         )
         print(
-            f"\n{name}: {len(reqs)} requests, real run {wall:.0f} s, "
-            f"load average {load0:.2f} -> {load1:.2f}; the cost model on the real run's "
-            f"{len(real_run.step_records)} steps: {rel(pred_ms, real_ms):+.1%} in total"
+            f"\n{name}: {len(reqs)} requests, real runs {', '.join(f'{w:.0f}' for w in walls)} s, "
+            f"load average {load0:.2f} -> {load1:.2f}; the cost model on the real runs' "
+            f"{len(records)} steps: {bias:+.1%} in total"
         )
-        print(f"  {'field':<18}{'real':>12}{'simulated':>12}{'error':>9}")
+        head = "".join(f"{f'real {i + 1}':>11}" for i in range(len(reals)))
+        print(f"  {'field':<18}{head}{'simulated':>11}{'error':>9}{'real spread':>13}")
         for k in (*COMPARED, "preemptions", "prefix_hit_rate", "steps", "mean_batch"):
             e = f"{errs[k]:+.1%}" if k in errs else ""
-            print(f"  {k:<18}{real_sum[k]:>12.4g}{sim_sum[k]:>12.4g}{e:>9}")
+            sp = f"{spread[k]:.1%}" if k in spread else ""
+            cells = "".join(f"{r[k]:>11.4g}" for r in reals)
+            print(f"  {k:<18}{cells}{sim_sum[k]:>11.4g}{e:>9}{sp:>13}")
         sys.stdout.flush()
     report["workloads"] = rows
-    print("\nabsolute error over the workloads (mean / max):")
+    print("\nover the workloads, mean / max: |simulated - real| / real, and the real runs' spread")
     for k in COMPARED:
         vals = [abs(r["error"][k]) for r in rows]
-        print(f"  {k:<18}{sum(vals) / len(vals):>8.1%}{max(vals):>8.1%}")
+        spr = [r["real_spread"][k] for r in rows]
+        print(
+            f"  {k:<18}{sum(vals) / len(vals):>8.1%}{max(vals):>8.1%}"
+            f"{sum(spr) / len(spr):>10.1%}{max(spr):>8.1%}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     return 0

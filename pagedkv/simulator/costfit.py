@@ -5,12 +5,15 @@ make some batch cheaper than a smaller one, and the simulator would then prefer 
 engine rewards). Two forms:
 
 * linear (``curve=False``): the :func:`step_features` regressors ``[1, prefill_tokens,
-  decode_seqs, attention_kpairs, paged_kpairs]``, solved exactly by :func:`nnls` (the
+  decode_seqs, attention_kpairs, paged_kpairs, mixed]``, solved exactly by :func:`nnls` (the
   unconstrained problem on every subset of terms, the best all-positive one kept);
-* curve (``curve=True``, what ``pagedkv profile`` fits): a non-decreasing piecewise-linear
-  curve over the step's token count in place of the constant and the prefill term (on a CPU a
-  2-sequence decode costs far less than two 1-sequence ones), with the decode and both
-  attention terms, solved by Lawson and Hanson's active set (:func:`nnls_active_set`).
+* curve (``curve=True``, what ``pagedkv profile`` fits): a piecewise-linear curve over the
+  step's token count in place of the constant and the prefill term (on a CPU a 2-sequence
+  decode costs far less than two 1-sequence ones), with the decode, both attention and the
+  mixed-step terms, solved by Lawson and Hanson's active set (:func:`nnls_active_set`). The
+  curve has a knot at every token count up to :data:`FREE_KNOTS` and may fall there (a CPU's
+  GEMM kernels make a 3-row step slower than a 4-row one: measured 137 vs 110 ms for SmolLM2
+  decodes); above, it never falls.
 
 numpy only: no torch, no scipy.
 """
@@ -32,6 +35,7 @@ from pagedkv.simulator.costmodel import (
 )
 
 MAX_NNLS_TERMS = 12  # 2**12 subsets: the exhaustive search stays instant below this
+FREE_KNOTS = 16  # token counts with a knot each, the curve free to fall between them
 
 
 class StepLike(Protocol):
@@ -112,12 +116,15 @@ def nnls_active_set(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def curve_knots(records: Sequence[StepLike]) -> tuple[int, ...]:
-    """Knots at powers of two from the smallest step's token count to the largest (and the
-    largest itself), keeping only those with a measured step since the previous knot: a
-    segment without data would let the fit put its whole rise anywhere inside it."""
+    """Knots at every token count up to :data:`FREE_KNOTS`, then at powers of two and 1.5
+    times them, up to the largest step's token count (itself a knot), keeping only those with a
+    measured step since the previous knot: a segment without data would let the fit put its
+    whole rise anywhere inside it."""
     sizes = sorted({sum(n for _, n in r.shapes) for r in records})
     top = sizes[-1]
-    grid = [1 << i for i in range(top.bit_length()) if sizes[0] <= 1 << i < top] + [top]
+    coarse = sorted({m << i for i in range(top.bit_length()) for m in (2, 3)})
+    grid = list(range(1, FREE_KNOTS + 1)) + [k for k in coarse if k > FREE_KNOTS]
+    grid = [k for k in grid if sizes[0] <= k < top] + [top]
     knots = [sizes[0]]
     for k in grid:
         if k > knots[-1] and any(knots[-1] < t <= k for t in sizes):
@@ -125,19 +132,37 @@ def curve_knots(records: Sequence[StepLike]) -> tuple[int, ...]:
     return tuple(knots) if len(knots) > 1 else (knots[0], knots[0] + 1)
 
 
-def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...]) -> np.ndarray:
-    """Regressors float64 ``[m, len(knots) + 3]``: the curve's increments at each step's token
-    count, decode sequences, attention and paged kpairs.
+def _falls(knots: tuple[int, ...]) -> list[int]:
+    """Indices of the knots the curve may fall to (``2 <= knot <= FREE_KNOTS``)."""
+    return [j for j in range(1, len(knots)) if knots[j] <= FREE_KNOTS]
 
-    The curve is fitted as non-negative increments ``d`` (knot values ``cumsum(d)``), so it
-    never falls as the batch grows: a knot with few steps near it cannot swing to a value the
-    neighbouring ones contradict (a relative fit otherwise put 11 s at 1024 tokens, 4 s at
-    2048). Column ``j`` of the increments is the sum of the knot weights from ``j`` on."""
+
+def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...]) -> np.ndarray:
+    """Regressors float64 ``[m, len(knots) + len(_falls(knots)) + 4]``: the curve's rises at
+    each step's token count, its falls, then decode sequences, attention and paged kpairs and
+    the mixed flag.
+
+    The curve is fitted as non-negative increments ``d`` (knot values ``cumsum(d)``), so above
+    :data:`FREE_KNOTS` it never falls as the batch grows: a knot with few steps near it cannot
+    swing to a value the neighbouring ones contradict (a relative fit otherwise put 11 s at
+    1024 tokens, 4 s at 2048). Up to it, each knot has a non-negative fall too (the negated
+    column). Column ``j`` of the increments is the sum of the knot weights from ``j`` on."""
+    falls = _falls(knots)
     rows = []
     for r in records:
         f = step_features(r.shapes)
         w = np.array(curve_weights(knots, f.prefill_tokens + f.decode_seqs))
-        rows.append([*np.cumsum(w[::-1])[::-1], f.decode_seqs, f.attention_kpairs, f.paged_kpairs])
+        rise = np.cumsum(w[::-1])[::-1]
+        rows.append(
+            [
+                *rise,
+                *(-rise[falls]),
+                f.decode_seqs,
+                f.attention_kpairs,
+                f.paged_kpairs,
+                f.mixed,
+            ]
+        )
     return np.array(rows, dtype=np.float64)
 
 
@@ -193,16 +218,26 @@ def fit_cost_model(
     if curve:
         knots = curve_knots(records)
         c = nnls_active_set(_curve_design(records, knots) * w[:, None], ms * w)
-        k = len(knots)
-        values = tuple(float(v) for v in np.cumsum(c[:k]))
-        decode, attention, paged = (float(v) for v in c[k:])
+        k, falls = len(knots), _falls(knots)
+        steps = c[:k].copy()
+        steps[falls] -= c[k : k + len(falls)]
+        # a curve below 0 somewhere would be a fit gone wrong: no step costs nothing
+        values = tuple(max(0.0, float(v)) for v in np.cumsum(steps))
+        decode, attention, paged, mixed = (float(v) for v in c[k + len(falls) :])
         model = LinearCostModel(
-            0.0, 0.0, decode, attention, paged, token_knots=knots, token_ms=values
+            0.0,
+            0.0,
+            decode,
+            attention,
+            paged,
+            mixed,
+            token_knots=knots,
+            token_ms=values,
         )
         return model, error_stats(model, records)
     coef = nnls(x * w[:, None], ms * w)
     if not coef.any():  # every step took ~0 ms: nothing to charge
         raise InvalidArgumentError("fit_cost_model: the fit charges nothing (all terms 0)")
-    base, prefill, decode, attention, paged = (float(c) for c in coef)
-    model = LinearCostModel(base, prefill, decode, attention, paged)
+    base, prefill, decode, attention, paged, mixed = (float(c) for c in coef)
+    model = LinearCostModel(base, prefill, decode, attention, paged, mixed)
     return model, error_stats(model, records)

@@ -4,11 +4,15 @@ The simulator has no GPU; it charges each continuous-batching step a time from a
 launch / sampling overhead, a prefill term proportional to the prompt tokens computed in the
 step, a decode term proportional to the sequences decoding one token each, and two attention
 terms proportional to the query-key pairs the step's kernels score (dense causal attention of
-fresh prompts; paged attention over cached KV), which grow with the context::
+fresh prompts; paged attention over cached KV), which grow with the context, and a fixed charge
+for a *mixed* step, one that runs a fresh prompt beside sequences with cached KV (the engine
+then runs both attention paths in every layer: measured ~40 ms a step for SmolLM2 on 2 CPU
+cores)::
 
     step_ms = base_ms + prefill_ms_per_token * prefill_tokens + decode_ms_per_seq * decode_seqs
               + attention_ms_per_kpair * attention_pairs / 1000
-              + paged_attention_ms_per_kpair * paged_pairs / 1000 + curve(tokens)
+              + paged_attention_ms_per_kpair * paged_pairs / 1000
+              + mixed_step_ms * mixed + curve(tokens)
 
 ``curve`` (a non-decreasing piecewise-linear function of the step's token count, empty by
 default) is what ``pagedkv profile`` fits in place of the base and prefill terms: the linear
@@ -40,7 +44,10 @@ TERMS = (
     "decode_ms_per_seq",
     "attention_ms_per_kpair",
     "paged_attention_ms_per_kpair",
+    "mixed_step_ms",
 )
+#: terms a JSON file may omit (0): files written before the term existed
+OPTIONAL_TERMS = ("mixed_step_ms",)
 TERMS_STATS = ("mean", "median", "p90")
 
 
@@ -55,6 +62,7 @@ class StepFeatures:
     decode_seqs: int
     attention_pairs: int
     paged_pairs: int = 0
+    mixed: int = 0  # 1: a fresh prompt (no cached KV, > 1 token) beside other sequences
 
     @property
     def attention_kpairs(self) -> float:
@@ -64,7 +72,7 @@ class StepFeatures:
     def paged_kpairs(self) -> float:
         return self.paged_pairs / 1000.0
 
-    def row(self) -> tuple[float, float, float, float, float]:
+    def row(self) -> tuple[float, float, float, float, float, float]:
         """The regressors in :data:`TERMS` order (the constant first)."""
         return (
             1.0,
@@ -72,6 +80,7 @@ class StepFeatures:
             float(self.decode_seqs),
             self.attention_kpairs,
             self.paged_kpairs,
+            float(self.mixed),
         )
 
 
@@ -101,8 +110,10 @@ def step_features(shapes: Iterable[tuple[int, int]]) -> StepFeatures:
     ``n*start + n*(n+1)/2`` pairs (dense causal attention). Decodes go through the paged
     decode kernel, which reads the step's longest decode context ``L`` for every row, so they
     score ``L`` paged pairs each (measured on CPU: 12 decodes with contexts of 16 and 500
-    tokens cost nearly as much as 12 at 500)."""
-    prefill = decode = pairs = longest = 0
+    tokens cost nearly as much as 12 at 500). A step is ``mixed`` when a fresh prompt chunk
+    (``start == 0``, more than one token: causal attention on its own keys) runs beside any
+    other sequence (those take the paged path)."""
+    prefill = decode = pairs = longest = fresh = cached = 0
     for start, num in shapes:
         if start < 0 or num < 1:
             raise InvalidArgumentError(
@@ -115,7 +126,11 @@ def step_features(shapes: Iterable[tuple[int, int]]) -> StepFeatures:
         else:
             prefill += num
             pairs += num * start + num * (num + 1) // 2
-    return StepFeatures(prefill, decode, pairs, decode * longest)
+        if start == 0 and num > 1:
+            fresh += 1
+        else:
+            cached += 1
+    return StepFeatures(prefill, decode, pairs, decode * longest, int(fresh > 0 and cached > 0))
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,7 @@ class LinearCostModel:
     decode_ms_per_seq: float = 0.2
     attention_ms_per_kpair: float = 0.0
     paged_attention_ms_per_kpair: float = 0.0
+    mixed_step_ms: float = 0.0
     # The batch-size curve: ``token_ms[i]`` ms for a step of ``token_knots[i]`` tokens,
     # linear in between and past the last knot (GEMM time is not linear in the rows at small
     # batches: a CPU decode of 2 sequences costs far less than twice one). Empty: no curve.
@@ -198,6 +214,7 @@ class LinearCostModel:
             self.step_ms(f.prefill_tokens, f.decode_seqs)
             + self.attention_ms_per_kpair * f.attention_kpairs
             + self.paged_attention_ms_per_kpair * f.paged_kpairs
+            + self.mixed_step_ms * f.mixed
         )
 
     def step_ms_for(self, shapes: Iterable[tuple[int, int]]) -> float:
@@ -233,6 +250,8 @@ class LinearCostModel:
             text += f" + {self.attention_ms_per_kpair:g}*attention_kpairs"
         if self.paged_attention_ms_per_kpair:
             text += f" + {self.paged_attention_ms_per_kpair:g}*paged_kpairs"
+        if self.mixed_step_ms:
+            text += f" + {self.mixed_step_ms:g}*mixed"
         if self.token_knots:
             pts = ", ".join(
                 f"{k}:{v:.3g}" for k, v in zip(self.token_knots, self.token_ms, strict=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.simulator.costmodel import (
+    OPTIONAL_TERMS,
     SCHEMA,
     SCHEMA_VERSION,
     TERMS,
@@ -61,8 +62,9 @@ def model_from_json(data: object, source: str = "cost model") -> LinearCostModel
         raise _bad(source, "schema", f"expected {SCHEMA!r}", top["schema"])
     if top["version"] != SCHEMA_VERSION or isinstance(top["version"], bool):
         raise _bad(source, "version", f"expected {SCHEMA_VERSION}", top["version"])
-    coef = _fields(top["coefficients"], source, "coefficients", set(TERMS), set())
-    values = {n: _number(coef[n], source, f"coefficients.{n}") for n in TERMS}
+    optional = set(OPTIONAL_TERMS)
+    coef = _fields(top["coefficients"], source, "coefficients", set(TERMS) - optional, optional)
+    values = {n: _number(coef.get(n, 0.0), source, f"coefficients.{n}") for n in TERMS}
     info = _info(top.get("metadata"), source)
     curve = _fields(
         top.get("token_curve", {"knots": [], "ms": []}),

@@ -3,11 +3,13 @@ step cost model to it, so ``pagedkv simulate --cost FILE.json`` predicts this en
 
 The grid makes the shapes a serving engine steps through, each several times:
 
-* decode ladders: ``B`` sequences of a context length decode, then some of them are aborted,
-  and so on down to the smallest batch (32 .. 1 sequences at 16 tokens, 16 .. 1 at 256, 4 and 2
-  at 512, 2 and 1 at 1000). Their prompts are computed first, several per step and chunked by
-  the token budget: those steps are prefill and mixed records too;
-* mixed steps: a prompt joins a ladder mid-way, so its (chunked) prefill runs beside decodes;
+* decode ladders: ``B`` sequences of up to a context length decode, then one or more of them are
+  aborted, and so on down to the smallest batch (32, 24, then every size from 16 to 1 at 16
+  tokens, 16 .. 1 at 112, 12 .. 1 at 256, 4 .. 2 at 512, 2 and 1 at 1000). Their prompts are
+  computed first, several per step and chunked by the token budget: those steps are prefill
+  and mixed records too;
+* mixed steps: prompts join a ladder at some of its batch sizes, so their (chunked) prefill
+  runs beside decodes (the engine then runs both attention paths: a cost of its own);
 * prefills of 16 .. 1536 tokens alone, and several short prompts in one step.
 
 Every step after a warm-up is a record (``engine.last_step``: the step's shapes and wall time).
@@ -15,7 +17,8 @@ Every 5th record is held out of the fit and reported separately: the error a rep
 on steps the fit did not see. Prompts are random token ids (no prefix-cache hits); sampling is
 what a replayed trace request does (seeded, temperature 1, ``ignore_eos`` so no request ends
 early). Points that do not fit the engine (the model's length, the token budget, the KV pool,
-``max_num_seqs``) are shrunk or skipped, and said so. Timings are as noisy as the machine: profile on an otherwise idle one.
+``max_num_seqs``) are shrunk or skipped, and said so. Timings are as noisy as the machine:
+profile on an otherwise idle one.
 """
 
 from __future__ import annotations
@@ -45,14 +48,18 @@ class ProfileError(PagedKVError):
 @dataclass(frozen=True)
 class Ladder:
     """``batches[0]`` sequences of ``context`` prompt tokens decode ``steps`` steps, then the
-    batch shrinks to each next size (by aborting). After the ``mix_at`` batch's steps a
-    ``mix_prompt``-token prompt joins and is computed beside the decodes."""
+    batch shrinks to each next size (by aborting). After the steps of each batch size in
+    ``mix_at`` a ``mix_prompt``-token prompt joins and is computed beside the decodes.
+    ``ragged``: the prompts run from ``context`` tokens down to about half of it, as a serving
+    batch's do (every default ladder: the paged kernel then masks, measured ~7 ms a decode
+    dearer on CPU than in a batch of equal contexts, which serving rarely has)."""
 
     context: int
     batches: tuple[int, ...]
     steps: int
-    mix_at: int | None = None
+    mix_at: tuple[int, ...] = ()
     mix_prompt: int = 0
+    ragged: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,13 @@ class ProfileGrid:
 
 DEFAULT_GRID = ProfileGrid(
     ladders=(
-        Ladder(16, (32, 16, 8, 4, 2, 1), 4, mix_at=8, mix_prompt=256),
-        Ladder(256, (16, 8, 4, 2, 1), 4, mix_at=4, mix_prompt=512),
-        Ladder(512, (4, 2), 4),
-        Ladder(1000, (2, 1), 4),
+        # every batch size up to 16: a CPU's small GEMMs are not monotonic in the rows
+        Ladder(16, (32, 24, *range(16, 0, -1)), 3, (12, 8, 5, 3, 2, 1), 48, ragged=True),
+        # the same batch sizes at a longer context: separates the paged-attention term
+        Ladder(112, tuple(range(16, 0, -1)), 3, (12, 8, 4, 2, 1), 160, ragged=True),
+        Ladder(256, tuple(range(12, 0, -1)), 3, (4,), 512, ragged=True),
+        Ladder(512, (4, 3, 2), 4, ragged=True),
+        Ladder(1000, (2, 1), 4, ragged=True),
     ),
     prefills=(
         *(Prefills(n) for n in (16, 32, 64, 128, 256, 512, 768, 1024, 1536)),
@@ -86,7 +96,7 @@ DEFAULT_GRID = ProfileGrid(
     ),
 )
 QUICK_GRID = ProfileGrid(
-    ladders=(Ladder(16, (8, 4, 2, 1), 3, mix_at=4, mix_prompt=64), Ladder(128, (4, 2, 1), 3)),
+    ladders=(Ladder(16, (8, 4, 2, 1), 3, mix_at=(4,), mix_prompt=64), Ladder(128, (4, 2, 1), 3)),
     prefills=(Prefills(16), Prefills(64), Prefills(256), Prefills(32, 4)),
     warmup=Ladder(16, (2,), 2),
 )
@@ -149,9 +159,13 @@ class _Runner:
         return seqs * -(-tokens // self.block)
 
     def ladder(self, lad: Ladder, label: str = "decode ladder") -> None:
-        mix = lad.mix_prompt if lad.mix_at is not None else 0
+        mix = lad.mix_prompt if lad.mix_at else 0
         mix_steps = -(-mix // max(1, self.budget - lad.batches[0])) + 1 if mix else 0
-        max_tokens = len(lad.batches) * lad.steps + mix_steps + 2
+        mixes = sum(1 for b in lad.batches if b in lad.mix_at) if mix else 0
+        # the first prompts decode while the last are computed: no sequence may run out of
+        # tokens before the ladder ends (it aborts them)
+        prompt_steps = 4 + 2 * lad.batches[0] * lad.context // max(1, self.budget)
+        max_tokens = len(lad.batches) * lad.steps + mixes * mix_steps + prompt_steps + 2
         name = f"{label} at context {lad.context}"
         if lad.context + max_tokens > self.engine.max_request_tokens:
             self.skipped.append(f"{name}: longer than the engine allows")
@@ -160,7 +174,7 @@ class _Runner:
         fits = [
             b
             for b in lad.batches
-            if b + (1 if mix else 0) <= self.max_seqs
+            if b + (1 if mix and b in lad.mix_at else 0) <= self.max_seqs
             and self._blocks(b, lad.context + max_tokens) + spare <= self.pool_blocks
         ]
         if len(fits) < len(lad.batches):
@@ -169,8 +183,10 @@ class _Runner:
         if not fits:
             return
         self.say(f"  {name}: {fits[0]}..{fits[-1]} sequences")
-        live = [self._add(lad.context, max_tokens) for _ in range(fits[0])]
-        for _ in range(4 + 2 * fits[0] * lad.context // max(1, self.budget)):
+        n = fits[0]
+        shrink = [(i * lad.context) // (2 * n) if lad.ragged else 0 for i in range(n)]
+        live = [self._add(lad.context - d, max_tokens) for d in shrink]
+        for _ in range(prompt_steps):
             rec, _ = self._step()
             if len(rec.shapes) == fits[0] and all(n == 1 for _, n in rec.shapes):
                 break
@@ -183,7 +199,7 @@ class _Runner:
             for _ in range(lad.steps - 1 if first else lad.steps):
                 self._step()
             first = False
-            if b == lad.mix_at and mix:
+            if b in lad.mix_at and mix:
                 self._until_done({self._add(mix, 1)}, f"{name}: mixed prompt", mix_steps)
         for rid in live:
             self.engine.abort(rid)

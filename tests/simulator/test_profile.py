@@ -14,7 +14,14 @@ from pagedkv.cli import main
 from pagedkv.engine import EngineConfig, LLMEngine
 from pagedkv.models import tiny_random_llama
 from pagedkv.simulator.costmodel import CostModelInfo, ErrorStats, LinearCostModel
-from pagedkv.simulator.profile import QUICK_GRID, ProfileResult, collect_steps, split_held_out
+from pagedkv.simulator.profile import (
+    QUICK_GRID,
+    Ladder,
+    ProfileGrid,
+    ProfileResult,
+    collect_steps,
+    split_held_out,
+)
 from pagedkv.simulator.profile_command import render_table
 
 
@@ -49,6 +56,38 @@ def test_quick_grid_steps_through_the_shapes_it_names() -> None:
         [(0, 32)] * 4,
     ]
     assert [sorted(r.shapes) for r in records] == [sorted(s) for s in expected]
+
+
+def test_a_ladder_whose_prompts_take_many_steps_keeps_every_sequence_to_its_end() -> None:
+    """4 prompts of 64 tokens under a 32-token budget take 8 steps; the first prompt decodes
+    during the other 7, so the sequences need more than the ladder's own steps of tokens (the
+    profile once ran them out and stopped with 'the engine ran no step')."""
+    cfg = EngineConfig(seed=0, max_num_batched_tokens=32, enable_chunked_prefill=True)
+    engine = LLMEngine(tiny_random_llama(0), cfg)
+    grid = ProfileGrid(ladders=(Ladder(64, (4, 2), 4),), prefills=(), warmup=Ladder(8, (1,), 1))
+    records, skipped = collect_steps(engine, grid)
+    assert skipped == []
+    assert not engine.has_unfinished_requests()
+    decodes = [r.shapes for r in records if all(n == 1 for _, n in r.shapes)]
+    assert [len(s) for s in decodes[-8:]] == [4] * 4 + [2] * 4  # both rungs, 4 steps each
+
+
+def test_a_ragged_ladder_runs_contexts_from_full_down_to_half() -> None:
+    """Serving batches mix context lengths (the paged kernel then masks, which costs): a
+    ragged ladder's prompts run from its context down to about half of it."""
+    engine = LLMEngine(tiny_random_llama(0), EngineConfig(seed=0))
+    grid = ProfileGrid(
+        ladders=(Ladder(16, (4, 2), 2, ragged=True),), prefills=(), warmup=Ladder(8, (1,), 1)
+    )
+    records, skipped = collect_steps(engine, grid)
+    assert skipped == []
+    assert [list(r.shapes) for r in records] == [
+        [(0, 16), (0, 14), (0, 12), (0, 10)],  # the prompts, in one step
+        [(16, 1), (14, 1), (12, 1), (10, 1)],
+        [(17, 1), (15, 1), (13, 1), (11, 1)],
+        [(18, 1), (16, 1)],  # the two shortest aborted
+        [(19, 1), (17, 1)],
+    ]
 
 
 def test_points_over_the_engine_limits_are_shrunk_and_said() -> None:
@@ -99,7 +138,15 @@ def test_table_shows_every_term_and_the_curve() -> None:
     info = CostModelInfo("m", "bfloat16", 4, "2025-01-01T00:00:00+00:00")
     knots = tuple(2**i for i in range(12))  # 12 knots: two rows of the curve table
     model = LinearCostModel(
-        0.0, 0.0, 0.25, 0.0125, 0.003, knots, tuple(1.5 * i for i in range(12)), info
+        0.0,
+        0.0,
+        0.25,
+        0.0125,
+        0.003,
+        40.0,
+        token_knots=knots,
+        token_ms=tuple(1.5 * i for i in range(12)),
+        info=info,
     )
     result = ProfileResult(model, ErrorStats(40, 0.05, 0.04, 0.125), None, [], [])
     assert render_table(result).splitlines() == [
@@ -110,6 +157,7 @@ def test_table_shows_every_term_and_the_curve() -> None:
         "  per decoding sequence                0.25",
         "  per 1000 attention pairs           0.0125",
         "  per 1000 paged-attention pairs      0.003",
+        "  per mixed step                         40",
         "  token curve (ms a step of this many tokens costs; linear between and past the end)",
         "    tokens        1       2       4       8      16"
         "      32      64     128     256     512",

@@ -20,7 +20,7 @@ from pagedkv.simulator.sim_executor import SimClock, simulated_engine
 from pagedkv.simulator.synthetic import SyntheticSpec, generate
 from pagedkv.simulator.trace_prompts import trace_requests
 
-COST = LinearCostModel(4.0, 0.05, 0.5, attention_ms_per_kpair=0.01)
+COST = LinearCostModel(4.0, 0.05, 0.5, attention_ms_per_kpair=0.01, mixed_step_ms=3.0)
 
 
 class CostClockExecutor:
