@@ -103,6 +103,11 @@ def workloads(quick: bool) -> list[tuple[str, Trace, float]]:
     return out
 
 
+def _step(record: Any) -> list[Any]:
+    """A step record as JSON: [[start, num_tokens], ...], seconds."""
+    return [[list(s) for s in record.shapes], record.seconds]
+
+
 def rel(sim: float, real: float) -> float:
     return (sim - real) / real if real else float("nan")
 
@@ -136,6 +141,9 @@ def main() -> int:
         if args.save_cost:
             cost.save(args.save_cost)
     report: dict[str, Any] = {"cost_model": cost.to_json(), "config": dataclasses.asdict(cfg)}
+    if not args.cost:  # the profile's steps, to refit other cost models on the same data
+        report["profile_fitted"] = [_step(r) for r in prof.fitted]
+        report["profile_held_out"] = [_step(r) for r in prof.held_out]
     rows: list[dict[str, Any]] = []
     for name, trace, scale in workloads(args.quick):
         load0 = os.getloadavg()[0]
@@ -180,6 +188,7 @@ def main() -> int:
                 "load_avg": [load0, load1],
                 "real_wall_s": walls,
                 "step_time_bias": bias,
+                "real_steps": [_step(r) for r in records],
             }
         )
         print(

@@ -4,7 +4,8 @@ The simulator has no GPU; it charges each continuous-batching step a time from a
 launch / sampling overhead, a prefill term proportional to the prompt tokens computed in the
 step, a decode term proportional to the sequences decoding one token each, and two attention
 terms proportional to the query-key pairs the step's kernels score (dense causal attention of
-fresh prompts; paged attention over cached KV), which grow with the context, and a fixed charge
+fresh prompts; paged attention over cached KV, for decodes and for prompt chunks after cached
+KV), which grow with the context, and a fixed charge
 for a *mixed* step, one that runs a fresh prompt beside sequences with cached KV (the engine
 then runs both attention paths in every layer: measured ~40 ms a step for SmolLM2 on 2 CPU
 cores)::
@@ -54,9 +55,10 @@ TERMS_STATS = ("mean", "median", "p90")
 @dataclass(frozen=True)
 class StepFeatures:
     """What a step's cost depends on. Attention is counted per kernel, because their costs
-    differ tenfold on CPU: ``attention_pairs``, the query-key pairs of prompt chunks (dense
-    causal attention); ``paged_pairs``, those of decodes (the paged decode kernel, padded to
-    the step's longest decode context)."""
+    differ tenfold on CPU: ``attention_pairs``, the query-key pairs of fresh prompts (dense
+    causal attention on their own keys); ``paged_pairs``, those the paged kernel scores for
+    decodes (padded to the step's longest decode context) and for prompt chunks after cached
+    KV (a prefix-cache hit, or a later chunk)."""
 
     prefill_tokens: int
     decode_seqs: int
@@ -106,14 +108,16 @@ def step_features(shapes: Iterable[tuple[int, int]]) -> StepFeatures:
 
     One function for the fit and the prediction, so both count the same way: a sequence with
     one token is a decode, one with more is (a chunk of) a prefill. Attention pairs count what
-    the kernels compute. A prompt chunk of ``n`` tokens after ``start`` cached ones scores
-    ``n*start + n*(n+1)/2`` pairs (dense causal attention). Decodes go through the paged
-    decode kernel, which reads the step's longest decode context ``L`` for every row, so they
-    score ``L`` paged pairs each (measured on CPU: 12 decodes with contexts of 16 and 500
-    tokens cost nearly as much as 12 at 500). A step is ``mixed`` when a fresh prompt chunk
-    (``start == 0``, more than one token: causal attention on its own keys) runs beside any
-    other sequence (those take the paged path)."""
-    prefill = decode = pairs = longest = fresh = cached = 0
+    the engine's kernels compute. A fresh prompt of ``n`` tokens (``start == 0``) scores
+    ``n*(n+1)/2`` pairs (dense causal attention on its own keys). Every other sequence goes
+    through the paged kernel: a chunk of ``n`` tokens after ``start`` cached ones scores the
+    whole ``n * (start + n)`` rectangle (gathered keys, then a causal mask), and decodes, which
+    the kernel pads to the step's longest decode context ``L``, score ``L`` each (measured on
+    CPU: 12 decodes with contexts of 16 and 500 tokens cost nearly as much as 12 at 500; a
+    70-token chunk after a 96-token prefix, beside one decode, took 328 ms, a fresh 111-token
+    prompt 326 ms). A step
+    is ``mixed`` when a fresh prompt runs beside any other sequence (both paths run)."""
+    prefill = decode = pairs = paged = longest = fresh = cached = 0
     for start, num in shapes:
         if start < 0 or num < 1:
             raise InvalidArgumentError(
@@ -125,12 +129,16 @@ def step_features(shapes: Iterable[tuple[int, int]]) -> StepFeatures:
             longest = max(longest, start + 1)
         else:
             prefill += num
-            pairs += num * start + num * (num + 1) // 2
         if start == 0 and num > 1:
             fresh += 1
+            pairs += num * (num + 1) // 2
         else:
             cached += 1
-    return StepFeatures(prefill, decode, pairs, decode * longest, int(fresh > 0 and cached > 0))
+            if num > 1:
+                paged += num * (start + num)
+    return StepFeatures(
+        prefill, decode, pairs, paged + decode * longest, int(fresh > 0 and cached > 0)
+    )
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,9 @@ class ProfileError(PagedKVError):
 class Ladder:
     """``batches[0]`` sequences of ``context`` prompt tokens decode ``steps`` steps, then the
     batch shrinks to each next size (by aborting). After the steps of each batch size in
-    ``mix_at`` a ``mix_prompt``-token prompt joins and is computed beside the decodes.
+    ``mix_at`` a ``mix_prompt``-token prompt joins and is computed beside the decodes; with
+    ``mix_cached`` it starts with the first sequence's prompt (its full blocks are a
+    prefix-cache hit, so the new tokens take the paged path, as a follow-up turn's do).
     ``ragged``: the prompts run from ``context`` tokens down to about half of it, as a serving
     batch's do (every default ladder: the paged kernel then masks, measured ~7 ms a decode
     dearer on CPU than in a batch of equal contexts, which serving rarely has)."""
@@ -60,6 +62,7 @@ class Ladder:
     mix_at: tuple[int, ...] = ()
     mix_prompt: int = 0
     ragged: bool = False
+    mix_cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ DEFAULT_GRID = ProfileGrid(
         # every batch size up to 16: a CPU's small GEMMs are not monotonic in the rows
         Ladder(16, (32, 24, *range(16, 0, -1)), 3, (12, 8, 5, 3, 2, 1), 48, ragged=True),
         # the same batch sizes at a longer context: separates the paged-attention term
-        Ladder(112, tuple(range(16, 0, -1)), 3, (12, 8, 4, 2, 1), 160, ragged=True),
+        Ladder(112, tuple(range(16, 0, -1)), 3, (12, 8, 4, 2, 1), 160, True, mix_cached=True),
         Ladder(256, tuple(range(12, 0, -1)), 3, (4,), 512, ragged=True),
         Ladder(512, (4, 3, 2), 4, ragged=True),
         Ladder(1000, (2, 1), 4, ragged=True),
@@ -133,12 +136,13 @@ class _Runner:
         usable = engine.num_usable_blocks
         self.pool_blocks = usable - int(engine.config.watermark * usable)
 
-    def _add(self, length: int, max_tokens: int) -> str:
+    def _add(self, length: int, max_tokens: int, prefix: Sequence[int] = ()) -> str:
+        """Queue a prompt of ``prefix`` + ``length`` random tokens."""
         from pagedkv.engine import SamplingParams
 
         self.count += 1
         rid = f"profile-{self.count}"
-        ids = [self.rng.randrange(self.engine.vocab_size) for _ in range(length)]
+        ids = [*prefix, *(self.rng.randrange(self.engine.vocab_size) for _ in range(length))]
         # the sampling a replayed trace request does (trace_prompts): seeded, EOS ignored
         params = SamplingParams(
             max_tokens=max_tokens, ignore_eos=True, temperature=1.0, seed=len(self.records)
@@ -186,6 +190,7 @@ class _Runner:
         n = fits[0]
         shrink = [(i * lad.context) // (2 * n) if lad.ragged else 0 for i in range(n)]
         live = [self._add(lad.context - d, max_tokens) for d in shrink]
+        first_prompt = self.engine.requests[live[0]].prompt_token_ids
         for _ in range(prompt_steps):
             rec, _ = self._step()
             if len(rec.shapes) == fits[0] and all(n == 1 for _, n in rec.shapes):
@@ -200,7 +205,9 @@ class _Runner:
                 self._step()
             first = False
             if b in lad.mix_at and mix:
-                self._until_done({self._add(mix, 1)}, f"{name}: mixed prompt", mix_steps)
+                prefix = first_prompt if lad.mix_cached else ()
+                rid = self._add(mix, 1, prefix)
+                self._until_done({rid}, f"{name}: mixed prompt", mix_steps)
         for rid in live:
             self.engine.abort(rid)
 

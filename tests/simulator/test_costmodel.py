@@ -64,16 +64,17 @@ class Rec:
 # ------------------------------------------------------------------------------ features
 def test_features_of_exact_shapes() -> None:
     f = step_features([(0, 4), (10, 1), (5, 3), (0, 1)])
-    # prompt pairs: 4*0 + 4*5/2 = 10; 3*5 + 3*4/2 = 21. Decodes at contexts 11 and 1 are both
-    # padded to the longest, 11: 2 * 11 paged pairs
-    # (0, 4) is a fresh prompt beside the others: a mixed step
+    # the fresh prompt (0, 4): 4*5/2 = 10 causal pairs. Paged: the chunk (5, 3) scores its
+    # 3 x 8 rectangle = 24; decodes at contexts 11 and 1 are both padded to the longest, 11:
+    # 2 * 11 = 22. (0, 4) is a fresh prompt beside the others: a mixed step
     assert f == StepFeatures(
-        prefill_tokens=7, decode_seqs=2, attention_pairs=31, paged_pairs=22, mixed=1
+        prefill_tokens=7, decode_seqs=2, attention_pairs=10, paged_pairs=46, mixed=1
     )
-    assert f.attention_kpairs == pytest.approx(0.031)
-    assert f.paged_kpairs == pytest.approx(0.022)
-    assert f.row() == pytest.approx((1.0, 7.0, 2.0, 0.031, 0.022, 1.0))
-    assert step_features([(0, 9)]) == StepFeatures(9, 0, 45, 0)  # no decode: no paged pairs
+    assert f.attention_kpairs == pytest.approx(0.010)
+    assert f.paged_kpairs == pytest.approx(0.046)
+    assert f.row() == pytest.approx((1.0, 7.0, 2.0, 0.010, 0.046, 1.0))
+    assert step_features([(0, 9)]) == StepFeatures(9, 0, 45, 0)  # fresh alone: no paged pairs
+    assert step_features([(32, 9)]) == StepFeatures(9, 0, 0, 9 * 41)  # after cached KV: paged
     assert step_features([(4, 1)]) == StepFeatures(0, 1, 0, 5)
     assert step_features([]) == StepFeatures(0, 0, 0, 0)
 
@@ -96,12 +97,18 @@ def test_a_step_is_mixed_when_both_attention_paths_run(shapes: list[Shape], mixe
 def test_pairs_are_counted_one_by_one() -> None:
     rng = random.Random(0)
     for _ in range(50):
-        shapes = [(rng.randrange(200), rng.choice([1, rng.randrange(1, 40)])) for _ in range(6)]
-        chunks = [(s, n) for s, n in shapes if n > 1]
+        shapes = [
+            (rng.choice([0, rng.randrange(200)]), rng.choice([1, rng.randrange(1, 40)]))
+            for _ in range(6)
+        ]
+        fresh = [n for s, n in shapes if s == 0 and n > 1]
+        chunks = [(s, n) for s, n in shapes if s > 0 and n > 1]
         decodes = [s + 1 for s, n in shapes if n == 1]
         f = step_features(shapes)
-        assert f.attention_pairs == sum(q + 1 for s, n in chunks for q in range(s, s + n))
-        assert f.paged_pairs == len(decodes) * max(decodes, default=0)
+        # causal: query q sees keys 0..q; the paged rectangle: every query sees every key
+        assert f.attention_pairs == sum(q + 1 for n in fresh for q in range(n))
+        rectangles = sum(1 for s, n in chunks for _ in range(n) for _ in range(s + n))
+        assert f.paged_pairs == rectangles + len(decodes) * max(decodes, default=0)
 
 
 def test_decodes_are_charged_the_longest_context() -> None:

@@ -90,6 +90,19 @@ def test_a_ragged_ladder_runs_contexts_from_full_down_to_half() -> None:
     ]
 
 
+def test_a_cached_mix_prompt_hits_the_first_sequences_prefix() -> None:
+    """A follow-up turn's new tokens run after cached KV (the paged path): a ``mix_cached``
+    prompt starts with the ladder's first prompt, whose full blocks are a prefix-cache hit."""
+    engine = LLMEngine(tiny_random_llama(0), EngineConfig(seed=0, block_size=4))
+    lad = Ladder(10, (2, 1), 2, mix_at=(1,), mix_prompt=6, mix_cached=True)
+    grid = ProfileGrid(ladders=(lad,), prefills=(), warmup=Ladder(8, (1,), 1))
+    records, skipped = collect_steps(engine, grid)
+    assert skipped == []
+    # 10 tokens = 2 full blocks of 4 cached, then the other 2 + the 6 new ones computed beside
+    # the remaining decode
+    assert list(records[-1].shapes) == [(14, 1), (8, 8)]
+
+
 def test_points_over_the_engine_limits_are_shrunk_and_said() -> None:
     engine = LLMEngine(tiny_random_llama(0), EngineConfig(seed=0, max_num_seqs=3))
     records, skipped = collect_steps(engine, QUICK_GRID)
