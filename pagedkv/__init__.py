@@ -11,8 +11,7 @@ The engine's names (``LLM``, ``SamplingParams``, ``LLMEngine``, ``AsyncLLMEngine
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pagedkv import _omp  # noqa: F401  (first: sets libgomp's spin count before torch loads)
 from pagedkv.core import (
@@ -35,6 +34,7 @@ from pagedkv.errors import (
     UnknownNameError,
     UnknownSequenceError,
 )
+from pagedkv.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from pagedkv.engine import AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
@@ -51,17 +51,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pagedkv' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY} - {"Any", "TYPE_CHECKING", "annotations", "importlib"})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

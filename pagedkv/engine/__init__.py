@@ -9,14 +9,14 @@ executor.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pagedkv.engine.config import EngineConfig
 from pagedkv.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from pagedkv.engine.prompts import PromptType, TextPrompt, TokensPrompt
 from pagedkv.engine.sampling_params import SamplingParams
 from pagedkv.engine.validation import DuplicateRequestError
+from pagedkv.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from pagedkv.engine.async_engine import AsyncLLMEngine, EngineDeadError
@@ -36,11 +36,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pagedkv.engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
