@@ -73,7 +73,7 @@ def load_kernel(verbose: bool = False) -> Any:
                 _EXT_NAME,
                 cpp_sources=[cpp_source()],
                 functions=["decode", "cpu_has_avx2"],
-                extra_cflags=["-O3", "-fopenmp"],
+                extra_cflags=["-O3", "-fopenmp", "-Wno-psabi"],
                 extra_ldflags=["-fopenmp"],
                 verbose=verbose,
             )

@@ -3,8 +3,8 @@
 Moves the step's swapped blocks, runs its copy-on-write copies, then one packed forward of
 every scheduled sequence's new tokens (:meth:`PagedModelRunner.run_step`); the logits rows are
 sampled on demand by :func:`~pagedkv.engine.sampler.sample`, each under its own request's
-parameters. The runner's manager is read by nobody here: block tables and slots come from the
-scheduler's output.
+parameters (plain greedy rows share one batched ``argmax``). The runner's manager is read by
+nobody here: block tables and slots come from the scheduler's output.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from pagedkv.engine.executor import StepResult
 from pagedkv.engine.sample_types import Sampled, SampleRow
-from pagedkv.engine.sampler import sample
+from pagedkv.engine.sampler import plain_greedy, sample
 from pagedkv.engine.scheduler_output import SchedulerOutput
 from pagedkv.integrations.hf_runner import PagedModelRunner
 from pagedkv.integrations.step_builder import paged_step
@@ -44,7 +44,13 @@ class ModelExecutor:
         )
         logits = runner.run_step(step, input_ids, position_ids)
 
+        argmax: list[list[int]] = []  # every row's argmax, computed once on first use
+
         def draw(i: int, row: SampleRow, logits: torch.Tensor = logits) -> Sampled:
+            if plain_greedy(row):
+                if not argmax:
+                    argmax.append(logits.float().argmax(-1).tolist())
+                return Sampled(argmax[0][i])
             return sample(logits[i : i + 1], [row])[0]
 
         return StepResult(draw)

@@ -57,6 +57,14 @@ def filtered_probs(x: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return probs / probs.sum()
 
 
+def plain_greedy(row: SampleRow) -> bool:
+    """Whether ``row``'s token is the plain argmax of its logits (greedy, no penalties, no
+    suppressed ids, no logprobs): :func:`sample` would return exactly ``argmax``, so a step's
+    such rows can share one batched ``argmax`` (ties: the first index, as here)."""
+    p = row.params
+    return p.greedy and not p.has_penalties and not row.suppress_ids and p.logprobs is None
+
+
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[Sampled]:
     """Pick one token per row.
 

@@ -6,20 +6,24 @@ plumbing, mask-building checks and the attention function's per-call argument ch
 module computes the same operations in the same order on the model's own (live) parameters, and
 calls the step's paged attention backend directly.
 
-Exactness: every operation is the one transformers' ``modeling_llama`` runs, on the same
-tensors: RMSNorm in float32 then cast back (``weight * x.to(dtype)``), the model's own
+Exactness: every operation is the one transformers' ``modeling_llama`` runs, in the same
+order: RMSNorm in float32 then cast back (``weight * x.to(dtype)``), the model's own
 ``rotary_emb`` module for cos/sin (so every RoPE type it implements, scaled ones included,
-gives the values the HF path gets), ``rotate_half`` RoPE, ``F.linear`` with each projection's
-weight and bias, the MLP's own ``act_fn``, residual adds in the same order, and the final norm
-and ``lm_head`` on the rows that sample (row-wise operations, so the same values as HF's
-all-rows norm followed by ``logits_to_keep``). The tests compare greedy tokens with HF
-``generate`` on several tiny Llama configurations and on the default model.
+gives the values the HF path gets), ``rotate_half`` RoPE (on q and k at once), each
+projection's weight and bias, the MLP's own ``act_fn``, residual adds in the same order, and
+the final norm and ``lm_head`` on the rows that sample (row-wise operations, so the same values
+as HF's all-rows norm followed by ``logits_to_keep``). The projections run as packed GEMMs
+(:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one, oneDNN's blocked
+layout): the same dot products summed in another order, so float32 logits differ from
+``F.linear``'s by rounding only (~1e-6). The tests compare greedy tokens with HF ``generate``
+on several tiny Llama configurations and on the default model.
 
 What runs here: exactly ``LlamaForCausalLM`` with its stock modules (a subclass, a replaced
 module, a quantized ``Linear`` subclass or a registered hook could change the computation, so
 those take the HF path): :func:`native_llama_refusal` says why a model is not eligible. The
-weights are read from the modules at every step (nothing is copied or cached), so in-place
-weight edits are seen as they are by the HF path.
+packs are checked against the modules' weights before every step and packed again when one was
+replaced or written in place (see :mod:`~pagedkv.integrations.packed_linear` for the one edit it
+cannot see: writes through ``.data``).
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn import functional as nnf
 
-from pagedkv.attention import AttentionMetadata
 from pagedkv.errors import UnsupportedModelError
 from pagedkv.integrations.hf_attention import PagedStep
+from pagedkv.integrations.native_attention import AttentionPlan, step_attention
+from pagedkv.integrations.packed_linear import PackedLinear
 
 # The stock module classes of transformers' Llama: any other class in the tree takes the HF path.
 _LLAMA_TYPES = {
@@ -106,81 +110,40 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x * cos + rotate_half(x) * sin``. ``x``: ``[T, H, D]``; cos/sin: ``[T, 1, D]``."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` with its first half negated (``[..., D]``), for :func:`apply_rope`."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` as ``x * cos + roll(x, D/2) * signed_sin(sin)``: the
+    same products (``-x2 * s1`` is ``x2 * -s1`` exactly), one copy instead of a negation and a
+    concatenation. ``x``: ``[T, H, D]``; cos/sin_signed: ``[T, 1, D]``."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
 @dataclass
-class AttentionPlan:
-    """How one step's attention is split, decided once per step (every layer reuses it).
+class LayerPacks:
+    """One decoder layer's projections as packed GEMMs (see :class:`PackedLinear`)."""
 
-    A *fresh* sequence (no KV before this step: ``query_len == seq_len > 1``, a prompt without a
-    prefix hit) attends only to its own new keys, so causal SDPA on the step's K/V computes it
-    directly: no gather from the pool, no mask, no padding to the step's longest sequence.
-    Every other sequence (decodes, prompt chunks after cached KV) goes through the step's paged
-    backend as one sub-batch (``rest``: packed token index int64 ``[T_rest]`` and its metadata).
-    """
-
-    fresh: list[tuple[int, int]]  # [start, end) of each fresh sequence in the packed row
-    rest: tuple[torch.Tensor, AttentionMetadata] | None
+    qkv: PackedLinear  # q_proj | k_proj | v_proj
+    o: PackedLinear
+    gate_up: PackedLinear  # gate_proj | up_proj
+    down: PackedLinear
 
     @classmethod
-    def build(cls, meta: AttentionMetadata) -> AttentionPlan | None:
-        """The split for ``meta``, or ``None`` when no sequence is fresh (all paged)."""
-        ql, sl = meta.query_lens, meta.seq_lens
-        is_fresh = (ql == sl) & (ql > 1)
-        if not is_fresh.any():
-            return None
-        cu = np.concatenate([[0], np.cumsum(ql)])
-        fresh = [(int(cu[b]), int(cu[b + 1])) for b in np.nonzero(is_fresh)[0]]
-        others = np.nonzero(~is_fresh)[0]
-        if not len(others):
-            return cls(fresh, None)
-        tok = np.concatenate([np.arange(cu[b], cu[b + 1]) for b in others])
-        sub = AttentionMetadata.build(
-            block_size=meta.block_size,
-            block_tables=meta.block_tables.cpu().numpy()[others],
-            seq_lens=sl[others],
-            query_lens=ql[others],
-            slot_mapping=meta.slot_mapping.cpu().numpy()[tok],
-            device=meta.device,
+    def of(cls, layer: Any, pack: bool) -> LayerPacks:
+        a, m = layer.self_attn, layer.mlp
+        return cls(
+            PackedLinear([a.q_proj, a.k_proj, a.v_proj], pack=pack),
+            PackedLinear([a.o_proj], pack=pack),
+            PackedLinear([m.gate_proj, m.up_proj], pack=pack),
+            PackedLinear([m.down_proj], pack=pack),
         )
-        return cls(fresh, (torch.from_numpy(tok).to(meta.device), sub))
 
-
-def step_attention(
-    step: PagedStep,
-    plan: AttentionPlan | None,
-    layer: int,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """Attention of one layer (its K/V already written to the pool).
-
-    Args:
-        q: ``[T, Hq, D]``; k, v: ``[T, Hkv, D]`` this step's (post-RoPE) keys and values.
-    Returns:
-        ``[T, Hq, D]`` in ``q.dtype``.
-    """
-    kv = step.storage.layer(layer)
-    if plan is None:
-        return step.backend.forward(q, kv, step.metadata, scale=scale)
-    out = torch.empty_like(q)
-    for start, end in plan.fresh:
-        qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
-        o = nnf.scaled_dot_product_attention(
-            qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True
-        )
-        out[start:end] = o[0].transpose(0, 1)
-    if plan.rest is not None:
-        index, sub = plan.rest
-        out[index] = step.backend.forward(q.index_select(0, index), kv, sub, scale=scale)
-    return out
+    def all(self) -> tuple[PackedLinear, ...]:
+        return (self.qkv, self.o, self.gate_up, self.down)
 
 
 class NativeLlama:
@@ -188,17 +151,20 @@ class NativeLlama:
 
     ``usable()`` re-checks what can change after construction: hooks, training mode, and the
     module tree itself (a module swapped in later, e.g. a LoRA wrapper around a projection, is
-    checked again before a step runs natively)."""
+    checked again before a step runs natively). ``pack=False`` runs the fused projections
+    through ``F.linear`` instead of oneDNN's packed layout."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, pack: bool = True) -> None:
         reason = native_llama_refusal(model)
         if reason is not None:
             raise UnsupportedModelError(f"native Llama forward: {reason}")
         self.model: Any = model
+        self.pack = pack
         self._bind()
 
     def _bind(self) -> None:
-        """Read the layers and their constants from the (checked) module tree."""
+        """Read the layers, their constants and their packed projections from the (checked)
+        module tree."""
         model = self.model
         body: Any = self.model.model
         self.body: Any = body
@@ -211,12 +177,20 @@ class NativeLlama:
             for la in self.layers
         ]
         self.head_dim = int(self.layers[0].self_attn.head_dim)
+        self.packs = [LayerPacks.of(la, self.pack) for la in self.layers]
+        self.head = PackedLinear([model.lm_head], pack=self.pack)
+        self._all_packs = [p for lp in self.packs for p in lp.all()] + [self.head]
         self._modules: list[torch.nn.Module] = list(model.modules())
 
     @classmethod
-    def maybe(cls, model: torch.nn.Module) -> NativeLlama | None:
+    def maybe(cls, model: torch.nn.Module, *, pack: bool = True) -> NativeLlama | None:
         """The native forward of ``model``, or ``None`` when it must take the HF path."""
-        return cls(model) if native_llama_refusal(model) is None else None
+        return cls(model, pack=pack) if native_llama_refusal(model) is None else None
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes the packed projections hold beyond the model's own weights."""
+        return sum(p.nbytes for p in self._all_packs)
 
     def usable(self) -> bool:
         """False while the model trains (dropout), has hooks, or has a module tree that changed
@@ -248,20 +222,23 @@ class NativeLlama:
         Returns:
             logits ``[B, vocab]`` in the model's dtype.
         """
+        for pack in self._all_packs:
+            pack.refresh()  # a weight written or replaced since it was packed
         meta, storage = step.metadata, step.storage
         h = nnf.embedding(input_ids[0], self.body.embed_tokens.weight)
         cos, sin = self.body.rotary_emb(h[None], position_ids)
-        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, D]
+        cos, sin = cos[0, :, None, :], signed_sin(sin[0, :, None, :])  # [T, 1, D]
         t, d = h.shape[0], self.head_dim
-        plan = AttentionPlan.build(meta)
+        plan = AttentionPlan.build(meta, h.dtype)
         for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
+            attn, packs = layer.self_attn, self.packs[i]
             eps_in, eps_post = self.eps[i]
             x = rms_norm(h, layer.input_layernorm.weight, eps_in)
-            q = nnf.linear(x, attn.q_proj.weight, attn.q_proj.bias).view(t, -1, d)
-            k = nnf.linear(x, attn.k_proj.weight, attn.k_proj.bias).view(t, -1, d)
-            v = nnf.linear(x, attn.v_proj.weight, attn.v_proj.bias).view(t, -1, d)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qkv = packs.qkv(x)  # [T, (Hq + 2 Hkv) D]
+            hq, hkv = packs.qkv.splits[0] // d, packs.qkv.splits[1] // d
+            qk = apply_rope(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d), cos, sin)
+            q, k = qk[:, :hq], qk[:, hq:]
+            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
             k, v = k.to(storage.dtype), v.to(storage.dtype)
             if meta.write_index is None:
                 storage.write_rows(i, meta.kv_rows, k, v)
@@ -270,13 +247,12 @@ class NativeLlama:
                 storage.write_rows(i, meta.kv_rows, k.index_select(0, w), v.index_select(0, w))
             step.layer_calls[i] += 1
             o = step_attention(step, plan, i, q, k, v, attn.scaling)
-            h = h + nnf.linear(o.reshape(t, -1), attn.o_proj.weight, attn.o_proj.bias)
+            h = h + packs.o(o.reshape(t, -1))
             x = rms_norm(h, layer.post_attention_layernorm.weight, eps_post)
-            gate = nnf.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias)
-            up = nnf.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)
-            h = h + nnf.linear(mlp.act_fn(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+            gate_up = packs.gate_up(x)
+            inter = packs.gate_up.splits[0]
+            h = h + packs.down(layer.mlp.act_fn(gate_up[:, :inter]) * gate_up[:, inter:])
         norm = self.body.norm
         x = rms_norm(h.index_select(0, last), norm.weight, float(norm.variance_epsilon))
-        head = self.model.lm_head
-        logits: torch.Tensor = nnf.linear(x, head.weight, head.bias)
+        logits: torch.Tensor = self.head(x)
         return logits

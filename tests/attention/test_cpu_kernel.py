@@ -102,6 +102,27 @@ def test_isa_paths_and_task_splits_agree(use_avx2, heads_per_task):
         )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [32, 64, 128, 256])
+@pytest.mark.parametrize("bs", [4, 16, 32])
+@pytest.mark.parametrize("use_avx2", [True, False])
+def test_vectorised_head_sizes_match_sdpa(dtype, d, bs, use_avx2):
+    """The vectorised block (head_dim 32/64/128/256, float32/bfloat16): keys 16 at a time,
+    so lengths around 16 and 32 and block sizes below, at and above 16; every ISA copy."""
+    seq_lens = [1, 2, 15, 16, 17, 31, 33, 70]
+    store, tables, ks, vs = make_paged_kv(seq_lens, hq=6, hkv=2, d=d, bs=bs, dtype=dtype, seed=3)
+    q = (2 * torch.randn(len(seq_lens), 6, d, generator=torch.Generator().manual_seed(4))).to(dtype)
+    meta = AttentionMetadata.build(
+        block_size=bs, block_tables=tables, seq_lens=seq_lens, query_lens=[1] * len(seq_lens)
+    )
+    out = cpu_kernel.paged_decode(
+        q, store.layer(0), meta.block_tables, meta.seq_lens_t, use_avx2=use_avx2
+    )
+    for b in range(len(seq_lens)):
+        ref = _sdpa_decode(q[b : b + 1].float(), ks[b].float(), vs[b].float())
+        torch.testing.assert_close(out[b : b + 1].float(), ref, **TOL[dtype])
+
+
 def test_scale_and_uniform_lengths():
     seq_lens = [16, 16, 16]
     store, tables, ks, vs = make_paged_kv(seq_lens)

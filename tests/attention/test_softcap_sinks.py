@@ -103,12 +103,13 @@ def test_sinks_with_scale_match_eager_and_need_no_keys_weight():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("hq", "hkv"), [(4, 2), (32, 8)])
 @pytest.mark.parametrize("case", CASES)
-def test_cpu_kernel_decode_matches_reference_and_eager(dtype, hq, hkv, case):
+@pytest.mark.parametrize("d", [8, 64])  # 64: the vectorised block (float32, bfloat16)
+def test_cpu_kernel_decode_matches_reference_and_eager(dtype, hq, hkv, case, d):
     cpu_kernel.load_kernel()
     seq_lens = [1, 3, 4, 5, 9, 17, 40]
-    store, tables, ks, vs = make_paged_kv(seq_lens, hq=hq, hkv=hkv, dtype=dtype, seed=5)
+    store, tables, ks, vs = make_paged_kv(seq_lens, hq=hq, hkv=hkv, d=d, dtype=dtype, seed=5)
     g = torch.Generator().manual_seed(6)
-    q = (3 * torch.randn(len(seq_lens), hq, 8, generator=g)).to(dtype)
+    q = (3 * torch.randn(len(seq_lens), hq, d, generator=g)).to(dtype)
     sinks = torch.randn(hq, generator=g) if case.get("sinks") else None
     kw = {
         "softcap": case.get("softcap"),

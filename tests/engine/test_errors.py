@@ -302,7 +302,8 @@ def test_sampler_failure_fails_one_request(monkeypatch):
     import pagedkv.engine.model_executor as sr
 
     real = sr.sample
-    bad = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, n=2)
+    # logprobs: not a plain greedy row, so the step's batched argmax does not take it
+    bad = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, n=2, logprobs=1)
 
     def flaky(logits, rows):
         if rows[0].params is bad and len(rows[0].output_ids) == 2:

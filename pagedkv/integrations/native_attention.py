@@ -1,0 +1,143 @@
+"""Attention of one step of the native forward: fresh prompts by causal SDPA, the rest paged.
+
+Split out of :mod:`pagedkv.integrations.native_llama` (which calls it once per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as nnf
+
+from pagedkv.attention import AttentionMetadata
+from pagedkv.integrations.hf_attention import PagedStep
+
+
+@dataclass
+class ChunkAfterCache:
+    """A prompt chunk whose sequence already has KV in the pool (a prefix hit, or a later chunk
+    of a chunked prompt): its queries ``[start, end)`` of the packed row attend to the
+    sequence's first ``seq_len`` pool rows (gathered from ``blocks``, int64 ``[nb]``) under
+    ``mask`` (additive, ``[query_len, seq_len]`` in the model's dtype: 0 where key
+    ``j <= cached + i`` is visible, ``-inf`` elsewhere; made once a step, not once a layer)."""
+
+    start: int
+    end: int
+    blocks: torch.Tensor
+    seq_len: int
+    mask: torch.Tensor
+
+
+@dataclass
+class AttentionPlan:
+    """How one step's attention is split, decided once per step (every layer reuses it).
+
+    Each group runs without padding to the step's longest sequence:
+
+    - *fresh* sequences (no KV before this step: ``query_len == seq_len > 1``, a prompt without
+      a prefix hit) attend only to their own new keys: causal SDPA on the step's K/V, no gather.
+    - *chunks after cache* (``1 < query_len < seq_len``) gather their sequence's K/V from the
+      pool and run SDPA with the bottom-right causal mask, one sequence at a time.
+    - *decodes* (``query_len == 1``) go through the step's paged backend as one sub-batch
+      (``decodes``: packed token index int64 ``[B_dec]`` and its metadata).
+    """
+
+    fresh: list[tuple[int, int]]  # [start, end) of each fresh sequence in the packed row
+    chunks: list[ChunkAfterCache]
+    decodes: tuple[torch.Tensor, AttentionMetadata] | None
+
+    @classmethod
+    def build(cls, meta: AttentionMetadata, dtype: torch.dtype) -> AttentionPlan | None:
+        """The split for ``meta`` (masks in ``dtype``, the queries'), or ``None`` when every
+        sequence decodes (one backend call)."""
+        ql, sl = meta.query_lens, meta.seq_lens
+        if (ql == 1).all():
+            return None
+        cu = np.concatenate([[0], np.cumsum(ql)])
+        is_fresh = (ql == sl) & (ql > 1)
+        fresh = [(int(cu[b]), int(cu[b + 1])) for b in np.nonzero(is_fresh)[0]]
+        tables = meta.block_tables.cpu()
+        chunks = []
+        for b in np.nonzero((ql > 1) & ~is_fresh)[0]:
+            n, total = int(ql[b]), int(sl[b])
+            keys = torch.arange(total, device=meta.device)
+            rows = torch.arange(total - n, total, device=meta.device)
+            nb = -(-total // meta.block_size)
+            chunks.append(
+                ChunkAfterCache(
+                    int(cu[b]),
+                    int(cu[b + 1]),
+                    tables[b, :nb].to(meta.device, torch.int64),
+                    total,
+                    torch.zeros(n, total, dtype=dtype, device=meta.device).masked_fill_(
+                        keys[None, :] > rows[:, None], float("-inf")
+                    ),
+                )
+            )
+        dec = np.nonzero(ql == 1)[0]
+        decodes = None
+        if len(dec):
+            tok = cu[dec]
+            sub = AttentionMetadata.build(
+                block_size=meta.block_size,
+                block_tables=tables.numpy()[dec],
+                seq_lens=sl[dec],
+                query_lens=ql[dec],
+                slot_mapping=meta.slot_mapping.cpu().numpy()[tok],
+                device=meta.device,
+            )
+            decodes = (torch.from_numpy(tok).to(meta.device, torch.int64), sub)
+        return cls(fresh, chunks, decodes)
+
+
+def _pool_rows(kv: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` K and V rows of a sequence: ``kv`` ``[N, 2, BS, Hkv, D]``, ``blocks``
+    int64 ``[nb]`` → ``[2, 1, Hkv, n, D]`` (SDPA's ``[batch, heads, keys, D]`` for K and V)."""
+    g = kv.index_select(0, blocks)  # [nb, 2, BS, Hkv, D]
+    g = g.transpose(0, 1).reshape(2, -1, kv.shape[3], kv.shape[4])[:, :n]  # [2, n, Hkv, D]
+    return g.transpose(1, 2)[:, None]
+
+
+def step_attention(
+    step: PagedStep,
+    plan: AttentionPlan | None,
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of one layer (its K/V already written to the pool).
+
+    Args:
+        q: ``[T, Hq, D]``; k, v: ``[T, Hkv, D]`` this step's (post-RoPE) keys and values.
+    Returns:
+        ``[T, Hq, D]`` in ``q.dtype``.
+    """
+    kv = step.storage.layer(layer)
+    if plan is None:
+        return step.backend.forward(q, kv, step.metadata, scale=scale)
+    out = torch.empty_like(q)
+    for start, end in plan.fresh:
+        qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
+        o = nnf.scaled_dot_product_attention(
+            qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True
+        )
+        out[start:end] = o[0].transpose(0, 1)
+    for c in plan.chunks:
+        keys, values = _pool_rows(kv, c.blocks, c.seq_len).to(q.dtype)
+        o = nnf.scaled_dot_product_attention(
+            q[c.start : c.end].transpose(0, 1)[None],
+            keys,
+            values,
+            attn_mask=c.mask,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[c.start : c.end] = o[0].transpose(0, 1)
+    if plan.decodes is not None:
+        index, sub = plan.decodes
+        out[index] = step.backend.forward(q.index_select(0, index), kv, sub, scale=scale)
+    return out
