@@ -236,7 +236,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         help="do not reuse cached prompt prefixes",
     )
     g.add_argument(
-        "--backend", default=None, help="attention backend: torch (default), cpu, reference"
+        "--backend",
+        default=None,
+        help="attention backend: auto (default: cpu where its kernel builds, else torch), cpu, "
+        "torch, reference",
     )
     g.add_argument(
         "--no-stats",

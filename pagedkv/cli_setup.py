@@ -120,7 +120,7 @@ def check_names(args: argparse.Namespace) -> None:
     if backend is not None:
         from pagedkv.attention import list_attention_backends
 
-        names = list_attention_backends()
+        names = ["auto", *list_attention_backends()]
         if backend not in names:
             raise InvalidArgumentError(
                 f"--backend: unknown attention backend {backend!r} here; expected one of {names}"

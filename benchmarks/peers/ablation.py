@@ -6,6 +6,11 @@ interpreter (libgomp reads its spin count at load time), one after the other, re
 ``--repeats`` times in the same order so background load hits all alike.
 
     python benchmarks/peers/ablation.py --repeats 2
+    python benchmarks/peers/ablation.py --steps 5,6 --before /tmp/old-checkout --repeats 2
+
+``--before PATH``: a checkout of an earlier commit (``git worktree add PATH REV``) whose engine
+runs first in each repeat, with its own torch extension cache, so that a change is measured
+against the code before it in the same run.
 """
 
 from __future__ import annotations
@@ -45,7 +50,21 @@ STEPS: dict[str, tuple[dict[str, Any], bool, dict[str, str]]] = {
         True,
         {},
     ),
+    # The second round (docs/performance.md): everything below on, projections through
+    # F.linear on the fused weights instead of oneDNN's packed layout.
+    "+ vectorised decode kernel, unpadded prefix-hit chunks, batched argmax (unpacked)": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {"PAGEDKV_ABLATION_UNPACKED": "1"},
+    ),
+    "+ packed oneDNN projections (the default now)": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {},
+    ),
 }
+
+BEFORE = "before: the --before checkout (2 GiB KV, backend cpu)"
 
 CHILD = r"""
 import json, os, sys, time
@@ -61,6 +80,9 @@ lm = load_model(None, dtype=dtype)
 eng = LLMEngine(lm, max_num_seqs=64, **opts)
 if not native:
     eng.runner.native = None
+elif os.environ.get("PAGEDKV_ABLATION_UNPACKED"):
+    eng.runner.native.pack = False
+    eng.runner.native._bind()
 def run(prompts, max_tokens, tag):
     sp = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     for i, p in enumerate(prompts):
@@ -85,21 +107,31 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--steps", default="", help="comma-separated row numbers (default: all)")
+    ap.add_argument("--before", type=Path, help="a checkout of an earlier commit, run first")
     args = ap.parse_args()
     names = list(STEPS)
     if args.steps:
         names = [names[int(i)] for i in args.steps.split(",")]
+    if args.before is not None:
+        names = [BEFORE, *names]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name in names:
-            opts, native, env = STEPS[name]
             base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT",)}
-            child_env = {**base, **env, "PYTHONPATH": str(REPO)}
+            if name == BEFORE:
+                opts, native, env = STEPS[list(STEPS)[4]]  # its defaults, the peers' settings
+                repo = args.before.resolve()
+                env = {**env, "TORCH_EXTENSIONS_DIR": str(repo / ".torch_extensions")}
+            else:
+                opts, native, env = STEPS[name]
+                repo = REPO
+            child_env = {**base, **env, "PYTHONPATH": str(repo)}
             payload = json.dumps([opts, native, args.threads, args.dtype])
             t0 = time.perf_counter()
             out = subprocess.run(
-                [sys.executable, "-c", CHILD, str(HERE), payload],
+                [sys.executable, "-c", CHILD, str(repo / "benchmarks/peers"), payload],
                 env=child_env,
+                cwd=repo,  # `python -c` puts the working directory first on sys.path
                 capture_output=True,
                 text=True,
                 check=True,
@@ -107,7 +139,7 @@ def main() -> int:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[name].append(res)
             print(
-                f"{name:66s} {res['tokens'] / res['wall']:6.1f} tok/s  wall {res['wall']:5.1f} s"
+                f"{name:82s} {res['tokens'] / res['wall']:6.1f} tok/s  wall {res['wall']:5.1f} s"
                 f"  cpu {res['cpu']:5.1f} s  load {res['load']:.2f}->{res['load_after']:.2f}"
                 f"  ({time.perf_counter() - t0:.0f} s with load)",
                 flush=True,

@@ -23,6 +23,7 @@ pagedkv never builds anything.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -45,6 +46,7 @@ _EXT_NAME = "pagedkv_cpu_decode"
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {"module": None, "error": None, "build_s": None}
 _NO_SINKS = torch.empty(0, dtype=torch.float32)
+log = logging.getLogger("pagedkv.attention")
 
 
 class CpuKernelUnavailableError(PagedKVError, RuntimeError):
@@ -88,6 +90,19 @@ def load_kernel(verbose: bool = False) -> Any:
         _STATE["module"] = module
         _STATE["build_s"] = time.perf_counter() - t0
         return module
+
+
+def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
+    """The backend ``name`` stands for on ``device``: ``"auto"`` is the compiled kernel
+    (``"cpu"``) for a model on the CPU when the kernel builds here (once per machine, ~37 s,
+    then loaded from torch's extension cache), else ``"torch"``; any other name is itself."""
+    if name != "auto":
+        return name
+    if torch.device(device).type != "cpu":
+        return "torch"
+    if _STATE["module"] is None and _STATE["error"] is None:
+        log.info("pagedkv: building the CPU attention kernel (first use on this machine, ~37 s)")
+    return "cpu" if kernel_available() else "torch"
 
 
 def kernel_available() -> bool:

@@ -48,7 +48,7 @@ class EngineConfig:
     eviction_policy: str = "lru"
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"
-    backend: str = "torch"
+    backend: str = "auto"
     watermark: float = 0.01
     max_model_len: int | None = None
     seed: int = 0

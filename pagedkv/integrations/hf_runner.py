@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pagedkv.attention import get_attention_backend
+from pagedkv.attention import get_attention_backend, resolve_backend
 from pagedkv.core import BlockManager, CacheConfig, HashedPrompt, SlidingWindow
 from pagedkv.errors import InvalidArgumentError
 from pagedkv.integrations.hf_attention import (
@@ -101,7 +101,7 @@ class PagedModelRunner:
             dtype=param.dtype,
             device=param.device,
         )
-        self.backend = get_attention_backend(backend)
+        self.backend = get_attention_backend(resolve_backend(backend, param.device))
         self.device = param.device
         self.vocab_size = spec.vocab_size  # token ids are checked against it
         # Sequences longer than this are refused (None: no limit); see hf_positions.

@@ -231,3 +231,36 @@ def test_build_failure_is_a_library_error(monkeypatch):
     with pytest.raises(cpu_kernel.CpuKernelUnavailableError, match="no compiler"):
         CpuDecodeBackend()
     assert not cpu_kernel.kernel_available()
+
+
+def test_auto_resolves_to_the_kernel_on_cpu_and_to_torch_otherwise(monkeypatch):
+    """``"auto"`` (the engine's default): the compiled kernel for a CPU model when it builds,
+    the torch reference on another device or where the build failed; names pass through."""
+    assert cpu_kernel.resolve_backend("auto", "cpu") == "cpu"
+    assert cpu_kernel.resolve_backend("auto", "meta") == "torch"
+    assert cpu_kernel.resolve_backend("torch", "cpu") == "torch"
+    assert cpu_kernel.resolve_backend("reference", "meta") == "reference"
+    monkeypatch.setattr(
+        cpu_kernel, "_STATE", {"module": None, "error": "no compiler", "build_s": None}
+    )
+    assert cpu_kernel.resolve_backend("auto", "cpu") == "torch"
+
+
+def test_engine_default_backend_is_the_kernel_on_cpu():
+    from pagedkv.engine import EngineConfig, LLMEngine
+    from pagedkv.models.random_llama import tiny_random_llama
+
+    assert EngineConfig().backend == "auto"
+    eng = LLMEngine(tiny_random_llama(0), block_size=4, num_blocks=16)
+    assert eng.runner.backend.name == "cpu"
+
+
+def test_cli_accepts_auto_and_refuses_unknown_backends():
+    import argparse
+
+    from pagedkv.cli_setup import check_names
+    from pagedkv.errors import InvalidArgumentError
+
+    check_names(argparse.Namespace(backend="auto"))
+    with pytest.raises(InvalidArgumentError, match="'auto'"):
+        check_names(argparse.Namespace(backend="fast"))

@@ -112,7 +112,14 @@ def full_state(mgr: BlockManager) -> dict[str, Any]:
 def test_fast_paths_match_the_generic_protocol(policy: str) -> None:
     calls: Counter[str] = Counter()
 
-    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # derandomized: the coverage floors below are statistics of the examples drawn, and a
+    # random draw fell under one of them in a full-suite run (a flaky failure, not a mismatch)
+    @settings(
+        max_examples=100,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(
         ops=st.lists(OPS, min_size=20, max_size=60),
         num_blocks=st.integers(4, 10),
