@@ -16,8 +16,10 @@ write: ``copy_`` / ``mul_`` under ``no_grad``, ``load_state_dict``); a changed s
 again before the step runs. An edit through ``.data`` bypasses that counter and is not seen:
 use ``load_state_dict`` or an in-place op under ``torch.no_grad()``.
 
-Where oneDNN is missing or refuses (another device, float16, a torch without it), the fused
-weight runs through ``F.linear``: the same values, without the layout gain.
+Where oneDNN is missing or refuses (another device, float16, a torch without it), each
+projection runs through ``F.linear`` on the model's own weight and the outputs are concatenated:
+nothing is copied, so a large model on a GPU does not hold its q/k/v and gate/up weights twice.
+``pack=False`` asks for the fused copy through ``F.linear`` (the ablation's "unpacked" row).
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ class PackedLinear:
             weight = weights[0] if len(weights) == 1 else torch.cat(weights, 0)
             biases = [lin.bias for lin in self.linears]
             bias: torch.Tensor | None = None
-            if any(b is not None for b in biases):
+            if len(biases) == 1:
+                bias = None if biases[0] is None else biases[0].detach()  # the model's own
+            elif any(b is not None for b in biases):
                 bias = torch.cat(
                     [
                         b.detach() if b is not None else weight.new_zeros(n)
@@ -79,12 +83,16 @@ class PackedLinear:
             self.bias = bias
             self.packed: torch.Tensor | None = None
             self.weight = weight.contiguous()
+            self.split_calls = False  # one F.linear per source linear (nothing copied)
             if self._pack and onednn_usable(weight):
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
                 if not self._agrees():  # a oneDNN that computes something else: do not use it
                     self.packed = None
-            if self.packed is not None:
+            if self.packed is not None or (self._pack and len(weights) > 1):
                 self.weight = weight if len(weights) == 1 else torch.empty(0)  # not kept twice
+                self.split_calls = self.packed is None
+                if self.split_calls:
+                    self.bias = None  # each call uses its own linear's bias
         self._seen = [_fingerprint(t) for t in self._sources()]
 
     def _agrees(self) -> bool:
@@ -114,14 +122,15 @@ class PackedLinear:
                 x, self.packed, self.bias, "none", [], ""
             )
             return out
+        if self.split_calls:
+            return torch.cat([nnf.linear(x, lin.weight, lin.bias) for lin in self.linears], -1)
         return nnf.linear(x, self.weight, self.bias)
 
     @property
     def nbytes(self) -> int:
         """Bytes this pack holds beyond the model's own weights."""
         held = [self.packed] if self.packed is not None else []
-        if self.packed is None and len(self.linears) > 1:
-            held.append(self.weight)
-        if self.bias is not None and len(self.linears) > 1:
-            held.append(self.bias)
+        if len(self.linears) > 1 and not self.split_calls:  # a fused copy of weights, biases
+            held += [self.weight] if self.packed is None else []
+            held += [self.bias] if self.bias is not None else []
         return sum(t.numel() * t.element_size() for t in held)
