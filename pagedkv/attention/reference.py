@@ -35,7 +35,10 @@ class _Workspace:
         key = (device, dtype, slot)
         buf = self._bufs.get(key)
         if buf is None or buf.numel() < numel:
-            buf = torch.empty(numel, dtype=dtype, device=device)
+            # A normal tensor even when the first call runs under inference mode (an engine
+            # step): an inference tensor could not be written later outside inference mode.
+            with torch.inference_mode(False):
+                buf = torch.empty(numel, dtype=dtype, device=device)
             self._bufs[key] = buf
         return buf[:numel]
 

@@ -10,6 +10,7 @@ from torch.nn import functional as nnf
 
 from pagedkv.attention import (
     AttentionMetadata,
+    TorchReferenceBackend,
     get_attention_backend,
     list_attention_backends,
     paged_attention,
@@ -231,3 +232,19 @@ def test_uniform_batches_are_not_split():
         block_size=4, block_tables=tables, seq_lens=[12, 12, 13], query_lens=[1, 1, 1]
     )
     assert meta.padding_parts() is None
+
+
+def test_workspace_made_under_inference_mode_serves_calls_outside_it():
+    """The backend's grow-only gather buffers outlive the call that made them: one made inside
+    an engine step (inference mode) must still be writable by a later plain call."""
+    seq_lens = [5, 9]
+    store, tables, _, _ = make_paged_kv(seq_lens)
+    q = torch.randn(2, 4, 8)
+    backend = TorchReferenceBackend()  # its own (empty) workspace
+    meta = AttentionMetadata.build(
+        block_size=4, block_tables=tables, seq_lens=seq_lens, query_lens=[1, 1]
+    )
+    with torch.inference_mode():
+        inside = backend.forward(q, store.layer(0), meta)
+    outside = backend.forward(q, store.layer(0), meta)
+    torch.testing.assert_close(outside, inside.clone())
