@@ -55,7 +55,7 @@ def build_engine(args: argparse.Namespace) -> tuple[LLMEngine, SamplingParams]:
 
     params = sampling_params_from(args)
     config = engine_config_from(args)
-    model = load_cli_model(args.model, args.dtype)
+    model = load_cli_model(args.model, args.dtype, getattr(args, "backend", None))
     engine = LLMEngine(model, config)
     if getattr(args, "chat", None) and not model.has_chat_template:
         raise InvalidArgumentError(

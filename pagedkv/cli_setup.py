@@ -153,16 +153,19 @@ def is_tiny(name: str | None) -> bool:
     return name is not None and name.lower() == TINY_RANDOM
 
 
-def load_cli_model(name: str | None, dtype: str = "float32") -> LoadedModel:
+def load_cli_model(
+    name: str | None, dtype: str = "float32", backend: str | None = None
+) -> LoadedModel:
     """``load_model(name)``, plus ``tiny-random``: a seeded random tiny Llama (for tests).
 
     Says on stderr what it loads and how long it took; a GGUF model's first, slow load also
     shows the conversion's stages (the ``pagedkv.models`` log) and transformers' progress bar
-    over the tensors it dequantizes."""
+    over the tensors it dequantizes. Then the attention kernel ``backend`` (the engine's: None
+    is ``auto``) needs is made ready (:func:`prepare_kernel`)."""
     from pagedkv.models import load_model, tiny_random_llama
     from pagedkv.models.loader import model_source
 
-    if is_tiny(name):
+    if is_tiny(name):  # quiet: no loading lines either (the engine builds what it needs)
         return tiny_random_llama(0, dtype=dtype)
     model_source(name)  # a name that does not exist is one error line, before "loading"
     try:
@@ -176,7 +179,25 @@ def load_cli_model(name: str | None, dtype: str = "float32") -> LoadedModel:
     with _conversion_log():
         loaded = load_model(name, dtype=dtype)
     say(f"loaded {loaded.name} in {time.perf_counter() - t0:.1f} s")
+    prepare_kernel(loaded, backend)
     return loaded
+
+
+def prepare_kernel(loaded: LoadedModel, backend: str | None) -> None:
+    """Build or load the compiled CPU attention kernel before the engine does, saying so: the
+    engine's default ``auto`` uses it for a CPU model, and its first build on a machine takes
+    ~37 s that would otherwise pass without a word."""
+    from pagedkv.attention.cpu_kernel import kernel_available
+
+    name = "auto" if backend is None else backend
+    device = next(loaded.model.parameters()).device
+    if name not in ("auto", "cpu") or device.type != "cpu":
+        return
+    say("preparing the CPU attention kernel (its first build on a machine takes ~37 s) ...")
+    t0 = time.perf_counter()
+    ready = kernel_available()
+    took = time.perf_counter() - t0
+    say(f"CPU attention kernel ready in {took:.1f} s" if ready else "CPU kernel unavailable")
 
 
 def say(line: str) -> None:

@@ -135,7 +135,16 @@ def test_loading_says_what_it_loads_and_shows_the_conversion_log(
     assert err[1] == "  2/3 dequantizing the weights"
     assert err[2].startswith(f"loaded {loaded.name} in ")
     assert err[2].endswith(" s")
+    # the engine's default backend ("auto") compiles its CPU kernel on a machine's first run:
+    # said before it happens, not left as a silent pause
+    assert err[3].startswith("preparing the CPU attention kernel (its first build")
+    assert err[4].startswith("CPU attention kernel ready in ")
+    assert len(err) == 5
     assert logging.getLogger("pagedkv.models").handlers == []  # the CLI's handler is removed
+    cli_setup.load_cli_model("HuggingFaceTB/SmolLM2-135M-Instruct", backend="torch")
+    again = capsys.readouterr().err.splitlines()
+    assert again[-1].startswith(f"loaded {loaded.name} in ")  # and no kernel: torch needs none
+    assert not any("kernel" in line for line in again)
 
 
 def test_serve_summary_names_model_pool_length_and_tiers(tmp_path: Path) -> None:

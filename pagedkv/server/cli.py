@@ -141,7 +141,7 @@ def _serve(args: argparse.Namespace, config: Any, sock: socket.socket, threads: 
     if threads:
         torch.set_num_threads(threads)  # process-wide: the engine thread uses it too
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    loaded = load_cli_model(args.model, args.dtype)
+    loaded = load_cli_model(args.model, args.dtype, args.backend)
     engine = AsyncLLMEngine(LLMEngine(loaded, config))
     name = args.served_model_name or loaded.name
     body = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
