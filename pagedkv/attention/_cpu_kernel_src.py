@@ -37,6 +37,29 @@ struct Args {
   float scale, softcap; int64_t window, sink;
 };
 
+// Visible keys of the query at position len - 1, as up to two ranges [lo[r], hi[r]): [0, len),
+// or with a window [0, min(sink, len)) U [len - window, len) (HF convention, window >= 1).
+inline void visible_ranges(const Args& a, int64_t len, int64_t lo[2], int64_t hi[2]) {
+  lo[0] = 0; hi[0] = len; lo[1] = len; hi[1] = len;
+  if (a.window > 0 && len > a.window) {
+    const int64_t sink_end = std::min(a.sink, len), wlo = len - a.window;
+    if (wlo > sink_end) { hi[0] = sink_end; lo[1] = wlo; }
+  }
+}
+
+// The factor that turns query head h's accumulator into its output, from its running max m and
+// sum l: 1 / l, or with a learned sink logit the sink's exp(logit) joins the denominator (it
+// adds no value). 0 when nothing was visible.
+inline float output_scale(const Args& a, int64_t h, float m, float l) {
+  float corr = 1.f, tot = l;
+  if (a.sinks != nullptr) {
+    const float sk = a.sinks[h], mm = std::max(m, sk);
+    corr = std::exp(m - mm);
+    tot = tot * corr + std::exp(sk - mm);
+  }
+  return tot > 0.f ? corr / tot : 0.f;
+}
+
 // Per-task scratch for nh query heads: q, acc [nh, D]; scores [nh, BS]; a row [D]; max, sum [nh].
 inline int64_t ws_floats(const Args& a, int64_t nh) {
   return 2 * nh * a.d + nh * a.bs + a.d + 2 * nh;
@@ -126,14 +149,8 @@ void attend(const Args& a, int64_t b, int64_t kh0, int64_t kh1, float* ws) {
     mx[h] = -std::numeric_limits<float>::infinity();
     sum[h] = 0.f;
   }
-  const int64_t len = a.lens[b];
-  // Visible keys of the query at position len - 1: [0, len), or with a window
-  // [0, min(sink, len)) U [len - window, len) (HF convention, window >= 1).
-  int64_t lo[2] = {0, len}, hi[2] = {len, len};
-  if (a.window > 0 && len > a.window) {
-    const int64_t sink_end = std::min(a.sink, len), wlo = len - a.window;
-    if (wlo > sink_end) { hi[0] = sink_end; lo[1] = wlo; }
-  }
+  int64_t lo[2], hi[2];
+  visible_ranges(a, a.lens[b], lo, hi);
   const T* kv = static_cast<const T*>(a.kv);
   const int64_t* table = a.tables + b * a.m;
   for (int r = 0; r < 2; ++r) {
@@ -147,13 +164,7 @@ void attend(const Args& a, int64_t b, int64_t kh0, int64_t kh1, float* ws) {
   }
   T* o = static_cast<T*>(a.out) + (b * a.hq + kh0 * g) * D;
   for (int64_t h = 0; h < nh; ++h) {
-    float corr = 1.f, tot = sum[h];
-    if (a.sinks != nullptr) {  // the sink's exp(logit) joins the denominator, adds no value
-      const float sk = a.sinks[kh0 * g + h], m = std::max(mx[h], sk);
-      corr = std::exp(mx[h] - m);
-      tot = tot * corr + std::exp(sk - m);
-    }
-    const float inv = tot > 0.f ? corr / tot : 0.f;
+    const float inv = output_scale(a, kh0 * g + h, mx[h], sum[h]);
     for (int64_t i = 0; i < D; ++i) o[h * D + i] = static_cast<T>(acc[h * D + i] * inv);
   }
 }

@@ -138,12 +138,8 @@ struct HeadState {
 template <typename T, int C>
 void attend_vec(const Args& a, int64_t b, int64_t kh0, int64_t kh1) {
   const int64_t g = a.hq / a.hkv, D = a.d, BS = a.bs, stride = a.hkv * a.d;
-  const int64_t len = a.lens[b];
-  int64_t lo[2] = {0, len}, hi[2] = {len, len};
-  if (a.window > 0 && len > a.window) {
-    const int64_t sink_end = std::min(a.sink, len), wlo = len - a.window;
-    if (wlo > sink_end) { hi[0] = sink_end; lo[1] = wlo; }
-  }
+  int64_t lo[2], hi[2];
+  visible_ranges(a, a.lens[b], lo, hi);
   const T* kv = static_cast<const T*>(a.kv);
   const int64_t* table = a.tables + b * a.m;
   for (int64_t h = kh0 * g; h < kh1 * g; ++h) {
@@ -170,13 +166,7 @@ void attend_vec(const Args& a, int64_t b, int64_t kh0, int64_t kh1) {
         p = blk * BS + t1;
       }
     }
-    float corr = 1.f, tot = st.l;
-    if (a.sinks != nullptr) {  // the sink's exp(logit) joins the denominator, adds no value
-      const float sk = a.sinks[h], mm = std::max(st.m, sk);
-      corr = std::exp(st.m - mm);
-      tot = tot * corr + std::exp(sk - mm);
-    }
-    const float inv = tot > 0.f ? corr / tot : 0.f;
+    const float inv = output_scale(a, h, st.m, st.l);
     T* o = static_cast<T*>(a.out) + (b * a.hq + h) * D;
     for (int c = 0; c < C; ++c) {
       alignas(64) float f[16];
