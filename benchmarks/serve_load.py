@@ -221,6 +221,8 @@ class RateReport:
     mean_prompt_tokens: float | None
     mean_output_tokens: float | None
     error_samples: list[str] = field(default_factory=list)
+    # one row per request, in sending order: which requests set the tail (written by --json)
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
     def meets(self, slo: float) -> bool:
         return (
@@ -302,6 +304,22 @@ async def run_rate(
         mean_prompt_tokens=sum(prompt) / len(prompt) if prompt else None,
         mean_output_tokens=(sum(r.output_tokens for r in ok) / len(ok)) if ok else None,
         error_samples=sorted(set(errors))[:3],
+        requests=[
+            {
+                "index": j.index,
+                "arrival_s": round(j.arrival, 4),
+                "shared_prefix": j.shared_prefix,
+                "max_tokens": j.max_tokens,
+                "ok": r.ok,
+                "prompt_tokens": r.prompt_tokens,
+                "cached_tokens": r.cached_tokens,
+                "output_tokens": r.output_tokens,
+                "ttft_s": r.ttft,
+                "latency_s": r.latency,
+                "error": r.error,
+            }
+            for j, r in zip(jobs, results, strict=True)
+        ],
     )
 
 

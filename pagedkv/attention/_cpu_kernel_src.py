@@ -11,6 +11,7 @@ head sizes and float16 take the scalar-loop block.
 from __future__ import annotations
 
 from pagedkv.attention._cpu_kernel_vec_src import VEC_KERNEL
+from pagedkv.attention._cpu_prefill_src import PREFILL_KERNEL
 
 _HEADER = r"""
 #include <torch/extension.h>
@@ -18,6 +19,8 @@ _HEADER = r"""
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -35,6 +38,14 @@ struct Args {
   const int64_t* tables; const int32_t* lens; const float* sinks;
   int64_t m, hq, hkv, d, bs;
   float scale, softcap; int64_t window, sink;
+};
+
+// One prefill call: sequence s's qlen[s] query rows start at row qstart[s] of q/out [T, Hq, D]
+// and sit at positions lens[s] - qlen[s] .. lens[s] - 1 of its tables [P, M] row.
+struct PArgs {
+  const void* q; const void* kv; void* out;
+  const int64_t* tables; const int32_t* lens; const int64_t* qstart; const int32_t* qlen;
+  int64_t m, hq, hkv, d, bs; float scale;
 };
 
 // Visible keys of the query at position len - 1, as up to two ranges [lo[r], hi[r]): [0, len),
@@ -252,12 +263,92 @@ torch::Tensor decode(torch::Tensor q, torch::Tensor kv, torch::Tensor tables, to
   });
   return out;
 }
+
+// Paged prefill attention; see pagedkv/attention/cpu_kernel.py (paged_prefill) for the contract.
+torch::Tensor prefill(torch::Tensor q, torch::Tensor kv, torch::Tensor tables, torch::Tensor lens,
+                      torch::Tensor qstart, torch::Tensor qlen, torch::Tensor out, double scale,
+                      int64_t isa) {
+  TORCH_CHECK(q.dim() == 3 && kv.dim() == 5 && kv.size(1) == 2 && tables.dim() == 2,
+              "pagedkv cpu prefill: bad ranks");
+  TORCH_CHECK(q.is_contiguous() && kv.is_contiguous() && tables.is_contiguous() &&
+              lens.is_contiguous() && qstart.is_contiguous() && qlen.is_contiguous() &&
+              out.is_contiguous(), "pagedkv cpu prefill: expected contiguous inputs");
+  const auto st = q.scalar_type();
+  TORCH_CHECK((st == at::kFloat || st == at::kBFloat16) && kv.scalar_type() == st &&
+              out.scalar_type() == st, "pagedkv cpu prefill: q/kv/out float32 or bfloat16 alike");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && lens.scalar_type() == at::kInt &&
+              qstart.scalar_type() == at::kLong && qlen.scalar_type() == at::kInt,
+              "pagedkv cpu prefill: tables/qstart int64, lens/qlen int32");
+  PArgs a;
+  a.hq = q.size(1); a.d = q.size(2); a.bs = kv.size(2); a.hkv = kv.size(3); a.m = tables.size(1);
+  const int64_t P = tables.size(0), T = q.size(0), nblocks = kv.size(0);
+  TORCH_CHECK(kv.size(4) == a.d && a.hq % a.hkv == 0 && lens.size(0) == P &&
+              qstart.size(0) == P && qlen.size(0) == P && out.sizes() == q.sizes(),
+              "pagedkv cpu prefill: inconsistent shapes");
+  TORCH_CHECK(a.d == 32 || a.d == 64 || a.d == 128 || a.d == 256,
+              "pagedkv cpu prefill: head size must be 32, 64, 128 or 256, got ", a.d);
+  const int32_t* lp = lens.data_ptr<int32_t>();
+  const int32_t* np = qlen.data_ptr<int32_t>();
+  const int64_t* sp = qstart.data_ptr<int64_t>();
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  std::vector<int64_t> koff(P + 1, 0);  // each sequence's staged floats (per KV head)
+  std::vector<std::array<int64_t, 4>> tasks;  // (cost, s, t0, t1) per KV head
+  for (int64_t s = 0; s < P; ++s) {
+    TORCH_CHECK(np[s] >= 1 && np[s] <= lp[s] && sp[s] >= 0 && sp[s] + np[s] <= T &&
+                (lp[s] + a.bs - 1) / a.bs <= a.m, "pagedkv cpu prefill: bad lengths for ", s);
+    for (int64_t j = 0; j < (lp[s] + a.bs - 1) / a.bs; ++j)
+      TORCH_CHECK(tp[s * a.m + j] >= 0 && tp[s * a.m + j] < nblocks,
+                  "pagedkv cpu prefill: block id out of range: ", tp[s * a.m + j]);
+    koff[s + 1] = koff[s] + (lp[s] + 15) / 16 * 16 * a.d * 2;
+    const int64_t past = lp[s] - np[s];
+    for (int64_t t0 = 0; t0 < np[s]; t0 += k_base::PF_TOKS) {
+      const int64_t t1 = std::min<int64_t>(np[s], t0 + k_base::PF_TOKS);
+      tasks.push_back({(t1 - t0) * (past + t1), s, t0, t1});
+    }
+  }
+  std::sort(tasks.begin(), tasks.end(), [](const auto& x, const auto& y) { return x[0] > y[0]; });
+  a.q = q.data_ptr(); a.kv = kv.data_ptr(); a.out = out.data_ptr(); a.tables = tp; a.lens = lp;
+  a.qstart = sp; a.qlen = np; a.scale = static_cast<float>(scale);
+  const bool bf16 = st == at::kBFloat16;
+  const bool avx512 = isa == 1 && cpu_has_avx512(), avx2 = isa == 1 && cpu_has_avx2();
+  auto staged = torch::empty({koff[P] * a.hkv}, q.options().dtype(at::kFloat));
+  float* kvs = staged.data_ptr<float>();
+  auto base = [&](int64_t s, int64_t kh) { return kvs + koff[P] * kh + koff[s]; };
+  at::parallel_for(0, P * a.hkv, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t s = w / a.hkv, kh = w % a.hkv;
+      float* kt = base(s, kh);
+      float* vv = kt + (koff[s + 1] - koff[s]) / 2;
+      if (avx512) k_avx512::stage(a, bf16, s, kh, kt, vv);
+      else if (avx2) k_avx2::stage(a, bf16, s, kh, kt, vv);
+      else k_base::stage(a, bf16, s, kh, kt, vv);
+    }
+  });
+  // Tiles, longest first, taken from one counter by every thread (a static split of a long
+  // prompt's tiles would give one thread most of the work: later rows see more keys).
+  const int64_t ntasks = static_cast<int64_t>(tasks.size()) * a.hkv;
+  std::atomic<int64_t> next{0};
+  const int64_t nws = k_base::prefill_ws_floats(a.hq / a.hkv, a.d);
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    std::vector<float> ws(nws);
+    for (int64_t i = next++; i < ntasks; i = next++) {
+      const auto& t = tasks[i / a.hkv];
+      const int64_t s = t[1], kh = i % a.hkv;
+      const float* kt = base(s, kh);
+      const float* vv = kt + (koff[s + 1] - koff[s]) / 2;
+      if (avx512) k_avx512::tile(a, bf16, s, kh, t[2], t[3], kt, vv, ws.data());
+      else if (avx2) k_avx2::tile(a, bf16, s, kh, t[2], t[3], kt, vv, ws.data());
+      else k_base::tile(a, bf16, s, kh, t[2], t[3], kt, vv, ws.data());
+    }
+  });
+  return out;
+}
 """
 
 
 def cpp_source() -> str:
     """The full translation unit: header, AVX2+FMA kernel copy, baseline copy, entry points."""
-    kernel = _KERNEL + VEC_KERNEL + _KERNEL_TAIL  # one namespace NS { ... }
+    kernel = _KERNEL + VEC_KERNEL + PREFILL_KERNEL + _KERNEL_TAIL  # one namespace NS { ... }
     avx512 = kernel.replace("NS", "k_avx512")
     avx2 = kernel.replace("NS", "k_avx2")
     base = kernel.replace("NS", "k_base")

@@ -1,4 +1,4 @@
-"""Compiled CPU paged *decode* attention that reads K/V straight from the block pool.
+"""Compiled CPU paged attention that reads K/V straight from the block pool.
 
 Why: the reference backend must copy every sequence's blocks into a contiguous workspace before
 SDPA can read them, so on CPU it does strictly more memory traffic than contiguous attention.
@@ -15,10 +15,15 @@ to back and shares every K/V row among the query heads of its GQA group.
 It also applies logit soft-capping and learned per-head sink logits (an extra term of the
 softmax denominator) in the same pass.
 
-The ``"cpu"`` backend uses it for decode steps (every ``query_len == 1``) on CPU tensors and
-delegates everything else (prefill/extend, other devices, non-contiguous caches) to the torch
-reference. Selecting it raises :class:`CpuKernelUnavailableError` if the build fails; importing
-pagedkv never builds anything.
+A second entry, :func:`paged_prefill` (:mod:`pagedkv.attention._cpu_prefill_src`), runs
+causal attention of prompt rows (a fresh prompt, a prompt after a prefix hit, a later chunk)
+over the same pool, for plain causal attention in float32 or bfloat16.
+
+The ``"cpu"`` backend uses the decode kernel for decode steps (every ``query_len == 1``), the
+prefill kernel for steps with prompt rows where it applies, and delegates everything else
+(windows, soft-capping or sinks on prompt rows, other devices, non-contiguous caches) to the
+torch reference. Selecting it raises :class:`CpuKernelUnavailableError` if the build fails;
+importing pagedkv never builds anything.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from pagedkv.attention.metadata import AttentionMetadata
@@ -74,7 +80,7 @@ def load_kernel(verbose: bool = False) -> Any:
             module = load_inline(  # type: ignore[no-untyped-call]
                 _EXT_NAME,
                 cpp_sources=[cpp_source()],
-                functions=["decode", "cpu_has_avx2"],
+                functions=["decode", "prefill", "cpu_has_avx2"],
                 extra_cflags=["-O3", "-fopenmp", "-Wno-psabi"],
                 extra_ldflags=["-fopenmp"],
                 verbose=verbose,
@@ -171,9 +177,71 @@ def paged_decode(
     return out
 
 
+PREFILL_HEAD_SIZES = (32, 64, 128, 256)
+
+
+def prefill_supported(kv_cache: torch.Tensor) -> bool:
+    """Whether :func:`paged_prefill` reads this cache (``[N, 2, BS, Hkv, D]``): contiguous, on
+    the CPU, float32 or bfloat16, ``D`` in :data:`PREFILL_HEAD_SIZES`. Queries are converted
+    to its dtype."""
+    return (
+        kv_cache.device.type == "cpu"
+        and kv_cache.dtype in (torch.float32, torch.bfloat16)
+        and kv_cache.shape[-1] in PREFILL_HEAD_SIZES
+        and kv_cache.is_contiguous()
+    )
+
+
+def paged_prefill(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_starts: torch.Tensor,
+    query_lens: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    scale: float | None = None,
+    use_avx2: bool = True,
+) -> torch.Tensor:
+    """Causal attention of prompt rows straight over the paged cache (no gather, no mask
+    tensor): sequence ``s``'s ``query_lens[s]`` rows start at row ``query_starts[s]`` of
+    ``query`` and sit at positions ``seq_lens[s] - query_lens[s] .. seq_lens[s] - 1``; each sees
+    its sequence's keys up to its own position (a fresh prompt, a prompt after a prefix hit and
+    a later chunk alike). Their K/V must already be in the pool.
+
+    Args:
+        query: ``[T, Hq, D]`` float32 or bfloat16, ``D`` in :data:`PREFILL_HEAD_SIZES`.
+        kv_cache: contiguous ``[num_blocks, 2, block_size, Hkv, D]``, ``query``'s dtype.
+        block_tables: int64 ``[P, M]``; seq_lens: int32 ``[P]``; query_starts: int64 ``[P]``;
+            query_lens: int32 ``[P]`` with ``1 <= query_lens[s] <= seq_lens[s]`` (checked).
+        out: ``[T, Hq, D]`` like ``query``; the rows of the ``P`` sequences are written, the
+            others are left as they are.
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        use_avx2: allow the AVX-512 / AVX2 copies (else the baseline copy).
+    Returns:
+        ``out``.
+    """
+    mod = load_kernel()
+    d = query.shape[-1]
+    result: torch.Tensor = mod.prefill(
+        query.contiguous(),
+        kv_cache,
+        block_tables.contiguous(),
+        seq_lens.contiguous(),
+        query_starts.contiguous(),
+        query_lens.contiguous(),
+        out,
+        float(1.0 / math.sqrt(d) if scale is None else scale),
+        1 if use_avx2 and os.environ.get("PAGEDKV_CPU_KERNEL_NO_AVX2") is None else 0,
+    )
+    return result
+
+
 @register_attention_backend("cpu")
 class CpuDecodeBackend:
-    """Compiled decode kernel on CPU; the torch reference for everything else.
+    """Compiled kernels on CPU (decode, and plain causal steps with prompt rows); the torch
+    reference for everything else.
 
     Instantiating it (``get_attention_backend("cpu")``) builds or loads the kernel and raises
     :class:`CpuKernelUnavailableError` if that fails.
@@ -197,11 +265,15 @@ class CpuDecodeBackend:
         softcap: float | None = None,
         sink_logits: torch.Tensor | None = None,
     ) -> bool:
-        """Whether :meth:`forward` takes the compiled path for these inputs (decode on a
-        contiguous CPU cache; soft-capping and learned sinks included)."""
+        """Whether :meth:`forward` takes a compiled path for these inputs: decode steps on a
+        contiguous CPU cache (soft-capping and learned sinks included), and steps with prompt
+        rows when attention is plain causal (no window, soft-capping or sinks) and
+        :func:`prefill_supported`."""
+        if metadata.max_query_len > 1:
+            plain = sliding_window is None and softcap is None and sink_logits is None
+            return plain and query.device.type == "cpu" and prefill_supported(kv_cache)
         return (
-            metadata.max_query_len == 1
-            and kv_cache.device.type == "cpu"
+            kv_cache.device.type == "cpu"
             and kv_cache.dtype in KERNEL_DTYPES
             and kv_cache.is_contiguous()
             and (sliding_window is None or sliding_window >= 1)
@@ -245,6 +317,19 @@ class CpuDecodeBackend:
             )
         check_attention_inputs(query, kv_cache, metadata)
         check_attention_options(query, sliding_window, sink_tokens, softcap, sink_logits)
+        if metadata.max_query_len > 1:  # every sequence, decodes too, in one prefill call
+            q = query.to(kv_cache.dtype).contiguous()
+            out = paged_prefill(
+                q,
+                kv_cache,
+                metadata.block_tables,
+                metadata.seq_lens_t,
+                metadata.cu_seqlens_q[:-1].to(torch.int64),
+                torch.from_numpy(metadata.query_lens.astype(np.int32)),
+                torch.empty_like(q),
+                scale=scale,
+            )
+            return out.to(query.dtype)
         out = paged_decode(
             query.to(kv_cache.dtype),
             kv_cache,

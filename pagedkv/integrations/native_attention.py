@@ -1,4 +1,5 @@
-"""Attention of one step of the native forward: fresh prompts by causal SDPA, the rest paged.
+"""Attention of one step of the native forward: prompt rows by the compiled prefill kernel (or
+SDPA without it), decodes by the step's paged backend.
 
 Split out of :mod:`pagedkv.integrations.native_llama` (which calls it once per layer).
 """
@@ -12,6 +13,7 @@ import torch
 from torch.nn import functional as nnf
 
 from pagedkv.attention import AttentionMetadata
+from pagedkv.attention.cpu_kernel import paged_prefill
 from pagedkv.integrations.hf_attention import PagedStep
 
 
@@ -31,6 +33,19 @@ class ChunkAfterCache:
 
 
 @dataclass
+class PromptRows:
+    """Every sequence with prompt rows (``query_len > 1``), for one
+    :func:`~pagedkv.attention.cpu_kernel.paged_prefill` call a layer: block tables int64
+    ``[P, M]``, seq_lens int32 ``[P]``, their first packed row int64 ``[P]`` and query_lens
+    int32 ``[P]``."""
+
+    tables: torch.Tensor
+    seq_lens: torch.Tensor
+    starts: torch.Tensor
+    query_lens: torch.Tensor
+
+
+@dataclass
 class AttentionPlan:
     """How one step's attention is split, decided once per step (every layer reuses it).
 
@@ -42,23 +57,41 @@ class AttentionPlan:
       pool and run SDPA with the bottom-right causal mask, one sequence at a time.
     - *decodes* (``query_len == 1``) go through the step's paged backend as one sub-batch
       (``decodes``: packed token index int64 ``[B_dec]`` and its metadata).
+
+    With the compiled prefill kernel (``prompts``), fresh prompts and chunks after cache alike
+    attend straight over the pool in one call a layer (no gather, no mask); ``fresh`` and
+    ``chunks`` are then empty.
     """
 
     fresh: list[tuple[int, int]]  # [start, end) of each fresh sequence in the packed row
     chunks: list[ChunkAfterCache]
     decodes: tuple[torch.Tensor, AttentionMetadata] | None
+    prompts: PromptRows | None = None
 
     @classmethod
-    def build(cls, meta: AttentionMetadata, dtype: torch.dtype) -> AttentionPlan | None:
+    def build(
+        cls, meta: AttentionMetadata, dtype: torch.dtype, *, prompt_kernel: bool = False
+    ) -> AttentionPlan | None:
         """The split for ``meta`` (masks in ``dtype``, the queries'), or ``None`` when every
-        sequence decodes (one backend call)."""
+        sequence decodes (one backend call). ``prompt_kernel``: prompt rows go to the compiled
+        prefill kernel (the caller checked that it reads this cache)."""
         ql, sl = meta.query_lens, meta.seq_lens
         if (ql == 1).all():
             return None
         cu = np.concatenate([[0], np.cumsum(ql)])
+        tables = meta.block_tables.cpu()
+        decodes = cls._decodes(meta, tables, cu)
+        if prompt_kernel:
+            p = np.nonzero(ql > 1)[0]
+            prompts = PromptRows(
+                tables[p].contiguous(),
+                torch.from_numpy(sl[p].astype(np.int32)),
+                torch.from_numpy(cu[p].astype(np.int64)),
+                torch.from_numpy(ql[p].astype(np.int32)),
+            )
+            return cls([], [], decodes, prompts)
         is_fresh = (ql == sl) & (ql > 1)
         fresh = [(int(cu[b]), int(cu[b + 1])) for b in np.nonzero(is_fresh)[0]]
-        tables = meta.block_tables.cpu()
         chunks = []
         for b in np.nonzero((ql > 1) & ~is_fresh)[0]:
             n, total = int(ql[b]), int(sl[b])
@@ -76,20 +109,27 @@ class AttentionPlan:
                     ),
                 )
             )
-        dec = np.nonzero(ql == 1)[0]
-        decodes = None
-        if len(dec):
-            tok = cu[dec]
-            sub = AttentionMetadata.build(
-                block_size=meta.block_size,
-                block_tables=tables.numpy()[dec],
-                seq_lens=sl[dec],
-                query_lens=ql[dec],
-                slot_mapping=meta.slot_mapping.cpu().numpy()[tok],
-                device=meta.device,
-            )
-            decodes = (torch.from_numpy(tok).to(meta.device, torch.int64), sub)
         return cls(fresh, chunks, decodes)
+
+    @staticmethod
+    def _decodes(
+        meta: AttentionMetadata, tables: torch.Tensor, cu: np.ndarray
+    ) -> tuple[torch.Tensor, AttentionMetadata] | None:
+        """The decode rows' packed indices and sub-batch metadata (``None``: no decodes)."""
+        ql, sl = meta.query_lens, meta.seq_lens
+        dec = np.nonzero(ql == 1)[0]
+        if not len(dec):
+            return None
+        tok = cu[dec]
+        sub = AttentionMetadata.build(
+            block_size=meta.block_size,
+            block_tables=tables.numpy()[dec],
+            seq_lens=sl[dec],
+            query_lens=ql[dec],
+            slot_mapping=meta.slot_mapping.cpu().numpy()[tok],
+            device=meta.device,
+        )
+        return torch.from_numpy(tok).to(meta.device, torch.int64), sub
 
 
 def _pool_rows(kv: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
@@ -120,6 +160,18 @@ def step_attention(
     if plan is None:
         return step.backend.forward(q, kv, step.metadata, scale=scale)
     out = torch.empty_like(q)
+    if plan.prompts is not None:
+        rows = plan.prompts
+        paged_prefill(
+            q.to(kv.dtype),
+            kv,
+            rows.tables,
+            rows.seq_lens,
+            rows.starts,
+            rows.query_lens,
+            out,
+            scale=scale,
+        )
     for start, end in plan.fresh:
         qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
         o = nnf.scaled_dot_product_attention(

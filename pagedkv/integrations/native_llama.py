@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch.nn import functional as nnf
 
+from pagedkv.attention.cpu_kernel import prefill_supported
 from pagedkv.errors import UnsupportedModelError
 from pagedkv.integrations.hf_attention import PagedStep
 from pagedkv.integrations.native_attention import AttentionPlan, step_attention
@@ -229,7 +230,13 @@ class NativeLlama:
         cos, sin = self.body.rotary_emb(h[None], position_ids)
         cos, sin = cos[0, :, None, :], signed_sin(sin[0, :, None, :])  # [T, 1, D]
         t, d = h.shape[0], self.head_dim
-        plan = AttentionPlan.build(meta, h.dtype)
+        plan = AttentionPlan.build(
+            meta,
+            h.dtype,
+            prompt_kernel=step.backend.name == "cpu"
+            and storage.dtype == h.dtype
+            and prefill_supported(storage.layer(0)),
+        )
         for i, layer in enumerate(self.layers):
             attn, packs = layer.self_attn, self.packs[i]
             eps_in, eps_post = self.eps[i]

@@ -54,15 +54,26 @@ def test_greedy_equals_hf_generate(name):
     runner.check_integrity()
 
 
-def test_mixed_step_logits_equal_the_hf_path():
+@pytest.mark.parametrize(
+    ("name", "backend"), [("gqa-untied", "torch"), ("head-dim-32-gelu", "cpu")]
+)
+def test_mixed_step_logits_equal_the_hf_path(name, backend, monkeypatch):
     """One step holding a fresh prompt, a prompt chunk after a prefix hit and a decode: the
-    native split (causal SDPA for the fresh one, the paged backend for the others) gives the HF
+    native split (causal SDPA for the fresh one, the paged backend for the others; with the
+    "cpu" backend and head size 32, the compiled prefill kernel for both prompts) gives the HF
     path's logits."""
-    model = _model("gqa-untied")
+    from pagedkv.integrations import native_attention
+
+    calls = []
+    real = native_attention.paged_prefill
+    monkeypatch.setattr(
+        native_attention, "paged_prefill", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    model = _model(name)
     shared, fresh, tail, first = seeded_prompts([12, 9, 5, 7], seed=2, vocab=300)
     logits = []
     for native in (True, False):
-        r = PagedModelRunner(model, block_size=4, num_blocks=128, native=native)
+        r = PagedModelRunner(model, block_size=4, num_blocks=128, native=native, backend=backend)
         assert (r.native is not None) is native
         r.admit("a", shared + first)
         r.forward(["a"])
@@ -73,6 +84,7 @@ def test_mixed_step_logits_equal_the_hf_path():
         r.check_integrity()
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
     assert logits[0].argmax(-1).tolist() == logits[1].argmax(-1).tolist()
+    assert bool(calls) is (backend == "cpu")  # the kernel ran the prompts exactly then
 
 
 def test_hooks_and_training_take_the_hf_path():

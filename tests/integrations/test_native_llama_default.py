@@ -3,6 +3,7 @@ equal HF ``generate`` (float32), through one continuously batched runner."""
 
 from __future__ import annotations
 
+import pytest
 from hf_helpers import hf_greedy
 
 from pagedkv.integrations import PagedModelRunner
@@ -11,7 +12,9 @@ from pagedkv.models import load_model
 QUESTIONS = ("What is the capital of France?", "Write a haiku about rain.", "Why do cats purr?")
 
 
-def test_default_model_greedy_equals_hf_generate():
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_default_model_greedy_equals_hf_generate(backend):
+    """With "cpu": the compiled kernels (prompt rows and decodes) on head size 64."""
     lm = load_model(None)
     tok = lm.tokenizer
     prompts = [
@@ -23,7 +26,7 @@ def test_default_model_greedy_equals_hf_generate():
         )
         for q in QUESTIONS
     ]
-    runner = PagedModelRunner(lm.model, block_size=16, num_blocks=64)
+    runner = PagedModelRunner(lm.model, block_size=16, num_blocks=64, backend=backend)
     assert runner.native is not None
     out = runner.generate(prompts, 10)
     for p, got in zip(prompts, out, strict=True):
