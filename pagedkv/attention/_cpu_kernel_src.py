@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pagedkv.attention._cpu_kernel_vec_src import VEC_KERNEL
 from pagedkv.attention._cpu_prefill_src import PREFILL_KERNEL
+from pagedkv.attention._cpu_rows_src import ROWS_KERNEL
 
 _HEADER = r"""
 #include <torch/extension.h>
@@ -46,6 +47,13 @@ struct PArgs {
   const void* q; const void* kv; void* out;
   const int64_t* tables; const int32_t* lens; const int64_t* qstart; const int32_t* qlen;
   int64_t m, hq, hkv, d, bs; float scale;
+};
+
+// One fused_rows call (type-erased): rows of a (stride_a apart), a residual or cos b, a weight
+// or signed sin w, rows of out (stride_out apart); n row size, heads/d for rope.
+struct RowArgs {
+  void* a; const void* b; const void* w; void* out;
+  int64_t n, stride_a, stride_out, heads, d; float eps;
 };
 
 // Visible keys of the query at position len - 1, as up to two ranges [lo[r], hi[r]): [0, len),
@@ -343,12 +351,65 @@ torch::Tensor prefill(torch::Tensor q, torch::Tensor kv, torch::Tensor tables, t
   });
   return out;
 }
+
+// Fused row operations of the native Llama forward; see pagedkv/integrations/fused_rows.py.
+// op 0: out = rms_norm(a); 1: a += b, out = rms_norm(a); 2: out = silu(a[:, :I]) * a[:, I:];
+// 3: rope on the first heads * d columns of a, in place (b = cos, w = signed sin, [T, d]).
+void fused_rows(int64_t op, torch::Tensor a, torch::Tensor b, torch::Tensor w, torch::Tensor out,
+                double eps, int64_t heads, int64_t isa) {
+  const auto st = a.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kBFloat16, "pagedkv fused rows: float32/bfloat16");
+  TORCH_CHECK(a.dim() == 2 && a.stride(1) == 1 && a.stride(0) >= a.size(1),
+              "pagedkv fused rows: a must be [T, N] with unit column stride");
+  const int64_t T = a.size(0), N = a.size(1);
+  RowArgs r;
+  r.a = a.data_ptr(); r.stride_a = a.stride(0); r.b = nullptr; r.w = nullptr; r.out = nullptr;
+  r.n = N; r.stride_out = 0; r.heads = heads; r.d = 0; r.eps = static_cast<float>(eps);
+  auto rows_like = [&](const torch::Tensor& x, int64_t n) {
+    TORCH_CHECK(x.scalar_type() == st && x.dim() == 2 && x.size(0) == T && x.size(1) == n &&
+                x.stride(1) == 1, "pagedkv fused rows: expected a [", T, ", ", n, "] ", st,
+                " tensor with unit column stride");
+  };
+  if (op == 0 || op == 1) {
+    TORCH_CHECK(N % 16 == 0, "pagedkv fused rows: row size must be a multiple of 16, got ", N);
+    TORCH_CHECK(w.scalar_type() == st && w.dim() == 1 && w.size(0) == N && w.is_contiguous(),
+                "pagedkv fused rows: weight must be a contiguous [", N, "] ", st);
+    rows_like(out, N);
+    r.w = w.data_ptr(); r.out = out.data_ptr(); r.stride_out = out.stride(0);
+    if (op == 1) {
+      rows_like(b, N);
+      TORCH_CHECK(b.is_contiguous(), "pagedkv fused rows: residual must be contiguous");
+      r.b = b.data_ptr();
+    }
+  } else if (op == 2) {
+    TORCH_CHECK(N % 32 == 0, "pagedkv fused rows: gate|up width must be a multiple of 32");
+    rows_like(out, N / 2);
+    r.n = N / 2; r.out = out.data_ptr(); r.stride_out = out.stride(0);
+  } else {
+    TORCH_CHECK(op == 3, "pagedkv fused rows: unknown op ", op);
+    const int64_t d = b.dim() == 2 ? b.size(1) : -1;
+    TORCH_CHECK(d == 32 || d == 64 || d == 128 || d == 256, "pagedkv fused rows: rope head size");
+    TORCH_CHECK(heads >= 0 && heads * d <= N, "pagedkv fused rows: rope heads exceed the row");
+    rows_like(b, d); rows_like(w, d);
+    TORCH_CHECK(b.is_contiguous() && w.is_contiguous(), "pagedkv fused rows: cos/sin contiguous");
+    r.b = b.data_ptr(); r.w = w.data_ptr(); r.d = d;
+  }
+  const bool bf16 = st == at::kBFloat16;
+  const bool avx512 = isa == 1 && cpu_has_avx512(), avx2 = isa == 1 && cpu_has_avx2();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N, 1));
+  const int opi = static_cast<int>(op);
+  at::parallel_for(0, T, grain, [&](int64_t t0, int64_t t1) {
+    if (avx512) k_avx512::rows(opi, bf16, r, t0, t1);
+    else if (avx2) k_avx2::rows(opi, bf16, r, t0, t1);
+    else k_base::rows(opi, bf16, r, t0, t1);
+  });
+}
 """
 
 
 def cpp_source() -> str:
     """The full translation unit: header, AVX2+FMA kernel copy, baseline copy, entry points."""
-    kernel = _KERNEL + VEC_KERNEL + PREFILL_KERNEL + _KERNEL_TAIL  # one namespace NS { ... }
+    kernel = _KERNEL + VEC_KERNEL + PREFILL_KERNEL + ROWS_KERNEL + _KERNEL_TAIL  # namespace NS
     avx512 = kernel.replace("NS", "k_avx512")
     avx2 = kernel.replace("NS", "k_avx2")
     base = kernel.replace("NS", "k_base")

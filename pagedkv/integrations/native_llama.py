@@ -15,12 +15,17 @@ the final norm and ``lm_head`` on the rows that sample (row-wise operations, so 
 as HF's all-rows norm followed by ``logits_to_keep``). The projections run as packed GEMMs
 (:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one, oneDNN's blocked
 layout): the same dot products summed in another order, so float32 logits differ from
-``F.linear``'s by rounding only (~1e-6). The tests compare greedy tokens with HF ``generate``
-on several tiny Llama configurations and on the default model.
+``F.linear``'s by rounding only (~1e-6). With the compiled CPU kernel (backend ``"cpu"``,
+what ``"auto"`` picks on a CPU), prompt rows attend through its prefill kernel and RMSNorm
+(with the residual add before it), RoPE and SiLU-and-multiply run as fused row passes
+(:mod:`pagedkv.integrations.fused_rows`): again the same operations up to float32 rounding.
+The tests compare greedy tokens with HF ``generate`` on several tiny Llama configurations and
+on the default model, with and without the compiled kernel.
 
 What runs here: exactly ``LlamaForCausalLM`` with its stock modules (a subclass, a replaced
 module, a quantized ``Linear`` subclass or a registered hook could change the computation, so
-those take the HF path): :func:`native_llama_refusal` says why a model is not eligible. The
+those take the HF path): :func:`native_llama_refusal`
+(:mod:`~pagedkv.integrations.native_eligibility`) says why a model is not eligible. The
 packs are checked against the modules' weights before every step and packed again when one was
 replaced or written in place (see :mod:`~pagedkv.integrations.packed_linear` for the one edit it
 cannot see: writes through ``.data``).
@@ -28,7 +33,6 @@ cannot see: writes through ``.data``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,70 +41,11 @@ from torch.nn import functional as nnf
 
 from pagedkv.attention.cpu_kernel import prefill_supported
 from pagedkv.errors import UnsupportedModelError
+from pagedkv.integrations import fused_rows
 from pagedkv.integrations.hf_attention import PagedStep
 from pagedkv.integrations.native_attention import AttentionPlan, step_attention
+from pagedkv.integrations.native_eligibility import hooked, is_silu, native_llama_refusal
 from pagedkv.integrations.packed_linear import PackedLinear
-
-# The stock module classes of transformers' Llama: any other class in the tree takes the HF path.
-_LLAMA_TYPES = {
-    "model": "LlamaForCausalLM",
-    "body": "LlamaModel",
-    "layer": "LlamaDecoderLayer",
-    "attn": "LlamaAttention",
-    "mlp": "LlamaMLP",
-    "norm": "LlamaRMSNorm",
-    "rope": "LlamaRotaryEmbedding",
-}
-
-
-def _hooked(modules: Sequence[torch.nn.Module]) -> bool:
-    """True if any module has a forward (pre-)hook or its own ``forward``, or torch has global
-    module hooks: each may change what the module returns, which only the HF path runs."""
-    glob = torch.nn.modules.module
-    if glob._global_forward_hooks or glob._global_forward_pre_hooks:
-        return True
-    # a ``forward`` set on the instance (a monkeypatch, a wrapper) replaces the class's too
-    return any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in modules)
-
-
-def native_llama_refusal(model: torch.nn.Module) -> str | None:
-    """Why ``model`` cannot take the native path (``None``: it can). Never raises."""
-    try:
-        return _refusal(model)
-    except Exception as exc:  # a model attribute that raises: the HF path decides
-        return f"cannot inspect the model ({type(exc).__name__}: {exc})"
-
-
-def _refusal(model: Any) -> str | None:
-    if type(model).__name__ != _LLAMA_TYPES["model"]:
-        return f"{type(model).__name__} is not LlamaForCausalLM"
-    if not type(model).__module__.startswith("transformers.models.llama."):
-        return f"{type(model).__module__}.{type(model).__name__} is not transformers' Llama"
-    body: Any = model.model
-    cfg: Any = model.config
-    checks: list[tuple[Any, str]] = [(body, "body"), (body.norm, "norm"), (body.rotary_emb, "rope")]
-    layers = list(body.layers)
-    if len(layers) != cfg.num_hidden_layers:
-        return f"{len(layers)} layers but num_hidden_layers={cfg.num_hidden_layers}"
-    for layer in layers:
-        checks += [(layer, "layer"), (layer.self_attn, "attn"), (layer.mlp, "mlp")]
-        checks += [(layer.input_layernorm, "norm"), (layer.post_attention_layernorm, "norm")]
-    for module, key in checks:
-        if type(module).__name__ != _LLAMA_TYPES[key]:
-            return f"{type(module).__name__} where Llama has {_LLAMA_TYPES[key]}"
-    linears = [model.lm_head]
-    for layer in layers:
-        a, m = layer.self_attn, layer.mlp
-        linears += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
-    for lin in linears:
-        if type(lin) is not torch.nn.Linear:
-            return f"{type(lin).__name__} is not a plain torch.nn.Linear"
-    if type(body.embed_tokens) is not torch.nn.Embedding:
-        return f"{type(body.embed_tokens).__name__} is not a plain torch.nn.Embedding"
-    dtypes = {p.dtype for p in model.parameters()}
-    if len(dtypes) != 1:
-        return f"parameters of several dtypes {sorted(map(str, dtypes))}"
-    return None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -178,6 +123,14 @@ class NativeLlama:
             for la in self.layers
         ]
         self.head_dim = int(self.layers[0].self_attn.head_dim)
+        cfg = model.config
+        # (intermediate size, head size, q + k heads): what the fused row ops must take
+        self.sizes = (
+            int(cfg.intermediate_size),
+            self.head_dim,
+            int(cfg.num_attention_heads) + int(cfg.num_key_value_heads),
+        )
+        self.silu = all(is_silu(la.mlp.act_fn) for la in self.layers)
         self.packs = [LayerPacks.of(la, self.pack) for la in self.layers]
         self.head = PackedLinear([model.lm_head], pack=self.pack)
         self._all_packs = [p for lp in self.packs for p in lp.all()] + [self.head]
@@ -196,7 +149,7 @@ class NativeLlama:
     def usable(self) -> bool:
         """False while the model trains (dropout), has hooks, or has a module tree that changed
         into one the native forward refuses: the HF path runs those."""
-        if self.model.training or _hooked(self._modules):
+        if self.model.training or hooked(self._modules):
             return False
         modules = list(self.model.modules())
         if len(modules) != len(self._modules) or any(
@@ -205,7 +158,7 @@ class NativeLlama:
             if native_llama_refusal(self.model) is not None:
                 return False
             self._bind()  # the same stock classes, new objects: read them again
-            return not _hooked(self._modules)
+            return not hooked(self._modules)
         return True
 
     def forward(
@@ -229,37 +182,99 @@ class NativeLlama:
         h = nnf.embedding(input_ids[0], self.body.embed_tokens.weight)
         cos, sin = self.body.rotary_emb(h[None], position_ids)
         cos, sin = cos[0, :, None, :], signed_sin(sin[0, :, None, :])  # [T, 1, D]
-        t, d = h.shape[0], self.head_dim
+        compiled = step.backend.name == "cpu"  # the CPU kernel is built: its fused ops too
         plan = AttentionPlan.build(
             meta,
             h.dtype,
-            prompt_kernel=step.backend.name == "cpu"
+            prompt_kernel=compiled
             and storage.dtype == h.dtype
             and prefill_supported(storage.layer(0)),
         )
-        for i, layer in enumerate(self.layers):
-            attn, packs = layer.self_attn, self.packs[i]
-            eps_in, eps_post = self.eps[i]
-            x = rms_norm(h, layer.input_layernorm.weight, eps_in)
-            qkv = packs.qkv(x)  # [T, (Hq + 2 Hkv) D]
-            hq, hkv = packs.qkv.splits[0] // d, packs.qkv.splits[1] // d
-            qk = apply_rope(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d), cos, sin)
-            q, k = qk[:, :hq], qk[:, hq:]
-            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-            k, v = k.to(storage.dtype), v.to(storage.dtype)
-            if meta.write_index is None:
-                storage.write_rows(i, meta.kv_rows, k, v)
-            else:
-                w = meta.write_index
-                storage.write_rows(i, meta.kv_rows, k.index_select(0, w), v.index_select(0, w))
-            step.layer_calls[i] += 1
-            o = step_attention(step, plan, i, q, k, v, attn.scaling)
-            h = h + packs.o(o.reshape(t, -1))
-            x = rms_norm(h, layer.post_attention_layernorm.weight, eps_post)
-            gate_up = packs.gate_up(x)
-            inter = packs.gate_up.splits[0]
-            h = h + packs.down(layer.mlp.act_fn(gate_up[:, :inter]) * gate_up[:, inter:])
+        fused = compiled and self.silu and fused_rows.fused_rows_apply(h, *self.sizes)
+        layers = self._layers_fused if fused else self._layers
+        h = layers(step, plan, h, cos, sin)
         norm = self.body.norm
         x = rms_norm(h.index_select(0, last), norm.weight, float(norm.variance_epsilon))
         logits: torch.Tensor = self.head(x)
         return logits
+
+    def _attend(
+        self,
+        step: PagedStep,
+        plan: AttentionPlan | None,
+        i: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> torch.Tensor:
+        """Layer ``i``'s attention: writes this step's K/V (``[T, Hkv, D]``) to the pool and
+        attends with ``q`` ``[T, Hq, D]``; returns ``[T, Hq * D]``."""
+        storage, meta = step.storage, step.metadata
+        k, v = k.to(storage.dtype), v.to(storage.dtype)
+        if meta.write_index is None:
+            storage.write_rows(i, meta.kv_rows, k, v)
+        else:
+            w = meta.write_index
+            storage.write_rows(i, meta.kv_rows, k.index_select(0, w), v.index_select(0, w))
+        step.layer_calls[i] += 1
+        o = step_attention(step, plan, i, q, k, v, self.layers[i].self_attn.scaling)
+        return o.reshape(q.shape[0], -1)
+
+    def _layers(
+        self,
+        step: PagedStep,
+        plan: AttentionPlan | None,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """Every decoder layer with torch ops (the HF modules' operations in their order).
+        ``h``: ``[T, H]``; cos/sin (signed): ``[T, 1, D]``. Returns the last hidden ``[T, H]``."""
+        t, d = h.shape[0], self.head_dim
+        for i, layer in enumerate(self.layers):
+            packs, (eps_in, eps_post) = self.packs[i], self.eps[i]
+            x = rms_norm(h, layer.input_layernorm.weight, eps_in)
+            qkv = packs.qkv(x)  # [T, (Hq + 2 Hkv) D]
+            hq, hkv = packs.qkv.splits[0] // d, packs.qkv.splits[1] // d
+            qk = apply_rope(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d), cos, sin)
+            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+            h = h + packs.o(self._attend(step, plan, i, qk[:, :hq], qk[:, hq:], v))
+            x = rms_norm(h, layer.post_attention_layernorm.weight, eps_post)
+            gate_up = packs.gate_up(x)
+            inter = packs.gate_up.splits[0]
+            h = h + packs.down(layer.mlp.act_fn(gate_up[:, :inter]) * gate_up[:, inter:])
+        return h
+
+    def _layers_fused(
+        self,
+        step: PagedStep,
+        plan: AttentionPlan | None,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`_layers` with the compiled fused row ops (:mod:`fused_rows`): RoPE in place on
+        the qkv rows, each residual add fused into the next RMSNorm (``h`` updated in place),
+        SiLU-and-multiply in one pass."""
+        cos2, sin2 = cos[:, 0].contiguous(), sin[:, 0].contiguous()  # [T, D]
+        t, d = h.shape[0], self.head_dim
+        hq, hkv = self.packs[0].qkv.splits[0] // d, self.packs[0].qkv.splits[1] // d
+        pending: torch.Tensor | None = None  # the previous layer's MLP output, not yet added
+        for i, layer in enumerate(self.layers):
+            packs, (eps_in, eps_post) = self.packs[i], self.eps[i]
+            w_in = layer.input_layernorm.weight
+            if pending is None:
+                x = fused_rows.rms_norm(h, w_in, eps_in)
+            else:
+                x = fused_rows.add_rms_norm(h, pending, w_in, eps_in)
+            qkv = packs.qkv(x)  # [T, (Hq + 2 Hkv) D]
+            fused_rows.rope_(qkv, cos2, sin2, hq + hkv)
+            q = qkv[:, : hq * d].view(t, hq, d)
+            k = qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+            attn = packs.o(self._attend(step, plan, i, q, k, v))
+            x = fused_rows.add_rms_norm(h, attn, layer.post_attention_layernorm.weight, eps_post)
+            pending = packs.down(fused_rows.silu_mul(packs.gate_up(x)))
+        if pending is not None:
+            h.add_(pending)
+        return h

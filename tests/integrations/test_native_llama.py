@@ -35,10 +35,22 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "head-dim-32-gelu": {"head_dim": 32, "hidden_act": "gelu"},
 }
 LENGTHS = [1, 5, 17, 40]
+# Head sizes the compiled kernels take (32/64/128/256) with SiLU: the "cpu" backend's native
+# forward runs the prefill kernel and the fused row ops on them.
+COMPILED: dict[str, dict[str, Any]] = {
+    "head-dim-32": {"head_dim": 32},
+    "head-dim-64-mqa-biases-tied": {
+        "head_dim": 64,
+        "num_key_value_heads": 1,
+        "attention_bias": True,
+        "mlp_bias": True,
+        "tie_word_embeddings": True,
+    },
+}
 
 
 def _model(name: str) -> Any:
-    return tiny_random_llama(3, **CONFIGS[name]).model
+    return tiny_random_llama(3, **{**CONFIGS, **COMPILED}[name]).model
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -54,8 +66,39 @@ def test_greedy_equals_hf_generate(name):
     runner.check_integrity()
 
 
+@pytest.mark.parametrize("name", list(COMPILED))
+def test_compiled_path_greedy_equals_hf_generate(name, monkeypatch):
+    """Backend "cpu": prompts through the prefill kernel, rows through the fused ops (both
+    counted), greedy tokens equal to HF ``generate``."""
+    from pagedkv.integrations import fused_rows, native_attention
+
+    calls = {"prefill": 0, "rows": 0}
+    real_prefill, real_rows = native_attention.paged_prefill, fused_rows._run
+
+    def prefill(*a: Any, **k: Any) -> Any:
+        calls["prefill"] += 1
+        return real_prefill(*a, **k)
+
+    def rows(*a: Any, **k: Any) -> Any:
+        calls["rows"] += 1
+        return real_rows(*a, **k)
+
+    monkeypatch.setattr(native_attention, "paged_prefill", prefill)
+    monkeypatch.setattr(fused_rows, "_run", rows)
+    model = tiny_random_llama(3, **COMPILED[name]).model
+    runner = PagedModelRunner(model, block_size=4, num_blocks=256, backend="cpu")
+    prompts = seeded_prompts(LENGTHS, seed=5, vocab=300)
+    out = runner.generate(prompts, 12)
+    for p, got in zip(prompts, out, strict=True):
+        assert got == hf_greedy(model, p, 12)
+    assert calls["prefill"] > 0
+    assert calls["rows"] > 0
+    runner.check_integrity()
+
+
 @pytest.mark.parametrize(
-    ("name", "backend"), [("gqa-untied", "torch"), ("head-dim-32-gelu", "cpu")]
+    ("name", "backend"),
+    [("gqa-untied", "torch"), ("head-dim-32-gelu", "cpu"), ("head-dim-32", "cpu")],
 )
 def test_mixed_step_logits_equal_the_hf_path(name, backend, monkeypatch):
     """One step holding a fresh prompt, a prompt chunk after a prefix hit and a decode: the
