@@ -55,6 +55,7 @@ class PagedKV:
 
         import pagedkv  # noqa: F401  (first: it sets libgomp's spin count)
         from pagedkv.engine import LLMEngine
+        from pagedkv.engine.llm_engine import freeze_startup_objects
         from pagedkv.models import load_model
 
         torch.set_num_threads(threads)
@@ -65,6 +66,7 @@ class PagedKV:
             backend=backend,
             kv_cache_memory=2 << 30,  # the KV space the peers get
         )
+        freeze_startup_objects()  # one engine per process, as docs/performance.md advises
 
     def run(self, job: Round) -> Round:
         from pagedkv.engine import SamplingParams

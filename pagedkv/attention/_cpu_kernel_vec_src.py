@@ -27,6 +27,16 @@ inline vf load16(const c10::BFloat16* p) {  // bf16 -> fp32: the 16 bits are fp3
   vi w = __builtin_convertvector(h, vi) << 16;
   vf f; std::memcpy(&f, &w, 64); return f;
 }
+typedef uint32_t vu __attribute__((vector_size(64)));
+// fp32 -> bf16 rounded to nearest even, as c10::BFloat16 rounds (NaN -> 0x7FC0), 16 at once.
+inline vh to_bf16(vf v) {
+  vu u; std::memcpy(&u, &v, 64);
+  const vu r = (u + ((u >> 16) & 1u) + 0x7FFFu) >> 16;
+  const vi nan = v != v;
+  return __builtin_convertvector(nan ? vu{} + 0x7FC0u : r, vh);
+}
+inline void store16(float* p, vf v) { std::memcpy(p, &v, 64); }
+inline void store16(c10::BFloat16* p, vf v) { const vh h = to_bf16(v); std::memcpy(p, &h, 32); }
 inline float hsum(vf v) {
   vf a = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
   a = a + __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
@@ -168,12 +178,7 @@ void attend_vec(const Args& a, int64_t b, int64_t kh0, int64_t kh1) {
     }
     const float inv = output_scale(a, h, st.m, st.l);
     T* o = static_cast<T*>(a.out) + (b * a.hq + h) * D;
-    for (int c = 0; c < C; ++c) {
-      alignas(64) float f[16];
-      const vf v = st.o[c] * inv;
-      std::memcpy(f, &v, 64);
-      for (int i = 0; i < 16; ++i) o[16 * c + i] = static_cast<T>(f[i]);
-    }
+    for (int c = 0; c < C; ++c) store16(o + 16 * c, st.o[c] * inv);
   }
 }
 

@@ -157,7 +157,7 @@ void prefill_tile(const PArgs& a, int64_t s, int64_t kh, int64_t t0, int64_t t1,
     const int64_t tok = a.qstart[s] + t0 + r / g, h = kh * g + r % g;
     const float inv = 1.f / sm[r];  // > 0: key 0 is visible to every row
     T* orow = out + (tok * a.hq + h) * D;
-    for (int i = 0; i < D; ++i) orow[i] = static_cast<T>(ob[r * D + i] * inv);
+    for (int cc = 0; cc < C; ++cc) store16(orow + 16 * cc, load16(ob + r * D + 16 * cc) * inv);
   }
 }
 

@@ -20,26 +20,15 @@ from __future__ import annotations
 
 ROWS_KERNEL = r"""
 // ---- Fused row operations (float / bfloat16 rows, sizes multiple of 16).
-template <typename T>
-inline void store16(T* p, vf v) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::memcpy(p, &v, 64);
-  } else {
-    alignas(64) float f[16];
-    std::memcpy(f, &v, 64);
-    for (int i = 0; i < 16; ++i) p[i] = static_cast<T>(f[i]);
-  }
-}
-
 // v rounded to T and back (a no-op for float): where torch would hold a T tensor.
 template <typename T>
 inline vf round_to(vf v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
   } else {
-    alignas(64) T t[16];
-    store16(t, v);
-    return load16(t);
+    const vh h = to_bf16(v);
+    const vi w = __builtin_convertvector(h, vi) << 16;
+    vf f; std::memcpy(&f, &w, 64); return f;
   }
 }
 

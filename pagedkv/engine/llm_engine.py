@@ -11,6 +11,7 @@ step does is in ``engine_core.py``; what its results do to its sequences, in
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,17 @@ from pagedkv.engine.tiering import EngineTiers
 from pagedkv.integrations.hf_runner import PagedModelRunner
 from pagedkv.integrations.hf_support import check_model_supported
 from pagedkv.models import LoadedModel, load_model
+
+
+def freeze_startup_objects() -> None:
+    """Collect, then move every object alive now out of the garbage collector's reach
+    (``gc.freeze``), as vLLM does once its engine is up. A loaded model brings millions of
+    long-lived objects (transformers', torch's); each full collection during serving would walk
+    them all (measured here: ~0.9 s of collections in a ~10 s bfloat16 benchmark round). Call it
+    once, in a process that serves one engine, after the engine is built; objects frozen are
+    never freed, so not in a process that builds engine after engine (a test suite)."""
+    gc.collect()
+    gc.freeze()
 
 
 class LLMEngine(EngineCore):

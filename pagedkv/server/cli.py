@@ -135,6 +135,7 @@ def _serve(args: argparse.Namespace, config: Any, sock: socket.socket, threads: 
 
     from pagedkv.cli_setup import load_cli_model
     from pagedkv.engine import AsyncLLMEngine, LLMEngine
+    from pagedkv.engine.llm_engine import freeze_startup_objects
     from pagedkv.server.app import create_app
     from pagedkv.server.drain import draining_server
 
@@ -149,7 +150,8 @@ def _serve(args: argparse.Namespace, config: Any, sock: socket.socket, threads: 
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log.info("%s", startup_summary(engine.engine, name, url, torch.get_num_threads()))
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():  # the process is this server's
+        freeze_startup_objects()
         # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler
         # that was in place before it started (the default one would end us with -15): let
         # that one ignore it, so the command exits 0.
