@@ -4,9 +4,10 @@ Each request is a chat completion, streamed with ``stream_options.include_usage`
 answer lengths follow the log-normal fit of ShareGPT the simulator uses (mean 161 input / 338
 output tokens, ``pagedkv.simulator.synthetic``), scaled and clipped to the model; a share of the
 requests (``--prefix-share``) opens with the same long system prompt, which a prefix cache can
-serve. At every rate of ``--rates`` the same seeded request sequence is sent for ``--duration``
-seconds (or ``--num-requests`` requests), and the run waits for the answers (each bounded by
-``--request-timeout``). Reported per rate:
+serve. At every rate of ``--rates`` the same seeded request sequence (lengths, shared system
+prompt; user texts drawn anew per rate, so no rate hits the cache the one before it filled) is
+sent for ``--duration`` seconds (or ``--num-requests`` requests), and the run waits for the
+answers (each bounded by ``--request-timeout``). Reported per rate:
 
 * output throughput (tokens/s of answers) and completed requests/s;
 * TTFT (send to first non-empty content) and TPOT ((end - first token) / (tokens - 1)), p50/p99;
@@ -101,8 +102,11 @@ def words_text(rng: random.Random, num_chars: int) -> str:
 
 
 def make_jobs(args: argparse.Namespace, rate: float) -> list[Job]:
-    """The seeded request sequence for one rate (same seed: same prompts at every rate)."""
+    """The seeded request sequence for one rate: the same lengths and system prompt at every
+    rate, but user texts of the rate's own (a rate's prompts must not be found in the prefix
+    cache that the rate before it filled, which would flatter every rate after the first)."""
     rng = random.Random(args.seed)
+    texts = random.Random(f"{args.seed}/{rate}")
     arrivals = random.Random(args.seed + 1)
     cpt = args.chars_per_token
     system = words_text(random.Random(args.seed + 2), int(args.system_tokens * cpt))
@@ -124,7 +128,7 @@ def make_jobs(args: argparse.Namespace, rate: float) -> list[Job]:
                 f"--max-model-len {args.max_model_len} leaves no room for a prompt "
                 f"(system {args.system_tokens} + answer {out} tokens)"
             )
-        user = f"Request {len(jobs)}: " + words_text(rng, int(n_in * cpt))
+        user = f"Request {len(jobs)}: " + words_text(texts, int(n_in * cpt))
         messages = [{"role": "system", "content": system}] if shared else []
         messages.append({"role": "user", "content": user})
         jobs.append(Job(len(jobs), t, messages, out, shared))

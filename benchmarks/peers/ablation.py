@@ -57,10 +57,27 @@ STEPS: dict[str, tuple[dict[str, Any], bool, dict[str, str]]] = {
         True,
         {"PAGEDKV_ABLATION_UNPACKED": "1"},
     ),
-    "+ packed oneDNN projections (the default now)": (
+    "+ packed oneDNN projections": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {"PAGEDKV_ABLATION_NO_PREFILL_KERNEL": "1", "PAGEDKV_ABLATION_NO_FUSED_ROWS": "1"},
+    ),
+    # The third round: prompt rows through the compiled prefill kernel, then the fused row ops,
+    # then the start-up heap frozen (what pagedkv serve and the peers worker do).
+    "+ prefill kernel (prompt rows straight over the pool)": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {"PAGEDKV_ABLATION_NO_FUSED_ROWS": "1"},
+    ),
+    "+ fused row ops (RMSNorm, RoPE, SiLU-and-multiply; the default now)": (
         {"kv_cache_memory": 2 << 30, "backend": "cpu"},
         True,
         {},
+    ),
+    "+ gc.freeze after start-up (freeze_startup_objects)": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {"PAGEDKV_ABLATION_FREEZE": "1"},
     ),
 }
 
@@ -83,6 +100,14 @@ if not native:
 elif os.environ.get("PAGEDKV_ABLATION_UNPACKED"):
     eng.runner.native.pack = False
     eng.runner.native._bind()
+if os.environ.get("PAGEDKV_ABLATION_NO_PREFILL_KERNEL"):  # prompts by SDPA, as before it
+    import pagedkv.integrations.native_llama as native_llama
+    native_llama.prefill_supported = lambda kv: False
+if native and os.environ.get("PAGEDKV_ABLATION_NO_FUSED_ROWS"):  # torch's row ops
+    eng.runner.native.silu = False
+if os.environ.get("PAGEDKV_ABLATION_FREEZE"):
+    from pagedkv.engine.llm_engine import freeze_startup_objects
+    freeze_startup_objects()
 def run(prompts, max_tokens, tag):
     sp = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     for i, p in enumerate(prompts):
