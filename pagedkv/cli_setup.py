@@ -186,14 +186,14 @@ def load_cli_model(
 def prepare_kernel(loaded: LoadedModel, backend: str | None) -> None:
     """Build or load the compiled CPU attention kernel before the engine does, saying so: the
     engine's default ``auto`` uses it for a CPU model, and its first build on a machine takes
-    ~37 s that would otherwise pass without a word."""
+    ~60 s that would otherwise pass without a word."""
     from pagedkv.attention.cpu_kernel import kernel_available
 
     name = "auto" if backend is None else backend
     device = next(loaded.model.parameters()).device
     if name not in ("auto", "cpu") or device.type != "cpu":
         return
-    say("preparing the CPU attention kernel (its first build on a machine takes ~37 s) ...")
+    say("preparing the CPU attention kernel (its first build on a machine takes ~60 s) ...")
     t0 = time.perf_counter()
     ready = kernel_available()
     took = time.perf_counter() - t0

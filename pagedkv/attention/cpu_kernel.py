@@ -61,7 +61,7 @@ class CpuKernelUnavailableError(PagedKVError, RuntimeError):
 
 
 def load_kernel(verbose: bool = False) -> Any:
-    """Build (first call per machine, ~30 s on 2 cores) or load (cached) the extension module.
+    """Build (first call per machine, ~60 s on 2 cores) or load (cached) the extension module.
 
     Thread-safe; a failure is remembered, so later calls raise again without rebuilding.
     Raises :class:`CpuKernelUnavailableError` with the compiler's message on failure.
@@ -100,14 +100,14 @@ def load_kernel(verbose: bool = False) -> Any:
 
 def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
     """The backend ``name`` stands for on ``device``: ``"auto"`` is the compiled kernel
-    (``"cpu"``) for a model on the CPU when the kernel builds here (once per machine, ~37 s,
+    (``"cpu"``) for a model on the CPU when the kernel builds here (once per machine, ~60 s,
     then loaded from torch's extension cache), else ``"torch"``; any other name is itself."""
     if name != "auto":
         return name
     if torch.device(device).type != "cpu":
         return "torch"
     if _STATE["module"] is None and _STATE["error"] is None:
-        log.info("pagedkv: building the CPU attention kernel (first use on this machine, ~37 s)")
+        log.info("pagedkv: building the CPU attention kernel (first use on this machine, ~60 s)")
     return "cpu" if kernel_available() else "torch"
 
 

@@ -1,6 +1,6 @@
 """Compiled CPU decode kernel ("cpu" backend) vs. the torch reference and contiguous SDPA.
 
-The extension is built once per session (first test, ~30 s on 2 cores; later sessions load the
+The extension is built once per session (first test, ~60 s on 2 cores; later sessions load the
 cached build). Without a C++ toolchain the module is skipped rather than failed.
 """
 
