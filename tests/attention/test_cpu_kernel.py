@@ -182,6 +182,7 @@ def test_padded_table_columns_and_shared_blocks():
 
 
 def test_prefill_delegates_to_reference():
+    """Head size 8, which the prefill kernel does not take: the reference's result exactly."""
     seq_lens, query_lens = [7, 12], [7, 3]
     store, tables, _, _ = make_paged_kv(seq_lens, seed=3)
     q = torch.randn(10, 4, 8)
