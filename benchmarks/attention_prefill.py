@@ -17,6 +17,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
@@ -28,7 +29,7 @@ from pagedkv.attention.cpu_kernel import load_kernel, paged_prefill
 HQ, HKV, D, BS = 9, 3, 64, 16
 
 
-def median_ms(fn) -> float:  # type: ignore[no-untyped-def]
+def median_ms(fn: Callable[[], None]) -> float:
     for _ in range(3):
         fn()
     times = []

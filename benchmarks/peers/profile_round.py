@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -29,7 +30,7 @@ from pagedkv.engine import LLMEngine, SamplingParams  # noqa: E402
 from pagedkv.models import load_model  # noqa: E402
 
 
-def run_round(eng: LLMEngine, seed: int, prof: object = None) -> tuple[float, list]:
+def run_round(eng: LLMEngine, seed: int) -> tuple[float, list[tuple[float, list[Any]]]]:
     params = SamplingParams(temperature=0.0, max_tokens=64)
     for i, p in enumerate(chat_prompts(eng.loaded.tokenizer, 48, seed)):
         eng.add_request(f"{seed}-{i}", p, params)
@@ -42,9 +43,9 @@ def run_round(eng: LLMEngine, seed: int, prof: object = None) -> tuple[float, li
     return time.perf_counter() - t0, steps
 
 
-def linear_table(prof: object) -> None:
+def linear_table(prof: Any) -> None:
     agg: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0, 0.0])
-    for e in prof.events():  # type: ignore[attr-defined]
+    for e in prof.events():
         if e.name != "mkldnn::_linear_pointwise":
             continue
         x, w = e.input_shapes[0], e.input_shapes[1]

@@ -98,6 +98,12 @@ def load_kernel(verbose: bool = False) -> Any:
         return module
 
 
+def isa_flag(use_avx2: bool = True) -> int:
+    """The kernels' ``isa`` argument: 1 lets them take the AVX-512 / AVX2 copy the CPU has,
+    0 forces the baseline copy (``use_avx2=False`` or ``PAGEDKV_CPU_KERNEL_NO_AVX2`` set)."""
+    return 1 if use_avx2 and os.environ.get("PAGEDKV_CPU_KERNEL_NO_AVX2") is None else 0
+
+
 def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
     """The backend ``name`` stands for on ``device``: ``"auto"`` is the compiled kernel
     (``"cpu"``) for a model on the CPU when the kernel builds here (once per machine, ~60 s,
@@ -170,7 +176,7 @@ def paged_decode(
         -1 if sliding_window is None else int(sliding_window),
         int(sink_tokens),
         int(heads_per_task),
-        1 if use_avx2 and os.environ.get("PAGEDKV_CPU_KERNEL_NO_AVX2") is None else 0,
+        isa_flag(use_avx2),
         0.0 if softcap is None else float(softcap),
         _NO_SINKS if sink_logits is None else sink_logits.to(torch.float32).contiguous(),
     )
@@ -233,7 +239,7 @@ def paged_prefill(
         query_lens.contiguous(),
         out,
         float(1.0 / math.sqrt(d) if scale is None else scale),
-        1 if use_avx2 and os.environ.get("PAGEDKV_CPU_KERNEL_NO_AVX2") is None else 0,
+        isa_flag(use_avx2),
     )
     return result
 

@@ -9,19 +9,14 @@ same values up to float32 rounding.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
-from pagedkv.attention.cpu_kernel import load_kernel
+from pagedkv.attention.cpu_kernel import isa_flag, load_kernel
 
 _NONE = torch.empty(0)
 _OPS = {"rms_norm": 0, "add_rms_norm": 1, "silu_mul": 2, "rope": 3}
-
-
-def _isa() -> int:
-    return 0 if os.environ.get("PAGEDKV_CPU_KERNEL_NO_AVX2") is not None else 1
 
 
 def _run(op: str, a: torch.Tensor, b: Any, w: Any, out: Any, eps: float, heads: int) -> None:
@@ -33,7 +28,7 @@ def _run(op: str, a: torch.Tensor, b: Any, w: Any, out: Any, eps: float, heads: 
         _NONE if out is None else out,
         float(eps),
         int(heads),
-        _isa(),
+        isa_flag(),
     )
 
 
