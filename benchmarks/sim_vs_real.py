@@ -2,14 +2,15 @@
 
 Usage::
 
-    python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~8 min
+    python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~13 min
     python benchmarks/sim_vs_real.py --quick               # fewer requests, ~2 min
     python benchmarks/sim_vs_real.py --cost prof.json      # skip the profile, use this model
 
 1. ``profile``: the engine runs the default profile grid (``pagedkv.simulator.profile``) and a
    cost model is fitted to its steps; no trace below is seen by the profile.
-2. Each workload is replayed twice with the same engine configuration and arrival times:
-   ``pagedkv replay`` (``LLMEngine`` on the model, wall clock) and ``pagedkv simulate`` serving
+2. Each workload is replayed with the same engine configuration and arrival times:
+   ``pagedkv replay`` (``LLMEngine`` on the model, wall clock; ``--real-runs`` times, default
+   3) and ``pagedkv simulate`` serving
    (``EngineCore`` with the cost model's executor, simulated clock); both are
    ``serve_trace`` + ``summarize``.
 3. Printed per workload: the summaries (each real run's, and the simulation's), the
@@ -40,7 +41,7 @@ import torch
 
 from pagedkv.engine import EngineConfig, LLMEngine
 from pagedkv.models import load_model
-from pagedkv.simulator.costmodel import LinearCostModel
+from pagedkv.simulator.costmodel import TERMS, LinearCostModel
 from pagedkv.simulator.engine_replay import serve_trace, summarize
 from pagedkv.simulator.profile import DEFAULT_GRID, QUICK_GRID, profile_cost_model
 from pagedkv.simulator.sim_executor import SimClock, simulated_engine
@@ -112,13 +113,25 @@ def rel(sim: float, real: float) -> float:
     return (sim - real) / real if real else float("nan")
 
 
+def scaled_model(model: LinearCostModel, factor: float) -> LinearCostModel:
+    """``model`` with every term and the token curve multiplied by ``factor``."""
+    terms = {name: getattr(model, name) * factor for name in TERMS}
+    return dataclasses.replace(model, **terms, token_ms=tuple(v * factor for v in model.token_ms))
+
+
+def simulate(cfg: EngineConfig, cost: LinearCostModel, reqs: Any, max_len: int) -> dict[str, Any]:
+    clock = SimClock()
+    sim = simulated_engine(cfg, cost, max_model_len=max_len, clock=clock)
+    return summarize(serve_trace(sim, reqs, wait_until=clock.wait_until))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cost", help="a profile JSON to use instead of profiling first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--real-runs", type=int, default=2, help="real runs per workload (their spread: noise)"
+        "--real-runs", type=int, default=3, help="real runs per workload (their spread: noise)"
     )
     ap.add_argument("--save-cost", help="write the profiled cost model here (for --cost)")
     ap.add_argument("--json", help="write every figure here")
@@ -166,12 +179,12 @@ def main() -> int:
         bias = rel(
             sum(cost.step_ms_for(r.shapes) for r in records), 1e3 * sum(r.seconds for r in records)
         )
-        clock = SimClock()
-        sim = simulated_engine(cfg, cost, max_model_len=real.max_model_len, clock=clock)
-        sim_sum = summarize(serve_trace(sim, reqs, wait_until=clock.wait_until))
+        sim_sum = simulate(cfg, cost, reqs, real.max_model_len)
+        fixed = simulate(cfg, scaled_model(cost, 1 / (1 + bias)), reqs, real.max_model_len)
         load1 = os.getloadavg()[0]
         mean = {k: sum(r[k] for r in reals) / len(reals) for k in reals[0]}
         errs = {k: rel(sim_sum[k], mean[k]) for k in COMPARED}
+        drift_fixed = {k: rel(fixed[k], mean[k]) for k in COMPARED}
         # how far the real runs are from each other: the floor no cost model can get under
         spread = {
             k: (max(r[k] for r in reals) - min(r[k] for r in reals)) / mean[k] for k in COMPARED
@@ -184,6 +197,7 @@ def main() -> int:
                 "real": mean,
                 "sim": sim_sum,
                 "error": errs,
+                "drift_corrected_error": drift_fixed,
                 "real_spread": spread,
                 "load_avg": [load0, load1],
                 "real_wall_s": walls,
@@ -197,21 +211,30 @@ def main() -> int:
             f"{len(records)} steps: {bias:+.1%} in total"
         )
         head = "".join(f"{f'real {i + 1}':>11}" for i in range(len(reals)))
-        print(f"  {'field':<18}{head}{'simulated':>11}{'error':>9}{'real spread':>13}")
+        print(
+            f"  {'field':<18}{head}{'simulated':>11}{'error':>9}{'real spread':>13}"
+            f"{'drift-corrected':>17}"
+        )
         for k in (*COMPARED, "preemptions", "prefix_hit_rate", "steps", "mean_batch"):
             e = f"{errs[k]:+.1%}" if k in errs else ""
             sp = f"{spread[k]:.1%}" if k in spread else ""
+            fx = f"{drift_fixed[k]:+.1%}" if k in drift_fixed else ""
             cells = "".join(f"{r[k]:>11.4g}" for r in reals)
-            print(f"  {k:<18}{cells}{sim_sum[k]:>11.4g}{e:>9}{sp:>13}")
+            print(f"  {k:<18}{cells}{sim_sum[k]:>11.4g}{e:>9}{sp:>13}{fx:>17}")
         sys.stdout.flush()
     report["workloads"] = rows
-    print("\nover the workloads, mean / max: |simulated - real| / real, and the real runs' spread")
+    print(
+        "\nover the workloads, mean / max: |simulated - real| / real, the real runs' spread, "
+        "and the drift-corrected error"
+    )
     for k in COMPARED:
         vals = [abs(r["error"][k]) for r in rows]
         spr = [r["real_spread"][k] for r in rows]
+        fix = [abs(r["drift_corrected_error"][k]) for r in rows]
         print(
             f"  {k:<18}{sum(vals) / len(vals):>8.1%}{max(vals):>8.1%}"
             f"{sum(spr) / len(spr):>10.1%}{max(spr):>8.1%}"
+            f"{sum(fix) / len(fix):>10.1%}{max(fix):>8.1%}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))

@@ -26,13 +26,8 @@ from typing import Protocol
 import numpy as np
 
 from pagedkv.errors import InvalidArgumentError
-from pagedkv.simulator.costmodel import (
-    TERMS,
-    ErrorStats,
-    LinearCostModel,
-    curve_weights,
-    step_features,
-)
+from pagedkv.simulator.costmodel import TERMS, ErrorStats, LinearCostModel
+from pagedkv.simulator.stepfeatures import check_counting, curve_weights, step_features
 
 MAX_NNLS_TERMS = 12  # 2**12 subsets: the exhaustive search stays instant below this
 FREE_KNOTS = 16  # token counts with a knot each, the curve free to fall between them
@@ -137,7 +132,7 @@ def _falls(knots: tuple[int, ...]) -> list[int]:
     return [j for j in range(1, len(knots)) if knots[j] <= FREE_KNOTS]
 
 
-def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...]) -> np.ndarray:
+def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...], counting: str) -> np.ndarray:
     """Regressors float64 ``[m, len(knots) + len(_falls(knots)) + 4]``: the curve's rises at
     each step's token count, its falls, then decode sequences, attention and paged kpairs and
     the mixed flag.
@@ -150,7 +145,7 @@ def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...]) -> np.nda
     falls = _falls(knots)
     rows = []
     for r in records:
-        f = step_features(r.shapes)
+        f = step_features(r.shapes, counting)
         w = np.array(curve_weights(knots, f.prefill_tokens + f.decode_seqs))
         rise = np.cumsum(w[::-1])[::-1]
         rows.append(
@@ -166,9 +161,10 @@ def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...]) -> np.nda
     return np.array(rows, dtype=np.float64)
 
 
-def _design(records: Sequence[StepLike]) -> tuple[np.ndarray, np.ndarray]:
-    """Regressors float64 ``[m, 4]`` and measured milliseconds float64 ``[m]``."""
-    rows = [step_features(r.shapes).row() for r in records]
+def _design(records: Sequence[StepLike], counting: str = "padded") -> tuple[np.ndarray, np.ndarray]:
+    """Regressors float64 ``[m, 6]`` (:data:`TERMS`) and measured milliseconds float64
+    ``[m]``."""
+    rows = [step_features(r.shapes, counting).row() for r in records]
     ms = np.array([float(r.seconds) * 1000.0 for r in records], dtype=np.float64)
     bad = np.flatnonzero(~(np.isfinite(ms) & (ms > 0)))
     if bad.size:
@@ -198,7 +194,11 @@ def error_stats(model: LinearCostModel, records: Sequence[StepLike]) -> ErrorSta
 
 
 def fit_cost_model(
-    records: Sequence[StepLike], *, relative: bool = False, curve: bool = False
+    records: Sequence[StepLike],
+    *,
+    relative: bool = False,
+    curve: bool = False,
+    counting: str = "padded",
 ) -> tuple[LinearCostModel, ErrorStats]:
     """Fit the terms to measured steps; returns the model and its error on ``records``.
 
@@ -206,18 +206,20 @@ def fit_cost_model(
     30 ms decode step weighs as much as a 3 s prefill (plain least squares fits the long steps
     and lets the short ones be off by a large fraction). ``curve``: fit a token curve
     (:func:`curve_knots`) with decode and attention terms in place of the base and prefill
-    terms (what a CPU needs: small batches cost far less than linearly)."""
+    terms (what a CPU needs: small batches cost far less than linearly). ``counting``: how
+    attention pairs are counted (:mod:`pagedkv.simulator.stepfeatures`), kept in the model."""
+    check_counting(counting)
     records = list(records)
     if len(records) < len(TERMS):
         raise InvalidArgumentError(
             f"fit_cost_model: {len(TERMS)} terms need at least {len(TERMS)} step records, "
             f"got {len(records)}"
         )
-    x, ms = _design(records)
+    x, ms = _design(records, counting)
     w = 1.0 / ms if relative else np.ones_like(ms)
     if curve:
         knots = curve_knots(records)
-        c = nnls_active_set(_curve_design(records, knots) * w[:, None], ms * w)
+        c = nnls_active_set(_curve_design(records, knots, counting) * w[:, None], ms * w)
         k, falls = len(knots), _falls(knots)
         steps = c[:k].copy()
         steps[falls] -= c[k : k + len(falls)]
@@ -233,11 +235,14 @@ def fit_cost_model(
             mixed,
             token_knots=knots,
             token_ms=values,
+            attention_counting=counting,
         )
         return model, error_stats(model, records)
     coef = nnls(x * w[:, None], ms * w)
     if not coef.any():  # every step took ~0 ms: nothing to charge
         raise InvalidArgumentError("fit_cost_model: the fit charges nothing (all terms 0)")
     base, prefill, decode, attention, paged, mixed = (float(c) for c in coef)
-    model = LinearCostModel(base, prefill, decode, attention, paged, mixed)
+    model = LinearCostModel(
+        base, prefill, decode, attention, paged, mixed, attention_counting=counting
+    )
     return model, error_stats(model, records)

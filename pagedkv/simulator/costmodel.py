@@ -2,13 +2,12 @@
 
 The simulator has no GPU; it charges each continuous-batching step a time from a model: a fixed
 launch / sampling overhead, a prefill term proportional to the prompt tokens computed in the
-step, a decode term proportional to the sequences decoding one token each, and two attention
-terms proportional to the query-key pairs the step's kernels score (dense causal attention of
-fresh prompts; paged attention over cached KV, for decodes and for prompt chunks after cached
-KV), which grow with the context, and a fixed charge
-for a *mixed* step, one that runs a fresh prompt beside sequences with cached KV (the engine
-then runs both attention paths in every layer: measured ~40 ms a step for SmolLM2 on 2 CPU
-cores)::
+step, a decode term proportional to the sequences decoding one token each, two attention terms
+proportional to the query-key pairs the step's kernels score (prompt rows; the paged path),
+which grow with the context, and a fixed charge for a *mixed* step, one that runs both
+attention paths in every layer. Which pairs each kernel scores depends on the attention
+backend: the model's ``attention_counting`` says how they are counted
+(:mod:`pagedkv.simulator.stepfeatures`; ``pagedkv profile`` sets it from the engine)::
 
     step_ms = base_ms + prefill_ms_per_token * prefill_tokens + decode_ms_per_seq * decode_seqs
               + attention_ms_per_kpair * attention_pairs / 1000
@@ -36,6 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from pagedkv.errors import InvalidArgumentError
+from pagedkv.simulator.stepfeatures import (
+    PAIR_COUNTINGS,
+    StepFeatures,
+    check_counting,
+    curve_weights,
+    step_features,
+)
 
 SCHEMA = "pagedkv-costmodel"
 SCHEMA_VERSION = 1
@@ -50,95 +56,6 @@ TERMS = (
 #: terms a JSON file may omit (0): files written before the term existed
 OPTIONAL_TERMS = ("mixed_step_ms",)
 TERMS_STATS = ("mean", "median", "p90")
-
-
-@dataclass(frozen=True)
-class StepFeatures:
-    """What a step's cost depends on. Attention is counted per kernel, because their costs
-    differ tenfold on CPU: ``attention_pairs``, the query-key pairs of fresh prompts (dense
-    causal attention on their own keys); ``paged_pairs``, those the paged kernel scores for
-    decodes (padded to the step's longest decode context) and for prompt chunks after cached
-    KV (a prefix-cache hit, or a later chunk)."""
-
-    prefill_tokens: int
-    decode_seqs: int
-    attention_pairs: int
-    paged_pairs: int = 0
-    mixed: int = 0  # 1: a fresh prompt (no cached KV, > 1 token) beside other sequences
-
-    @property
-    def attention_kpairs(self) -> float:
-        return self.attention_pairs / 1000.0
-
-    @property
-    def paged_kpairs(self) -> float:
-        return self.paged_pairs / 1000.0
-
-    def row(self) -> tuple[float, float, float, float, float, float]:
-        """The regressors in :data:`TERMS` order (the constant first)."""
-        return (
-            1.0,
-            float(self.prefill_tokens),
-            float(self.decode_seqs),
-            self.attention_kpairs,
-            self.paged_kpairs,
-            float(self.mixed),
-        )
-
-
-def curve_weights(knots: tuple[int, ...], tokens: int) -> list[float]:
-    """Weights of the knot values whose sum is the piecewise-linear curve at ``tokens``:
-    constant below the first knot, linear between two, the last segment's line past the end.
-    One function for the fit (the design matrix) and the prediction."""
-    n = len(knots)
-    w = [0.0] * n
-    if n == 0:
-        return w
-    if tokens <= knots[0]:
-        w[0] = 1.0
-        return w
-    i = next((j for j in range(1, n) if tokens <= knots[j]), n - 1)
-    t = (tokens - knots[i - 1]) / (knots[i] - knots[i - 1])
-    w[i - 1], w[i] = 1.0 - t, t
-    return w
-
-
-def step_features(shapes: Iterable[tuple[int, int]]) -> StepFeatures:
-    """Features of one step from its ``(start, num_tokens)`` per scheduled sequence.
-
-    One function for the fit and the prediction, so both count the same way: a sequence with
-    one token is a decode, one with more is (a chunk of) a prefill. Attention pairs count what
-    the engine's kernels compute. A fresh prompt of ``n`` tokens (``start == 0``) scores
-    ``n*(n+1)/2`` pairs (dense causal attention on its own keys). Every other sequence goes
-    through the paged kernel: a chunk of ``n`` tokens after ``start`` cached ones scores the
-    whole ``n * (start + n)`` rectangle (gathered keys, then a causal mask), and decodes, which
-    the kernel pads to the step's longest decode context ``L``, score ``L`` each (measured on
-    CPU: 12 decodes with contexts of 16 and 500 tokens cost nearly as much as 12 at 500; a
-    70-token chunk after a 96-token prefix, beside one decode, took 328 ms, a fresh 111-token
-    prompt 326 ms). A step
-    is ``mixed`` when a fresh prompt runs beside any other sequence (both paths run)."""
-    prefill = decode = pairs = paged = longest = fresh = cached = 0
-    for start, num in shapes:
-        if start < 0 or num < 1:
-            raise InvalidArgumentError(
-                f"step shape (start={start}, num_tokens={num}): expected start >= 0 and "
-                f"num_tokens >= 1"
-            )
-        if num == 1:
-            decode += 1
-            longest = max(longest, start + 1)
-        else:
-            prefill += num
-        if start == 0 and num > 1:
-            fresh += 1
-            pairs += num * (num + 1) // 2
-        else:
-            cached += 1
-            if num > 1:
-                paged += num * (start + num)
-    return StepFeatures(
-        prefill, decode, pairs, paged + decode * longest, int(fresh > 0 and cached > 0)
-    )
 
 
 @dataclass(frozen=True)
@@ -178,9 +95,13 @@ class LinearCostModel:
     # batches: a CPU decode of 2 sequences costs far less than twice one). Empty: no curve.
     token_knots: tuple[int, ...] = ()
     token_ms: tuple[float, ...] = ()
+    # how a step's attention pairs are counted: "padded" (the torch backend; files written
+    # before the field) or "exact" (the compiled CPU kernels), see stepfeatures
+    attention_counting: str = PAIR_COUNTINGS[0]
     info: CostModelInfo | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        check_counting(self.attention_counting)
         for name in TERMS:
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):
@@ -228,7 +149,7 @@ class LinearCostModel:
     def step_ms_for(self, shapes: Iterable[tuple[int, int]]) -> float:
         """A step's time from its ``(start, num_tokens)`` per scheduled sequence (a
         ``SchedulerOutput.shapes`` or ``StepRecord.shapes``), every term charged."""
-        return self.features_ms(step_features(shapes))
+        return self.features_ms(step_features(shapes, self.attention_counting))
 
     @classmethod
     def parse(cls, text: str) -> LinearCostModel:
@@ -265,6 +186,8 @@ class LinearCostModel:
                 f"{k}:{v:.3g}" for k, v in zip(self.token_knots, self.token_ms, strict=True)
             )
             text += f" + curve(tokens) [{pts}]"
+        if self.attention_counting != PAIR_COUNTINGS[0]:
+            text += f"; pairs counted {self.attention_counting}"
         return text
 
     # ------------------------------------------------------------------------------ JSON

@@ -29,6 +29,7 @@ from pagedkv.simulator.costmodel import (
     ErrorStats,
     LinearCostModel,
 )
+from pagedkv.simulator.stepfeatures import PAIR_COUNTINGS
 
 
 def model_to_json(model: LinearCostModel) -> dict[str, Any]:
@@ -39,6 +40,7 @@ def model_to_json(model: LinearCostModel) -> dict[str, Any]:
         "version": SCHEMA_VERSION,
         "coefficients": {name: getattr(model, name) for name in TERMS},
         "token_curve": {"knots": list(model.token_knots), "ms": list(model.token_ms)},
+        "attention_counting": model.attention_counting,
         "metadata": None
         if info is None
         else {
@@ -53,10 +55,15 @@ def model_to_json(model: LinearCostModel) -> dict[str, Any]:
 
 
 def model_from_json(data: object, source: str = "cost model") -> LinearCostModel:
-    """The model :func:`model_to_json` wrote (``token_curve`` and ``metadata`` may be
-    missing: files from before the curve load as models without one)."""
+    """The model :func:`model_to_json` wrote (``token_curve``, ``metadata`` and
+    ``attention_counting`` may be missing: files from before the curve load as models without
+    one, files from before the counting as ``"padded"``, which is how they were fitted)."""
     top = _fields(
-        data, source, "", {"schema", "version", "coefficients"}, {"metadata", "token_curve"}
+        data,
+        source,
+        "",
+        {"schema", "version", "coefficients"},
+        {"metadata", "token_curve", "attention_counting"},
     )
     if top["schema"] != SCHEMA:
         raise _bad(source, "schema", f"expected {SCHEMA!r}", top["schema"])
@@ -81,8 +88,17 @@ def model_from_json(data: object, source: str = "cost model") -> LinearCostModel
     if not isinstance(ms, list):
         raise _bad(source, "token_curve.ms", "expected a list of numbers", ms)
     values_ms = tuple(_number(v, source, "token_curve.ms") for v in ms)
+    counting = top.get("attention_counting", PAIR_COUNTINGS[0])
+    if counting not in PAIR_COUNTINGS:
+        raise _bad(source, "attention_counting", f"expected one of {PAIR_COUNTINGS}", counting)
     try:
-        return LinearCostModel(**values, token_knots=tuple(knots), token_ms=values_ms, info=info)
+        return LinearCostModel(
+            **values,
+            token_knots=tuple(knots),
+            token_ms=values_ms,
+            attention_counting=counting,
+            info=info,
+        )
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(f"{source}: {exc}") from None
 

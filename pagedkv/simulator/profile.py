@@ -5,12 +5,15 @@ The grid makes the shapes a serving engine steps through, each several times:
 
 * decode ladders: ``B`` sequences of up to a context length decode, then one or more of them are
   aborted, and so on down to the smallest batch (32, 24, then every size from 16 to 1 at 16
-  tokens, 16 .. 1 at 112, 12 .. 1 at 256, 4 .. 2 at 512, 2 and 1 at 1000). Their prompts are
+  tokens, 16 .. 1 at 112, 8 .. 1 at 64, 12 .. 1 at 256, 4 .. 2 at 512, 2 and 1 at 1000). Their
+  prompts are
   computed first, several per step and chunked by the token budget: those steps are prefill
   and mixed records too;
 * mixed steps: prompts join a ladder at some of its batch sizes, so their (chunked) prefill
-  runs beside decodes (the engine then runs both attention paths: a cost of its own);
-* prefills of 16 .. 1536 tokens alone, and several short prompts in one step.
+  runs beside decodes (the engine then runs both attention paths: a cost of its own); some
+  start with the ladder's first prompt (a prefix-cache hit, as a chat follow-up's is);
+* prefills of 8 .. 1536 tokens alone, and several short prompts in one step;
+* all of it three times (:class:`ProfileGrid`), every other pass in reverse order.
 
 Every step after a warm-up is a record (``engine.last_step``: the step's shapes and wall time).
 Every 5th record is held out of the fit and reported separately: the error a replay can expect
@@ -32,77 +35,37 @@ from typing import TYPE_CHECKING, TypeVar
 from pagedkv.errors import PagedKVError
 from pagedkv.simulator.costfit import error_stats, fit_cost_model
 from pagedkv.simulator.costmodel import CostModelInfo, ErrorStats, LinearCostModel
+from pagedkv.simulator.profile_grid import (  # the grid's names, importable from here too
+    DEFAULT_GRID,
+    QUICK_GRID,
+    Ladder,
+    Prefills,
+    ProfileGrid,
+)
 
 if TYPE_CHECKING:  # the engine imports torch: only when profiling
     from pagedkv.engine import LLMEngine
     from pagedkv.engine.scheduler_output import StepRecord
 
+__all__ = [
+    "DEFAULT_GRID",
+    "QUICK_GRID",
+    "Ladder",
+    "Prefills",
+    "ProfileError",
+    "ProfileGrid",
+    "ProfileResult",
+    "collect_steps",
+    "pair_counting",
+    "profile_cost_model",
+    "split_held_out",
+]
 HOLD_OUT_EVERY = 5
 T = TypeVar("T")
 
 
 class ProfileError(PagedKVError):
     """The engine did not step as the grid expects (no step ran, or a phase never ended)."""
-
-
-@dataclass(frozen=True)
-class Ladder:
-    """``batches[0]`` sequences of ``context`` prompt tokens decode ``steps`` steps, then the
-    batch shrinks to each next size (by aborting). After the steps of each batch size in
-    ``mix_at`` a ``mix_prompt``-token prompt joins and is computed beside the decodes; with
-    ``mix_cached`` it starts with the first sequence's prompt (its full blocks are a
-    prefix-cache hit, so the new tokens take the paged path, as a follow-up turn's do).
-    ``ragged``: the prompts run from ``context`` tokens down to about half of it, as a serving
-    batch's do (every default ladder: the paged kernel then masks, measured ~7 ms a decode
-    dearer on CPU than in a batch of equal contexts, which serving rarely has)."""
-
-    context: int
-    batches: tuple[int, ...]
-    steps: int
-    mix_at: tuple[int, ...] = ()
-    mix_prompt: int = 0
-    ragged: bool = False
-    mix_cached: bool = False
-
-
-@dataclass(frozen=True)
-class Prefills:
-    """``count`` prompts of ``length`` tokens, one output token each (one step when they fit
-    the token budget)."""
-
-    length: int
-    count: int = 1
-
-
-@dataclass(frozen=True)
-class ProfileGrid:
-    ladders: tuple[Ladder, ...]
-    prefills: tuple[Prefills, ...]
-    warmup: Ladder = Ladder(32, (4,), 3)
-
-
-DEFAULT_GRID = ProfileGrid(
-    ladders=(
-        # every batch size up to 16: a CPU's small GEMMs are not monotonic in the rows
-        Ladder(16, (32, 24, *range(16, 0, -1)), 3, (12, 8, 5, 3, 2, 1), 48, ragged=True),
-        # the same batch sizes at a longer context: separates the paged-attention term
-        Ladder(112, tuple(range(16, 0, -1)), 3, (12, 8, 4, 2, 1), 160, True, mix_cached=True),
-        Ladder(256, tuple(range(12, 0, -1)), 3, (4,), 512, ragged=True),
-        Ladder(512, (4, 3, 2), 4, ragged=True),
-        Ladder(1000, (2, 1), 4, ragged=True),
-    ),
-    prefills=(
-        *(Prefills(n) for n in (16, 32, 64, 128, 256, 512, 768, 1024, 1536)),
-        Prefills(16, 8),
-        Prefills(64, 4),
-        Prefills(256, 2),
-    ),
-)
-QUICK_GRID = ProfileGrid(
-    ladders=(Ladder(16, (8, 4, 2, 1), 3, mix_at=(4,), mix_prompt=64), Ladder(128, (4, 2, 1), 3)),
-    prefills=(Prefills(16), Prefills(64), Prefills(256), Prefills(32, 4)),
-    warmup=Ladder(16, (2,), 2),
-)
 
 
 @dataclass
@@ -213,15 +176,21 @@ class _Runner:
 
     def prefills(self, p: Prefills) -> None:
         name = f"prefill {p.count} x {p.length} tokens"
+        name += f" after {p.cached} cached" if p.cached else ""
+        total = p.cached + p.length + 1
         if (
             p.length * p.count > self.budget
-            or p.length + 1 > self.engine.max_request_tokens
+            or total > self.engine.max_request_tokens
             or p.count > self.max_seqs
-            or self._blocks(p.count, p.length + 1) > self.pool_blocks
+            or self._blocks(p.count, total) > self.pool_blocks
         ):
             self.skipped.append(f"{name}: over the token budget, model length or KV pool")
             return
-        ids = {self._add(p.length, 1) for _ in range(p.count)}
+        prefix = [self.rng.randrange(self.engine.vocab_size) for _ in range(p.cached)]
+        if prefix:  # computed (and cached) first, in as many chunks as the budget needs
+            steps = 2 + -(-p.cached // max(1, self.budget))
+            self._until_done({self._add(0, 1, prefix)}, f"{name}: its prefix", steps)
+        ids = {self._add(p.length, 1, prefix) for _ in range(p.count)}
         self._until_done(ids, name, 2 * p.count + 2)
 
     def _until_done(self, pending: set[str], name: str, limit: int) -> None:
@@ -243,11 +212,25 @@ def collect_steps(
     run.ladder(grid.warmup, "warm-up")  # first calls allocate and pick kernels: not what steps cost
     del run.records[:]
     del run.skipped[:]
-    for lad in grid.ladders:
-        run.ladder(lad)
-    for p in grid.prefills:
-        run.prefills(p)
-    return run.records, run.skipped
+    points: list[Ladder | Prefills] = [*grid.ladders, *grid.prefills]
+    for rep in range(grid.repeats):
+        if grid.repeats > 1:
+            run.say(f" pass {rep + 1} of {grid.repeats}")
+        for point in reversed(points) if rep % 2 else points:
+            if isinstance(point, Ladder):
+                run.ladder(point)
+            else:
+                run.prefills(point)
+    return run.records, list(dict.fromkeys(run.skipped))  # each skipped point said once
+
+
+def pair_counting(engine: LLMEngine) -> str:
+    """How ``engine``'s attention scores pairs (:mod:`pagedkv.simulator.stepfeatures`): the
+    compiled ``cpu`` backend scores each sequence's own causal pairs, the ``torch`` reference
+    pads decodes to the longest and masks chunks after cached KV. (A model whose prompt rows
+    the prefill kernel refuses, with a sliding window, softcap or sinks, still decodes exactly
+    but prompts by the reference; its fit absorbs the difference, its held-out error shows it.)"""
+    return "exact" if engine.runner.backend.name == "cpu" else "padded"
 
 
 def split_held_out(records: Sequence[T], every: int = HOLD_OUT_EVERY) -> tuple[list[T], list[T]]:
@@ -271,7 +254,8 @@ def profile_cost_model(
 
     records, skipped = collect_steps(engine, grid, seed=seed, say=say)
     fitted, held = split_held_out(records)
-    model, fit_err = fit_cost_model(fitted, relative=relative, curve=curve)
+    counting = pair_counting(engine)
+    model, fit_err = fit_cost_model(fitted, relative=relative, curve=curve, counting=counting)
     held_err = error_stats(model, held) if held else None
     dtype = str(next(engine.loaded.model.parameters()).dtype).removeprefix("torch.")
     info = CostModelInfo(

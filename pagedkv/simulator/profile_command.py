@@ -27,7 +27,7 @@ The JSON file is the simulator's step cost model for this model, dtype and threa
   pagedkv simulate --cost pagedkv-costmodel.json
 Timings are the machine's: profile on an otherwise idle one, with the --threads you serve with.
 examples:
-  pagedkv profile                                  # the default SmolLM2, about a minute
+  pagedkv profile                                  # the default SmolLM2, about 90 s
   pagedkv profile --model ./my-llama --dtype bfloat16 --out llama-bf16.json
   pagedkv profile --model tiny-random --quick      # a few seconds, for tests
 """
@@ -137,6 +137,7 @@ def render_table(result: ProfileResult) -> str:
     )
     lines = [head, f"  {'term':<{w}} {'ms':>10}"]
     lines += [f"  {label:<{w}} {value:>10.4g}" for label, value in terms]
+    lines.append(f"  {'attention pairs counted':<{w}} {m.attention_counting:>10}")
     lines += _curve_lines(m.token_knots, m.token_ms, w)
     lines.append(f"  {'relative error':<{w}} {'steps':>10} {'mean':>7} {'median':>7} {'p90':>7}")
     rows = (("fitted steps", result.fit_error), ("held-out steps", result.held_out_error))

@@ -22,7 +22,7 @@ import pytest
 
 from pagedkv.cli import main
 from pagedkv.errors import InvalidArgumentError
-from pagedkv.simulator import costmodel, costmodel_json
+from pagedkv.simulator import costmodel, costmodel_json, stepfeatures
 from pagedkv.simulator.costfit import (
     curve_knots,
     error_stats,
@@ -31,15 +31,8 @@ from pagedkv.simulator.costfit import (
     nnls_active_set,
     relative_errors,
 )
-from pagedkv.simulator.costmodel import (
-    TERMS,
-    CostModelInfo,
-    ErrorStats,
-    LinearCostModel,
-    StepFeatures,
-    curve_weights,
-    step_features,
-)
+from pagedkv.simulator.costmodel import TERMS, CostModelInfo, ErrorStats, LinearCostModel
+from pagedkv.simulator.stepfeatures import StepFeatures, curve_weights, step_features
 
 INFO = CostModelInfo(
     model="tiny",
@@ -330,7 +323,7 @@ def test_costmodel_imports_without_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("module", [costmodel, costmodel_json])
+@pytest.mark.parametrize("module", [costmodel, costmodel_json, stepfeatures])
 def test_the_model_and_its_files_need_neither_numpy_nor_torch(module: ModuleType) -> None:
     # (pagedkv itself imports numpy, so sys.modules cannot tell: read the imports)
     assert module.__file__ is not None

@@ -17,6 +17,7 @@ from pagedkv.simulator.costmodel import CostModelInfo, ErrorStats, LinearCostMod
 from pagedkv.simulator.profile import (
     QUICK_GRID,
     Ladder,
+    Prefills,
     ProfileGrid,
     ProfileResult,
     collect_steps,
@@ -114,6 +115,44 @@ def test_points_over_the_engine_limits_are_shrunk_and_said() -> None:
     assert max(len(r.shapes) for r in records) <= 3
 
 
+def test_a_repeated_grid_runs_every_other_pass_in_reverse_and_says_a_skip_once() -> None:
+    ladder, prompt, too_long = Ladder(8, (2, 1), 2), Prefills(16), Prefills(64, 40)
+    warm = Ladder(8, (1,), 1)
+
+    def shapes(grid: ProfileGrid) -> tuple[list[list[tuple[int, int]]], list[str]]:
+        records, skipped = collect_steps(
+            LLMEngine(tiny_random_llama(0), EngineConfig(seed=0)), grid
+        )
+        return [sorted(r.shapes) for r in records], skipped
+
+    lad, _ = shapes(ProfileGrid((ladder,), (), warm))
+    pre, _ = shapes(ProfileGrid((), (prompt,), warm))
+    # the contexts move on between passes, so compare the kinds of step: batch and lengths
+    both, skipped = shapes(ProfileGrid((ladder,), (prompt, too_long), warm, repeats=3))
+
+    def kinds(steps: list[list[tuple[int, int]]]) -> list[list[int]]:
+        return [[n for _, n in s] for s in steps]
+
+    # passes 1 and 3 in order, pass 2 reversed (the prompt first, then the ladder)
+    assert kinds(both) == kinds(lad + pre) + kinds(pre + lad) + kinds(lad + pre)
+    assert skipped == ["prefill 40 x 64 tokens: over the token budget, model length or KV pool"]
+
+
+def test_a_prefill_after_a_cached_prefix_runs_the_prefix_first_then_hits_it() -> None:
+    engine = LLMEngine(tiny_random_llama(0), EngineConfig(seed=0, block_size=4))
+    grid = ProfileGrid(
+        (), (Prefills(6, cached=10), Prefills(3, count=2, cached=8)), Ladder(8, (1,), 1)
+    )
+    records, skipped = collect_steps(engine, grid)
+    assert skipped == []
+    assert [sorted(r.shapes) for r in records] == [
+        [(0, 10)],  # the prefix alone
+        [(8, 8)],  # 10 + 6 tokens: the prefix's 2 full blocks of 4 hit, the rest computed
+        [(0, 8)],
+        [(8, 3), (8, 3)],  # both prompts start with the same cached 8
+    ]
+
+
 def test_split_holds_out_every_fifth() -> None:
     fitted, held = split_held_out(list(range(12)))
     assert held == [4, 9]
@@ -171,6 +210,7 @@ def test_table_shows_every_term_and_the_curve() -> None:
         "  per 1000 attention pairs           0.0125",
         "  per 1000 paged-attention pairs      0.003",
         "  per mixed step                         40",
+        "  attention pairs counted            padded",
         "  token curve (ms a step of this many tokens costs; linear between and past the end)",
         "    tokens        1       2       4       8      16"
         "      32      64     128     256     512",
