@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from pagedkv._omp import release_thread_pool
 from pagedkv.engine.llm_engine import LLMEngine
 from pagedkv.engine.outputs import RequestOutput
 from pagedkv.engine.prompts import PromptType
@@ -70,6 +71,9 @@ class AsyncLLMEngine:
         # /metrics) publish a snapshot here.
         self.on_step: Callable[[LLMEngine], None] | None = None
         self._thread = threading.Thread(target=self._loop, name="pagedkv-engine", daemon=True)
+        # the steps run in the new thread: this one's OpenMP workers (it loaded the model)
+        # would throttle every parallel region of the loop's (pagedkv._omp)
+        release_thread_pool()
         self._thread.start()
 
     @classmethod
