@@ -22,40 +22,41 @@ _OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: omp_pause_soft
 
 
 def release_thread_pool() -> bool:
-    """Free the calling thread's OpenMP workers (``omp_pause_resource_all(omp_pause_soft)``);
-    the next parallel region in this thread starts new ones. Returns whether it was done
-    (False: no OpenMP runtime is loaded in the process, or it refused).
+    """Free the calling thread's OpenMP workers (``omp_pause_resource_all(omp_pause_soft)`` in
+    every OpenMP runtime loaded in the process); the next parallel region in this thread starts
+    new ones. Returns whether any runtime did it (False: none is loaded, or all refused).
 
     Why: libgomp keeps a pool of workers for every thread that ever started a parallel region,
-    and once more threads are pooled than there are CPUs it stops spinning between regions (a
-    throttled spin count of at most 1,000), so every op wakes its workers with a futex. An
+    and once more threads are pooled than there are CPUs it throttles their spinning between
+    regions, so every op wakes its workers with a futex. An
     :class:`~pagedkv.engine.async_engine.AsyncLLMEngine` steps in its own thread after the
     model was loaded (parallel regions) in the caller's: on this project's 2 cores its decode
-    steps took 46-59 ms against 38-43 ms for the same steps in the loading thread (an
-    element-wise add of 200k floats: 0.05 against 0.016 ms), and 31-35 ms once the loading
-    thread's pool was released. Releasing is cheap and safe; a thread that runs parallel
-    regions again later gets a pool again."""
-    lib = _openmp_library()
-    if lib is None:
-        return False
-    try:
-        return bool(lib.omp_pause_resource_all(_OMP_PAUSE_SOFT) == 0)
-    except AttributeError:  # a runtime older than OpenMP 5.0
-        return False
+    steps took 46-53 ms against 34-46 ms for the same steps in the loading thread, and 33-44 ms
+    once the loading thread's pool was released (``benchmarks/engine_thread.py``; an
+    element-wise add of 200k floats: 0.05-0.09 against 0.016 ms). Releasing is cheap and safe;
+    a thread that runs parallel regions again later gets a pool again."""
+    done = False
+    for lib in _openmp_libraries():
+        try:
+            done |= lib.omp_pause_resource_all(_OMP_PAUSE_SOFT) == 0
+        except AttributeError:  # a runtime older than OpenMP 5.0
+            continue
+    return done
 
 
-def _openmp_library() -> ctypes.CDLL | None:
-    """The OpenMP runtime already loaded into this process (torch's), found in
-    ``/proc/self/maps``; None where there is none or no ``/proc``."""
+def _openmp_libraries() -> list[ctypes.CDLL]:
+    """The OpenMP runtimes already loaded into this process (torch's, and any other), found in
+    ``/proc/self/maps``; none where there is no ``/proc``."""
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             paths = {line.split(None, 5)[-1].strip() for line in maps if ".so" in line}
     except OSError:
-        return None
+        return []
+    libs = []
     for path in sorted(paths):
         if os.path.basename(path).startswith(_OPENMP_NAMES):
             try:
-                return ctypes.CDLL(path)
+                libs.append(ctypes.CDLL(path))
             except OSError:
                 continue
-    return None
+    return libs

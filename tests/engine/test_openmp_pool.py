@@ -48,7 +48,7 @@ def test_release_frees_the_calling_threads_workers_and_a_new_region_restarts_the
 
 
 def test_without_an_openmp_runtime_it_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omp, "_openmp_library", lambda: None)
+    monkeypatch.setattr(omp, "_openmp_libraries", list)
     assert omp.release_thread_pool() is False
 
 
