@@ -12,13 +12,14 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from sim_helpers import Rec, Shape
 
 from pagedkv.cli import main
 from pagedkv.errors import InvalidArgumentError
@@ -45,13 +46,6 @@ INFO = CostModelInfo(
 FITTED = LinearCostModel(
     3.0, 0.05, 0.7, 0.002, 0.0004, token_knots=(1, 8, 64), token_ms=(1.0, 2.0, 9.0), info=INFO
 )
-Shape = tuple[int, int]
-
-
-@dataclass
-class Rec:
-    shapes: list[Shape]
-    seconds: float
 
 
 # ------------------------------------------------------------------------------ features

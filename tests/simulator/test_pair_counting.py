@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from sim_helpers import Rec, Shape
 
 from pagedkv.attention import kernel_available
 from pagedkv.engine import EngineConfig, LLMEngine
@@ -19,14 +19,6 @@ from pagedkv.simulator.costfit import fit_cost_model
 from pagedkv.simulator.costmodel import TERMS, LinearCostModel
 from pagedkv.simulator.profile import QUICK_GRID, pair_counting, profile_cost_model
 from pagedkv.simulator.stepfeatures import StepFeatures, step_features
-
-Shape = tuple[int, int]
-
-
-@dataclass
-class Rec:
-    shapes: list[Shape]
-    seconds: float
 
 
 def test_exact_counting_of_exact_shapes() -> None:
