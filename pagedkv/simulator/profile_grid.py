@@ -64,7 +64,7 @@ DEFAULT_GRID = ProfileGrid(
         # the same batch sizes at a longer context: separates the paged-attention term
         Ladder(112, tuple(range(16, 0, -1)), 3, (12, 8, 4, 2, 1), 160, True, mix_cached=True),
         # a chat follow-up: a short message after a cached history, beside running decodes
-        # (the most common serving step; the larger prompts above overcharged it ~25%)
+        # (the most common serving step; the mixes above all join with 48 or more tokens)
         Ladder(64, (8, 6, 4, 3, 2, 1), 3, (8, 6, 4, 3, 2, 1), 12, ragged=True, mix_cached=True),
         Ladder(256, tuple(range(12, 0, -1)), 3, (4,), 512, ragged=True),
         Ladder(512, (4, 3, 2), 4, ragged=True),
@@ -72,7 +72,7 @@ DEFAULT_GRID = ProfileGrid(
     ),
     prefills=(
         # a lone prompt is what a request arriving at an idle engine costs (its TTFT): nine
-        # lengths sampled once left the fit 10-25% under the short ones (seen on Azure)
+        # lengths sampled once left the fit 11-14% under Azure's short ones
         *(
             Prefills(n)
             for n in (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536)
@@ -81,7 +81,7 @@ DEFAULT_GRID = ProfileGrid(
         Prefills(64, 4),
         Prefills(256, 2),
         # short chunks after long cached prefixes (a fresh prompt's pairs follow its tokens,
-        # so without these the fit charged a chat follow-up's pairs ~15% of its step)
+        # so without these the fit cannot tell the pairs' cost from the tokens')
         Prefills(64, cached=256),
         Prefills(32, cached=512),
         Prefills(128, cached=512),

@@ -24,8 +24,8 @@ existed):
 - every prompt row, fresh or after cached KV, goes through the prefill kernel, which scores
   only the causal pairs over the sequence's pool rows: ``n*start + n*(n+1)/2`` prompt pairs;
 - each decode scores its own context, ``start + 1`` paged pairs (the decode kernel walks each
-  sequence's own blocks; measured: a decode's KV read is ~46 KB per context token for
-  SmolLM2, so 16 decodes at 250 tokens read a third as many bytes as the weights);
+  sequence's own blocks; a decode reads ~46 KB of KV per context token for SmolLM2 in fp32,
+  so 16 decodes at 250 tokens read a third as many bytes as the weights);
 - a step is ``mixed`` when prompt rows and decodes run in it (two kernels a layer).
 
 Imports neither numpy nor torch.
