@@ -1,8 +1,8 @@
 """Compiled CPU prefill kernel (``paged_prefill``, the "cpu" backend's prompt path) vs. SDPA.
 
 Prompt rows attend straight over the paged pool: fresh prompts, prompts after cached KV and
-single rows, across tile (16 query tokens) and chunk (16 keys) boundaries, block sizes below, at
-and above 16, every GQA ratio, every ISA copy.
+single rows, across tile (16 query tokens), chunk (16 keys) and softmax-block (64 keys)
+boundaries, block sizes below, at and above 16, every GQA ratio, every ISA copy.
 """
 
 from __future__ import annotations
@@ -94,6 +94,17 @@ def test_gqa_ratios_and_scale(hq, hkv):
         [50, 21], [50, 20], hq=hq, hkv=hkv, d=64, bs=16, dtype=torch.float32, scale=0.3
     )
     torch.testing.assert_close(out[rows], expected, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_blocks_of_64_keys_every_remainder(dtype):
+    """Keys go in blocks of four 16-key chunks per softmax update: sequences whose last block
+    holds 1, 2, 3 or 4 chunks, rows whose visible keys end inside a block or on its edge, and
+    query tiles that start in one block and end in the next."""
+    seq_lens = [64, 65, 80, 96, 112, 129, 48, 100]
+    query_lens = [64, 3, 17, 96, 50, 1, 33, 36]
+    out, expected, rows = _run(seq_lens, query_lens, hq=9, hkv=3, d=64, bs=16, dtype=dtype)
+    torch.testing.assert_close(out[rows].float(), expected, **TOL[dtype])
 
 
 def test_long_prompt_spreads_over_threads_and_matches():
