@@ -86,6 +86,24 @@ inline int64_t prefill_ws_floats(int64_t g, int64_t d) {
   return rows * (2 * d + 16 * PF_CHUNKS + 3);
 }
 
+// Scores of PF_ROWS rows (scaled queries at qrows, D floats apart) against NC (1 or 2)
+// consecutive staged 16-key chunks at k0: acc[i][u] = sum_d qrows[u][d] * Kt_i[d] (one K load
+// per chunk and d, one broadcast per row and d).
+template <int D, int NC>
+inline void row_scores(const float* k0, const float* qrows, vf (&acc)[2][PF_ROWS]) {
+  for (int i = 0; i < NC; ++i)
+    for (int u = 0; u < PF_ROWS; ++u) acc[i][u] = vf{};
+  for (int d = 0; d < D; ++d) {
+    vf kd[NC];
+    for (int i = 0; i < NC; ++i) kd[i] = load16(k0 + (i * D + d) * 16);
+#pragma GCC unroll 8
+    for (int u = 0; u < PF_ROWS; ++u) {
+      const vf qd = splat(qrows[u * D + d]);
+      for (int i = 0; i < NC; ++i) acc[i][u] += qd * kd[i];
+    }
+  }
+}
+
 // Query tokens [t0, t1) of sequence s (their g heads of KV head kh) over the staged keys.
 template <typename T, int C>
 void prefill_tile(const PArgs& a, int64_t s, int64_t kh, int64_t t0, int64_t t1,
@@ -127,30 +145,14 @@ void prefill_tile(const PArgs& a, int64_t s, int64_t kh, int64_t t0, int64_t t1,
       for (int cc0 = 0; cc0 < nc; cc0 += 2) {
         const bool two = cc0 + 1 < nc;
         const float* k0 = ktc + cc0 * D * 16;
-        vf acc0[PF_ROWS], acc1[PF_ROWS];
-        for (int u = 0; u < PF_ROWS; ++u) acc0[u] = acc1[u] = vf{};
-        if (two) {
-          for (int d = 0; d < D; ++d) {
-            const vf kd0 = load16(k0 + d * 16), kd1 = load16(k0 + (D + d) * 16);
-#pragma GCC unroll 8
-            for (int u = 0; u < PF_ROWS; ++u) {
-              const vf qd = splat(qb[(r0 + u) * D + d]);
-              acc0[u] += qd * kd0;
-              acc1[u] += qd * kd1;
-            }
-          }
-        } else {
-          for (int d = 0; d < D; ++d) {
-            const vf kd0 = load16(k0 + d * 16);
-#pragma GCC unroll 8
-            for (int u = 0; u < PF_ROWS; ++u) acc0[u] += splat(qb[(r0 + u) * D + d]) * kd0;
-          }
-        }
+        vf acc[2][PF_ROWS];
+        if (two) row_scores<D, 2>(k0, qb + r0 * D, acc);
+        else row_scores<D, 1>(k0, qb + r0 * D, acc);
         const vi key0 = iota + static_cast<int32_t>((c + cc0) * 16), key1 = key0 + 16;
         for (int u = 0; u < rn; ++u) {
           const int32_t visible = static_cast<int32_t>(past + t0 + (r0 + u) / g + 1);
-          const vf s0 = key0 < visible ? acc0[u] : splat(-INFINITY);
-          const vf s1 = two ? (key1 < visible ? acc1[u] : splat(-INFINITY)) : splat(-INFINITY);
+          const vf s0 = key0 < visible ? acc[0][u] : splat(-INFINITY);
+          const vf s1 = two ? (key1 < visible ? acc[1][u] : splat(-INFINITY)) : splat(-INFINITY);
           std::memcpy(pb + (r0 + u) * KW + cc0 * 16, &s0, 64);
           if (two) std::memcpy(pb + (r0 + u) * KW + cc0 * 16 + 16, &s1, 64);
         }
