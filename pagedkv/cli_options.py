@@ -140,6 +140,11 @@ def add_sampling_arguments(
         help="end the answer before this text (repeatable)",
     )
     g.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="go on past the end-of-sequence token until --max-tokens (for timing runs)",
+    )
+    g.add_argument(
         "--seed",
         type=int,
         default=None,

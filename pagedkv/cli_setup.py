@@ -108,6 +108,7 @@ def sampling_params_from(args: argparse.Namespace) -> SamplingParams:
         seed=args.seed,
         repetition_penalty=args.repetition_penalty,
         stop=list(args.stop),
+        ignore_eos=args.ignore_eos,
     )
 
 

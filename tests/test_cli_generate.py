@@ -104,6 +104,7 @@ def test_generate_options_reach_the_engine(capsys: pytest.CaptureFixture[str]) -
         "swap",
         "--num-host-blocks",
         "4",
+        "--ignore-eos",  # a sample may hit EOS early on another CPU's numerics
     ]
     assert main(args) == 0
     first = capsys.readouterr()
@@ -118,10 +119,37 @@ def test_generate_options_reach_the_engine(capsys: pytest.CaptureFixture[str]) -
 def test_generate_reads_the_prompt_from_stdin(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The piped text, less its trailing newline, is the prompt.
+
+    Greedy and compared with the engine's own answer: a sampled tiny-random model may end at
+    EOS before ``--max-tokens`` on another CPU, so a bare token count is not a stable check.
+    """
+    from pagedkv.engine import LLM, SamplingParams
+    from pagedkv.models import tiny_random_llama
+
     monkeypatch.setattr("sys.stdin", io.StringIO("a prompt from a pipe\n"))
-    assert main(["generate", "-", *TINY, "--max-tokens", "3"]) == 0
-    (m,) = stats_lines(capsys.readouterr().err)
-    assert int(m[1]) == 3
+    assert main(["generate", "-", *TINY, "--temperature", "0", "--max-tokens", "3"]) == 0
+    out, err = capsys.readouterr()
+    expected = LLM(tiny_random_llama(0)).chat(
+        [{"role": "user", "content": "a prompt from a pipe"}],
+        SamplingParams(temperature=0, max_tokens=3),
+    )[0]
+    assert out == expected.outputs[0].text + "\n"
+    (m,) = stats_lines(err)
+    assert int(m[1]) == len(expected.outputs[0].token_ids)
+    assert int(m[3]) == len(expected.prompt_token_ids)
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_ignore_eos_reaches_the_sampling_params(command: str) -> None:
+    """The engine's side (no stop at EOS) is tested in tests/engine/test_stopping.py."""
+    from pagedkv.cli import build_parser
+    from pagedkv.cli_setup import sampling_params_from
+
+    prompt = ["x"] if command == "generate" else []
+    parser = build_parser()
+    assert sampling_params_from(parser.parse_args([command, *prompt, "--ignore-eos"])).ignore_eos
+    assert not sampling_params_from(parser.parse_args([command, *prompt])).ignore_eos
 
 
 @pytest.mark.parametrize(
