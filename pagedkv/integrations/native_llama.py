@@ -12,7 +12,10 @@ order: RMSNorm in float32 then cast back (``weight * x.to(dtype)``), the model's
 gives the values the HF path gets), ``rotate_half`` RoPE (on q and k at once), each
 projection's weight and bias, the MLP's own ``act_fn``, residual adds in the same order, and
 the final norm and ``lm_head`` on the rows that sample (row-wise operations, so the same values
-as HF's all-rows norm followed by ``logits_to_keep``). The projections run as packed GEMMs
+as HF's all-rows norm followed by ``logits_to_keep``). For the same reason the last layer, on a
+step with prompt rows, runs past its K/V write for each sequence's last row only
+(:class:`~pagedkv.integrations.native_attention.LastRows`): the other rows' outputs would reach
+nothing, and their K/V are written as before. The projections run as packed GEMMs
 (:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one, oneDNN's blocked
 layout): the same dot products summed in another order, so float32 logits differ from
 ``F.linear``'s by rounding only (~1e-6). With the compiled CPU kernel (backend ``"cpu"``,
@@ -43,7 +46,12 @@ from pagedkv.attention.cpu_kernel import prefill_supported
 from pagedkv.errors import UnsupportedModelError
 from pagedkv.integrations import fused_rows
 from pagedkv.integrations.hf_attention import PagedStep
-from pagedkv.integrations.native_attention import AttentionPlan, step_attention
+from pagedkv.integrations.native_attention import (
+    AttentionPlan,
+    LastRows,
+    last_rows_attention,
+    step_attention,
+)
 from pagedkv.integrations.native_eligibility import hooked, is_silu, native_llama_refusal
 from pagedkv.integrations.packed_linear import PackedLinear
 
@@ -192,23 +200,27 @@ class NativeLlama:
         )
         fused = compiled and self.silu and fused_rows.fused_rows_apply(h, *self.sizes)
         layers = self._layers_fused if fused else self._layers
-        h = layers(step, plan, h, cos, sin)
+        tail = LastRows.build(meta, last) if plan is not None else None
+        h = layers(step, plan, tail, h, cos, sin)  # [T, H], or [B, H] when cut to ``tail``
+        if tail is None:
+            h = h.index_select(0, last)
         norm = self.body.norm
-        x = rms_norm(h.index_select(0, last), norm.weight, float(norm.variance_epsilon))
-        logits: torch.Tensor = self.head(x)
+        logits: torch.Tensor = self.head(rms_norm(h, norm.weight, float(norm.variance_epsilon)))
         return logits
 
     def _attend(
         self,
         step: PagedStep,
         plan: AttentionPlan | None,
+        tail: LastRows | None,
         i: int,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
     ) -> torch.Tensor:
         """Layer ``i``'s attention: writes this step's K/V (``[T, Hkv, D]``) to the pool and
-        attends with ``q`` ``[T, Hq, D]``; returns ``[T, Hq * D]``."""
+        attends with ``q`` ``[T, Hq, D]``; returns ``[T, Hq * D]``, or ``[B, Hq * D]`` for the
+        rows of ``tail`` when it is given (the last layer of a step with prompt rows)."""
         storage, meta = step.storage, step.metadata
         k, v = k.to(storage.dtype), v.to(storage.dtype)
         if meta.write_index is None:
@@ -217,19 +229,29 @@ class NativeLlama:
             w = meta.write_index
             storage.write_rows(i, meta.kv_rows, k.index_select(0, w), v.index_select(0, w))
         step.layer_calls[i] += 1
-        o = step_attention(step, plan, i, q, k, v, self.layers[i].self_attn.scaling)
-        return o.reshape(q.shape[0], -1)
+        scale = self.layers[i].self_attn.scaling
+        if tail is not None:
+            o = last_rows_attention(step, tail, i, q, scale)
+        else:
+            o = step_attention(step, plan, i, q, k, v, scale)
+        return o.reshape(o.shape[0], -1)
+
+    def _tail_at(self, i: int, tail: LastRows | None) -> LastRows | None:
+        """``tail`` in the last layer, ``None`` in the others."""
+        return tail if i == len(self.layers) - 1 else None
 
     def _layers(
         self,
         step: PagedStep,
         plan: AttentionPlan | None,
+        tail: LastRows | None,
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
     ) -> torch.Tensor:
         """Every decoder layer with torch ops (the HF modules' operations in their order).
-        ``h``: ``[T, H]``; cos/sin (signed): ``[T, 1, D]``. Returns the last hidden ``[T, H]``."""
+        ``h``: ``[T, H]``; cos/sin (signed): ``[T, 1, D]``. Returns the last hidden ``[T, H]``,
+        or ``[B, H]`` of ``tail``'s rows (the last layer computed for those only)."""
         t, d = h.shape[0], self.head_dim
         for i, layer in enumerate(self.layers):
             packs, (eps_in, eps_post) = self.packs[i], self.eps[i]
@@ -238,7 +260,9 @@ class NativeLlama:
             hq, hkv = packs.qkv.splits[0] // d, packs.qkv.splits[1] // d
             qk = apply_rope(qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d), cos, sin)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-            h = h + packs.o(self._attend(step, plan, i, qk[:, :hq], qk[:, hq:], v))
+            cut = self._tail_at(i, tail)
+            attn = packs.o(self._attend(step, plan, cut, i, qk[:, :hq], qk[:, hq:], v))
+            h = (h if cut is None else h.index_select(0, cut.index)) + attn
             x = rms_norm(h, layer.post_attention_layernorm.weight, eps_post)
             gate_up = packs.gate_up(x)
             inter = packs.gate_up.splits[0]
@@ -249,6 +273,7 @@ class NativeLlama:
         self,
         step: PagedStep,
         plan: AttentionPlan | None,
+        tail: LastRows | None,
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
@@ -272,7 +297,10 @@ class NativeLlama:
             q = qkv[:, : hq * d].view(t, hq, d)
             k = qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-            attn = packs.o(self._attend(step, plan, i, q, k, v))
+            cut = self._tail_at(i, tail)
+            attn = packs.o(self._attend(step, plan, cut, i, q, k, v))
+            if cut is not None:
+                h = h.index_select(0, cut.index)  # a copy: the rows that reach lm_head
             x = fused_rows.add_rms_norm(h, attn, layer.post_attention_layernorm.weight, eps_post)
             pending = packs.down(fused_rows.silu_mul(packs.gate_up(x)))
         if pending is not None:

@@ -130,6 +130,47 @@ def test_mixed_step_logits_equal_the_hf_path(name, backend, monkeypatch):
     assert bool(calls) is (backend == "cpu")  # the kernel ran the prompts exactly then
 
 
+def _mixed_step_with_spy(
+    model: Any, backend: str
+) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+    """A step of 15 rows (a decode, a 5-row chunk after a prefix hit, a fresh 9-row prompt):
+    its logits, every layer's pool afterwards, and the row counts the last layer's
+    ``down_proj`` was called with."""
+    shared, fresh, tail, first = seeded_prompts([12, 9, 5, 7], seed=2, vocab=300)
+    r = PagedModelRunner(model, block_size=4, num_blocks=128, backend=backend)
+    assert r.native is not None
+    down_rows: list[int] = []
+    last_layer, real_down = r.native.packs[-1], r.native.packs[-1].down
+    last_layer.down = lambda x: down_rows.append(x.shape[0]) or real_down(x)  # type: ignore[assignment]
+    r.admit("a", shared + first)
+    r.forward(["a"])
+    r.append("a", [17])
+    r.admit("b", shared + tail)
+    r.admit("c", fresh)
+    down_rows.clear()
+    logits = r.forward(["a", "b", "c"])
+    r.check_integrity()
+    return logits, [r.storage.layer(i).clone() for i in range(r.storage.num_layers)], down_rows
+
+
+@pytest.mark.parametrize(("name", "backend"), [("mqa-3-layers", "torch"), ("head-dim-32", "cpu")])
+def test_last_layer_runs_only_the_rows_that_reach_lm_head(name, backend, monkeypatch):
+    """On a step with prompt rows the last layer attends, projects and runs its MLP for each
+    sequence's last row only, while every row's K/V is still written: the pool holds the same
+    bytes, and the logits agree, as when the last layer runs every row."""
+    from pagedkv.integrations import native_llama
+
+    model = _model(name)
+    cut_logits, cut_pool, cut_rows = _mixed_step_with_spy(model, backend)
+    monkeypatch.setattr(native_llama.LastRows, "build", lambda *a: None)
+    full_logits, full_pool, full_rows = _mixed_step_with_spy(model, backend)
+    assert (cut_rows, full_rows) == ([3], [15])
+    for a, b in zip(cut_pool, full_pool, strict=True):
+        assert torch.equal(a, b)  # every row's K/V, last layer included, bit for bit
+    torch.testing.assert_close(cut_logits, full_logits, rtol=1e-5, atol=1e-5)
+    assert cut_logits.argmax(-1).tolist() == full_logits.argmax(-1).tolist()
+
+
 def test_hooks_and_training_take_the_hf_path():
     model = _model("gqa-untied")
     runner = PagedModelRunner(model, block_size=4, num_blocks=64)
