@@ -9,7 +9,8 @@ One step, in vLLM v1's order, under ``max_num_batched_tokens`` and ``max_num_seq
     2. no preemption this step? then swapped sequences come back (if they fit above the
        watermark), then waiting ones are admitted: prefix-cache hit first, then a chunk of
        the rest (the whole rest without chunked prefill), while blocks above the watermark
-       allow.
+       allow. A prompt whose next block another sequence computes in this step waits a step
+       to find it cached (:mod:`pagedkv.engine.step_prefix`).
 
 Blocks are allocated only for the tokens computed in this step (chunk by chunk), so a long
 prompt never holds memory it has not reached. Decodes take one batched ``append_batch`` when
@@ -37,6 +38,7 @@ from pagedkv.core.preemption import PREEMPTION_POLICIES
 from pagedkv.engine.config import EngineConfig
 from pagedkv.engine.request import EngineSeq, SchedulingState
 from pagedkv.engine.scheduler_output import ScheduledSeq, SchedulerOutput
+from pagedkv.engine.step_prefix import StepBlocks
 from pagedkv.errors import OutOfBlocksError
 
 __all__ = ["KVConnector", "ScheduledSeq", "Scheduler", "SchedulerOutput"]
@@ -226,17 +228,19 @@ class Scheduler:
         self.num_preemptions += 1
         self._preempted.append(seq.seq_id)
 
-    def _has_seat_for(self, seq: EngineSeq) -> bool:
+    def _has_seat_for(self, seq: EngineSeq, ahead: Sequence[EngineSeq] = ()) -> bool:
         """Whether ``seq`` may join ``running`` under ``max_num_seqs``, counting the samples
         still to be forked (``n > 1`` requests fork once sample 0's prompt is computed): those
-        of the running sequences and ``seq``'s own. A lone sequence always may."""
+        of the running sequences and ``seq``'s own, and the seats kept for the waiting
+        sequences ``ahead`` of it that wait a step for a shared prefix. A lone sequence always
+        may."""
         if not self.running:
             return True
 
         def owed(s: EngineSeq) -> int:
             return s.request.params.n - 1 if s.index == 0 and not s.request.forked else 0
 
-        pending = sum(owed(s) for s in self.running)
+        pending = sum(owed(s) for s in self.running) + sum(1 + owed(s) for s in ahead)
         return len(self.running) + pending + 1 + owed(seq) <= self.config.max_num_seqs
 
     def _swap_in_seqs(self, out: list[ScheduledSeq], budget: int) -> int:
@@ -262,13 +266,23 @@ class Scheduler:
     def _admit_waiting(self, out: list[ScheduledSeq], budget: int) -> None:
         mgr, bs = self.manager, self.manager.block_size
         chunked = self.config.enable_chunked_prefill
-        while self.waiting and budget > 0 and self._has_seat_for(self.waiting[0]):
-            seq = self.waiting[0]
+        # waiting[:i] wait a step: another sequence computes their next block in this one
+        step_blocks = StepBlocks(bs, out) if mgr.config.enable_prefix_caching else None
+        i = 0
+        while (
+            i < len(self.waiting)
+            and budget > 0
+            and self._has_seat_for(self.waiting[i], self.waiting[:i])
+        ):
+            seq = self.waiting[i]
             req = seq.request
             hashed = self._hashed(seq)
             cached = 0 if hashed is None else mgr.lookup_prefix(hashed)
             cap = (len(seq.tokens) - 1) // bs * bs  # the last token is always computed
             hit = min(cached, cap)
+            if step_blocks is not None and step_blocks.computes_next_block_of(hashed, hit, cap):
+                i += 1
+                continue
             in_tiers = 0
             if self.tiers is not None and hashed is not None and hit < cap:
                 in_tiers = self.tiers.lookup(hashed.hashes, hit // bs, cap // bs)
@@ -287,7 +301,7 @@ class Scheduler:
                 )
             except OutOfBlocksError:
                 break
-            self.waiting.pop(0)
+            self.waiting.pop(i)
             loaded = 0
             if in_tiers and self.tiers is not None and hashed is not None:
                 loaded = self.tiers.load(seq.seq_id, hashed.hashes, got // bs, in_tiers) * bs
@@ -301,6 +315,8 @@ class Scheduler:
                 req.metrics.first_scheduled_time = self.clock()
                 req.metrics.num_cached_tokens = seq.num_computed
             out.append(ScheduledSeq(seq, n, seq.num_computed))
+            if step_blocks is not None:
+                step_blocks.add(hashed, seq.num_computed, n)
             budget -= n
 
     def _hashed(self, seq: EngineSeq) -> HashedPrompt | None:
