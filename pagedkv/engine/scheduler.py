@@ -267,7 +267,8 @@ class Scheduler:
         mgr, bs = self.manager, self.manager.block_size
         chunked = self.config.enable_chunked_prefill
         # waiting[:i] wait a step: another sequence computes their next block in this one
-        step_blocks = StepBlocks(bs, out) if mgr.config.enable_prefix_caching else None
+        waits = self.waiting and mgr.config.enable_prefix_caching
+        step_blocks = StepBlocks(bs, out) if waits else None
         i = 0
         while (
             i < len(self.waiting)
