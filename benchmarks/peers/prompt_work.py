@@ -1,8 +1,8 @@
 """Two ways pagedkv does less prompt work, each timed on and off in turn (2 threads, float32).
 
 ``--case last-layer``: one step of 15 fresh chat prompts (2,048 tokens, prefix cache off) with
-the last decoder layer cut to each sequence's last row (the default) and with it run on every
-row (``LastRows.build`` patched to ``None``).
+the last decoder layer cut to each sequence's last row (the default with the compiled ``cpu``
+backend) and with it run on every row (``LastRows.build`` patched to ``None``).
 
 ``--case same-step``: a round of ``run.py``'s 48 chat requests (greedy, at most 64 new tokens)
 on an engine whose prefix cache has never seen the system prompts (warmed with unrelated

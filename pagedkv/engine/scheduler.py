@@ -55,6 +55,11 @@ class KVConnector(Protocol):
         (``register_prefix``); returns how many loaded."""
 
 
+def _owed(s: EngineSeq) -> int:
+    """Samples still to be forked from ``s`` (``n - 1`` until sample 0's prompt is computed)."""
+    return s.request.params.n - 1 if s.index == 0 and not s.request.forked else 0
+
+
 class Scheduler:
     """Queues and the per-step plan over one :class:`BlockManager`.
 
@@ -228,20 +233,15 @@ class Scheduler:
         self.num_preemptions += 1
         self._preempted.append(seq.seq_id)
 
-    def _has_seat_for(self, seq: EngineSeq, ahead: Sequence[EngineSeq] = ()) -> bool:
+    def _has_seat_for(self, seq: EngineSeq, reserved: int = 0) -> bool:
         """Whether ``seq`` may join ``running`` under ``max_num_seqs``, counting the samples
         still to be forked (``n > 1`` requests fork once sample 0's prompt is computed): those
-        of the running sequences and ``seq``'s own, and the seats kept for the waiting
-        sequences ``ahead`` of it that wait a step for a shared prefix. A lone sequence always
-        may."""
+        of the running sequences and ``seq``'s own, and ``reserved`` seats (of waiting prompts
+        ahead of it that wait for a shared block). A lone sequence always may."""
         if not self.running:
             return True
-
-        def owed(s: EngineSeq) -> int:
-            return s.request.params.n - 1 if s.index == 0 and not s.request.forked else 0
-
-        pending = sum(owed(s) for s in self.running) + sum(1 + owed(s) for s in ahead)
-        return len(self.running) + pending + 1 + owed(seq) <= self.config.max_num_seqs
+        pending = sum(_owed(s) for s in self.running) + reserved
+        return len(self.running) + pending + 1 + _owed(seq) <= self.config.max_num_seqs
 
     def _swap_in_seqs(self, out: list[ScheduledSeq], budget: int) -> int:
         mgr = self.manager
@@ -266,30 +266,31 @@ class Scheduler:
     def _admit_waiting(self, out: list[ScheduledSeq], budget: int) -> None:
         mgr, bs = self.manager, self.manager.block_size
         chunked = self.config.enable_chunked_prefill
-        # waiting[:i] wait a step: another sequence computes their next block in this one
         waits = self.waiting and mgr.config.enable_prefix_caching
         step_blocks = StepBlocks(bs, out) if waits else None
-        i = 0
-        while (
-            i < len(self.waiting)
-            and budget > 0
-            and self._has_seat_for(self.waiting[i], self.waiting[:i])
-        ):
+        i = seats = 0  # waiting[:i] wait for blocks this step computes; they hold `seats`
+        while i < len(self.waiting) and budget > 0 and self._has_seat_for(self.waiting[i], seats):
             seq = self.waiting[i]
             req = seq.request
             hashed = self._hashed(seq)
             cached = 0 if hashed is None else mgr.lookup_prefix(hashed)
             cap = (len(seq.tokens) - 1) // bs * bs  # the last token is always computed
             hit = min(cached, cap)
-            if step_blocks is not None and step_blocks.computes_next_block_of(hashed, hit, cap):
-                i += 1
-                continue
             in_tiers = 0
             if self.tiers is not None and hashed is not None and hit < cap:
                 in_tiers = self.tiers.lookup(hashed.hashes, hit // bs, cap // bs)
             start = hit + in_tiers * bs
+            if (
+                not in_tiers
+                and step_blocks is not None
+                and step_blocks.computes_next_block_of(hashed, hit, cap)
+            ):
+                i, seats = i + 1, seats + 1 + _owed(seq)
+                continue
             n = min(len(seq.tokens) - start, budget)
-            if not chunked and n < len(seq.tokens) - start:
+            # Without chunked prefill a prompt runs whole. Behind a prompt that waits, only one
+            # this step completes: a chunked one would take budget ahead of it in later steps.
+            if n < len(seq.tokens) - start and (not chunked or i > 0):
                 break
             try:
                 # the salt is in a HashedPrompt's hashes (the manager refuses a second one)

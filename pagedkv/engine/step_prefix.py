@@ -4,12 +4,15 @@ Why: a block becomes findable in the prefix cache only when its K/V is written (
 ``commit`` after the step), so that no sequence ever reads a block before it is filled. Two
 prompts with the same new prefix admitted in one step would then both compute it: a burst of
 chat requests with one system prompt computes that prompt once per request. Instead the second
-waits one step and finds the prefix cached (SGLang's scheduler checks its batch for shared
-prefixes the same way; vLLM v1 instead makes the blocks findable at schedule time).
+waits until the prefix is computed and finds it cached (SGLang's scheduler checks its batch
+for shared prefixes the same way; vLLM v1 instead makes the blocks findable at schedule time).
 
 A prompt waits only when the first block it would compute is one this step computes for
-another sequence; it keeps its place in the queue and its seat under ``max_num_seqs``, and
-sequences behind it that share nothing are admitted in its place this step.
+another sequence (and no KV tier holds it); it keeps its place in the queue and its seat under
+``max_num_seqs``. Prompts behind it that share nothing are admitted in its place, but only
+those whose whole prompt this step computes: a chunked one would be running next step and take
+budget ahead of the prompt that waited. So a waiting prompt is admitted as soon as the blocks
+it shares are computed, one step later when a single step computes them.
 """
 
 from __future__ import annotations

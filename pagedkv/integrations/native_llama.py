@@ -13,14 +13,14 @@ gives the values the HF path gets), ``rotate_half`` RoPE (on q and k at once), e
 projection's weight and bias, the MLP's own ``act_fn``, residual adds in the same order, and
 the final norm and ``lm_head`` on the rows that sample (row-wise operations, so the same values
 as HF's all-rows norm followed by ``logits_to_keep``). For the same reason the last layer, on a
-step with prompt rows, runs past its K/V write for each sequence's last row only
-(:class:`~pagedkv.integrations.native_attention.LastRows`): the other rows' outputs would reach
-nothing, and their K/V are written as before. The projections run as packed GEMMs
-(:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one, oneDNN's blocked
-layout): the same dot products summed in another order, so float32 logits differ from
-``F.linear``'s by rounding only (~1e-6). With the compiled CPU kernel (backend ``"cpu"``,
-what ``"auto"`` picks on a CPU), prompt rows attend through its prefill kernel and RMSNorm
-(with the residual add before it), RoPE and SiLU-and-multiply run as fused row passes
+step with prompt rows and the compiled CPU backend, runs past its K/V write for each sequence's
+last row only (:class:`~pagedkv.integrations.native_attention.LastRows`): the other rows'
+outputs would reach nothing, and their K/V are written as before. The projections run as
+packed GEMMs (:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one,
+oneDNN's blocked layout): the same dot products summed in another order, so float32 logits
+differ from ``F.linear``'s by rounding only (~1e-6). With the compiled CPU kernel (backend
+``"cpu"``, what ``"auto"`` picks on a CPU), prompt rows attend through its prefill kernel and
+RMSNorm (with the residual add before it), RoPE and SiLU-and-multiply run as fused row passes
 (:mod:`pagedkv.integrations.fused_rows`): again the same operations up to float32 rounding.
 The tests compare greedy tokens with HF ``generate`` on several tiny Llama configurations and
 on the default model, with and without the compiled kernel.
@@ -200,7 +200,7 @@ class NativeLlama:
         )
         fused = compiled and self.silu and fused_rows.fused_rows_apply(h, *self.sizes)
         layers = self._layers_fused if fused else self._layers
-        tail = LastRows.build(meta, last) if plan is not None else None
+        tail = LastRows.build(meta, last, step.backend.name) if plan is not None else None
         h = layers(step, plan, tail, h, cos, sin)  # [T, H], or [B, H] when cut to ``tail``
         if tail is None:
             h = h.index_select(0, last)

@@ -93,6 +93,28 @@ def test_a_waiting_prompt_keeps_its_seat():
     run_step(s, out)
 
 
+def test_no_chunked_prompt_overtakes_one_that_waits():
+    """Behind a waiting prompt only prompts this step completes are admitted: a long one would
+    be running next step and take the budget before the waiting prompt is looked at."""
+    s = make(usable=24, budget=16)
+    a = request("a", [*SHARED, 1], 1)  # 9 tokens
+    b = request("b", [*SHARED, 4, 5], 2)  # waits for a's two blocks
+    c = request("c", list(range(50, 90)), 3)  # 40 tokens: would be chunked
+    d = request("d", [60, 61, 62], 4)  # behind c: the queue stops at c
+    add(s, a, b, c, d)
+    out = s.schedule()
+    assert [q.seq.seq_id[0] for q in out.scheduled] == ["a"]
+    assert [w.seq_id[0] for w in s.waiting] == ["b", "c", "d"]
+    run_step(s, out)
+    out = s.schedule()
+    assert [(q.seq.seq_id[0], q.start, q.num_tokens) for q in out.scheduled] == [
+        ("a", 9, 1),
+        ("b", 8, 2),
+        ("c", 0, 13),
+    ]
+    run_step(s, out)
+
+
 def test_a_chunked_prompt_is_followed_block_by_block():
     """b shares a's first three blocks while a is computed in chunks of the step budget: in
     the step that completes a's third block b waits (budget left over), then finds all three
@@ -115,22 +137,24 @@ def test_a_chunked_prompt_is_followed_block_by_block():
     assert b.metrics.num_cached_tokens == 12
 
 
-@pytest.mark.parametrize("prefix_caching", [True, False])
-def test_the_engines_tokens_do_not_depend_on_it(prefix_caching):
-    """Greedy tokens of a burst of prompts sharing a system prompt are those of each prompt
-    alone, and with the prefix cache the burst computes the shared blocks once."""
+@pytest.mark.parametrize("wait", [True, False])
+def test_the_engines_tokens_do_not_depend_on_it(wait, monkeypatch):
+    """Greedy tokens of a burst of prompts sharing a 32-token system prompt are those of each
+    prompt alone, with the waits and without; with them the burst computes the shared blocks
+    once (the later prompts find them cached)."""
     pytest.importorskip("torch")
-    from pagedkv.engine import LLM, SamplingParams
+    from pagedkv.engine import LLM, SamplingParams, step_prefix
     from pagedkv.models import tiny_random_llama
 
+    if not wait:
+        monkeypatch.setattr(step_prefix.StepBlocks, "computes_next_block_of", lambda *a: False)
     system = list(range(40, 72))  # 32 tokens: two blocks of 16
     prompts = [[*system, 80 + i, 81 + i, 82 + i] for i in range(5)]
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-    llm = LLM(tiny_random_llama(0), enable_prefix_caching=prefix_caching)
-    burst = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    burst = LLM(tiny_random_llama(0)).generate([{"prompt_token_ids": p} for p in prompts], params)
     alone = LLM(tiny_random_llama(0), enable_prefix_caching=False)
     for p, got in zip(prompts, burst, strict=True):
         want = alone.generate([{"prompt_token_ids": p}], params)[0]
         assert got.outputs[0].token_ids == want.outputs[0].token_ids
     cached = [o.num_cached_tokens for o in burst]
-    assert cached == ([0, 32, 32, 32, 32] if prefix_caching else [0] * 5)
+    assert cached == ([0, 32, 32, 32, 32] if wait else [0] * 5)

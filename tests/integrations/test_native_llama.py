@@ -153,22 +153,30 @@ def _mixed_step_with_spy(
     return logits, [r.storage.layer(i).clone() for i in range(r.storage.num_layers)], down_rows
 
 
-@pytest.mark.parametrize(("name", "backend"), [("mqa-3-layers", "torch"), ("head-dim-32", "cpu")])
-def test_last_layer_runs_only_the_rows_that_reach_lm_head(name, backend, monkeypatch):
-    """On a step with prompt rows the last layer attends, projects and runs its MLP for each
-    sequence's last row only, while every row's K/V is still written: the pool holds the same
-    bytes, and the logits agree, as when the last layer runs every row."""
+@pytest.mark.parametrize("name", ["head-dim-32", "head-dim-64-mqa-biases-tied"])
+def test_last_layer_runs_only_the_rows_that_reach_lm_head(name, monkeypatch):
+    """With the compiled backend, on a step with prompt rows the last layer attends, projects
+    and runs its MLP for each sequence's last row only, while every row's K/V is still written:
+    the pool holds the same bytes, and the logits agree, as when the last layer runs every
+    row."""
     from pagedkv.integrations import native_llama
 
-    model = _model(name)
-    cut_logits, cut_pool, cut_rows = _mixed_step_with_spy(model, backend)
+    model = tiny_random_llama(3, **COMPILED[name]).model
+    cut_logits, cut_pool, cut_rows = _mixed_step_with_spy(model, "cpu")
     monkeypatch.setattr(native_llama.LastRows, "build", lambda *a: None)
-    full_logits, full_pool, full_rows = _mixed_step_with_spy(model, backend)
+    full_logits, full_pool, full_rows = _mixed_step_with_spy(model, "cpu")
     assert (cut_rows, full_rows) == ([3], [15])
     for a, b in zip(cut_pool, full_pool, strict=True):
         assert torch.equal(a, b)  # every row's K/V, last layer included, bit for bit
     torch.testing.assert_close(cut_logits, full_logits, rtol=1e-5, atol=1e-5)
     assert cut_logits.argmax(-1).tolist() == full_logits.argmax(-1).tolist()
+
+
+def test_the_torch_backend_runs_the_last_layer_on_every_row():
+    """It would pad every short decode to the longest prompt of the step (a gathered,
+    padded decode batch), so the cut is the compiled backend's only."""
+    *_, rows = _mixed_step_with_spy(_model("mqa-3-layers"), "torch")
+    assert rows == [15]
 
 
 def test_hooks_and_training_take_the_hf_path():
