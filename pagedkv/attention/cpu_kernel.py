@@ -9,8 +9,9 @@ How: a small C++ extension (:mod:`pagedkv.attention._cpu_kernel_src`) is compile
 ``torch.utils.cpp_extension.load_inline`` on first use (``-O3 -fopenmp``; an AVX2+FMA copy of the
 kernel is chosen at run time when the CPU has it) and cached in torch's extension directory
 (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``). One task = one sequence and a run
-of KV heads, parallelised with ``at::parallel_for``; each task reads its blocks' K/V rows front
-to back and shares every K/V row among the query heads of its GQA group.
+of KV heads, parallelised with ``at::parallel_for``; each task walks its blocks once, every query
+head of the task over a block before the next, while the block after it (after the last, the
+first of the thread's next task) is prefetched into L2, so DRAM reads overlap the arithmetic.
 
 It also applies logit soft-capping and learned per-head sink logits (an extra term of the
 softmax denominator) in the same pass.

@@ -265,3 +265,26 @@ def test_cli_accepts_auto_and_refuses_unknown_backends():
     check_names(argparse.Namespace(backend="auto"))
     with pytest.raises(InvalidArgumentError, match="'auto'"):
         check_names(argparse.Namespace(backend="fast"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_task_with_more_heads_than_one_walk_holds(dtype):
+    """The vectorised block walks a sequence once for up to 32 query heads: a task of 48 heads
+    (one kv head of a 96/2 GQA) walks twice. Every head's keys are summed in the same order
+    however the heads are grouped, so the task splits agree bit for bit, and match SDPA."""
+    seq_lens = [5, 16, 40, 3]
+    store, tables, ks, vs = make_paged_kv(seq_lens, hq=96, hkv=2, d=32, bs=16, dtype=dtype, seed=5)
+    q = torch.randn(len(seq_lens), 96, 32, generator=torch.Generator().manual_seed(6)).to(dtype)
+    meta = AttentionMetadata.build(
+        block_size=16, block_tables=tables, seq_lens=seq_lens, query_lens=[1] * len(seq_lens)
+    )
+    outs = [
+        cpu_kernel.paged_decode(
+            q, store.layer(0), meta.block_tables, meta.seq_lens_t, heads_per_task=hpt
+        )
+        for hpt in (1, 2)
+    ]
+    assert torch.equal(outs[0], outs[1])
+    for b in range(len(seq_lens)):
+        ref = _sdpa_decode(q[b : b + 1].float(), ks[b].float(), vs[b].float())
+        torch.testing.assert_close(outs[0][b : b + 1].float(), ref, **TOL[dtype])
