@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main() -> int:
     run_round(eng, 0)
     forward0 = eng.totals["forward_time"]
     load = os.getloadavg()[0]
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -75,13 +77,14 @@ def main() -> int:
             wall, steps = run_round(eng, 1)
     else:
         wall, steps = run_round(eng, 1)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     prompt = [s for s in steps if any(n > 1 for _, n in s[1])]
     decode = [s for s in steps if s[1] and all(n == 1 for _, n in s[1])]
     print(
         f"{args.dtype}, {args.threads} threads, load {load:.2f}: wall {wall:.2f} s, forward "
         f"{eng.totals['forward_time'] - forward0:.2f} s; {len(prompt)} steps with prompt rows "
         f"{sum(t for t, _ in prompt):.2f} s, {len(decode)} decode steps "
-        f"{sum(t for t, _ in decode):.2f} s"
+        f"{sum(t for t, _ in decode):.2f} s; {faults} minor page faults"
     )
     by_batch: dict[int, list[float]] = collections.defaultdict(list)
     for t, shapes in decode:

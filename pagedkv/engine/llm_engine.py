@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pagedkv._malloc import keep_freed_memory
 from pagedkv.engine.config import EngineConfig
 from pagedkv.engine.engine_core import EngineCore
 from pagedkv.engine.kv_sizing import engine_cache_config
@@ -59,6 +60,8 @@ class LLMEngine(EngineCore):
         # A typed refusal before anything is sized; the sizes come from its result, which the
         # runner takes as is (the support probe runs once).
         spec = check_model_supported(hf)
+        if next(hf.parameters()).device.type == "cpu":
+            keep_freed_memory()  # step buffers stay mapped between steps (pagedkv._malloc)
         cache = engine_cache_config(cfg, spec.kv_dims, next(hf.parameters()).dtype)
         self.runner = PagedModelRunner(hf, config=cache, backend=cfg.backend, attention_spec=spec)
         if self.runner.position_limit is not None:  # longrope/dynamic RoPE: exact up to it
