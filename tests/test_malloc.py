@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import subprocess
-import sys
 
 import pytest
+from subprocess_python import python_output
 
 from pagedkv import _malloc
 
@@ -32,15 +30,7 @@ print(faults)
 
 
 def _reuse_faults(**env: str) -> tuple[str, int]:
-    clean = {k: v for k, v in os.environ.items() if k != "PAGEDKV_KEEP_FREED_MEMORY"}
-    out = subprocess.run(
-        [sys.executable, "-c", _REUSE],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.split()
+    out = python_output(_REUSE, unset=("PAGEDKV_KEEP_FREED_MEMORY",), **env).split()
     return out[0], int(out[1])
 
 
@@ -81,9 +71,5 @@ def test_an_engine_on_the_cpu_applies_them():
         "LLMEngine(tiny_random_llama(0), num_blocks=8)\n"
         "print(_malloc._STATE['applied'])\n"
     )
-    clean = {k: v for k, v in os.environ.items() if k != "PAGEDKV_KEEP_FREED_MEMORY"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=clean, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["False", "True"]
+    out = python_output(code, unset=("PAGEDKV_KEEP_FREED_MEMORY",))
+    assert out.split() == ["False", "True"]

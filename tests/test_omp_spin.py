@@ -3,25 +3,14 @@ policy or a spin count: checked in fresh interpreters, since libgomp reads it at
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
+from subprocess_python import python_output
 
 PROBE = "import os, pagedkv; print(os.environ.get('GOMP_SPINCOUNT'))"
 
 
 def _spincount(**env: str) -> str:
-    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
+    return python_output(PROBE, unset=("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"), **env).strip()
 
 
 def test_bounded_spin_by_default():

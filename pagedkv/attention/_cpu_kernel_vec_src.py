@@ -10,7 +10,7 @@ block before the next, and prefetches the block after it into L2 meanwhile (afte
 next task's first), so DRAM reads overlap the arithmetic. Measured on this project's CPU
 (2 threads, batch 48, 250-token contexts, 30 layers' pools): 40-48 ms a step against 49-74 ms
 for the scalar block, before the block-by-block walk; that walk took a layer of 48 sequences of
-150-250 tokens from 899 to 536 us (``benchmarks/attention_decode.py --smollm``).
+150-250 tokens from 921 to 538 us (``benchmarks/attention_decode_pools.py``).
 """
 
 from __future__ import annotations
