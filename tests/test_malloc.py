@@ -29,8 +29,17 @@ print(faults)
 """
 
 
+# What keep_freed_memory() reads: unset, so the user's own settings do not change the outcome.
+_SETTINGS = (
+    "PAGEDKV_KEEP_FREED_MEMORY",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "GLIBC_TUNABLES",
+)
+
+
 def _reuse_faults(**env: str) -> tuple[str, int]:
-    out = python_output(_REUSE, unset=("PAGEDKV_KEEP_FREED_MEMORY",), **env).split()
+    out = python_output(_REUSE, unset=_SETTINGS, **env).split()
     return out[0], int(out[1])
 
 
@@ -71,5 +80,5 @@ def test_an_engine_on_the_cpu_applies_them():
         "LLMEngine(tiny_random_llama(0), num_blocks=8)\n"
         "print(_malloc._STATE['applied'])\n"
     )
-    out = python_output(code, unset=("PAGEDKV_KEEP_FREED_MEMORY",))
+    out = python_output(code, unset=_SETTINGS)
     assert out.split() == ["False", "True"]
