@@ -62,10 +62,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of the round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    eng = LLMEngine(load_model(None, dtype=args.dtype), max_num_seqs=64, kv_cache_memory=2 << 30)
+    eng = LLMEngine(
+        load_model(None, dtype=args.dtype),
+        max_num_seqs=64,
+        kv_cache_memory=2 << 30,
+        block_size=args.block_size,
+    )
     run_round(eng, 0)
     forward0 = eng.totals["forward_time"]
     load = os.getloadavg()[0]

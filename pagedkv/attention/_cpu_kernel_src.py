@@ -10,6 +10,7 @@ head sizes and float16 take the scalar-loop block.
 
 from __future__ import annotations
 
+from pagedkv.attention._cpu_gemm_src import GEMM_ENTRIES, GEMM_KERNEL
 from pagedkv.attention._cpu_kernel_vec_src import VEC_KERNEL
 from pagedkv.attention._cpu_prefill_src import PREFILL_KERNEL
 from pagedkv.attention._cpu_rows_src import ROWS_KERNEL
@@ -28,6 +29,9 @@ _HEADER = r"""
 #include <limits>
 #include <type_traits>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -412,7 +416,8 @@ void fused_rows(int64_t op, torch::Tensor a, torch::Tensor b, torch::Tensor w, t
 
 
 def cpp_source() -> str:
-    """The full translation unit: header, AVX2+FMA kernel copy, baseline copy, entry points."""
+    """The full translation unit: header, the kernel's AVX-512, AVX2+FMA and baseline copies,
+    the panel GEMM (AVX-512 only), entry points."""
     kernel = _KERNEL + VEC_KERNEL + PREFILL_KERNEL + ROWS_KERNEL + _KERNEL_TAIL  # namespace NS
     avx512 = kernel.replace("NS", "k_avx512")
     avx2 = kernel.replace("NS", "k_avx2")
@@ -431,5 +436,7 @@ def cpp_source() -> str:
         + x86
         + "#pragma GCC pop_options\n#endif\n"
         + base
+        + GEMM_KERNEL
         + _FOOTER
+        + GEMM_ENTRIES
     )

@@ -81,7 +81,15 @@ def load_kernel(verbose: bool = False) -> Any:
             module = load_inline(  # type: ignore[no-untyped-call]
                 _EXT_NAME,
                 cpp_sources=[cpp_source()],
-                functions=["decode", "prefill", "fused_rows", "cpu_has_avx2"],
+                functions=[
+                    "decode",
+                    "prefill",
+                    "fused_rows",
+                    "cpu_has_avx2",
+                    "cpu_has_avx512",
+                    "pack_panels",
+                    "panel_gemm",
+                ],
                 extra_cflags=["-O3", "-fopenmp", "-Wno-psabi"],
                 extra_ldflags=["-fopenmp"],
                 verbose=verbose,

@@ -113,7 +113,11 @@ class PagedModelRunner:
         # Llama models take the direct forward (same operations, no HF module overhead) unless
         # ``native=False``; every other family, and a Llama with hooks, takes the HF path.
         full_attention = all(w is None for w in spec.windows)
-        self.native = NativeLlama.maybe(model) if native and full_attention else None
+        self.native = (
+            NativeLlama.maybe(model, compiled=self.backend.name == "cpu")
+            if native and full_attention
+            else None
+        )
 
     # ---------------------------------------------------------- bookkeeping
     def admit(

@@ -16,9 +16,10 @@ as HF's all-rows norm followed by ``logits_to_keep``). For the same reason the l
 step with prompt rows and the compiled CPU backend, runs past its K/V write for each sequence's
 last row only (:class:`~pagedkv.integrations.native_attention.LastRows`): the other rows'
 outputs would reach nothing, and their K/V are written as before. The projections run as
-packed GEMMs (:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one,
-oneDNN's blocked layout): the same dot products summed in another order, so float32 logits
-differ from ``F.linear``'s by rounding only (~1e-6). With the compiled CPU kernel (backend
+packed GEMMs (:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one; in
+float32 with the compiled CPU kernel on AVX-512 its panel GEMM, else oneDNN's blocked layout):
+the same dot products summed in another order, so float32 logits differ from ``F.linear``'s by
+rounding only (~1e-6). With the compiled CPU kernel (backend
 ``"cpu"``, what ``"auto"`` picks on a CPU), prompt rows attend through its prefill kernel and
 RMSNorm (with the residual add before it), RoPE and SiLU-and-multiply run as fused row passes
 (:mod:`pagedkv.integrations.fused_rows`): again the same operations up to float32 rounding.
@@ -87,13 +88,14 @@ class LayerPacks:
     down: PackedLinear
 
     @classmethod
-    def of(cls, layer: Any, pack: bool) -> LayerPacks:
+    def of(cls, layer: Any, pack: bool, compiled: bool) -> LayerPacks:
         a, m = layer.self_attn, layer.mlp
+        kw = {"pack": pack, "compiled": compiled}
         return cls(
-            PackedLinear([a.q_proj, a.k_proj, a.v_proj], pack=pack),
-            PackedLinear([a.o_proj], pack=pack),
-            PackedLinear([m.gate_proj, m.up_proj], pack=pack),
-            PackedLinear([m.down_proj], pack=pack),
+            PackedLinear([a.q_proj, a.k_proj, a.v_proj], **kw),
+            PackedLinear([a.o_proj], **kw),
+            PackedLinear([m.gate_proj, m.up_proj], **kw),
+            PackedLinear([m.down_proj], **kw),
         )
 
     def all(self) -> tuple[PackedLinear, ...]:
@@ -106,14 +108,18 @@ class NativeLlama:
     ``usable()`` re-checks what can change after construction: hooks, training mode, and the
     module tree itself (a module swapped in later, e.g. a LoRA wrapper around a projection, is
     checked again before a step runs natively). ``pack=False`` runs the fused projections
-    through ``F.linear`` instead of oneDNN's packed layout."""
+    through ``F.linear`` instead of a packed layout; ``compiled=True`` (the runner's attention
+    backend is the compiled CPU kernel) lets float32 projections use the kernel's panel GEMM."""
 
-    def __init__(self, model: torch.nn.Module, *, pack: bool = True) -> None:
+    def __init__(
+        self, model: torch.nn.Module, *, pack: bool = True, compiled: bool = False
+    ) -> None:
         reason = native_llama_refusal(model)
         if reason is not None:
             raise UnsupportedModelError(f"native Llama forward: {reason}")
         self.model: Any = model
         self.pack = pack
+        self.compiled = compiled
         self._bind()
 
     def _bind(self) -> None:
@@ -139,15 +145,19 @@ class NativeLlama:
             int(cfg.num_attention_heads) + int(cfg.num_key_value_heads),
         )
         self.silu = all(is_silu(la.mlp.act_fn) for la in self.layers)
-        self.packs = [LayerPacks.of(la, self.pack) for la in self.layers]
-        self.head = PackedLinear([model.lm_head], pack=self.pack)
+        self.packs = [LayerPacks.of(la, self.pack, self.compiled) for la in self.layers]
+        self.head = PackedLinear([model.lm_head], pack=self.pack, compiled=self.compiled)
         self._all_packs = [p for lp in self.packs for p in lp.all()] + [self.head]
         self._modules: list[torch.nn.Module] = list(model.modules())
 
     @classmethod
-    def maybe(cls, model: torch.nn.Module, *, pack: bool = True) -> NativeLlama | None:
+    def maybe(
+        cls, model: torch.nn.Module, *, pack: bool = True, compiled: bool = False
+    ) -> NativeLlama | None:
         """The native forward of ``model``, or ``None`` when it must take the HF path."""
-        return cls(model, pack=pack) if native_llama_refusal(model) is None else None
+        if native_llama_refusal(model) is not None:
+            return None
+        return cls(model, pack=pack, compiled=compiled)
 
     @property
     def packed_bytes(self) -> int:

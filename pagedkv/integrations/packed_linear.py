@@ -1,25 +1,31 @@
-"""Projections packed once for oneDNN: fused where they share an input, re-packed when changed.
+"""Projections packed once for a fast GEMM: fused where they share an input, re-packed when changed.
 
 Why: on CPU the forward is mostly GEMMs, and their speed depends on the layout of the weight.
-A weight reordered once into oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``,
-the same op inductor's CPU weight pre-packing uses) and run with ``_linear_pointwise`` measured
-on 2 threads of this project's CPU (AVX-512), float32, against ``F.linear`` (MKL):
-``[48, 576] x [576, 3072]`` 208 against 142 GFLOP/s, ``[48, 576] x [576, 49152]`` (a decode
-step's ``lm_head``) 177 against 80, ``[8, 576] x [576, 3072]`` 170 against 64. Projections
-that read the same input (q/k/v, gate/up) are concatenated into one GEMM with more columns.
+Projections that read the same input (q/k/v, gate/up) are concatenated into one GEMM with more
+columns, and the weight is packed once, in the first of these that applies:
 
-The cost is a second copy of the projected weights (the model keeps its own).
+1. float32 with the compiled CPU kernel (``compiled=True``: the attention backend ``"cpu"``) on
+   an AVX-512 CPU: the kernel's panel GEMM (:mod:`pagedkv.integrations.panel_gemm`), which runs
+   decode-sized row counts near these cores' peak where oneDNN did not.
+2. float32 or bfloat16 with oneDNN: the weight reordered into its blocked layout
+   (``torch.ops.mkldnn._reorder_linear_weight``, the op inductor's CPU weight pre-packing uses)
+   and run with ``_linear_pointwise``, measured on 2 threads of this project's CPU against
+   ``F.linear`` (MKL): ``[48, 576] x [576, 3072]`` 208 against 142 GFLOP/s,
+   ``[48, 576] x [576, 49152]`` (a decode step's ``lm_head``) 177 against 80.
+3. otherwise (another device, float16, a torch without oneDNN) each projection runs through
+   ``F.linear`` on the model's own weight and the outputs are concatenated: nothing is copied,
+   so a large model on a GPU does not hold its q/k/v and gate/up weights twice.
+
+A pack is checked against ``F.linear`` on a few rows when it is made and dropped (the next
+option taken) if it computes something else. The cost of 1 and 2 is a second copy of the
+projected weights (the model keeps its own). ``pack=False`` asks for the fused copy through
+``F.linear`` (the ablation's "unpacked" row).
 
 Freshness: a pack is a snapshot. Before each step :meth:`PackedLinear.stale` compares every
 source tensor's identity, storage pointer and version counter (torch bumps it on every in-place
 write: ``copy_`` / ``mul_`` under ``no_grad``, ``load_state_dict``); a changed source is packed
 again before the step runs. An edit through ``.data`` bypasses that counter and is not seen:
 use ``load_state_dict`` or an in-place op under ``torch.no_grad()``.
-
-Where oneDNN is missing or refuses (another device, float16, a torch without it), each
-projection runs through ``F.linear`` on the model's own weight and the outputs are concatenated:
-nothing is copied, so a large model on a GPU does not hold its q/k/v and gate/up weights twice.
-``pack=False`` asks for the fused copy through ``F.linear`` (the ablation's "unpacked" row).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as nnf
+
+from pagedkv.integrations.panel_gemm import pack_panels, panel_gemm, panel_gemm_usable
 
 _PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -54,12 +62,17 @@ class PackedLinear:
 
     ``__call__(x)``: ``x`` ``[T, K]`` in the weights' dtype → ``[T, sum(out_features)]``, the
     outputs side by side in the order the linears were given (split them with :attr:`splits`).
+    ``compiled``: the compiled CPU kernel is built (the step's backend is ``"cpu"``), so its
+    panel GEMM may be used.
     """
 
-    def __init__(self, linears: Sequence[torch.nn.Linear], *, pack: bool = True) -> None:
+    def __init__(
+        self, linears: Sequence[torch.nn.Linear], *, pack: bool = True, compiled: bool = False
+    ) -> None:
         self.linears = list(linears)
         self.splits = [int(lin.out_features) for lin in self.linears]
         self._pack = pack
+        self._compiled = compiled
         self._build()
 
     def _sources(self) -> list[torch.Tensor | None]:
@@ -81,16 +94,22 @@ class PackedLinear:
                     ]
                 )
             self.bias = bias
-            self.packed: torch.Tensor | None = None
+            self.panels: torch.Tensor | None = None  # the panel GEMM's layout
+            self.packed: torch.Tensor | None = None  # oneDNN's blocked layout
             self.weight = weight.contiguous()
             self.split_calls = False  # one F.linear per source linear (nothing copied)
-            if self._pack and onednn_usable(weight):
+            if self._pack and self._compiled and panel_gemm_usable(weight):
+                self.panels = pack_panels(self.weight)
+                if not self._agrees():  # a kernel that computes something else: do not use it
+                    self.panels = None
+            if self.panels is None and self._pack and onednn_usable(weight):
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
-                if not self._agrees():  # a oneDNN that computes something else: do not use it
+                if not self._agrees():
                     self.packed = None
-            if self.packed is not None or (self._pack and len(weights) > 1):
+            held = self.panels is not None or self.packed is not None
+            if held or (self._pack and len(weights) > 1):
                 self.weight = weight if len(weights) == 1 else torch.empty(0)  # not kept twice
-                self.split_calls = self.packed is None
+                self.split_calls = not held
                 if self.split_calls:
                     self.bias = None  # each call uses its own linear's bias
         self._seen = [_fingerprint(t) for t in self._sources()]
@@ -117,6 +136,8 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[T, K]`` → ``[T, N]`` (``N = sum(splits)``), in ``x.dtype``."""
+        if self.panels is not None:
+            return panel_gemm(x, self.panels, self.bias, sum(self.splits))
         if self.packed is not None:
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.packed, self.bias, "none", [], ""
@@ -129,8 +150,8 @@ class PackedLinear:
     @property
     def nbytes(self) -> int:
         """Bytes this pack holds beyond the model's own weights."""
-        held = [self.packed] if self.packed is not None else []
+        held = [t for t in (self.panels, self.packed) if t is not None]
         if len(self.linears) > 1 and not self.split_calls:  # a fused copy of weights, biases
-            held += [self.weight] if self.packed is None else []
+            held += [self.weight] if not held else []
             held += [self.bias] if self.bias is not None else []
         return sum(t.numel() * t.element_size() for t in held)
