@@ -60,21 +60,31 @@ STEPS: dict[str, tuple[dict[str, Any], bool, dict[str, str]]] = {
     "+ packed oneDNN projections": (
         {"kv_cache_memory": 2 << 30, "backend": "cpu"},
         True,
-        {"PAGEDKV_ABLATION_NO_PREFILL_KERNEL": "1", "PAGEDKV_ABLATION_NO_FUSED_ROWS": "1"},
+        {
+            "PAGEDKV_ABLATION_NO_PREFILL_KERNEL": "1",
+            "PAGEDKV_ABLATION_NO_FUSED_ROWS": "1",
+            "PAGEDKV_ABLATION_ONEDNN": "1",
+        },
     ),
     # The third round: prompt rows through the compiled prefill kernel, then the fused row ops,
     # then the start-up heap frozen (what pagedkv serve and the peers worker do).
     "+ prefill kernel (prompt rows straight over the pool)": (
         {"kv_cache_memory": 2 << 30, "backend": "cpu"},
         True,
-        {"PAGEDKV_ABLATION_NO_FUSED_ROWS": "1"},
+        {"PAGEDKV_ABLATION_NO_FUSED_ROWS": "1", "PAGEDKV_ABLATION_ONEDNN": "1"},
     ),
-    "+ fused row ops (RMSNorm, RoPE, SiLU-and-multiply; the default now)": (
+    "+ fused row ops (RMSNorm, RoPE, SiLU-and-multiply)": (
         {"kv_cache_memory": 2 << 30, "backend": "cpu"},
         True,
-        {},
+        {"PAGEDKV_ABLATION_ONEDNN": "1"},
     ),
     "+ gc.freeze after start-up (freeze_startup_objects)": (
+        {"kv_cache_memory": 2 << 30, "backend": "cpu"},
+        True,
+        {"PAGEDKV_ABLATION_FREEZE": "1", "PAGEDKV_ABLATION_ONEDNN": "1"},
+    ),
+    # The eighth round: float32 projections through the compiled panel GEMM (the default now).
+    "+ panel GEMM for float32 projections (the default now)": (
         {"kv_cache_memory": 2 << 30, "backend": "cpu"},
         True,
         {"PAGEDKV_ABLATION_FREEZE": "1"},
@@ -99,6 +109,9 @@ if not native:
     eng.runner.native = None
 elif os.environ.get("PAGEDKV_ABLATION_UNPACKED"):
     eng.runner.native.pack = False
+    eng.runner.native._bind()
+elif os.environ.get("PAGEDKV_ABLATION_ONEDNN"):  # oneDNN's packed GEMM, not the panel GEMM
+    eng.runner.native.compiled = False
     eng.runner.native._bind()
 if os.environ.get("PAGEDKV_ABLATION_NO_PREFILL_KERNEL"):  # prompts by SDPA, as before it
     import pagedkv.integrations.native_llama as native_llama

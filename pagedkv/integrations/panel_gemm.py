@@ -1,12 +1,12 @@
 """The native forward's float32 projections through the compiled kernel's panel GEMM.
 
 Why: on 2 threads of this project's CPU (AVX-512, float32, weights streamed from DRAM as in a
-step) oneDNN's packed GEMM ran the narrow projections of a decode step well under the cores'
-peak, and the panel GEMM (C++ in :mod:`pagedkv.attention._cpu_gemm_src`) ran them near it:
-``[48, 576] x [576, 576]`` 150 against 212 GFLOP/s, ``[48, 1536] x [1536, 576]`` 126 against
-215, ``[48, 576] x [576, 3072]`` 192 against 215, ``[8, 576] x [576, 576]`` 85 against 178, and
-level with oneDNN (within noise) on 1,194-2,048-row prompt chunks
-(``python benchmarks/gemm_projections.py``).
+step) oneDNN's packed GEMM ran the projections of a decode step well under the cores' peak,
+and the panel GEMM (C++ in :mod:`pagedkv.attention._cpu_gemm_src`) runs them near it
+(``python benchmarks/gemm_projections.py``, SmolLM2's shapes, GFLOP/s oneDNN against panels):
+``[48, 576] x [576, 960]`` 153 against 205, ``[48, 576] x [576, 576]`` 104 against 177,
+``[48, 576] x [576, 3072]`` 191 against 209, ``[48, 1536] x [1536, 576]`` 155 against 206,
+``[8, 576] x [576, 3072]`` 105 against 175; level (within 3%) on 2,048-row prompt chunks.
 
 It is used where it exists: a float32 weight on a CPU with AVX-512, the compiled kernel built
 (the attention backend ``"cpu"``, which ``"auto"`` picks on a CPU), the kernel's ISA not forced
