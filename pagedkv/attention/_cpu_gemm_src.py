@@ -30,19 +30,25 @@ same bit for bit in any batch.
 from __future__ import annotations
 
 GEMM_KERNEL = r"""
+// The panel layout, the one definition pack_panels and the GEMM both read.
+namespace panels {
+constexpr int64_t kPanel = 48;  // columns a panel (3 vectors of 16)
+inline int64_t padded_cols(int64_t n) { return (n + 15) / 16 * 16; }  // N up to whole vectors
+inline int64_t num_panels(int64_t n) { return (padded_cols(n) + kPanel - 1) / kPanel; }
+}  // namespace panels
+
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 namespace panels {
 
-constexpr int64_t kPanel = 48;   // columns a panel (3 vectors of 16)
 constexpr int64_t kRowChunk = 64;  // rows a task
 constexpr int64_t kDepth = 768;  // the longest k block a sum stays in registers for
 
-// Rows [0, MR) of x (ldx apart) times k = 0 .. K-1 of one panel (NV vectors wide, its rows
-// `ldw` floats apart) into out (ldo apart): stored when `first`, else added to what is there;
-// `bias` (or null) added when `last`. Columns at or past `valid` (the end of W's real columns
-// within this panel) are neither read nor written.
+// Rows [0, MR) of x (ldx apart) times k = 0 .. K-1 of one panel (NV vectors wide, so its
+// rows 16 * NV floats apart) into out (ldo apart): stored when `first`, else added to what is
+// there; `bias` (or null) added when `last`. Columns at or past `valid` (the end of W's real
+// columns within this panel) are neither read nor written.
 template <int MR, int NV>
 inline void tile(const float* x, int64_t ldx, const float* w, int64_t K, const float* bias,
                  int64_t valid, float* out, int64_t ldo, bool first, bool last) {
@@ -96,7 +102,7 @@ void panel_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* 
 
 void gemm(const float* x, int64_t M, int64_t K, const float* packed, const float* bias,
           int64_t N, float* out) {
-  const int64_t np = (N + 15) / 16 * 16, npan = (np + kPanel - 1) / kPanel;
+  const int64_t np = padded_cols(N), npan = num_panels(N);
   const int64_t nchunks = (M + kRowChunk - 1) / kRowChunk;
   // k in near-equal blocks of at most kDepth: a sum is kept in registers for one block, then
   // added to the output, which bounds its rounding error as K grows (Llama-8B's K = 14,336:
@@ -136,14 +142,13 @@ GEMM_ENTRIES = r"""
 torch::Tensor pack_panels(torch::Tensor w) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous(),
               "pagedkv pack_panels: weight must be a contiguous float32 [N, K]");
-  const int64_t N = w.size(0), K = w.size(1), np = (N + 15) / 16 * 16;
+  const int64_t N = w.size(0), K = w.size(1), np = panels::padded_cols(N);
   auto out = torch::zeros({np * K}, w.options());
   const float* src = w.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  const int64_t npan = (np + 47) / 48;
-  at::parallel_for(0, npan, 1, [&](int64_t p0, int64_t p1) {
+  at::parallel_for(0, panels::num_panels(N), 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n0 = p * 48, width = std::min<int64_t>(48, np - n0);
+      const int64_t n0 = p * panels::kPanel, width = std::min(panels::kPanel, np - n0);
       for (int64_t j = 0; j < width && n0 + j < N; ++j)
         for (int64_t k = 0; k < K; ++k) dst[n0 * K + k * width + j] = src[(n0 + j) * K + k];
     }
@@ -154,7 +159,7 @@ torch::Tensor pack_panels(torch::Tensor w) {
 torch::Tensor panel_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor bias, int64_t N) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "pagedkv panel_gemm: x must be a contiguous float32 [M, K]");
-  const int64_t M = x.size(0), K = x.size(1), np = (N + 15) / 16 * 16;
+  const int64_t M = x.size(0), K = x.size(1), np = panels::padded_cols(N);
   TORCH_CHECK(packed.scalar_type() == at::kFloat && packed.is_contiguous() &&
               packed.numel() == np * K, "pagedkv panel_gemm: packed weight is not [", N, ", ",
               K, "] in panels");
