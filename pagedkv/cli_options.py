@@ -241,6 +241,14 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         help="do not reuse cached prompt prefixes",
     )
     g.add_argument(
+        "--no-partial-block-hits",
+        dest="enable_partial_block_hits",
+        action="store_false",
+        default=None,
+        help="reuse cached prefixes in whole blocks only (as vLLM does), not also the first "
+        "tokens of the next cached block",
+    )
+    g.add_argument(
         "--backend",
         default=None,
         help="attention backend: auto (default: cpu where its kernel builds, else torch), cpu, "

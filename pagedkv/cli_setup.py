@@ -73,6 +73,7 @@ _ENGINE_FIELDS = (
     "num_host_blocks",
     "eviction_policy",
     "enable_prefix_caching",
+    "enable_partial_block_hits",
     "backend",
     "kv_host_bytes",
     "kv_disk_path",

@@ -15,6 +15,7 @@ class Counters:
     prefix_query_tokens: int = 0
     prefix_hit_tokens: int = 0
     prefix_hit_requests: int = 0  # admissions that reused at least one block
+    partial_hit_tokens: int = 0  # of prefix_hit_tokens, rows copied from a cached block's head
     cow_copies: int = 0
     forks: int = 0
     preemptions: int = 0

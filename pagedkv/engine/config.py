@@ -26,6 +26,11 @@ class EngineConfig:
     (``lru``, ``longest``, ``newest``, ``priority`` or a registered one), which then picks among
     the sequences not yet scheduled in the step.
 
+    ``enable_partial_block_hits``: after a prefix hit, a prompt also reuses the first tokens of
+    the cached block that follows it when they are its own next tokens (their K/V rows are
+    copied into the prompt's block; SGLang's radix cache reuses at token granularity too);
+    off, only whole blocks are reused, as in vLLM. Not for blocks the KV tiers load.
+
     KV tiers (see ``docs/tiers.md``): ``kv_host_bytes`` of host memory, a ``kv_disk_path``
     folder of at most ``kv_disk_bytes``, and ``kv_remote`` (``"embedded"`` starts a local
     Valkey; or ``redis://host:port`` / ``valkey://host:port``) shared by every process that
@@ -47,6 +52,7 @@ class EngineConfig:
     num_host_blocks: int = 0
     eviction_policy: str = "lru"
     enable_prefix_caching: bool = True
+    enable_partial_block_hits: bool = True
     scheduling_policy: str = "fcfs"
     backend: str = "auto"
     watermark: float = 0.01
@@ -111,6 +117,9 @@ class EngineConfig:
             raise ConfigError(
                 f"kv_tier_write: expected 'through' or 'evict', got {self.kv_tier_write!r}"
             )
+        for name in ("enable_prefix_caching", "enable_partial_block_hits"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if not 0.0 <= self.watermark < 1.0:
             raise ConfigError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
 

@@ -300,6 +300,8 @@ class Scheduler:
                     cache_salt=req.cache_salt if hashed is None else None,
                     priority=req.priority,
                     sliding_window=self.sliding_window,
+                    # not into blocks the tiers load below (the copy would overwrite them)
+                    partial_block_hit=self.config.enable_partial_block_hits and not in_tiers,
                 )
             except OutOfBlocksError:
                 break

@@ -134,6 +134,13 @@ def add_engine_flags(
         help="reuse cached prompt prefixes (EngineConfig.enable_prefix_caching)",
     )
     g.add_argument(
+        "--partial-block-hits",
+        choices=["on", "off"],
+        default="on",
+        help="also reuse the first tokens of the cached block after a prefix hit "
+        "(EngineConfig.enable_partial_block_hits)",
+    )
+    g.add_argument(
         "--max-model-len",
         metavar="TOKENS",
         type=int_at_least(1),
@@ -159,6 +166,7 @@ def engine_knobs(args: argparse.Namespace) -> dict[str, Any]:
         "num_host_blocks": args.num_host_blocks,
         "serve_policy": args.serve_policy,
         "prefix_caching": args.prefix_caching == "on",
+        "partial_block_hits": args.partial_block_hits == "on",
         "max_model_len": args.max_model_len,
         "arrival_scale": args.arrival_scale,
     }

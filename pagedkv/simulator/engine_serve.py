@@ -171,6 +171,7 @@ def engine_settings(engine: EngineCore) -> dict[str, Any]:
         "num_host_blocks": c.num_host_blocks,
         "eviction_policy": c.eviction_policy,
         "enable_prefix_caching": c.enable_prefix_caching,
+        "enable_partial_block_hits": c.enable_partial_block_hits,
         "max_model_len": engine.max_model_len,
     }
 

@@ -199,6 +199,7 @@ def engine_flags(engine: Mapping[str, Any]) -> str:
         flags.append(f"--num-host-blocks {engine['num_host_blocks']}")
     flags += [
         f"--prefix-caching {'on' if engine['enable_prefix_caching'] else 'off'}",
+        f"--partial-block-hits {'on' if engine.get('enable_partial_block_hits', True) else 'off'}",
         f"--serve-policy {engine['eviction_policy']}",
         f"--max-model-len {engine['max_model_len']}",
     ]

@@ -47,6 +47,7 @@ class SimulationConfig:
     num_blocks: int | None = None  # usable blocks, instead of kv_tokens
     serve_policy: str = "lru"  # EngineConfig.eviction_policy
     prefix_caching: bool = True  # the baselines' paged arm never shares
+    partial_block_hits: bool = True  # EngineConfig.enable_partial_block_hits
     watermark: float = 0.01
     max_model_len: int | None = None  # None = max(2048, next power of two of the longest)
     max_num_seqs: int = 64
@@ -99,6 +100,7 @@ class SimulationConfig:
             num_host_blocks=self.num_host_blocks,
             eviction_policy=self.serve_policy,
             enable_prefix_caching=self.prefix_caching,
+            enable_partial_block_hits=self.partial_block_hits,
             watermark=self.watermark,
             max_model_len=self.max_model_len,
         )

@@ -10,7 +10,8 @@ copy-on-write and its KV write. The model keeps a payload per physical slot, ``m
 After every rule: ``check_integrity()``; every cached block holds the KV of the tokens its hash
 stands for; every sequence still reads its computed KV through its block table (a pending copy's
 target reads as its source); and every prefix hit returns blocks whose payload is the KV of the
-tokens it claims.
+tokens it claims. Admissions may take partial-block hits, whose rows arrive by a pending copy
+(the invariant reads a copy's target as its source, so they are checked like any computed row).
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from pagedkv.core.prefix_cache.hashing import chain_hashes, root_hash, token_byt
 from pagedkv.core.tokens import as_token_array
 from pagedkv.errors import InvalidArgumentError, OutOfBlocksError
 
-PREFIXES = ((1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 4, 9, 9), (5, 5, 5, 5, 5, 5))
+PREFIXES = (
+    (1, 2, 3, 4, 5, 6, 7, 8),
+    (1, 2, 3, 4, 5, 6, 7, 0),  # agrees with the first on 7 tokens: partial-block hits
+    (1, 2, 3, 4, 9, 9),
+    (5, 5, 5, 5, 5, 5),
+)
 SALTS = (None, None, "tenant-b")
 TOKENS = st.lists(st.integers(0, 2), max_size=5)
 
@@ -132,6 +138,7 @@ class KVWriteMachine(RuleBasedStateMachine):
         salt=st.sampled_from(SALTS),
         last=st.booleans(),
         window=st.sampled_from([None, 3]),
+        partial=st.booleans(),
     )
     def admit(
         self,
@@ -141,6 +148,7 @@ class KVWriteMachine(RuleBasedStateMachine):
         salt: str | None,
         last: bool,
         window: int | None,
+        partial: bool = False,
     ) -> None:
         tokens = [*prefix[:cut], *tail]
         self.next_id += 1
@@ -148,7 +156,12 @@ class KVWriteMachine(RuleBasedStateMachine):
         sw = None if window is None else SlidingWindow(window)
         try:
             hit = self.m.admit(
-                sid, tokens, cache_salt=salt, compute_last_token=last, sliding_window=sw
+                sid,
+                tokens,
+                cache_salt=salt,
+                compute_last_token=last,
+                sliding_window=sw,
+                partial_block_hit=partial,
             )
         except OutOfBlocksError:
             return
@@ -161,9 +174,15 @@ class KVWriteMachine(RuleBasedStateMachine):
         tail=TOKENS,
         salt=st.sampled_from(SALTS),
         chunk=st.integers(1, 9),
+        partial=st.booleans(),
     )
     def admit_hashed_chunk(
-        self, prefix: tuple[int, ...], tail: list[int], salt: str | None, chunk: int
+        self,
+        prefix: tuple[int, ...],
+        tail: list[int],
+        salt: str | None,
+        chunk: int,
+        partial: bool,
     ) -> None:
         """Chunked prefill the engine's way: the whole prompt hashed once, its first chunk
         admitted; ``continue_prompt`` appends the rest, reusing the prompt's hashes."""
@@ -173,7 +192,7 @@ class KVWriteMachine(RuleBasedStateMachine):
         sid = self.next_id
         first = min(chunk, len(tokens))
         try:
-            hit = self.m.admit(sid, hashed.prefix(first))
+            hit = self.m.admit(sid, hashed.prefix(first), partial_block_hit=partial)
         except OutOfBlocksError:
             return
         self.check_hit(tokens, salt, self.m.block_table(sid)[: hit // self.bs])

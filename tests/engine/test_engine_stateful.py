@@ -61,7 +61,7 @@ class EngineMachine(RuleBasedStateMachine):
         num_blocks=st.integers(6, 14),
         budget=st.sampled_from([3, 5, 8, 64, None]),
         max_num_seqs=st.sampled_from([3, 4, 5, 16]),
-        prefix=st.booleans(),
+        prefix=st.sampled_from(["off", "blocks", "partial"]),  # partial: partial-block hits
         policy=st.sampled_from(["fcfs", "priority"]),
     )
     def setup(self, mode, num_blocks, budget, max_num_seqs, prefix, policy):
@@ -76,7 +76,8 @@ class EngineMachine(RuleBasedStateMachine):
             max_num_batched_tokens=budget if chunked else 64,
             max_model_len=64,
             max_num_seqs=max_num_seqs,
-            enable_prefix_caching=prefix,
+            enable_prefix_caching=prefix != "off",
+            enable_partial_block_hits=prefix == "partial",
             scheduling_policy=policy,
         )
         self.capacity = num_blocks * BLOCK
@@ -182,7 +183,7 @@ def test_swap_in_leaves_seats_for_forks_still_owed() -> None:
     yet) came back beside two running sequences, and its fork made 4 running under
     ``max_num_seqs = 3``. Swap-in now counts owed forks as admission does."""
     m = EngineMachine()
-    m.setup(mode="swap", num_blocks=8, budget=3, max_num_seqs=3, prefix=False, policy="fcfs")
+    m.setup(mode="swap", num_blocks=8, budget=3, max_num_seqs=3, prefix="off", policy="fcfs")
     m.submit(kind=0, max_tokens=9, n=1, priority=0, prompt_idx=6)
     m.submit(kind=0, max_tokens=3, n=2, priority=0, prompt_idx=7)
     m.step(1)

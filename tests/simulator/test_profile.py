@@ -99,9 +99,10 @@ def test_a_cached_mix_prompt_hits_the_first_sequences_prefix() -> None:
     grid = ProfileGrid(ladders=(lad,), prefills=(), warmup=Ladder(8, (1,), 1))
     records, skipped = collect_steps(engine, grid)
     assert skipped == []
-    # 10 tokens = 2 full blocks of 4 cached, then the other 2 + the 6 new ones computed beside
-    # the remaining decode
-    assert list(records[-1].shapes) == [(14, 1), (8, 8)]
+    # 10 tokens = 2 full blocks of 4 cached and the other 2 a partial block hit (the first
+    # prompt's 3rd block, filled by its decode), then the 6 new ones computed beside the
+    # remaining decode
+    assert list(records[-1].shapes) == [(14, 1), (10, 6)]
 
 
 def test_points_over_the_engine_limits_are_shrunk_and_said() -> None:

@@ -1,8 +1,10 @@
 """Copy-on-write: the queue of pending block copies and the blocks they read.
 
 Writing into a partial last block that is shared (``ref_cnt > 1``) or cached gives the writer a
-private ``dst`` block and queues ``(src, dst)``; the storage layer runs the queued copies (from
-``take()``) before it writes the step's KV. Two things must hold until then:
+private ``dst`` block and queues ``(src, dst)``; so does a partial-block prefix hit at
+admission (``add_held``: the first rows of a cached ``src`` reused by a new sequence). The
+storage layer runs the queued copies (from ``take()``) before it writes the step's KV. Two
+things must hold until then:
 
 * **the source is not reused.** The writer's reference on ``src`` is not dropped but moves to the
   pending copy (``held``), so ``src`` cannot go back to the pool - be evicted, reallocated, or
@@ -74,6 +76,14 @@ class PendingCopies:
         self.counters.cow_copies += 1
         self.counters.allocations += 1
         return dst
+
+    def add_held(self, src: int, dst: int) -> None:
+        """Queue a copy of cached block ``src`` into the fresh private block ``dst`` whose
+        first rows a partial-block prefix hit reuses; the caller already took the reference
+        on ``src`` that becomes the copy's hold (``BlockPool.touch``, before allocating
+        ``dst``, so the allocation cannot evict ``src``)."""
+        self.held.append(src)
+        self.copies[dst] = src
 
     def release(self, blocks: Iterable[int]) -> None:
         """Drop one reference per block (tails first) and the pending copies into blocks that

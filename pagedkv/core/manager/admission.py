@@ -135,6 +135,7 @@ class Admission:
         priority: int,
         window: SlidingWindow | None,
         compute_last_token: bool,
+        partial: bool = False,
     ) -> int:
         """Allocate ``seq_id``'s blocks; returns its cached tokens. Layout for ``n = 10``
         tokens, ``block_size = 4``, ``compute_last_token``, block 0 cached as ``b7``::
@@ -145,16 +146,47 @@ class Admission:
             table     |     b7      |  new b1     |  new b2     |   need = 3 - 1 = 2
                       |<- cached -->|<-- computed by the caller -->|
 
+        With ``partial`` (a partial-block hit), if ``b7`` has a cached child ``b9`` holding
+        ``t4 t5 x x``, rows 0-1 of ``b9`` are queued to be copied into ``b1`` (with the rest of
+        ``b9``, which the caller overwrites) and 6 tokens are returned as cached.
+
         The last token's block is never a hit when the last token must be computed (its
-        logits are needed). A hit on an unreferenced cached block takes it out of the evictable
-        set, so it counts against the room as a new block would (``reclaimed``).
+        logits are needed), nor is the last token itself a partial hit. A hit on an
+        unreferenced cached block takes it out of the evictable set, so it counts against the
+        room as a new block would (``reclaimed``); so does a partial hit's source, held until
+        its copy runs.
         """
         hit = self.cache.lookup(p.hashes, self.max_hit(p.n, compute_last_token))
+        src, extra = self.partial_source(p, hit, compute_last_token) if partial else (-1, 0)
         need = -(-p.n // self.block_size) - len(hit)
-        self.check_room(need, hit)
-        seq = self.create(seq_id, p, hit, need, priority, window)
-        self.count(seq, need)
-        return len(hit) * self.block_size
+        self.check_room(need, hit if src < 0 else [*hit, src])
+        seq = self.create(seq_id, p, hit, need, priority, window, src)
+        seq.num_computed += extra
+        self.count(seq, need, extra)
+        return seq.num_computed
+
+    def partial_source(
+        self, p: Prompt, hit: list[int], compute_last_token: bool
+    ) -> tuple[int, int]:
+        """The cached child of the last ``hit`` block whose first tokens agree longest with
+        the prompt's next ones, and how many agree (at most the tokens after the hit, less the
+        last one when it must be computed): ``(block, n)``, or ``(-1, 0)``. Only after a hit
+        (the roots of the cached forest are not indexed) and for a prompt with tokens."""
+        bs, start = self.block_size, len(hit) * self.block_size
+        limit = min(bs - 1, p.n - start - (1 if compute_last_token else 0))
+        if not hit or limit <= 0:
+            return -1, 0
+        if p.hashed is not None:
+            data = p.hashed.data
+        elif p.tokens is not None:
+            data = p.tokens.tobytes()
+        else:
+            return -1, 0
+        cache = self.cache
+        src, n = cache.tokens.best_child(
+            cache.forest.children[hit[-1]], cache.block_hash, data[start * 8 : (start + limit) * 8]
+        )
+        return (src, n) if n else (-1, 0)
 
     def max_hit(self, n: int, compute_last_token: bool) -> int:
         """Most leading blocks of an ``n``-token prompt that may come from the cache."""
@@ -178,12 +210,16 @@ class Admission:
         need: int,
         priority: int,
         window: SlidingWindow | None,
+        partial_src: int = -1,
     ) -> SeqState:
-        """Take the hits, allocate the rest and register the new ``SeqState``."""
+        """Take the hits (and ``partial_src``, the hold of a partial hit's copy into the first
+        new block), allocate the rest and register the new ``SeqState``."""
         bs, table = self.block_size, self.table
         tokens = p.tokens if p.hashed is None else p.hashed.token_array()  # its own copy
         if hit:
             self.pool.touch(hit)
+        if partial_src >= 0:  # before allocating: the allocation must not evict it
+            self.pool.touch((partial_src,))
         num_hit = len(hit)
         table.clock += 1
         caching = (bool(p.hashes) or p.root is not None) and p.n >= self.min_cache_tokens
@@ -202,6 +238,8 @@ class Admission:
         )
         seq.prompt = None if p.hashed is None else p.hashed.whole or p.hashed
         seq.num_computed = num_hit * bs  # hit blocks were committed by whoever cached them
+        if partial_src >= 0:
+            table.copies.add_held(partial_src, seq.block_table[num_hit])
         table.seqs[seq_id] = seq
         table.registrar.track(seq)
         if window is not None:
@@ -210,16 +248,18 @@ class Admission:
             seq.window_next = window.first_droppable_block(bs)
         return seq
 
-    def count(self, seq: SeqState, need: int) -> None:
-        """Counters, peak usage and pressure after an admission."""
+    def count(self, seq: SeqState, need: int, partial: int = 0) -> None:
+        """Counters, peak usage and pressure after an admission (``partial``: tokens of a
+        partial-block hit)."""
         c = self.counters
         c.allocations += need
         if self.caching:
             c.prefix_queries += 1
             c.prefix_query_tokens += seq.num_tokens
             if seq.num_hashed:
-                c.prefix_hit_tokens += seq.num_hashed * self.block_size
+                c.prefix_hit_tokens += seq.num_hashed * self.block_size + partial
                 c.prefix_hit_requests += 1
+                c.partial_hit_tokens += partial
         self.table.after_alloc()
 
     def admit_batch(

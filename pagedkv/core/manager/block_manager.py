@@ -71,6 +71,7 @@ class BlockManager(ManagerQueries):
         priority: int = 0,
         sliding_window: SlidingWindow | None = None,
         compute_last_token: bool = True,
+        partial_block_hit: bool = False,
     ) -> int:
         """Allocate blocks for a new sequence's prompt, reusing its longest cached prefix.
 
@@ -86,6 +87,12 @@ class BlockManager(ManagerQueries):
         ``[hit, num_tokens)`` at ``slot_mapping(seq_id, hit)``, then reports them written with
         ``commit`` (only then can other sequences hit the new blocks).
 
+        ``partial_block_hit`` (token prompts): also reuse the first tokens of the cached block
+        that continues the hit, when they agree with the prompt's; their rows are copied into
+        the sequence's own block (queued in ``take_copies``, which the caller must run before
+        writing KV), and the hit need not be a multiple of ``block_size``. Off by default: a
+        caller that loads the next blocks itself (a KV tier) must not have them overwritten.
+
         Raises OutOfBlocksError if the prompt's new blocks would dip below the watermark.
         """
         self._check_new(seq_id)
@@ -98,7 +105,10 @@ class BlockManager(ManagerQueries):
             check.salt(cache_salt)
             check.lora(lora_id)
         self.admission.check_options(priority, sliding_window)
-        return self.admission.admit(seq_id, p, priority, sliding_window, compute_last_token)
+        check.instance("partial_block_hit", partial_block_hit, bool)
+        return self.admission.admit(
+            seq_id, p, priority, sliding_window, compute_last_token, partial_block_hit
+        )
 
     def _check_new(self, seq_id: Hashable) -> None:
         try:

@@ -79,9 +79,12 @@ class Registrar:
     def register(self, seq: SeqState, upto: int) -> None:
         """Offer full blocks ``num_hashed .. upto-1`` of ``seq`` to the prefix cache (their KV
         is written: callers pass ``upto <= num_computed // block_size``)."""
-        done = self.cache.register_chain(
-            seq.block_table, seq.block_hashes, seq.num_hashed, upto, self.pool.free_stack
-        )
+        cache, table, hashes = self.cache, seq.block_table, seq.block_hashes
+        done = cache.register_chain(table, hashes, seq.num_hashed, upto, self.pool.free_stack)
+        if seq.tokens is not None and done > seq.num_hashed:
+            cache.tokens.record_chain(
+                table, hashes, seq.num_hashed, done, seq.tokens, cache.block_hash
+            )
         if done < upto:
             seq.caching = False
         seq.num_hashed = max(seq.num_hashed, done)

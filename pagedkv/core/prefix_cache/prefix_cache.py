@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Any
 
 from pagedkv.core.null_block import NULL_BLOCK_ID
+from pagedkv.core.prefix_cache.block_tokens import BlockTokens
 from pagedkv.core.prefix_cache.evict_log import EvictListener, EvictLog
 from pagedkv.core.prefix_cache.eviction import EvictionPolicy
 from pagedkv.core.prefix_cache.forest import BlockForest, detach, kids_of
@@ -39,6 +40,7 @@ class PrefixCache:
         self.cached: dict[Hashable, int] = {}
         self.block_hash: list[Hashable | None] = [None] * num_blocks
         self.forest = BlockForest(num_blocks)
+        self.tokens = BlockTokens(num_blocks, block_size)  # for partial-block hits
         self.evictor = policy
         self.max_cached_blocks = max_cached_blocks
         self.hasher = BlockHasher(hash_fn, block_size)
