@@ -7,9 +7,15 @@ over the layers streams them from DRAM as an engine step does. Both sides are
 ``compiled=False`` (oneDNN) and ``compiled=True`` (the compiled kernel's panel GEMM, float32 on
 AVX-512).
 
+A ``silu_mul`` case times the MLP's gate/up step on panels both ways, on
+:class:`~pagedkv.integrations.packed_linear.GateUpLinear`: the gate|up GEMM then the separate
+SiLU-and-multiply row pass (``fused_rows.silu_mul``) against the GEMM with the SiLU-and-multiply
+as its epilogue (``silu_mul``, one call), at ``--silu-rows``; GFLOP/s count the GEMM's flops.
+
     python benchmarks/gemm_projections.py
     python benchmarks/gemm_projections.py --rows 1,8,48 --hidden 4096 --inter 14336 \
         --qkv 6144 --layers 4
+    python benchmarks/gemm_projections.py --cases silu_mul --repeats 3
 
 Prints per shape and row count the best of ``--repeats`` sweeps (µs a layer), GFLOP/s and the
 ratio, and the load average.
@@ -26,7 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from pagedkv.integrations.packed_linear import PackedLinear
+from pagedkv.integrations import fused_rows
+from pagedkv.integrations.packed_linear import GateUpLinear, PackedLinear
 from pagedkv.integrations.panel_gemm import panel_gemm_usable
 
 
@@ -50,6 +57,8 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cases", default="qkv,o,gate_up,down,silu_mul")
+    p.add_argument("--silu-rows", default="1,8,48,2048")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if not panel_gemm_usable(torch.empty(1, 1)):
@@ -61,9 +70,12 @@ def main() -> int:
         "gate_up": (a.hidden, 2 * a.inter),
         "down": (a.inter, a.hidden),
     }
+    cases = a.cases.split(",")
     gen = torch.Generator().manual_seed(0)
     print(f"{a.threads} threads, {a.layers} layers, load {os.getloadavg()[0]:.2f}")
     for name, (k, n) in shapes.items():
+        if name not in cases:
+            continue
         linears = []
         for _ in range(a.layers):
             lin = torch.nn.Linear(k, n, bias=False)
@@ -83,8 +95,34 @@ def main() -> int:
                 f"GFLOP/s | {t_one / t_pan:4.2f}x",
                 flush=True,
             )
+    if "silu_mul" in cases:
+        silu_mul_case(a, gen)
     print(f"load {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def silu_mul_case(a: argparse.Namespace, gen: torch.Generator) -> None:
+    """The gate/up GEMM then ``fused_rows.silu_mul`` against the fused call, on panels."""
+    k, inter = a.hidden, a.inter
+    packs = []
+    for _ in range(a.layers):
+        gate, up = torch.nn.Linear(k, inter, bias=False), torch.nn.Linear(k, inter, bias=False)
+        with torch.no_grad():
+            for lin in (gate, up):
+                lin.weight.copy_(torch.randn(inter, k, generator=gen) * 0.05)
+        packs.append(GateUpLinear(gate, up, compiled=True))
+    assert all(p.fused for p in packs)
+    for m in (int(r) for r in a.silu_rows.split(",")):
+        x = torch.randn(m, k, generator=gen)
+        t_two = best_sweep(lambda i, x=x: fused_rows.silu_mul(packs[i](x)), a.layers, a.repeats)
+        t_one = best_sweep(lambda i, x=x: packs[i].silu_mul(x), a.layers, a.repeats)
+        gf = 2 * m * k * 2 * inter / 1e9
+        print(
+            f"silu_mul [{m:5d}, {k:5d}] x [{k:5d}, 2 x {inter:5d}]: GEMM + row pass "
+            f"{t_two * 1e6:8.1f} µs {gf / t_two:6.1f} GFLOP/s | fused {t_one * 1e6:8.1f} µs "
+            f"{gf / t_one:6.1f} GFLOP/s | {t_two / t_one:4.2f}x | load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

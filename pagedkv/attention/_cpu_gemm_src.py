@@ -25,6 +25,19 @@ them (the first block) or adds them to the output. The block's slice of the pane
 chunk's rows stay in L2 while the row groups reuse them. An output's order of operations
 depends on ``K`` only, not on ``M`` or on the row's place in a tile, so a row's result is the
 same bit for bit in any batch.
+
+``panel_silu_mul`` is the gate/up projection of a Llama MLP with its SiLU-and-multiply as the
+epilogue: ``out[m, c] = silu(g) * u`` for ``g = x Wg^T + bg``, ``u = x Wu^T + bu`` (``c < I``,
+``I`` a multiple of 16), from the panels of ``Wg`` followed by those of ``Wu``, so panel ``q``
+of both covers the same columns. Why: the unfused path writes the ``[M, 2I]`` gate|up output
+and reads it back for the row pass (at a prompt chunk's 2,048 rows of SmolLM2, 25 MB each
+way). A task is (64-row chunk, panel ``q``): both tiles are summed exactly as ``panel_gemm``
+sums them (the same ``tile`` calls into a task-local ``[64, 96]`` scratch, gate in columns
+0-47, up in 48-95, which stays in L1/L2), then the SiLU-and-multiply reads the scratch through
+``silu_mul16``, the one copy of the formula that the row kernel's ``silu_mul_row`` uses
+(:mod:`pagedkv.attention._cpu_rows_src`, its AVX-512 copy, the same compile target as this
+GEMM). The result is therefore bit-identical to ``silu_mul`` of ``panel_gemm``'s gate|up
+output, whatever the panels of the concatenated weight would have been.
 """
 
 from __future__ import annotations
@@ -44,6 +57,16 @@ namespace panels {
 
 constexpr int64_t kRowChunk = 64;  // rows a task
 constexpr int64_t kDepth = 768;  // the longest k block a sum stays in registers for
+
+// The k block length for K: k in near-equal blocks of at most kDepth. A sum is kept in
+// registers for one block, then added to the output, which bounds its rounding error as K grows
+// (Llama-8B's K = 14,336: one chain had 19x F.linear's largest error against float64, blocks of
+// <= 768 have 1.6x) and keeps a block of the panel in L2. Shorter blocks (256, 384) cost 4-8%
+// on K = 576.
+inline int64_t k_block(int64_t K) {
+  const int64_t nkb = std::max<int64_t>(1, (K + kDepth - 1) / kDepth);
+  return std::max<int64_t>(1, (K + nkb - 1) / nkb);
+}
 
 // Rows [0, MR) of x (ldx apart) times k = 0 .. K-1 of one panel (NV vectors wide, so its
 // rows 16 * NV floats apart) into out (ldo apart): stored when `first`, else added to what is
@@ -100,16 +123,19 @@ void panel_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* 
   }
 }
 
+// panel_rows for a panel `width` (48, 32 or 16) columns wide.
+inline void panel_block(int64_t width, const float* x, int64_t ldx, int64_t M, int64_t K,
+                        const float* w, const float* bias, int64_t valid, float* out,
+                        int64_t ldo, bool first, bool last) {
+  if (width == 48) panel_rows<3>(x, ldx, M, K, w, bias, valid, out, ldo, first, last);
+  else if (width == 32) panel_rows<2>(x, ldx, M, K, w, bias, valid, out, ldo, first, last);
+  else panel_rows<1>(x, ldx, M, K, w, bias, valid, out, ldo, first, last);
+}
+
 void gemm(const float* x, int64_t M, int64_t K, const float* packed, const float* bias,
           int64_t N, float* out) {
   const int64_t np = padded_cols(N), npan = num_panels(N);
-  const int64_t nchunks = (M + kRowChunk - 1) / kRowChunk;
-  // k in near-equal blocks of at most kDepth: a sum is kept in registers for one block, then
-  // added to the output, which bounds its rounding error as K grows (Llama-8B's K = 14,336:
-  // one chain had 19x F.linear's largest error against float64, blocks of <= 768 have 1.6x)
-  // and keeps a block of the panel in L2. Shorter blocks (256, 384) cost 4-8% on K = 576.
-  const int64_t nkb = std::max<int64_t>(1, (K + kDepth - 1) / kDepth);
-  const int64_t kc = std::max<int64_t>(1, (K + nkb - 1) / nkb);
+  const int64_t nchunks = (M + kRowChunk - 1) / kRowChunk, kc = k_block(K);
   at::parallel_for(0, nchunks * npan, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t m0 = (t / npan) * kRowChunk, rows = std::min(kRowChunk, M - m0);
@@ -122,10 +148,43 @@ void gemm(const float* x, int64_t M, int64_t K, const float* packed, const float
         const bool first = k0 == 0, last = k0 + kc >= K;
         const float* xm = x + m0 * K + k0;
         const float* w = packed + n0 * K + k0 * width;
-        if (width == 48) panel_rows<3>(xm, K, rows, kn, w, b, valid, o, N, first, last);
-        else if (width == 32) panel_rows<2>(xm, K, rows, kn, w, b, valid, o, N, first, last);
-        else panel_rows<1>(xm, K, rows, kn, w, b, valid, o, N, first, last);
+        panel_block(width, xm, K, rows, kn, w, b, valid, o, N, first, last);
         if (last) break;
+      }
+    }
+  });
+}
+
+// out [M, I] = silu(x Wg^T + bg) * (x Wu^T + bu), I a multiple of 16 (no padded columns), pg /
+// pu the panels of Wg / Wu, bg / bu their biases or null. Each task (64-row chunk, panel q)
+// sums gate and up block by block with gemm's own calls into its scratch (ld 2 * kPanel: gate
+// in columns [0, width), up in [kPanel, kPanel + width)), then writes silu(g) * u row by row.
+void gemm_silu_mul(const float* x, int64_t M, int64_t K, const float* pg, const float* pu,
+                   const float* bg, const float* bu, int64_t I, float* out) {
+  const int64_t npan = num_panels(I), kc = k_block(K);
+  const int64_t nchunks = (M + kRowChunk - 1) / kRowChunk, lds = 2 * kPanel;
+  at::parallel_for(0, nchunks * npan, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float s[kRowChunk * 2 * kPanel];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t m0 = (t / npan) * kRowChunk, rows = std::min(kRowChunk, M - m0);
+      const int64_t n0 = (t % npan) * kPanel, width = std::min(kPanel, I - n0);
+      const float* g_bias = bg ? bg + n0 : nullptr;
+      const float* u_bias = bu ? bu + n0 : nullptr;
+      for (int64_t k0 = 0;; k0 += kc) {  // once when K == 0: the biases, or zeros
+        const int64_t kn = std::min(kc, K - k0), off = n0 * K + k0 * width;
+        const bool first = k0 == 0, last = k0 + kc >= K;
+        const float* xm = x + m0 * K + k0;
+        panel_block(width, xm, K, rows, kn, pg + off, g_bias, width, s, lds, first, last);
+        panel_block(width, xm, K, rows, kn, pu + off, u_bias, width, s + kPanel, lds, first,
+                    last);
+        if (last) break;
+      }
+      for (int64_t m = 0; m < rows; ++m) {
+        const float* g = s + m * lds;
+        float* o = out + (m0 + m) * I + n0;
+        for (int64_t j = 0; j < width; j += 16)
+          k_avx512::store16(o + j, k_avx512::silu_mul16<float>(k_avx512::load16(g + j),
+                                                               k_avx512::load16(g + kPanel + j)));
       }
     }
   });
@@ -173,6 +232,33 @@ torch::Tensor panel_gemm(torch::Tensor x, torch::Tensor packed, torch::Tensor bi
                  bias.numel() ? bias.data_ptr<float>() : nullptr, N, out.data_ptr<float>());
 #else
   TORCH_CHECK(false, "pagedkv panel_gemm: needs an x86-64 CPU with AVX-512");
+#endif
+  return out;
+}
+
+torch::Tensor panel_silu_mul(torch::Tensor x, torch::Tensor packed, torch::Tensor bias,
+                             int64_t I) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "pagedkv panel_silu_mul: x must be a contiguous float32 [M, K]");
+  TORCH_CHECK(I >= 0 && I % 16 == 0, "pagedkv panel_silu_mul: the gate/up width must be a "
+              "multiple of 16 (as fused_rows' silu_mul), got ", I);
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(packed.scalar_type() == at::kFloat && packed.is_contiguous() &&
+              packed.numel() == 2 * I * K, "pagedkv panel_silu_mul: packed weight is not gate [",
+              I, ", ", K, "] in panels followed by up [", I, ", ", K, "] in panels");
+  TORCH_CHECK(bias.numel() == 0 || (bias.numel() == 2 * I && bias.scalar_type() == at::kFloat &&
+              bias.is_contiguous()), "pagedkv panel_silu_mul: bias must be float32 gate|up [",
+              2 * I, "]");
+  auto out = torch::empty({M, I}, x.options());
+#if defined(__x86_64__) || defined(__i386__)
+  TORCH_CHECK(cpu_has_avx512(), "pagedkv panel_silu_mul: needs AVX-512");
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const float* p = packed.data_ptr<float>();
+  if (M > 0)
+    panels::gemm_silu_mul(x.data_ptr<float>(), M, K, p, p + I * K, b, b ? b + I : nullptr, I,
+                          out.data_ptr<float>());
+#else
+  TORCH_CHECK(false, "pagedkv panel_silu_mul: needs an x86-64 CPU with AVX-512");
 #endif
   return out;
 }

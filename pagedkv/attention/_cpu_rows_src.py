@@ -8,7 +8,9 @@ tensor), each a pass over memory plus a dispatch. Here each becomes one pass per
   rounded to the model's dtype before the weight (as ``LlamaRMSNorm``); ``add_rms_norm`` first
   adds the residual into ``h`` in place.
 - ``silu_mul``: ``silu(gate) * up`` from the fused gate|up GEMM's output (bfloat16: the SiLU
-  rounded before the product, as torch's two ops do).
+  rounded before the product, as torch's two ops do). Its 16-lane formula, ``silu_mul16``, is
+  also the panel GEMM's fused epilogue (:mod:`pagedkv.attention._cpu_gemm_src`): one copy, so
+  the two paths give the same bits.
 - ``rope``: ``x * cos + rotate_half(x) * sin`` on the q and k heads of the fused qkv output, in
   place.
 
@@ -47,17 +49,23 @@ void add_rms_row(T* h, const T* y, const T* w, float eps, int64_t H, T* out) {
   rms_row<T>(h, w, eps, H, out);
 }
 
-// silu(g) * u: g / (1 + exp(-g)) as torch computes it, with e = exp(-|g|) (vexp takes
-// x <= 0; for g < 0, g / (1 + 1/e) = g e / (e + 1), which cannot overflow).
+// silu(g) * u of 16 lanes: g / (1 + exp(-g)) as torch computes it, with e = exp(-|g|) (vexp
+// takes x <= 0; for g < 0, g / (1 + 1/e) = g e / (e + 1), which cannot overflow); the SiLU
+// rounded to T before the product. The one copy of the formula: silu_mul_row and the panel
+// GEMM's fused epilogue (panels::gemm_silu_mul, which calls k_avx512's, compiled for the same
+// target) both inline it, so the fused and the unfused paths give the same bits.
+template <typename T>
+inline vf silu_mul16(vf g, vf u) {
+  const vi neg = g < splat(0.f);
+  const vf e = vexp(neg ? g : -g);
+  const vf silu = (neg ? g * e : g) / (splat(1.f) + e);
+  return round_to<T>(silu) * u;
+}
+
 template <typename T>
 void silu_mul_row(const T* gu, int64_t I, T* out) {
-  for (int64_t i = 0; i < I; i += 16) {
-    const vf g = load16(gu + i);
-    const vi neg = g < splat(0.f);
-    const vf e = vexp(neg ? g : -g);
-    const vf silu = (neg ? g * e : g) / (splat(1.f) + e);
-    store16(out + i, round_to<T>(silu) * load16(gu + I + i));
-  }
+  for (int64_t i = 0; i < I; i += 16)
+    store16(out + i, silu_mul16<T>(load16(gu + i), load16(gu + I + i)));
 }
 
 // nh heads of D = 16 C at x (row-major [nh, D]), in place; C even (D a multiple of 32).

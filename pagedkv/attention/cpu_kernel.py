@@ -89,6 +89,7 @@ def load_kernel(verbose: bool = False) -> Any:
                     "cpu_has_avx512",
                     "pack_panels",
                     "panel_gemm",
+                    "panel_silu_mul",
                 ],
                 extra_cflags=["-O3", "-fopenmp", "-Wno-psabi"],
                 extra_ldflags=["-fopenmp"],

@@ -19,12 +19,12 @@ outputs would reach nothing, and their K/V are written as before. The projection
 packed GEMMs (:mod:`pagedkv.integrations.packed_linear`: q/k/v as one, gate/up as one; in
 float32 with the compiled CPU kernel on AVX-512 its panel GEMM, else oneDNN's blocked layout):
 the same dot products summed in another order, so float32 logits differ from ``F.linear``'s by
-rounding only (~1e-6). With the compiled CPU kernel (backend
-``"cpu"``, what ``"auto"`` picks on a CPU), prompt rows attend through its prefill kernel and
-RMSNorm (with the residual add before it), RoPE and SiLU-and-multiply run as fused row passes
-(:mod:`pagedkv.integrations.fused_rows`): again the same operations up to float32 rounding.
-The tests compare greedy tokens with HF ``generate`` on several tiny Llama configurations and
-on the default model, with and without the compiled kernel.
+rounding only (~1e-6). With the compiled CPU kernel (backend ``"cpu"``, what ``"auto"`` picks
+on a CPU), prompt rows attend through its prefill kernel and RMSNorm (with the residual add
+before it), RoPE and SiLU-and-multiply run as fused row passes (:mod:`pagedkv.integrations.
+fused_rows`; with panels the last is the gate/up GEMM's epilogue, the same bits): again the
+same operations up to float32 rounding. The tests compare greedy tokens with HF ``generate`` on
+several tiny Llama configurations and on the default model, with and without the kernel.
 
 What runs here: exactly ``LlamaForCausalLM`` with its stock modules (a subclass, a replaced
 module, a quantized ``Linear`` subclass or a registered hook could change the computation, so
@@ -54,7 +54,7 @@ from pagedkv.integrations.native_attention import (
     step_attention,
 )
 from pagedkv.integrations.native_eligibility import hooked, is_silu, native_llama_refusal
-from pagedkv.integrations.packed_linear import PackedLinear
+from pagedkv.integrations.packed_linear import GateUpLinear, PackedLinear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -84,7 +84,7 @@ class LayerPacks:
 
     qkv: PackedLinear  # q_proj | k_proj | v_proj
     o: PackedLinear
-    gate_up: PackedLinear  # gate_proj | up_proj
+    gate_up: GateUpLinear  # gate_proj | up_proj (and their SiLU-and-multiply)
     down: PackedLinear
 
     @classmethod
@@ -94,7 +94,7 @@ class LayerPacks:
         return cls(
             PackedLinear([a.q_proj, a.k_proj, a.v_proj], **kw),
             PackedLinear([a.o_proj], **kw),
-            PackedLinear([m.gate_proj, m.up_proj], **kw),
+            GateUpLinear(m.gate_proj, m.up_proj, **kw),
             PackedLinear([m.down_proj], **kw),
         )
 
@@ -290,7 +290,7 @@ class NativeLlama:
     ) -> torch.Tensor:
         """:meth:`_layers` with the compiled fused row ops (:mod:`fused_rows`): RoPE in place on
         the qkv rows, each residual add fused into the next RMSNorm (``h`` updated in place),
-        SiLU-and-multiply in one pass."""
+        SiLU-and-multiply in one pass (with panels, the gate/up GEMM's epilogue)."""
         cos2, sin2 = cos[:, 0].contiguous(), sin[:, 0].contiguous()  # [T, D]
         t, d = h.shape[0], self.head_dim
         hq, hkv = self.packs[0].qkv.splits[0] // d, self.packs[0].qkv.splits[1] // d
@@ -312,7 +312,7 @@ class NativeLlama:
             if cut is not None:
                 h = h.index_select(0, cut.index)  # a copy: the rows that reach lm_head
             x = fused_rows.add_rms_norm(h, attn, layer.post_attention_layernorm.weight, eps_post)
-            pending = packs.down(fused_rows.silu_mul(packs.gate_up(x)))
+            pending = packs.down(packs.gate_up.silu_mul(x))
         if pending is not None:
             h.add_(pending)
         return h

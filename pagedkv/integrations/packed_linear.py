@@ -26,6 +26,10 @@ source tensor's identity, storage pointer and version counter (torch bumps it on
 write: ``copy_`` / ``mul_`` under ``no_grad``, ``load_state_dict``); a changed source is packed
 again before the step runs. An edit through ``.data`` bypasses that counter and is not seen:
 use ``load_state_dict`` or an in-place op under ``torch.no_grad()``.
+
+An MLP's gate|up pair is a :class:`GateUpLinear`: the same pack, plus :meth:`GateUpLinear.
+silu_mul`, which with panels runs the SiLU-and-multiply as the GEMM's epilogue (one kernel
+call, the ``[T, 2I]`` gate|up output never written; bit for bit the unfused result).
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as nnf
 
-from pagedkv.integrations.panel_gemm import pack_panels, panel_gemm, panel_gemm_usable
+from pagedkv.integrations import fused_rows
+from pagedkv.integrations.panel_gemm import (
+    gate_up_gemm,
+    pack_gate_up,
+    pack_panels,
+    panel_gemm,
+    panel_gemm_usable,
+    panel_silu_mul,
+)
 
 _PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -99,7 +111,7 @@ class PackedLinear:
             self.weight = weight.contiguous()
             self.split_calls = False  # one F.linear per source linear (nothing copied)
             if self._pack and self._compiled and panel_gemm_usable(weight):
-                self.panels = pack_panels(self.weight)
+                self.panels = self._pack_panels()
                 if not self._agrees():  # a kernel that computes something else: do not use it
                     self.panels = None
             if self.panels is None and self._pack and onednn_usable(weight):
@@ -114,9 +126,21 @@ class PackedLinear:
                     self.bias = None  # each call uses its own linear's bias
         self._seen = [_fingerprint(t) for t in self._sources()]
 
-    def _agrees(self) -> bool:
+    def _pack_panels(self) -> torch.Tensor:
+        """:attr:`weight` (float32 ``[N, K]``) in the layout :meth:`_panel_gemm` reads."""
+        return pack_panels(self.weight)
+
+    def _panel_gemm(self, x: torch.Tensor, panels: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[T, K]`` float32 → ``[T, N]`` float32 through the panels."""
+        return panel_gemm(x, panels, self.bias, sum(self.splits))
+
+    def _probe(self) -> torch.Tensor:
+        """A few rows ``[3, K]`` in the weight's dtype to check a fresh pack on."""
         x = torch.randn(3, self.weight.shape[1], generator=torch.Generator().manual_seed(0))
-        x = x.to(self.weight.dtype)
+        return x.to(self.weight.dtype)
+
+    def _agrees(self) -> bool:
+        x = self._probe()
         ref = nnf.linear(x, self.weight, self.bias).float()
         got = self(x).float()
         tol = 1e-4 if self.weight.dtype == torch.float32 else 5e-2
@@ -137,7 +161,7 @@ class PackedLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[T, K]`` → ``[T, N]`` (``N = sum(splits)``), in ``x.dtype``."""
         if self.panels is not None:
-            return panel_gemm(x, self.panels, self.bias, sum(self.splits))
+            return self._panel_gemm(x, self.panels)
         if self.packed is not None:
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.packed, self.bias, "none", [], ""
@@ -155,3 +179,64 @@ class PackedLinear:
             held += [self.weight] if not held else []
             held += [self.bias] if self.bias is not None else []
         return sum(t.numel() * t.element_size() for t in held)
+
+
+class GateUpLinear(PackedLinear):
+    """An MLP's ``gate_proj | up_proj`` (equal widths ``I``) as one :class:`PackedLinear` that
+    also gives ``silu(gate) * up`` in one call (:meth:`silu_mul`).
+
+    Why: with the panel GEMM the SiLU-and-multiply can run as the GEMM's epilogue
+    (:func:`~pagedkv.integrations.panel_gemm.panel_silu_mul`), so the ``[T, 2I]`` gate|up
+    output is never written and read back. For that the panels are in the pair layout (gate's,
+    then up's: the same bytes as the concatenation's when ``I % 48 == 0``, else ``__call__``
+    runs one GEMM per half); ``I`` not a multiple of 16 keeps the plain layout. Everywhere
+    else (bfloat16, oneDNN, no AVX-512, ``F.linear``) :meth:`silu_mul` is
+    ``fused_rows.silu_mul(self(x))``, as before.
+    """
+
+    def __init__(
+        self,
+        gate: torch.nn.Linear,
+        up: torch.nn.Linear,
+        *,
+        pack: bool = True,
+        compiled: bool = False,
+    ) -> None:
+        if gate.out_features != up.out_features:
+            raise ValueError(
+                f"GateUpLinear: gate and up widths differ ({gate.out_features}, {up.out_features})"
+            )
+        self._pair = gate.out_features % 16 == 0  # the fused kernel's (and fused_rows') rule
+        super().__init__([gate, up], pack=pack, compiled=compiled)
+
+    @property
+    def fused(self) -> bool:
+        """Whether :meth:`silu_mul` runs the panel GEMM's fused epilogue (panels are in use)."""
+        return self.panels is not None and self._pair
+
+    def _pack_panels(self) -> torch.Tensor:
+        if not self._pair:
+            return super()._pack_panels()
+        return pack_gate_up(self.weight, self.splits[0])
+
+    def _panel_gemm(self, x: torch.Tensor, panels: torch.Tensor) -> torch.Tensor:
+        if not self._pair:
+            return super()._panel_gemm(x, panels)
+        return gate_up_gemm(x, panels, self.bias, self.splits[0])
+
+    def _agrees(self) -> bool:
+        """The GEMM as :class:`PackedLinear` checks it, and with panels the fused epilogue bit
+        for bit against the unfused pair of calls."""
+        if not super()._agrees():
+            return False
+        x = self._probe()
+        return not self.fused or torch.equal(self.silu_mul(x), fused_rows.silu_mul(self(x)))
+
+    def silu_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[T, K]`` → ``silu(x @ gate.T + bg) * (x @ up.T + bu)`` ``[T, I]`` in
+        ``x.dtype``, through the compiled kernel (so a CPU float32/bfloat16 ``x``, ``I`` a
+        multiple of 16, as :func:`~pagedkv.integrations.fused_rows.silu_mul` requires): fused
+        into the GEMM when :attr:`fused`, else the GEMM then the row pass (the same bits)."""
+        if self.panels is not None and self._pair:
+            return panel_silu_mul(x, self.panels, self.bias, self.splits[0])
+        return fused_rows.silu_mul(self(x))

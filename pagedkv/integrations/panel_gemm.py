@@ -12,6 +12,13 @@ It is used where it exists: a float32 weight on a CPU with AVX-512, the compiled
 (the attention backend ``"cpu"``, which ``"auto"`` picks on a CPU), the kernel's ISA not forced
 down (``PAGEDKV_CPU_KERNEL_NO_AVX2``). Elsewhere :class:`~pagedkv.integrations.packed_linear.
 PackedLinear` keeps oneDNN (bfloat16, AVX2-only CPUs) or ``F.linear``.
+
+An MLP's gate and up projections have a second form, :func:`panel_silu_mul`: the same GEMM
+with the SiLU-and-multiply in its epilogue, ``silu(x @ Wg.T + bg) * (x @ Wu.T + bu)`` straight
+to ``[M, I]`` without writing the ``[M, 2I]`` gate|up output and reading it back, bit for bit
+what ``fused_rows.silu_mul(panel_gemm(...))`` gives (one copy of the SiLU code serves both).
+Its weight is :func:`pack_gate_up`'s pair layout (gate's panels, then up's), which
+:func:`gate_up_gemm` also multiplies without the epilogue.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 
 from pagedkv.attention.cpu_kernel import isa_flag, load_kernel
 
+PANEL = 48  # columns a panel (``panels::kPanel`` in the C++ source)
 _NO_BIAS = torch.empty(0)
 
 
@@ -45,5 +53,48 @@ def panel_gemm(
     tensor), for ``packed = pack_panels(W)`` of a ``W`` ``[n, K]``; ``bias`` ``[n]`` or None."""
     out: torch.Tensor = load_kernel().panel_gemm(
         x.contiguous(), packed, _NO_BIAS if bias is None else bias.detach().contiguous(), int(n)
+    )
+    return out
+
+
+def pack_gate_up(weight: torch.Tensor, inter: int) -> torch.Tensor:
+    """The pair layout of a gate|up weight ``[2 * inter, K]`` float32 (``inter`` a multiple of
+    16): ``pack_panels(gate)`` then ``pack_panels(up)``, ``2 * inter * K`` float32, so panel
+    ``q`` of both covers the same columns (what :func:`panel_silu_mul` needs). When ``inter``
+    is a multiple of 48 this is exactly ``pack_panels(weight)``: no panel straddles the two."""
+    if inter % 16 or weight.shape[0] != 2 * inter:
+        raise ValueError(
+            f"pack_gate_up: need [2 * inter, K] with inter % 16 == 0, got "
+            f"{list(weight.shape)} and inter={inter}"
+        )
+    return torch.cat([pack_panels(weight[:inter]), pack_panels(weight[inter:])])
+
+
+def gate_up_gemm(
+    x: torch.Tensor, pair: torch.Tensor, bias: torch.Tensor | None, inter: int
+) -> torch.Tensor:
+    """``x`` ``[M, K]`` float32 → ``x @ W.T (+ bias)`` ``[M, 2 * inter]`` float32 for
+    ``pair = pack_gate_up(W, inter)`` (``bias`` ``[2 * inter]`` or None): one
+    :func:`panel_gemm` when the pair layout is ``pack_panels(W)`` (``inter % 48 == 0``), else
+    one per half, concatenated. The values are the same either way (an output's sum depends
+    on ``K`` only)."""
+    if inter % PANEL == 0:
+        return panel_gemm(x, pair, bias, 2 * inter)
+    half = inter * x.shape[1]
+    gb, ub = (None, None) if bias is None else (bias[:inter], bias[inter:])
+    gate = panel_gemm(x, pair[:half], gb, inter)
+    return torch.cat([gate, panel_gemm(x, pair[half:], ub, inter)], -1)
+
+
+def panel_silu_mul(
+    x: torch.Tensor, pair: torch.Tensor, bias: torch.Tensor | None, inter: int
+) -> torch.Tensor:
+    """``x`` ``[M, K]`` float32 → ``silu(x @ Wg.T + bg) * (x @ Wu.T + bu)`` ``[M, inter]``
+    float32 (a new contiguous tensor) for ``pair = pack_gate_up(W, inter)`` of ``W = [Wg; Wu]``
+    and ``bias = [bg; bu]`` ``[2 * inter]`` or None. Bit-identical to
+    ``fused_rows.silu_mul(gate_up_gemm(x, pair, bias, inter))``; ``inter`` not a multiple of
+    16 is refused (RuntimeError), as ``fused_rows.silu_mul`` refuses it."""
+    out: torch.Tensor = load_kernel().panel_silu_mul(
+        x.contiguous(), pair, _NO_BIAS if bias is None else bias.detach().contiguous(), int(inter)
     )
     return out

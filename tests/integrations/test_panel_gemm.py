@@ -1,6 +1,7 @@
 """The compiled panel GEMM (float32, AVX-512): ``F.linear``'s values for every row count and
 width a tile can end on, a row's result independent of the rows beside it, and
-:class:`PackedLinear` taking it only where it applies."""
+:class:`PackedLinear` taking it only where it applies. Its SiLU-and-multiply epilogue
+(``panel_silu_mul``, :class:`GateUpLinear`): bit for bit the unfused GEMM then row pass."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import pytest
 import torch
 from torch.nn import functional as nnf
 
-from pagedkv.integrations.packed_linear import PackedLinear
-from pagedkv.integrations.panel_gemm import pack_panels, panel_gemm, panel_gemm_usable
+from pagedkv.integrations import fused_rows
+from pagedkv.integrations.packed_linear import GateUpLinear, PackedLinear
+from pagedkv.integrations.panel_gemm import (
+    gate_up_gemm,
+    pack_gate_up,
+    pack_panels,
+    panel_gemm,
+    panel_gemm_usable,
+    panel_silu_mul,
+)
 
 if shutil.which("c++") is None and shutil.which("g++") is None:
     pytest.skip("no C++ compiler: the cpu kernel cannot be built", allow_module_level=True)
@@ -112,3 +121,114 @@ def test_bfloat16_and_a_forced_baseline_isa_keep_onednn(monkeypatch):
     monkeypatch.setenv("PAGEDKV_CPU_KERNEL_NO_AVX2", "1")
     forced = PackedLinear(_linears((False,)), compiled=True)
     assert forced.panels is None
+
+
+# (K, I) of a gate|up pair: I ends on a 48-, 32- or 16-wide panel (I % 48 == 0 keeps the
+# concatenation's layout, the others do not); K in one block, in three (1,600), and 0 (biases
+# only); SmolLM2-135M's 576 -> 2 x 1,536
+SILU_SHAPES = [(64, 48), (33, 80), (40, 16), (1600, 112), (7, 96), (0, 32), (576, 1536)]
+
+
+def _unfused(x, w, b, inter):
+    """Today's path: the gate|up GEMM on the concatenation's panels, then the row pass."""
+    return fused_rows.silu_mul(panel_gemm(x, pack_panels(w), b, 2 * inter))
+
+
+@pytest.mark.parametrize(("k", "inter"), SILU_SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_silu_mul_epilogue_is_bit_identical_to_the_unfused_path(k, inter, bias):
+    w, b = _rand(2 * inter, k, seed=11), (_rand(2 * inter, seed=12) if bias else None)
+    pair = pack_gate_up(w, inter)
+    assert pair.numel() == 2 * inter * k
+    if inter % 48 == 0:  # no panel straddles gate and up: the same bytes
+        assert torch.equal(pair, pack_panels(w))
+    rows = ROWS if inter * k > 100_000 else range(130)  # every tile tail on the small ones
+    for m in rows:
+        x = _rand(m, k, seed=100 + m)
+        got = panel_silu_mul(x, pair, b, inter)
+        assert got.shape == (m, inter)
+        assert got.is_contiguous()
+        assert got.dtype == torch.float32
+        assert torch.equal(got, _unfused(x, w, b, inter)), m
+        assert torch.equal(
+            gate_up_gemm(x, pair, b, inter), panel_gemm(x, pack_panels(w), b, 2 * inter)
+        )
+
+
+def test_silu_mul_epilogue_refuses_what_it_does_not_take():
+    w = _rand(80, 32, seed=13)
+    with pytest.raises(ValueError, match="inter % 16"):
+        pack_gate_up(w, 40)  # the row pass takes multiples of 16 only: no bit-exact reference
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        panel_silu_mul(_rand(2, 32, seed=14), pack_panels(w), None, 40)
+    pair = pack_gate_up(_rand(64, 32, seed=13), 32)
+    with pytest.raises(RuntimeError, match="panels"):
+        panel_silu_mul(_rand(2, 31, seed=14), pair, None, 32)
+    with pytest.raises(RuntimeError, match="bias"):
+        panel_silu_mul(_rand(2, 32, seed=14), pair, torch.zeros(32), 32)
+
+
+def _gate_up(inter, k=96, biases=(True, True)):
+    torch.manual_seed(1)
+    return [torch.nn.Linear(k, inter, bias=b) for b in biases]
+
+
+def _reference(linears, x):
+    """The unfused float32 path on the linears' current weights (a missing bias of the two as
+    zeros, as :class:`PackedLinear` fuses them)."""
+    w = torch.cat([lin.weight.detach() for lin in linears])
+    if all(lin.bias is None for lin in linears):
+        return _unfused(x, w, None, linears[0].out_features)
+    b = [torch.zeros(lin.out_features) if lin.bias is None else lin.bias for lin in linears]
+    return _unfused(x, w, torch.cat(b).detach(), linears[0].out_features)
+
+
+@pytest.mark.parametrize("inter", [96, 80, 16])
+@pytest.mark.parametrize("biases", [(True, True), (False, True), (False, False)])
+def test_gate_up_linear_fuses_only_with_panels(inter, biases):
+    linears = _gate_up(inter, biases=biases)
+    x = _rand(13, 96, seed=15)
+    ref = torch.cat([nnf.linear(x, lin.weight, lin.bias) for lin in linears], -1)
+    with torch.no_grad():
+        fused = GateUpLinear(*linears, compiled=True)
+        assert fused.fused
+        assert fused.nbytes == 2 * inter * 96 * 4 + (2 * inter * 4 if any(biases) else 0)
+        torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(fused.silu_mul(x), _reference(linears, x))
+        for other in (GateUpLinear(*linears), GateUpLinear(*linears, pack=False)):
+            assert not other.fused  # oneDNN, F.linear: the GEMM, then the row pass
+            assert other.panels is None
+            assert torch.equal(other.silu_mul(x), fused_rows.silu_mul(other(x)))
+
+
+def test_gate_up_linear_falls_back_off_panels(monkeypatch):
+    bf16 = GateUpLinear(*[lin.to(torch.bfloat16) for lin in _gate_up(32)], compiled=True)
+    assert not bf16.fused
+    x = _rand(5, 96, seed=16).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(bf16.silu_mul(x), fused_rows.silu_mul(bf16(x)))
+    odd = GateUpLinear(*_gate_up(40), compiled=True)  # panels, but no pair layout
+    assert odd.panels is not None
+    assert not odd.fused
+    with pytest.raises(RuntimeError, match="multiple of 32"):  # the row pass refuses it
+        odd.silu_mul(_rand(2, 96, seed=16))
+    monkeypatch.setenv("PAGEDKV_CPU_KERNEL_NO_AVX2", "1")
+    assert not GateUpLinear(*_gate_up(32), compiled=True).fused
+    with pytest.raises(ValueError, match="widths differ"):
+        GateUpLinear(torch.nn.Linear(8, 32), torch.nn.Linear(8, 16))
+
+
+def test_gate_up_linear_is_packed_again_after_a_weight_changes():
+    linears = _gate_up(80, k=800)  # two k blocks
+    pack = GateUpLinear(*linears, compiled=True)
+    x = _rand(9, 800, seed=17)
+    with torch.no_grad():
+        linears[1].weight.mul_(-3.0)  # an in-place write
+        assert pack.stale()
+        pack.refresh()
+        assert torch.equal(pack.silu_mul(x), _reference(linears, x))
+        linears[0].bias = torch.nn.Parameter(torch.randn(80))  # a replaced tensor
+        assert pack.stale()
+        pack.refresh()
+        assert pack.fused
+        assert torch.equal(pack.silu_mul(x), _reference(linears, x))
