@@ -6,8 +6,11 @@ Usage::
     python benchmarks/sim_vs_real.py --quick               # fewer requests, ~2 min
     python benchmarks/sim_vs_real.py --cost prof.json      # skip the profile, use this model
 
-1. ``profile``: the engine runs the default profile grid (``pagedkv.simulator.profile``) and a
-   cost model is fitted to its steps; no trace below is seen by the profile.
+1. ``profile``: an engine runs the default profile grid (``pagedkv.simulator.profile``) and a
+   cost model is fitted to its steps; no trace below is seen by the profile. Its passes run
+   one at a time, one before the first workload and one after each (``--no-interleave``: the
+   whole grid first), and are fitted together once every real run is done: the profile then
+   samples the machine's speed over the same minutes as the real runs.
 2. Each workload is replayed with the same engine configuration and arrival times:
    ``pagedkv replay`` (``LLMEngine`` on the model, wall clock; ``--real-runs`` times, default
    3) and ``pagedkv simulate`` serving
@@ -43,7 +46,7 @@ from pagedkv.engine import EngineConfig, LLMEngine
 from pagedkv.models import load_model
 from pagedkv.simulator.costmodel import TERMS, LinearCostModel
 from pagedkv.simulator.engine_replay import serve_trace, summarize
-from pagedkv.simulator.profile import DEFAULT_GRID, QUICK_GRID, profile_cost_model
+from pagedkv.simulator.profile import DEFAULT_GRID, QUICK_GRID, collect_steps, fit_profile
 from pagedkv.simulator.sim_executor import SimClock, simulated_engine
 from pagedkv.simulator.synthetic import SyntheticSpec, generate
 from pagedkv.simulator.trace import Request, Trace, load_trace
@@ -125,6 +128,69 @@ def simulate(cfg: EngineConfig, cost: LinearCostModel, reqs: Any, max_len: int) 
     return summarize(serve_trace(sim, reqs, wait_until=clock.wait_until))
 
 
+class Profiler:
+    """The profile grid's passes, run one at a time on an engine of its own (``interleave``:
+    one before the first workload and one after each, so the profile samples the machine over
+    the same minutes as the real runs: on this shared 2-core machine its speed drifts by 10-25%
+    over tens of seconds, and a profile taken only first measured a slower or faster machine
+    than the runs after it), or the whole grid at once; ``fit`` pools the passes."""
+
+    def __init__(self, lm: Any, cfg: EngineConfig, grid: Any, interleave: bool) -> None:
+        self.engine = LLMEngine(lm, cfg)
+        self.grid, self.interleave = grid, interleave
+        self.records: list[Any] = []
+        self.skipped: list[str] = []
+        self.passes = 0
+        self.seconds = 0.0
+
+    def run(self, repeats: int) -> None:
+        t0 = time.perf_counter()
+        grid = dataclasses.replace(self.grid, repeats=repeats)
+        recs, skipped = collect_steps(self.engine, grid, seed=self.passes, first_pass=self.passes)
+        self.records += recs
+        self.skipped += skipped
+        self.passes += repeats
+        self.seconds += time.perf_counter() - t0
+
+    def before(self) -> None:
+        self.run(1 if self.interleave else self.grid.repeats)
+
+    def after_workload(self) -> None:
+        if self.interleave:
+            self.run(1)
+
+    def fit(self) -> Any:
+        return fit_profile(self.engine, self.records, self.skipped)
+
+
+def real_runs(lm: Any, cfg: EngineConfig, trace: Trace, scale: float, n: int) -> dict[str, Any]:
+    """``n`` wall-clock replays of ``trace`` on fresh engines: summaries, steps, seconds."""
+    reals, records, walls = [], [], []
+    load0 = os.getloadavg()[0]
+    for _ in range(n):
+        real = LLMEngine(lm, cfg)
+        reqs = trace_requests(
+            trace,
+            block_size=cfg.block_size,
+            vocab_size=real.vocab_size,
+            arrival_scale=scale,
+            max_model_len=real.max_model_len,
+        )
+        t1 = time.perf_counter()
+        run = serve_trace(real, reqs)
+        walls.append(time.perf_counter() - t1)
+        reals.append(summarize(run))
+        records += run.step_records
+    return {
+        "reals": reals,
+        "records": records,
+        "walls": walls,
+        "reqs": reqs,
+        "max_len": real.max_model_len,
+        "load": [load0, os.getloadavg()[0]],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -133,55 +199,58 @@ def main() -> int:
     ap.add_argument(
         "--real-runs", type=int, default=3, help="real runs per workload (their spread: noise)"
     )
+    ap.add_argument(
+        "--no-interleave",
+        dest="interleave",
+        action="store_false",
+        help="profile the whole grid first (default: one pass before the first workload and "
+        "one after each, fitted together)",
+    )
     ap.add_argument("--save-cost", help="write the profiled cost model here (for --cost)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model(None)
     cfg = EngineConfig(block_size=16, num_blocks=160, max_num_seqs=16, max_num_batched_tokens=512)
-    t0 = time.perf_counter()
-    if args.cost:
+    grid = QUICK_GRID if args.quick else DEFAULT_GRID
+    prof = None if args.cost else Profiler(lm, cfg, grid, args.interleave)
+    if prof is not None:
+        prof.before()
+    measured = []
+    for name, trace, scale in workloads(args.quick):
+        measured.append((name, real_runs(lm, cfg, trace, scale, args.real_runs)))
+        if prof is not None:
+            prof.after_workload()
+    report: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
+    if prof is None:
         cost = LinearCostModel.parse(args.cost)
     else:
-        prof = profile_cost_model(LLMEngine(lm, cfg), QUICK_GRID if args.quick else DEFAULT_GRID)
-        cost = prof.model
-        held = prof.held_out_error
+        fitted = prof.fit()
+        cost = fitted.model
+        held = fitted.held_out_error
         print(
-            f"profile: {len(prof.fitted)} steps in {time.perf_counter() - t0:.0f} s; "
-            f"{cost.describe()}; held-out median error "
+            f"profile: {len(fitted.fitted)} steps fitted, {prof.passes} passes "
+            f"({'interleaved with the real runs' if args.interleave else 'first'}) in "
+            f"{prof.seconds:.0f} s; {cost.describe()}; held-out median error "
             f"{'n/a' if held is None else f'{held.median:.1%}'}"
         )
         if args.save_cost:
             cost.save(args.save_cost)
-    report: dict[str, Any] = {"cost_model": cost.to_json(), "config": dataclasses.asdict(cfg)}
-    if not args.cost:  # the profile's steps, to refit other cost models on the same data
-        report["profile_fitted"] = [_step(r) for r in prof.fitted]
-        report["profile_held_out"] = [_step(r) for r in prof.held_out]
+        # the profile's steps, to refit other cost models on the same data
+        report["profile_fitted"] = [_step(r) for r in fitted.fitted]
+        report["profile_held_out"] = [_step(r) for r in fitted.held_out]
+        report["profile_interleaved"] = args.interleave
+    report["cost_model"] = cost.to_json()
     rows: list[dict[str, Any]] = []
-    for name, trace, scale in workloads(args.quick):
-        load0 = os.getloadavg()[0]
-        reals, records, walls = [], [], []
-        for _ in range(args.real_runs):
-            real = LLMEngine(lm, cfg)
-            reqs = trace_requests(
-                trace,
-                block_size=cfg.block_size,
-                vocab_size=real.vocab_size,
-                arrival_scale=scale,
-                max_model_len=real.max_model_len,
-            )
-            t1 = time.perf_counter()
-            run = serve_trace(real, reqs)
-            walls.append(time.perf_counter() - t1)
-            reals.append(summarize(run))
-            records += run.step_records
+    for name, m in measured:
+        reals, records, walls, reqs = m["reals"], m["records"], m["walls"], m["reqs"]
+        load0, load1 = m["load"]
         # the cost model on the real runs' own steps: its bias, apart from any scheduling drift
         bias = rel(
             sum(cost.step_ms_for(r.shapes) for r in records), 1e3 * sum(r.seconds for r in records)
         )
-        sim_sum = simulate(cfg, cost, reqs, real.max_model_len)
-        fixed = simulate(cfg, scaled_model(cost, 1 / (1 + bias)), reqs, real.max_model_len)
-        load1 = os.getloadavg()[0]
+        sim_sum = simulate(cfg, cost, reqs, m["max_len"])
+        fixed = simulate(cfg, scaled_model(cost, 1 / (1 + bias)), reqs, m["max_len"])
         mean = {k: sum(r[k] for r in reals) / len(reals) for k in reals[0]}
         errs = {k: rel(sim_sum[k], mean[k]) for k in COMPARED}
         drift_fixed = {k: rel(fixed[k], mean[k]) for k in COMPARED}

@@ -4,17 +4,21 @@ torch's OpenMP threads (libgomp) spin up to 300,000 times while they wait for ea
 cores shared with other processes a spinning thread burns the time slice its partner needs,
 and every parallel region waits for the descheduled thread: with 3 busy processes on this
 project's 2 cores a 2-thread GEMM ran at 15 GFLOP/s by default, 43 with 20,000 spins (38 with
-no spinning, 33 on 1 thread), while a quiet machine loses ~2% (docs/performance.md). libgomp
-reads this when torch loads it, so it works when pagedkv is imported first (the CLI does); a
-wait policy or spin count the user set wins. :func:`release_thread_pool` frees a thread's
-workers before another thread takes over the stepping.
+no spinning, 33 on 1 thread). An engine step has a few hundred short regions, so there the
+spinning costs more: a round of the peers workload under the same load ran at 53.2 tok/s with
+20,000 spins, 60.5 with 2,000 (its CPU time 29.7 -> 24.5 s) and 62.1 with none, and on a
+quiet machine at 177.7, 173.7 (-2%, inside the run-to-run noise) and 159 (-11%;
+docs/performance.md, ninth round). 2,000 spins (~35 us) still catch the short waits of a
+quiet step. libgomp reads this when torch loads it, so it works when pagedkv is imported first
+(the CLI does); a wait policy or spin count the user set wins. :func:`release_thread_pool`
+frees a thread's workers before another thread takes over the stepping.
 """
 
 import ctypes
 import os
 
 if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+    os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 
 _OPENMP_NAMES = ("libgomp", "libiomp", "libomp")

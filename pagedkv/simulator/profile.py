@@ -56,6 +56,7 @@ __all__ = [
     "ProfileGrid",
     "ProfileResult",
     "collect_steps",
+    "fit_profile",
     "pair_counting",
     "profile_cost_model",
     "split_held_out",
@@ -202,10 +203,17 @@ class _Runner:
 
 
 def collect_steps(
-    engine: LLMEngine, grid: ProfileGrid = DEFAULT_GRID, *, seed: int = 0, say: Say | None = None
+    engine: LLMEngine,
+    grid: ProfileGrid = DEFAULT_GRID,
+    *,
+    seed: int = 0,
+    say: Say | None = None,
+    first_pass: int = 0,
 ) -> tuple[list[StepRecord], list[str]]:
     """Run ``grid`` on ``engine`` (idle: no requests of its own); returns the step records
-    after the warm-up, in order, and the points skipped."""
+    after the warm-up, in order, and the points skipped. ``first_pass``: the index the first
+    pass counts as (odd passes run in reverse), for a caller that runs one pass at a time
+    between other work (``benchmarks/sim_vs_real.py`` interleaves them with real runs)."""
     if engine.has_unfinished_requests():
         raise ProfileError("profile needs an idle engine (it has unfinished requests)")
     run = _Runner(engine, seed, say or (lambda _: None))
@@ -213,9 +221,9 @@ def collect_steps(
     del run.records[:]
     del run.skipped[:]
     points: list[Ladder | Prefills] = [*grid.ladders, *grid.prefills]
-    for rep in range(grid.repeats):
+    for rep in range(first_pass, first_pass + grid.repeats):
         if grid.repeats > 1:
-            run.say(f" pass {rep + 1} of {grid.repeats}")
+            run.say(f" pass {rep + 1 - first_pass} of {grid.repeats}")
         for point in reversed(points) if rep % 2 else points:
             if isinstance(point, Ladder):
                 run.ladder(point)
@@ -250,9 +258,22 @@ def profile_cost_model(
     say: Say | None = None,
 ) -> ProfileResult:
     """Profile ``engine`` and fit a cost model on 4 of every 5 steps (see the module doc)."""
+    records, skipped = collect_steps(engine, grid, seed=seed, say=say)
+    return fit_profile(engine, records, skipped, relative=relative, curve=curve)
+
+
+def fit_profile(
+    engine: LLMEngine,
+    records: Sequence[StepRecord],
+    skipped: Sequence[str] = (),
+    *,
+    relative: bool = True,
+    curve: bool = True,
+) -> ProfileResult:
+    """Fit a cost model on 4 of every 5 of ``engine``'s profile ``records`` (the 5th held
+    out), with the engine's pair counting, model, dtype and threads in its info."""
     import torch
 
-    records, skipped = collect_steps(engine, grid, seed=seed, say=say)
     fitted, held = split_held_out(records)
     counting = pair_counting(engine)
     model, fit_err = fit_cost_model(fitted, relative=relative, curve=curve, counting=counting)
@@ -266,4 +287,4 @@ def profile_cost_model(
         fit_error=fit_err,
         held_out_error=held_err,
     )
-    return ProfileResult(replace(model, info=info), fit_err, held_err, fitted, held, skipped)
+    return ProfileResult(replace(model, info=info), fit_err, held_err, fitted, held, list(skipped))

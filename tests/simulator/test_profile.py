@@ -5,6 +5,7 @@ the shapes the grid names and that the model and its error figures are written."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from pagedkv.simulator.profile import (
     ProfileGrid,
     ProfileResult,
     collect_steps,
+    fit_profile,
     split_held_out,
 )
 from pagedkv.simulator.profile_command import render_table
@@ -242,3 +244,34 @@ def test_profile_errors_are_one_line_before_the_model_loads(
         err = capsys.readouterr().err
         assert err.startswith(f"pagedkv profile: error: --out {out}: {message}")
         assert err.count("\n") == 1
+
+
+def test_one_pass_at_a_time_alternates_order_and_fits_as_the_whole_grid() -> None:
+    """``first_pass``: a caller running the grid one pass at a time (``sim_vs_real.py``
+    between real runs) gets the order the whole grid would have, and ``fit_profile`` fits the
+    pooled records the way ``profile_cost_model`` fits its own."""
+    engine = LLMEngine(tiny_random_llama(0), EngineConfig(seed=0))
+    grid = ProfileGrid(
+        ladders=(Ladder(16, (2,), 1),), prefills=(Prefills(64, 1),), warmup=Ladder(8, (1,), 1)
+    )
+    one = dataclasses.replace(grid, repeats=1)
+    forward, _ = collect_steps(engine, one, first_pass=0)
+    backward, _ = collect_steps(engine, one, seed=1, first_pass=1)  # new prompts: no hits
+    assert [sorted(r.shapes) for r in forward] == [
+        [(0, 16)] * 2,
+        [(16, 1)] * 2,
+        [(0, 64)],
+    ]
+    assert [sorted(r.shapes) for r in backward] == [
+        [(0, 64)],
+        [(0, 16)] * 2,
+        [(16, 1)] * 2,
+    ]
+    records = forward + backward
+    for i in (2, 3):
+        records += collect_steps(engine, one, seed=i, first_pass=i)[0]
+    pooled = fit_profile(engine, records)
+    assert len(pooled.fitted) + len(pooled.held_out) == len(records)
+    assert pooled.fitted == split_held_out(records)[0]
+    assert pooled.model.info is not None
+    assert pooled.model.info.threads >= 1
