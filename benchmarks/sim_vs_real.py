@@ -219,6 +219,8 @@ def main() -> int:
     measured = []
     for name, trace, scale in workloads(args.quick):
         measured.append((name, real_runs(lm, cfg, trace, scale, args.real_runs)))
+        walls = ", ".join(f"{w:.0f}" for w in measured[-1][1]["walls"])
+        print(f"measured {name}: real runs {walls} s", flush=True)
         if prof is not None:
             prof.after_workload()
     report: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
