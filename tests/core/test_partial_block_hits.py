@@ -3,6 +3,8 @@ pools, the copy's hold on its source, the room it takes, refusals, and stale tok
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from core_helpers import fails_atomically
 
@@ -14,8 +16,8 @@ from pagedkv.errors import InvalidArgumentError, OutOfBlocksError
 A = [1, 2, 3, 4, 5, 6, 7, 8, 9]  # blocks of 4: [1 2 3 4] [5 6 7 8] [9 . . .]
 
 
-def make(num_blocks: int = 16, **kw: object) -> BlockManager:
-    mgr = BlockManager(CacheConfig(block_size=4, num_blocks=num_blocks, **kw))  # type: ignore[arg-type]
+def make(num_blocks: int = 16, **kw: Any) -> BlockManager:
+    mgr = BlockManager(CacheConfig(block_size=4, num_blocks=num_blocks, **kw))
     mgr.check_integrity()
     return mgr
 
@@ -134,7 +136,8 @@ def test_an_unreferenced_source_counts_against_the_room_and_a_refusal_changes_no
         [1, 2, 3, 4, 5, 6, 0, 0, 0],
         partial_block_hit=True,
     )
-    assert (err.requested, err.available) == (2, 1)  # type: ignore[attr-defined]
+    assert isinstance(err, OutOfBlocksError)
+    assert (err.requested, err.available) == (2, 1)
     assert mgr.admit("b2", [1, 2, 3, 4, 5, 6, 0, 0], partial_block_hit=True) == 6
     assert mgr.block_table("b2") == [1, 5]
     assert mgr.take_copies() == [(2, 5)]

@@ -13,6 +13,7 @@ from collections.abc import Hashable, Sequence
 from pagedkv.core import validate as check
 from pagedkv.core.blocks.block_pool import BlockPool
 from pagedkv.core.manager.sequence_table import SequenceTable
+from pagedkv.core.prefix_cache.block_tokens import TOKEN_BYTES
 from pagedkv.core.prefix_cache.hashing import HashedPrompt, genuine, is_genuine
 from pagedkv.core.seq_state import SeqState, SlidingWindow
 from pagedkv.core.stats import Counters
@@ -183,9 +184,8 @@ class Admission:
         else:
             return -1, 0
         cache = self.cache
-        src, n = cache.tokens.best_child(
-            cache.forest.children[hit[-1]], cache.block_hash, data[start * 8 : (start + limit) * 8]
-        )
+        want = data[start * TOKEN_BYTES : (start + limit) * TOKEN_BYTES]
+        src, n = cache.tokens.best_child(cache.forest.children[hit[-1]], cache.block_hash, want)
         return (src, n) if n else (-1, 0)
 
     def max_hit(self, n: int, compute_last_token: bool) -> int:

@@ -22,14 +22,14 @@ from collections.abc import Hashable, Sequence
 
 from pagedkv.core.prefix_cache.forest import Children, kids_of
 
-_TOKEN = 8  # bytes per token id (native int64, as token arrays and HashedPrompt.data hold them)
+TOKEN_BYTES = 8  # per token id (native int64, as token arrays and HashedPrompt.data hold them)
 
 
 def common_tokens(a: bytes, b: bytes) -> int:
     """Leading token ids (int64, 8 bytes each) that ``a`` and ``b`` have in common."""
-    n = min(len(a), len(b)) // _TOKEN
+    w, n = TOKEN_BYTES, min(len(a), len(b)) // TOKEN_BYTES
     i = 0
-    while i < n and a[i * _TOKEN : (i + 1) * _TOKEN] == b[i * _TOKEN : (i + 1) * _TOKEN]:
+    while i < n and a[i * w : (i + 1) * w] == b[i * w : (i + 1) * w]:
         i += 1
     return i
 
