@@ -237,6 +237,7 @@ class GateUpLinear(PackedLinear):
         ``x.dtype``, through the compiled kernel (so a CPU float32/bfloat16 ``x``, ``I`` a
         multiple of 16, as :func:`~pagedkv.integrations.fused_rows.silu_mul` requires): fused
         into the GEMM when :attr:`fused`, else the GEMM then the row pass (the same bits)."""
-        if self.panels is not None and self._pair:
+        if self.fused:
+            assert self.panels is not None  # what `fused` checks (for the type checker)
             return panel_silu_mul(x, self.panels, self.bias, self.splits[0])
         return fused_rows.silu_mul(self(x))
