@@ -2,18 +2,20 @@
 
 Usage::
 
-    python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~13 min
+    python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~18 min
     python benchmarks/sim_vs_real.py --quick               # fewer requests, ~2 min
     python benchmarks/sim_vs_real.py --cost prof.json      # skip the profile, use this model
 
 1. ``profile``: an engine runs the default profile grid (``pagedkv.simulator.profile``) and a
    cost model is fitted to its steps; no trace below is seen by the profile. Its passes run
-   one at a time, one before the first workload and one after each (``--no-interleave``: the
-   whole grid first), and are fitted together once every real run is done: the profile then
-   samples the machine's speed over the same minutes as the real runs.
+   one at a time, one before the first real run and one after each round of real runs
+   (``--no-interleave``: the whole grid first), and are fitted together once every real run
+   is done: the profile then samples the machine's speed over the same minutes as the real
+   runs.
 2. Each workload is replayed with the same engine configuration and arrival times:
    ``pagedkv replay`` (``LLMEngine`` on the model, wall clock; ``--real-runs`` times, default
-   3) and ``pagedkv simulate`` serving
+   4, in rounds: each round replays every workload once, so a slow quarter of an hour slows
+   every workload's mean alike instead of one workload's) and ``pagedkv simulate`` serving
    (``EngineCore`` with the cost model's executor, simulated clock); both are
    ``serve_trace`` + ``summarize``.
 3. Printed per workload: the summaries (each real run's, and the simulation's), the
@@ -130,7 +132,7 @@ def simulate(cfg: EngineConfig, cost: LinearCostModel, reqs: Any, max_len: int) 
 
 class Profiler:
     """The profile grid's passes, run one at a time on an engine of its own (``interleave``:
-    one before the first workload and one after each, so the profile samples the machine over
+    one before the first round of real runs and one after each, so it samples the machine over
     the same minutes as the real runs: on this shared 2-core machine its speed drifts by 10-25%
     over tens of seconds, and a profile taken only first measured a slower or faster machine
     than the runs after it), or the whole grid at once; ``fit`` pools the passes."""
@@ -155,7 +157,7 @@ class Profiler:
     def before(self) -> None:
         self.run(1 if self.interleave else self.grid.repeats)
 
-    def after_workload(self) -> None:
+    def after_round(self) -> None:
         if self.interleave:
             self.run(1)
 
@@ -163,32 +165,25 @@ class Profiler:
         return fit_profile(self.engine, self.records, self.skipped)
 
 
-def real_runs(lm: Any, cfg: EngineConfig, trace: Trace, scale: float, n: int) -> dict[str, Any]:
-    """``n`` wall-clock replays of ``trace`` on fresh engines: summaries, steps, seconds."""
-    reals, records, walls = [], [], []
+def real_run(lm: Any, cfg: EngineConfig, trace: Trace, scale: float, into: dict[str, Any]) -> None:
+    """One wall-clock replay of ``trace`` on a fresh engine, added to ``into`` (its summaries,
+    steps, seconds and the load averages around it)."""
+    real = LLMEngine(lm, cfg)
+    reqs = trace_requests(
+        trace,
+        block_size=cfg.block_size,
+        vocab_size=real.vocab_size,
+        arrival_scale=scale,
+        max_model_len=real.max_model_len,
+    )
     load0 = os.getloadavg()[0]
-    for _ in range(n):
-        real = LLMEngine(lm, cfg)
-        reqs = trace_requests(
-            trace,
-            block_size=cfg.block_size,
-            vocab_size=real.vocab_size,
-            arrival_scale=scale,
-            max_model_len=real.max_model_len,
-        )
-        t1 = time.perf_counter()
-        run = serve_trace(real, reqs)
-        walls.append(time.perf_counter() - t1)
-        reals.append(summarize(run))
-        records += run.step_records
-    return {
-        "reals": reals,
-        "records": records,
-        "walls": walls,
-        "reqs": reqs,
-        "max_len": real.max_model_len,
-        "load": [load0, os.getloadavg()[0]],
-    }
+    t1 = time.perf_counter()
+    run = serve_trace(real, reqs)
+    into.setdefault("walls", []).append(time.perf_counter() - t1)
+    into.setdefault("reals", []).append(summarize(run))
+    into.setdefault("records", []).extend(run.step_records)
+    into.setdefault("load", []).extend([load0, os.getloadavg()[0]])
+    into["reqs"], into["max_len"] = reqs, real.max_model_len
 
 
 def main() -> int:
@@ -197,14 +192,17 @@ def main() -> int:
     ap.add_argument("--cost", help="a profile JSON to use instead of profiling first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--real-runs", type=int, default=3, help="real runs per workload (their spread: noise)"
+        "--real-runs",
+        type=int,
+        default=4,
+        help="real runs per workload, in rounds (their spread: noise)",
     )
     ap.add_argument(
         "--no-interleave",
         dest="interleave",
         action="store_false",
-        help="profile the whole grid first (default: one pass before the first workload and "
-        "one after each, fitted together)",
+        help="profile the whole grid first (default: one pass before the first round of real "
+        "runs and one after each, fitted together)",
     )
     ap.add_argument("--save-cost", help="write the profiled cost model here (for --cost)")
     ap.add_argument("--json", help="write every figure here")
@@ -216,13 +214,16 @@ def main() -> int:
     prof = None if args.cost else Profiler(lm, cfg, grid, args.interleave)
     if prof is not None:
         prof.before()
-    measured = []
-    for name, trace, scale in workloads(args.quick):
-        measured.append((name, real_runs(lm, cfg, trace, scale, args.real_runs)))
-        walls = ", ".join(f"{w:.0f}" for w in measured[-1][1]["walls"])
-        print(f"measured {name}: real runs {walls} s", flush=True)
+    # round robin: every workload's n-th real run, then a profile pass, n times; so each
+    # workload's runs and the profile are spread over the same minutes of the machine
+    loads = workloads(args.quick)
+    measured: list[tuple[str, dict[str, Any]]] = [(name, {}) for name, _, _ in loads]
+    for i in range(args.real_runs):
+        for (name, trace, scale), (_, into) in zip(loads, measured, strict=True):
+            real_run(lm, cfg, trace, scale, into)
+            print(f"measured {name}: real run {i + 1}, {into['walls'][-1]:.0f} s", flush=True)
         if prof is not None:
-            prof.after_workload()
+            prof.after_round()
     report: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
     if prof is None:
         cost = LinearCostModel.parse(args.cost)
@@ -246,7 +247,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for name, m in measured:
         reals, records, walls, reqs = m["reals"], m["records"], m["walls"], m["reqs"]
-        load0, load1 = m["load"]
+        load0, load1 = min(m["load"]), max(m["load"])
         # the cost model on the real runs' own steps: its bias, apart from any scheduling drift
         bias = rel(
             sum(cost.step_ms_for(r.shapes) for r in records), 1e3 * sum(r.seconds for r in records)
@@ -278,7 +279,7 @@ def main() -> int:
         )
         print(
             f"\n{name}: {len(reqs)} requests, real runs {', '.join(f'{w:.0f}' for w in walls)} s, "
-            f"load average {load0:.2f} -> {load1:.2f}; the cost model on the real runs' "
+            f"load average {load0:.2f}-{load1:.2f}; the cost model on the real runs' "
             f"{len(records)} steps: {bias:+.1%} in total"
         )
         head = "".join(f"{f'real {i + 1}':>11}" for i in range(len(reals)))
