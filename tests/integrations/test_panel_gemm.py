@@ -83,6 +83,29 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it():
         assert torch.equal(panel_gemm(x[lo:hi].clone(), packed, None, n), whole[lo:hi])
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_split_panels_of_every_chunk_to_the_same_bits(threads):
+    """Tasks go panel-major over the threads (each takes whole panels for all the row chunks):
+    with several 64-row chunks, a partial last chunk, and (3 threads) a thread's range that
+    starts inside a panel's chunks, both GEMMs give the single-thread result bit for bit."""
+    k, n, inter = 96, 7 * 48 + 16, 80  # 8 panels, the last 16 wide; gate/up 2 panels
+    w, wg, wu, b = _rand(n, k, seed=11), _rand(inter, k, seed=12), _rand(inter, k, seed=13), None
+    packed, pair = pack_panels(w), pack_gate_up(torch.cat([wg, wu]), inter)
+    before = torch.get_num_threads()
+    for m in (65, 129, 200):
+        x = _rand(m, k, seed=m)
+        try:
+            torch.set_num_threads(1)
+            one = panel_gemm(x, packed, b, n), panel_silu_mul(x, pair, None, inter)
+            torch.set_num_threads(threads)
+            many = panel_gemm(x, packed, b, n), panel_silu_mul(x, pair, None, inter)
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(one[0], many[0])
+        assert torch.equal(one[1], many[1])
+        _assert_as_close_as_f_linear(one[0], x, w, b)
+
+
 def test_a_packed_weight_of_another_shape_is_refused():
     packed = pack_panels(_rand(48, 32, seed=5))
     with pytest.raises(RuntimeError, match="panels"):
