@@ -196,8 +196,9 @@ def real_run(lm: Any, cfg: EngineConfig, trace: Trace, scale: float, into: dict[
 
 
 def model_bias(cost: LinearCostModel, records: list[Any]) -> float:
-    """The cost model's total over ``records`` against their measured total, relative: how much
-    faster (-) or slower (+) than the machine ran them the model is."""
+    """(the cost model's total over ``records`` - their measured total) / the measured total:
+    negative when the steps took longer than the model says (a slow minute of the machine, or
+    shapes the model under-predicts)."""
     return rel(
         sum(cost.step_ms_for(r.shapes) for r in records), 1e3 * sum(r.seconds for r in records)
     )
