@@ -190,7 +190,6 @@ def real_run(lm: Any, cfg: EngineConfig, trace: Trace, scale: float, into: dict[
     into.setdefault("walls", []).append(time.perf_counter() - t1)
     into.setdefault("reals", []).append(summarize(run))
     into.setdefault("records", []).extend(run.step_records)
-    into.setdefault("run_steps", []).append(len(run.step_records))
     into.setdefault("load", []).extend([load0, os.getloadavg()[0]])
     into["reqs"], into["max_len"] = reqs, real.max_model_len
 
@@ -209,10 +208,9 @@ def compare(
 ) -> dict[str, Any]:
     """One workload's row: the simulation against the mean of its real runs."""
     reals, records = m["reals"], m["records"]
-    ends = list(itertools.accumulate(m["run_steps"]))
-    per_run = [
-        model_bias(cost, records[e - n : e]) for n, e in zip(m["run_steps"], ends, strict=True)
-    ]
+    counts = [r["steps"] for r in reals]  # each run's records, in order
+    ends = itertools.accumulate(counts)
+    per_run = [model_bias(cost, records[e - n : e]) for n, e in zip(counts, ends, strict=True)]
     bias = model_bias(cost, records)  # apart from any scheduling drift
     sim_sum = simulate(cfg, cost, m["reqs"], m["max_len"])
     fixed = simulate(cfg, scaled_model(cost, 1 / (1 + bias)), m["reqs"], m["max_len"])
