@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/sim_vs_real.py                       # SmolLM2, 2 threads, ~22 min
-    python benchmarks/sim_vs_real.py --quick               # fewer requests, ~2 min
+    python benchmarks/sim_vs_real.py --quick --real-runs 2 # small grid, fewer requests, ~2 min
     python benchmarks/sim_vs_real.py --cost prof.json      # skip the profile, use this model
 
 1. ``profile``: an engine runs the default profile grid (``pagedkv.simulator.profile``) and a
