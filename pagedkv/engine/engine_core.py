@@ -201,7 +201,7 @@ class EngineCore:
                 targets,
                 result.draw,
                 touched,
-                now=self.clock(),
+                clock=self.clock,
                 output_processor=self.output_processor,
                 scheduler=self.scheduler,
                 totals=self.totals,

@@ -76,7 +76,7 @@ def sample_targets(
     draw: Callable[[int, SampleRow], Sampled],
     touched: dict[str, Request],
     *,
-    now: float,
+    clock: Callable[[], float],
     output_processor: OutputProcessor,
     scheduler: Scheduler,
     totals: dict[str, float],
@@ -85,7 +85,10 @@ def sample_targets(
     """Draw one token for each target from its row of the step (``draw``, the executor's),
     detokenise and check stops; record every target's request in ``touched``. A sequence that
     finishes leaves ``scheduler``; a sampling error calls ``fail`` for that request only.
-    ``now``: the engine clock's time, the first token's time of a request's first sample."""
+    ``clock``: the engine's; read once every target has its token, as the first token's time
+    of the requests that got their first one (read before sampling, a 16-sequence step's real
+    TTFT left out the 16 ms it then spent sampling, which a simulated step charges)."""
+    firsts: list[Request] = []
     for i, seq in targets:
         req = seq.request
         touched[req.request_id] = req
@@ -107,6 +110,10 @@ def sample_targets(
             continue
         totals["generation_tokens"] += 1
         if req.metrics.first_token_time is None:
-            req.metrics.first_token_time = now
+            firsts.append(req)
         if seq.output.finish_reason is not None:
             scheduler.remove(seq)
+    if firsts:
+        now = clock()
+        for req in firsts:
+            req.metrics.first_token_time = now
