@@ -10,11 +10,14 @@ Greedy rows take the argmax of the raw logits (after penalties), exactly what
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pagedkv.engine.outputs import TokenLogprobs
 from pagedkv.engine.sample_types import Sampled, SampleRow, mix_seed
 from pagedkv.engine.sampling_params import SamplingParams
+from pagedkv.errors import PagedKVError
 
 __all__ = ["SampleRow", "Sampled", "draw_index", "mix_seed", "sample"]
 
@@ -63,7 +66,9 @@ def draw_index(probs: torch.Tensor, seed: int) -> int:
     inverse transform: a uniform ``u`` in [0, 1) from a generator seeded with ``seed``, then the
     first index whose float64 cumulative sum exceeds ``u`` times the total. Index ``i`` comes up
     with probability ``probs[i] / total``; a 0-probability index never (its cumulative sum equals
-    its predecessor's), and some index always does (``u * total < total`` in float64).
+    its predecessor's), and some index always does (``u * total < total`` in float64). A total
+    that is not a positive finite number (logits that were not finite) raises
+    :class:`~pagedkv.errors.PagedKVError` rather than return an index past the vocabulary.
 
     Why not ``torch.multinomial``: on a CPU it draws an exponential for every vocabulary entry,
     1.0 ms a row for SmolLM2's 49,152 (a 16-sequence decode step spent 16 ms sampling); this
@@ -71,7 +76,13 @@ def draw_index(probs: torch.Tensor, seed: int) -> int:
     gen = torch.Generator().manual_seed(seed)
     u = float(torch.rand((), generator=gen, dtype=torch.float64))
     cdf = torch.cumsum(probs, 0, dtype=torch.float64)
-    return int(torch.searchsorted(cdf, u * float(cdf[-1]), right=True))
+    total = float(cdf[-1])
+    if not (0.0 < total < math.inf):
+        raise PagedKVError(
+            f"sampling: the distribution over {probs.numel()} tokens sums to {total} (expected a "
+            "positive finite total: were the logits finite?)"
+        )
+    return int(torch.searchsorted(cdf, u * total, right=True))
 
 
 def plain_greedy(row: SampleRow) -> bool:

@@ -5,15 +5,16 @@ make some batch cheaper than a smaller one, and the simulator would then prefer 
 engine rewards). Two forms:
 
 * linear (``curve=False``): the :func:`step_features` regressors ``[1, prefill_tokens,
-  decode_seqs, attention_kpairs, paged_kpairs, mixed]``, solved exactly by :func:`nnls` (the
+  decode_seqs, attention_kpairs, paged_kpairs, mixed, cached_ktokens]``, solved exactly by
+  :func:`nnls` (the
   unconstrained problem on every subset of terms, the best all-positive one kept);
 * curve (``curve=True``, what ``pagedkv profile`` fits): a piecewise-linear curve over the
   step's token count in place of the constant and the prefill term (on a CPU a 2-sequence
-  decode costs far less than two 1-sequence ones), with the decode, both attention and the
-  mixed-step terms, solved by Lawson and Hanson's active set (:func:`nnls_active_set`). The
-  curve has a knot at every token count up to :data:`FREE_KNOTS` and may fall there (a CPU's
-  GEMM kernels make a 3-row step slower than a 4-row one: measured 137 vs 110 ms for SmolLM2
-  decodes); above, it never falls.
+  decode costs far less than two 1-sequence ones), with the decode, both attention, the
+  mixed-step and the cached-prefix terms, solved by Lawson and Hanson's active set
+  (:func:`nnls_active_set`). The curve has a knot at every token count up to
+  :data:`FREE_KNOTS` and may fall there (a CPU's GEMM kernels make a 3-row step slower than a
+  4-row one: measured 137 vs 110 ms for SmolLM2 decodes); above, it never falls.
 
 numpy only: no torch, no scipy.
 """
@@ -133,9 +134,9 @@ def _falls(knots: tuple[int, ...]) -> list[int]:
 
 
 def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...], counting: str) -> np.ndarray:
-    """Regressors float64 ``[m, len(knots) + len(_falls(knots)) + 4]``: the curve's rises at
-    each step's token count, its falls, then decode sequences, attention and paged kpairs and
-    the mixed flag.
+    """Regressors float64 ``[m, len(knots) + len(_falls(knots)) + 5]``: the curve's rises at
+    each step's token count, its falls, then decode sequences, attention and paged kpairs, the
+    mixed flag and the cached ktokens.
 
     The curve is fitted as non-negative increments ``d`` (knot values ``cumsum(d)``), so above
     :data:`FREE_KNOTS` it never falls as the batch grows: a knot with few steps near it cannot
@@ -156,13 +157,14 @@ def _curve_design(records: Sequence[StepLike], knots: tuple[int, ...], counting:
                 f.attention_kpairs,
                 f.paged_kpairs,
                 f.mixed,
+                f.cached_ktokens,
             ]
         )
     return np.array(rows, dtype=np.float64)
 
 
 def _design(records: Sequence[StepLike], counting: str = "padded") -> tuple[np.ndarray, np.ndarray]:
-    """Regressors float64 ``[m, 6]`` (:data:`TERMS`) and measured milliseconds float64
+    """Regressors float64 ``[m, 7]`` (:data:`TERMS`) and measured milliseconds float64
     ``[m]``."""
     rows = [step_features(r.shapes, counting).row() for r in records]
     ms = np.array([float(r.seconds) * 1000.0 for r in records], dtype=np.float64)
@@ -225,7 +227,7 @@ def fit_cost_model(
         steps[falls] -= c[k : k + len(falls)]
         # a curve below 0 somewhere would be a fit gone wrong: no step costs nothing
         values = tuple(max(0.0, float(v)) for v in np.cumsum(steps))
-        decode, attention, paged, mixed = (float(v) for v in c[k + len(falls) :])
+        decode, attention, paged, mixed, cached = (float(v) for v in c[k + len(falls) :])
         model = LinearCostModel(
             0.0,
             0.0,
@@ -233,6 +235,7 @@ def fit_cost_model(
             attention,
             paged,
             mixed,
+            cached,
             token_knots=knots,
             token_ms=values,
             attention_counting=counting,
@@ -241,8 +244,8 @@ def fit_cost_model(
     coef = nnls(x * w[:, None], ms * w)
     if not coef.any():  # every step took ~0 ms: nothing to charge
         raise InvalidArgumentError("fit_cost_model: the fit charges nothing (all terms 0)")
-    base, prefill, decode, attention, paged, mixed = (float(c) for c in coef)
+    base, prefill, decode, attention, paged, mixed, cached = (float(c) for c in coef)
     model = LinearCostModel(
-        base, prefill, decode, attention, paged, mixed, attention_counting=counting
+        base, prefill, decode, attention, paged, mixed, cached, attention_counting=counting
     )
     return model, error_stats(model, records)

@@ -5,14 +5,17 @@ launch / sampling overhead, a prefill term proportional to the prompt tokens com
 step, a decode term proportional to the sequences decoding one token each, two attention terms
 proportional to the query-key pairs the step's kernels score (prompt rows; the paged path),
 which grow with the context, and a fixed charge for a *mixed* step, one that runs both
-attention paths in every layer. Which pairs each kernel scores depends on the attention
-backend: the model's ``attention_counting`` says how they are counted
-(:mod:`pagedkv.simulator.stepfeatures`; ``pagedkv profile`` sets it from the engine)::
+attention paths in every layer, and a term proportional to the cached tokens that prompt
+chunks copy out of the pool before they attend (a follow-up turn's chunk after a long cached
+history). Which pairs each kernel scores depends on the attention backend: the model's
+``attention_counting`` says how they are counted (:mod:`pagedkv.simulator.stepfeatures`;
+``pagedkv profile`` sets it from the engine)::
 
     step_ms = base_ms + prefill_ms_per_token * prefill_tokens + decode_ms_per_seq * decode_seqs
               + attention_ms_per_kpair * attention_pairs / 1000
               + paged_attention_ms_per_kpair * paged_pairs / 1000
-              + mixed_step_ms * mixed + curve(tokens)
+              + mixed_step_ms * mixed
+              + cached_prefix_ms_per_ktoken * cached_tokens / 1000 + curve(tokens)
 
 ``curve`` (a non-decreasing piecewise-linear function of the step's token count, empty by
 default) is what ``pagedkv profile`` fits in place of the base and prefill terms: the linear
@@ -52,9 +55,10 @@ TERMS = (
     "attention_ms_per_kpair",
     "paged_attention_ms_per_kpair",
     "mixed_step_ms",
+    "cached_prefix_ms_per_ktoken",
 )
 #: terms a JSON file may omit (0): files written before the term existed
-OPTIONAL_TERMS = ("mixed_step_ms",)
+OPTIONAL_TERMS = ("mixed_step_ms", "cached_prefix_ms_per_ktoken")
 TERMS_STATS = ("mean", "median", "p90")
 
 
@@ -90,6 +94,7 @@ class LinearCostModel:
     attention_ms_per_kpair: float = 0.0
     paged_attention_ms_per_kpair: float = 0.0
     mixed_step_ms: float = 0.0
+    cached_prefix_ms_per_ktoken: float = 0.0
     # The batch-size curve: ``token_ms[i]`` ms for a step of ``token_knots[i]`` tokens,
     # linear in between and past the last knot (GEMM time is not linear in the rows at small
     # batches: a CPU decode of 2 sequences costs far less than twice one). Empty: no curve.
@@ -144,6 +149,7 @@ class LinearCostModel:
             + self.attention_ms_per_kpair * f.attention_kpairs
             + self.paged_attention_ms_per_kpair * f.paged_kpairs
             + self.mixed_step_ms * f.mixed
+            + self.cached_prefix_ms_per_ktoken * f.cached_ktokens
         )
 
     def step_ms_for(self, shapes: Iterable[tuple[int, int]]) -> float:
@@ -181,6 +187,8 @@ class LinearCostModel:
             text += f" + {self.paged_attention_ms_per_kpair:g}*paged_kpairs"
         if self.mixed_step_ms:
             text += f" + {self.mixed_step_ms:g}*mixed"
+        if self.cached_prefix_ms_per_ktoken:
+            text += f" + {self.cached_prefix_ms_per_ktoken:g}*cached_ktokens"
         if self.token_knots:
             pts = ", ".join(
                 f"{k}:{v:.3g}" for k, v in zip(self.token_knots, self.token_ms, strict=True)

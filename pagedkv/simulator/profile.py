@@ -12,7 +12,8 @@ The grid makes the shapes a serving engine steps through, each several times:
 * mixed steps: prompts join a ladder at some of its batch sizes, so their (chunked) prefill
   runs beside decodes (the engine then runs both attention paths: a cost of its own); some
   start with the ladder's first prompt (a prefix-cache hit, as a chat follow-up's is);
-* prefills of 8 .. 1536 tokens alone, and several short prompts in one step;
+* prefills of 8 .. 1536 tokens alone, several short prompts in one step, and short chunks after
+  cached prefixes of 96 .. 1024 tokens;
 * all of it three times (:class:`ProfileGrid`), every other pass in reverse order.
 
 Every step after a warm-up is a record (``engine.last_step``: the step's shapes and wall time).

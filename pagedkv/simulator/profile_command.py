@@ -134,6 +134,7 @@ def render_table(result: ProfileResult) -> str:
         ("per 1000 attention pairs", m.attention_ms_per_kpair),
         ("per 1000 paged-attention pairs", m.paged_attention_ms_per_kpair),
         ("per mixed step", m.mixed_step_ms),
+        ("per 1000 cached prefix tokens", m.cached_prefix_ms_per_ktoken),
     )
     lines = [head, f"  {'term':<{w}} {'ms':>10}"]
     lines += [f"  {label:<{w}} {value:>10.4g}" for label, value in terms]

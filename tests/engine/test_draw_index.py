@@ -4,14 +4,16 @@ as produced (after its step sampled, as a simulated step charges it)."""
 from __future__ import annotations
 
 import collections
+import math
 
 import pytest
 import torch
 
 from pagedkv.engine import EngineConfig, SamplingParams
 from pagedkv.engine.executor import StepResult
-from pagedkv.engine.sampler import draw_index
+from pagedkv.engine.sampler import SampleRow, draw_index, sample
 from pagedkv.engine.scheduler_output import SchedulerOutput
+from pagedkv.errors import PagedKVError
 from pagedkv.simulator.costmodel import LinearCostModel
 from pagedkv.simulator.sim_executor import SimClock, simulated_engine
 
@@ -44,6 +46,22 @@ def test_the_draw_depends_on_the_seed_only_and_not_on_the_scale():
     assert draws == [draw_index(scaled, seed) for seed in range(300)]
     assert draws == [draw_index(PROBS.clone(), seed) for seed in range(300)]
     assert len(set(draws)) > 1
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_distribution_without_a_finite_total_is_refused_not_drawn_past_the_end(bad):
+    probs = PROBS.clone()
+    probs[2] = bad
+    with pytest.raises(PagedKVError, match=r"over 7 tokens sums to (nan|inf)"):
+        draw_index(probs, 0)
+    with pytest.raises(PagedKVError, match=r"sums to 0\.0 "):
+        draw_index(torch.zeros(5), 0)
+    # through the sampler: non-finite logits fail the row (the engine fails that request only)
+    logits = torch.zeros(1, 7)
+    logits[0, 3] = math.nan
+    row = SampleRow(SamplingParams(temperature=1.0, seed=1), 1, 0, [1], [], [])
+    with pytest.raises(PagedKVError, match="were the logits finite"):
+        sample(logits, [row])
 
 
 def test_the_draw_matches_a_uniform_from_the_same_seed():

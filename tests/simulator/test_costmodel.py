@@ -55,13 +55,18 @@ def test_features_of_exact_shapes() -> None:
     # 3 x 8 rectangle = 24; decodes at contexts 11 and 1 are both padded to the longest, 11:
     # 2 * 11 = 22. (0, 4) is a fresh prompt beside the others: a mixed step
     assert f == StepFeatures(
-        prefill_tokens=7, decode_seqs=2, attention_pairs=10, paged_pairs=46, mixed=1
+        prefill_tokens=7,
+        decode_seqs=2,
+        attention_pairs=10,
+        paged_pairs=46,
+        mixed=1,
+        cached_tokens=5,  # the chunk (5, 3) copies its 5 cached tokens out of the pool
     )
     assert f.attention_kpairs == pytest.approx(0.010)
     assert f.paged_kpairs == pytest.approx(0.046)
-    assert f.row() == pytest.approx((1.0, 7.0, 2.0, 0.010, 0.046, 1.0))
+    assert f.row() == pytest.approx((1.0, 7.0, 2.0, 0.010, 0.046, 1.0, 0.005))
     assert step_features([(0, 9)]) == StepFeatures(9, 0, 45, 0)  # fresh alone: no paged pairs
-    assert step_features([(32, 9)]) == StepFeatures(9, 0, 0, 9 * 41)  # after cached KV: paged
+    assert step_features([(32, 9)]) == StepFeatures(9, 0, 0, 9 * 41, 0, 32)  # after cached KV
     assert step_features([(4, 1)]) == StepFeatures(0, 1, 0, 5)
     assert step_features([]) == StepFeatures(0, 0, 0, 0)
 
@@ -214,6 +219,17 @@ def test_a_file_without_a_curve_loads() -> None:
     assert LinearCostModel.from_json(data) == replace(FITTED, token_knots=(), token_ms=())
 
 
+def test_a_file_from_before_the_mixed_and_cached_prefix_terms_loads_them_as_zero() -> None:
+    model = replace(FITTED, mixed_step_ms=2.0, cached_prefix_ms_per_ktoken=14.0)
+    data = model.to_json()
+    assert data["coefficients"]["cached_prefix_ms_per_ktoken"] == 14.0
+    del data["coefficients"]["mixed_step_ms"], data["coefficients"]["cached_prefix_ms_per_ktoken"]
+    assert LinearCostModel.from_json(data) == FITTED
+    # a 16-token chunk after 1,000 cached tokens pays the term; a fresh 16-token prompt not
+    assert model.step_ms_for([(1000, 16)]) - FITTED.step_ms_for([(1000, 16)]) == pytest.approx(14.0)
+    assert model.step_ms_for([(0, 16)]) == FITTED.step_ms_for([(0, 16)])
+
+
 def _mutate(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
     """A copy of ``data`` with the dotted field set to ``value`` (``...`` deletes it)."""
     out: dict[str, Any] = json.loads(json.dumps(data))
@@ -348,7 +364,7 @@ def _linear(*coef: float) -> Callable[[list[Shape]], float]:
 
 @pytest.mark.parametrize("relative", [False, True])
 def test_fit_recovers_known_coefficients(relative: bool) -> None:
-    truth = (3.0, 0.05, 0.7, 0.002, 0.0005, 25.0)
+    truth = (3.0, 0.05, 0.7, 0.002, 0.0005, 25.0, 4.0)
     records = _records(_linear(*truth))
     assert 10 < sum(step_features(r.shapes).mixed for r in records) < 50  # both kinds of step
     model, err = fit_cost_model(records, relative=relative)
@@ -360,15 +376,16 @@ def test_fit_recovers_known_coefficients(relative: bool) -> None:
 
 
 def test_a_term_the_data_do_not_need_is_exactly_zero() -> None:
-    model, _ = fit_cost_model(_records(_linear(3.0, 0.05, 0.0, 0.002, 0.0, 0.0)))
+    model, _ = fit_cost_model(_records(_linear(3.0, 0.05, 0.0, 0.002, 0.0, 0.0, 0.0)))
     assert model.decode_ms_per_seq == 0.0
     assert model.paged_attention_ms_per_kpair == 0.0
     assert model.mixed_step_ms == 0.0
+    assert model.cached_prefix_ms_per_ktoken == 0.0
     assert model.base_ms == pytest.approx(3.0, rel=1e-6)
 
 
 def test_fit_keeps_coefficients_non_negative_where_least_squares_would_not() -> None:
-    records = _records(_linear(20.0, 0.05, -0.4, 0.002, 0.0005, 10.0))
+    records = _records(_linear(20.0, 0.05, -0.4, 0.002, 0.0005, 10.0, 3.0))
     x = np.array([step_features(r.shapes).row() for r in records])
     y = np.array([r.seconds * 1000 for r in records])
     assert np.linalg.lstsq(x, y, rcond=None)[0][2] < -0.3  # what plain least squares says
@@ -424,12 +441,12 @@ def test_curve_knots_drop_those_without_data() -> None:
 
 def _curve_truth(records: list[Rec]) -> LinearCostModel:
     """A known non-decreasing curve (flat on its first segment, concave after) on the knots
-    the fit picks, with decode and both attention terms."""
+    the fit picks, with decode, both attention, mixed and cached-prefix terms."""
     knots = curve_knots(records)
     values = [1.5 + 0.8 * math.sqrt(k) for k in knots]
     values[1] = values[0]
     return LinearCostModel(
-        0.0, 0.0, 0.3, 0.002, 0.0005, 30.0, token_knots=knots, token_ms=tuple(values)
+        0.0, 0.0, 0.3, 0.002, 0.0005, 30.0, 5.0, token_knots=knots, token_ms=tuple(values)
     )
 
 
@@ -476,12 +493,12 @@ def test_curve_may_fall_between_small_token_counts() -> None:
 
 
 def test_fit_refuses_too_few_or_impossible_records() -> None:
-    truth = _linear(3.0, 0.05, 0.7, 0.002, 0.0005, 25.0)
-    with pytest.raises(InvalidArgumentError, match="6 terms need at least 6 step records, got 5"):
-        fit_cost_model(_records(truth, n=5))
-    bad = [*_records(truth, n=6), Rec([(0, 1)], 0.0)]
+    truth = _linear(3.0, 0.05, 0.7, 0.002, 0.0005, 25.0, 1.0)
+    with pytest.raises(InvalidArgumentError, match="7 terms need at least 7 step records, got 6"):
+        fit_cost_model(_records(truth, n=6))
+    bad = [*_records(truth, n=7), Rec([(0, 1)], 0.0)]
     for curve in (False, True):
-        with pytest.raises(InvalidArgumentError, match="step record 6: expected a duration > 0"):
+        with pytest.raises(InvalidArgumentError, match="step record 7: expected a duration > 0"):
             fit_cost_model(bad, curve=curve)
 
 

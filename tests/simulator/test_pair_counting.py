@@ -27,11 +27,16 @@ def test_exact_counting_of_exact_shapes() -> None:
     # 1+2+3+4 = 10, the chunk (5, 3) after 5 cached tokens 6+7+8 = 21. Each decode its own
     # context: 11 and 1. Prompt rows beside decodes: both kernels ran
     assert f == StepFeatures(
-        prefill_tokens=7, decode_seqs=2, attention_pairs=31, paged_pairs=12, mixed=1
+        prefill_tokens=7,
+        decode_seqs=2,
+        attention_pairs=31,
+        paged_pairs=12,
+        mixed=1,
+        cached_tokens=5,
     )
     # the same step counted padded: (5, 3) is a 3 x 8 rectangle on the paged path and the
     # two decodes are padded to 11 each
-    assert step_features([(0, 4), (10, 1), (5, 3), (0, 1)]) == StepFeatures(7, 2, 10, 46, 1)
+    assert step_features([(0, 4), (10, 1), (5, 3), (0, 1)]) == StepFeatures(7, 2, 10, 46, 1, 5)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +109,7 @@ def test_counting_survives_json_and_old_files_load_as_padded() -> None:
 
 
 def test_fit_with_exact_counting_recovers_known_coefficients() -> None:
-    truth = (3.0, 0.05, 0.7, 0.002, 0.004, 25.0)
+    truth = (3.0, 0.05, 0.7, 0.002, 0.004, 25.0, 6.0)
     rng = random.Random(0)
     records = []
     for _ in range(60):

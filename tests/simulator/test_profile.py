@@ -199,6 +199,7 @@ def test_table_shows_every_term_and_the_curve() -> None:
         0.0125,
         0.003,
         40.0,
+        12.5,
         token_knots=knots,
         token_ms=tuple(1.5 * i for i in range(12)),
         info=info,
@@ -213,6 +214,7 @@ def test_table_shows_every_term_and_the_curve() -> None:
         "  per 1000 attention pairs           0.0125",
         "  per 1000 paged-attention pairs      0.003",
         "  per mixed step                         40",
+        "  per 1000 cached prefix tokens        12.5",
         "  attention pairs counted            padded",
         "  token curve (ms a step of this many tokens costs; linear between and past the end)",
         "    tokens        1       2       4       8      16"
