@@ -112,17 +112,15 @@ def step_features(shapes: Iterable[tuple[int, int]], counting: str = "padded") -
             longest = max(longest, start + 1)
             paged += start + 1 if counting == "exact" else 0
             others += 1
-        elif counting == "exact":
-            prefill += num
-            cached += start
+            continue
+        prefill += num  # a prompt chunk, either counting
+        cached += start
+        if counting == "exact":
             prompt_pairs += num * start + num * (num + 1) // 2
         elif start == 0:
-            prefill += num
             fresh += 1
             prompt_pairs += num * (num + 1) // 2
         else:
-            prefill += num
-            cached += start
             others += 1
             paged += num * (start + num)
     if counting == "exact":

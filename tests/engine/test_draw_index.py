@@ -54,6 +54,9 @@ def test_a_distribution_without_a_finite_total_is_refused_not_drawn_past_the_end
     probs[2] = bad
     with pytest.raises(PagedKVError, match=r"over 7 tokens sums to (nan|inf)"):
         draw_index(probs, 0)
+
+
+def test_a_zero_total_and_non_finite_logits_are_refused():
     with pytest.raises(PagedKVError, match=r"sums to 0\.0 "):
         draw_index(torch.zeros(5), 0)
     # through the sampler: non-finite logits fail the row (the engine fails that request only)
